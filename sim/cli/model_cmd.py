@@ -1,0 +1,47 @@
+"""``sim model WORKLOAD``: parameters, FLOPs per token, KV cache and memory per GPU."""
+
+from __future__ import annotations
+
+import click
+
+from sim.cli.common import echo_json, human_bytes, human_count
+from sim.loading import load_model
+from sim.model.report import model_report
+
+
+@click.command()
+@click.argument("workload")
+@click.option("--seq-len", type=click.IntRange(min=1), default=None,
+              help="sequence length for attention FLOPs (default: the job's, else the model's max_seq_len)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def model(workload: str, seq_len: int | None, as_json: bool) -> None:
+    """Architecture arithmetic for WORKLOAD (a job file, or a model file under workloads/models)."""
+    m, scenario = load_model(workload)
+    seq = seq_len or (scenario.training.seq_len if scenario else m.max_seq_len)
+    report = model_report(m, scenario, seq)
+    if as_json:
+        echo_json(report)
+        return
+    click.echo(f"{report['model']}  (sequence length {seq})")
+    click.echo(f"  parameters, total           {human_count(report['params_total'])}")
+    click.echo(f"  parameters, activated       {human_count(report['params_active'])} "
+               f"({human_count(report['params_active_with_embedding'])} with the embedding table)")
+    if report["params_mtp"]:
+        click.echo(f"  parameters, MTP (unique)    {human_count(report['params_mtp'])}")
+    click.echo(f"  train FLOPs/token, causal   {report['train_flops_per_token_causal'] / 1e9:.1f} G "
+               f"(non-causal {report['train_flops_per_token_noncausal'] / 1e9:.1f} G; "
+               f"MTP +{report['train_flops_per_token_mtp'] / 1e9:.1f} G)")
+    click.echo(f"  KV cache per token (BF16)   {report['kv_cache_bytes_per_token']:,.0f} bytes")
+    if report["memory_per_gpu_bytes"] is None:
+        click.echo(f"  memory per GPU              -- {report['memory_note']}")
+        return
+    lay = report["layout"]
+    click.echo(f"  layout  TP{lay['tp']} PP{lay['pp']} DP{lay['dp']} EP{lay['ep']} {lay['schedule']}, "
+               f"{lay['num_microbatches']} micro-batches, layers per stage {lay['stage_layers']}")
+    cap = report["memory_capacity_bytes"]
+    click.echo(f"  memory per GPU (worst rank) {human_bytes(report['memory_per_gpu_bytes'])} of {human_bytes(cap)}")
+    click.echo("    rank   weights     grads       optimizer   activations  total")
+    for r in report["memory_per_rank"]:
+        click.echo(f"    {r['rank']:>4}   {human_bytes(r['weights_bytes']):>10}  {human_bytes(r['gradients_bytes']):>10}"
+                   f"  {human_bytes(r['optimizer_bytes']):>10}  {human_bytes(r['activations_bytes']):>10}"
+                   f"   {human_bytes(r['total_bytes']):>10}")

@@ -1,0 +1,184 @@
+"""YAML loading: workload and hardware files -> a validated, frozen :class:`~sim.config.Scenario`.
+
+A workload (job) file names its model, cluster and optional calibration table by path (relative to the file)
+or by profile name (``hardware_profiles/clusters/<name>.yaml``, ``hardware_profiles/gpus/<name>.yaml``,
+``hardware_profiles/nodes/<name>.yaml``, ``workloads/models/<name>.yaml``); each may also be inlined as a
+mapping. Overrides (``--set parallel.pp=8``) apply to the resolved mapping before validation, so every
+problem is reported by the same validators with the field's dotted path.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from sim.config import ClusterSpec, ModelSpec, Scenario
+from sim.errors import SimInputError, format_validation_error
+
+DEFAULT_WORKLOAD = "deepseek_v3.yaml"
+
+
+def project_root() -> Path:
+    """Where ``workloads/`` and ``hardware_profiles/`` live (``SIM_HOME`` overrides)."""
+    env = os.environ.get("SIM_HOME")
+    return Path(env) if env else Path(__file__).resolve().parent.parent
+
+
+def workloads_dir() -> Path:
+    return project_root() / "workloads"
+
+
+def profiles_dir() -> Path:
+    return project_root() / "hardware_profiles"
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SimInputError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SimInputError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise SimInputError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _resolve_file(ref: str, base: Path, named_dir: Path, kind: str) -> Path:
+    candidates = [base / ref, Path(ref), named_dir / ref, named_dir / f"{ref}.yaml"]
+    for c in candidates:
+        if c.is_file():
+            return c.resolve()
+    known = sorted(p.stem for p in named_dir.glob("*.yaml")) if named_dir.is_dir() else []
+    raise SimInputError(f"{ref!r} is neither a file nor a known {kind}; known: {', '.join(known)}", field=kind)
+
+
+def _load_ref(value: Any, base: Path, named_dir: Path, kind: str) -> tuple[dict[str, Any], Path]:
+    """A mapping as is, or the YAML file a string names; returns the mapping and its directory."""
+    if isinstance(value, dict):
+        return copy.deepcopy(value), base
+    if isinstance(value, str):
+        path = _resolve_file(value, base, named_dir, kind)
+        return read_yaml(path), path.parent
+    raise SimInputError(f"expected a profile name, a path or a mapping (got {type(value).__name__})", field=kind)
+
+
+def resolve_cluster(value: Any, base: Path) -> dict[str, Any]:
+    data, cbase = _load_ref(value, base, profiles_dir() / "clusters", "cluster")
+    for part, sub in (("gpu", "gpus"), ("node", "nodes")):
+        if part not in data:
+            raise SimInputError("missing", field=f"cluster.{part}")
+        data[part], _ = _load_ref(data[part], cbase, profiles_dir() / sub, f"cluster.{part}")
+    return data
+
+
+def is_model_file(data: dict[str, Any]) -> bool:
+    """A bare architecture file (``workloads/models/*.yaml``) rather than a training job."""
+    return "n_layers" in data and "model" not in data
+
+
+def resolve_workload(path: Path) -> dict[str, Any]:
+    """Read a job file and inline everything it refers to (model, cluster, GPU, node)."""
+    data = read_yaml(path)
+    base = path.parent
+    if "model" not in data:
+        raise SimInputError("missing (a job file names its model)", field="model")
+    data["model"], _ = _load_ref(data["model"], base, workloads_dir() / "models", "model")
+    if "cluster" not in data:
+        raise SimInputError("missing (a job file names its cluster)", field="cluster")
+    data["cluster"] = resolve_cluster(data["cluster"], base)
+    if isinstance(data.get("calibration"), str):
+        cal = Path(data["calibration"])
+        data["calibration"] = str(cal if cal.is_absolute() else (base / cal).resolve())
+    return data
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key.path=value`` with the value read as YAML (numbers, booleans, lists)."""
+    if "=" not in text:
+        raise SimInputError(f"expected key=value (got {text!r})", field="--set")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise SimInputError(f"empty key in {text!r}", field="--set")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def apply_override(data: dict[str, Any], key: str, value: Any) -> None:
+    node: Any = data
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node, dict):
+            raise SimInputError(f"{'.'.join(parts[:i])} is not a mapping", field=key)
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
+    if not isinstance(node, dict):
+        raise SimInputError(f"{'.'.join(parts[:-1])} is not a mapping", field=key)
+    node[parts[-1]] = value
+
+
+def validate(cls: type[BaseModel], data: dict[str, Any], prefix: str = "") -> Any:
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise SimInputError(format_validation_error(e, cls, prefix)) from None
+
+
+def find_workload(ref: str | None) -> Path:
+    """A workload path, or a name under ``workloads/``; None means the default DeepSeek-V3 job."""
+    ref = ref or DEFAULT_WORKLOAD
+    for c in (Path(ref), workloads_dir() / ref, workloads_dir() / f"{ref}.yaml",
+              workloads_dir() / "models" / ref, workloads_dir() / "models" / f"{ref}.yaml"):
+        if c.is_file():
+            return c.resolve()
+    raise SimInputError(f"no such workload file or name: {ref!r}", field="WORKLOAD")
+
+
+def load_scenario(ref: str | None = None, *, hardware: str | None = None, gpus: int | None = None,
+                  overrides: tuple[str, ...] | list[str] = ()) -> Scenario:
+    """The one entry point from files and command-line options to a validated Scenario."""
+    path = find_workload(ref)
+    raw = read_yaml(path)
+    if is_model_file(raw):
+        raise SimInputError(f"{path.name} describes a model architecture only; a training job file "
+                            "(model + cluster + parallel + training) is needed here", field="WORKLOAD")
+    data = resolve_workload(path)
+    if hardware:
+        data["cluster"] = resolve_cluster(hardware, Path.cwd())
+    for text in overrides:
+        key, value = parse_override(text)
+        apply_override(data, key, value)
+    if gpus is not None:
+        per_node = data["cluster"]["node"].get("gpus_per_node", 8)
+        if gpus < 1 or gpus % per_node:
+            raise SimInputError(f"must be a positive multiple of the {per_node} GPUs per node (got {gpus})",
+                                field="--gpus")
+        data["cluster"]["num_nodes"] = gpus // per_node
+        data.setdefault("parallel", {})["dp"] = None
+    return validate(Scenario, data)
+
+
+def load_model(ref: str) -> tuple[ModelSpec, Scenario | None]:
+    """A model from a bare architecture file, or a model plus its scenario from a job file."""
+    path = find_workload(ref)
+    raw = read_yaml(path)
+    if is_model_file(raw):
+        return validate(ModelSpec, raw), None
+    scenario = load_scenario(str(path))
+    return scenario.model, scenario
+
+
+def load_cluster(ref: str) -> ClusterSpec:
+    return validate(ClusterSpec, resolve_cluster(ref, Path.cwd()), "cluster")

@@ -1,0 +1,1 @@
+"""Architecture arithmetic: ops, parameters, FLOPs, pipeline placement and memory (pure functions)."""

@@ -1,0 +1,130 @@
+"""Where each part of the model sits in the pipeline.
+
+The model is a sequence of units: the embedding, the transformer layers, the final norm with the output head,
+and the MTP modules. The embedding sits on the first stage; the head and the MTP modules on the last stage,
+which lets MTP share the embedding and head with the main model when the first and last stage share a rank
+(DeepSeek-V3 tech report 3.2.3; DualPipe puts stage 0 and stage P-1 on rank 0). Transformer layers are split
+into contiguous runs, one per stage: given explicitly (``parallel.stage_layers``, MTP layers counted last),
+uniformly by count (``stage_split: uniform``, as Megatron-LM does), or balanced so that the heaviest stage
+does the least training arithmetic (``stage_split: balanced``, the default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Literal
+
+from sim.config import ModelSpec
+from sim.model.ops import Op, embedding_ops, head_ops, layer_ops, mtp_ops
+
+UnitKind = Literal["embed", "layer", "head", "mtp"]
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    name: str
+    kind: UnitKind
+    index: int
+    ops: tuple[Op, ...]
+    moe: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StageLayout:
+    stages: tuple[tuple[Unit, ...], ...]
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+    def layers_per_stage(self) -> tuple[int, ...]:
+        """Transformer layers per stage, MTP modules counted as layers (the ``stage_layers`` convention)."""
+        return tuple(sum(u.kind in ("layer", "mtp") for u in s) for s in self.stages)
+
+
+@cache
+def model_units(m: ModelSpec) -> tuple[Unit, ...]:
+    units = [Unit("embed", "embed", 0, tuple(embedding_ops(m)))]
+    units += [Unit(f"layer{i}", "layer", i, tuple(layer_ops(m, i)), m.is_moe_layer(i)) for i in range(m.n_layers)]
+    units.append(Unit("head", "head", 0, tuple(head_ops(m))))
+    units += [Unit(f"mtp{i}", "mtp", i, tuple(mtp_ops(m)), m.is_moe_layer(m.n_layers - 1))
+              for i in range(m.n_mtp_layers)]
+    return tuple(units)
+
+
+def unit_train_flops(unit: Unit, keys_per_query: float) -> float:
+    """Forward + backward model FLOPs per token of one unit (the balancing weight)."""
+    total = 0.0
+    for op in unit.ops:
+        total += 3.0 * op.gemm_flops_per_token() + 3.0 * op.attention_fwd_flops_per_token(keys_per_query)
+    return total
+
+
+def _split_min_max(weights: Sequence[float], parts: int, first_extra: float, last_extra: float) -> list[int]:
+    """Counts of a contiguous split of ``weights`` into ``parts`` runs minimizing the heaviest run, where the
+    first run carries ``first_extra`` and the last ``last_extra`` beside its items. Runs may be empty."""
+    n = len(weights)
+    prefix = [0.0]
+    for w in weights:
+        prefix.append(prefix[-1] + w)
+    inf = float("inf")
+    # best[p][i]: the lightest possible heaviest run when the first i items fill p runs.
+    best = [[inf] * (n + 1) for _ in range(parts + 1)]
+    cut = [[0] * (n + 1) for _ in range(parts + 1)]
+    best[0][0] = 0.0
+    for p in range(1, parts + 1):
+        extra_first = first_extra if p == 1 else 0.0
+        extra_last = last_extra if p == parts else 0.0
+        for i in range(n + 1):
+            for j in range(i + 1):
+                if best[p - 1][j] == inf:
+                    continue
+                load = prefix[i] - prefix[j] + extra_first + extra_last
+                cand = max(best[p - 1][j], load)
+                if cand < best[p][i] - 1e-9:
+                    best[p][i], cut[p][i] = cand, j
+    counts, i = [], n
+    for p in range(parts, 0, -1):
+        j = cut[p][i]
+        counts.append(i - j)
+        i = j
+    return counts[::-1]
+
+
+def uniform_counts(n_layers: int, parts: int) -> list[int]:
+    base, rem = divmod(n_layers, parts)
+    return [base + (1 if s < rem else 0) for s in range(parts)]
+
+
+def partition(m: ModelSpec, num_stages: int, stage_layers: tuple[int, ...] | None = None,
+              split: Literal["balanced", "uniform"] = "balanced", seq_len: int = 4096,
+              weight: Callable[[Unit], float] | None = None) -> StageLayout:
+    """Assign the model's units to ``num_stages`` pipeline stages (see the module docstring)."""
+    units = model_units(m)
+    embed = units[0]
+    layers = [u for u in units if u.kind == "layer"]
+    head = next(u for u in units if u.kind == "head")
+    mtps = [u for u in units if u.kind == "mtp"]
+    if stage_layers is not None:
+        counts = list(stage_layers)
+        if counts and counts[-1] < len(mtps):
+            raise ValueError(f"parallel.stage_layers: the last stage must hold the {len(mtps)} MTP layers")
+        counts[-1] -= len(mtps)
+    elif split == "uniform":
+        counts = uniform_counts(len(layers), num_stages)
+    else:
+        wfn = weight or (lambda u: unit_train_flops(u, seq_len / 2))
+        counts = _split_min_max([wfn(u) for u in layers], num_stages, wfn(embed),
+                                wfn(head) + sum(wfn(u) for u in mtps))
+    stages: list[tuple[Unit, ...]] = []
+    start = 0
+    for s, c in enumerate(counts):
+        items: list[Unit] = [embed] if s == 0 else []
+        items += layers[start:start + c]
+        start += c
+        if s == num_stages - 1:
+            items += [head, *mtps]
+        stages.append(tuple(items))
+    return StageLayout(tuple(stages))

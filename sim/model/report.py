@@ -1,0 +1,71 @@
+"""The ``sim model`` report: parameters, FLOPs per token, KV cache and memory per GPU as one mapping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sim.config import ModelSpec, Scenario
+from sim.model import counts
+from sim.model.layout import model_units, partition
+from sim.model.memory import kv_cache_bytes_per_token, memory_per_rank
+
+
+def _op_table(m: ModelSpec, seq_len: int) -> list[dict[str, Any]]:
+    """FLOPs per token and pass for the ops of the first dense layer, first MoE layer, head and MTP."""
+    picked, seen = [], set()
+    for u in model_units(m):
+        key = "moe" if u.moe else u.kind
+        if u.kind == "layer" and not u.moe:
+            key = "dense"
+        if key in seen or u.kind == "embed":
+            continue
+        seen.add(key)
+        for op in u.ops:
+            f = counts.op_flops(op, seq_len, causal=True)
+            if f.total or op.params:
+                picked.append({"unit": key, "op": op.name, "kind": op.kind, "params": op.params,
+                               "fwd_flops_per_token": f.fwd, "dgrad_flops_per_token": f.dgrad,
+                               "wgrad_flops_per_token": f.wgrad})
+    return picked
+
+
+def model_report(m: ModelSpec, scenario: Scenario | None, seq_len: int) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "model": m.name,
+        "seq_len": seq_len,
+        "params_total": counts.params_total(m),
+        "params_active": counts.params_active(m),
+        "params_active_with_embedding": counts.params_active(m, include_embedding=True),
+        "params_mtp": counts.params_mtp(m),
+        "params_routed_experts": counts.params_expert(m),
+        "train_flops_per_token_causal": counts.train_flops_per_token(m, seq_len, causal=True),
+        "train_flops_per_token_noncausal": counts.train_flops_per_token(m, seq_len, causal=False),
+        "train_flops_per_token_mtp": counts.train_flops_per_token_mtp(m, seq_len, causal=True),
+        "forward_flops_per_token_causal": counts.forward_flops_per_token(m, seq_len, causal=True),
+        "kv_cache_bytes_per_token": kv_cache_bytes_per_token(m),
+        "conventions": ("params_active excludes the input embedding table; train FLOPs = forward + input "
+                        "gradient + weight gradient, attention core causal at S/2 keys per query, MTP and "
+                        "recompute excluded"),
+        "ops": _op_table(m, seq_len),
+        "memory_per_gpu_bytes": None,
+    }
+    if scenario is None:
+        out["memory_note"] = "a bare architecture file has no parallel layout; run on a job file for memory"
+        return out
+    p = scenario.parallel
+    layout = partition(m, scenario.num_stages, p.stage_layers, p.stage_split, seq_len)
+    ranks = memory_per_rank(layout, scenario)
+    worst = max(ranks, key=lambda r: r.total)
+    out.update({
+        "scenario": scenario.name,
+        "layout": {"tp": p.tp, "pp": p.pp, "dp": scenario.dp, "ep": p.ep, "schedule": p.schedule,
+                   "num_stages": scenario.num_stages, "num_microbatches": scenario.num_microbatches,
+                   "stage_layers": list(layout.layers_per_stage())},
+        "stage_params": counts.stage_params(layout, m),
+        "memory_per_gpu_bytes": worst.total,
+        "memory_capacity_bytes": scenario.cluster.gpu.hbm_bytes,
+        "memory_per_rank": [{"rank": r.rank, "weights_bytes": r.weights, "gradients_bytes": r.gradients,
+                             "optimizer_bytes": r.optimizer, "activations_bytes": r.activations,
+                             "total_bytes": r.total} for r in ranks],
+    })
+    return out

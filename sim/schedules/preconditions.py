@@ -1,0 +1,61 @@
+"""Preconditions of each pipeline schedule, shared by config validation and the schedule generators.
+
+Sources: DualPipe asserts ``num_ranks % 2 == 0``, ``num_chunks % 2 == 0`` and ``num_chunks >= 2 * num_ranks``;
+DualPipeV asserts ``num_chunks >= 2 * num_ranks`` (deepseek-ai/DualPipe, dualpipe.py and dualpipev.py).
+Megatron-LM's interleaved 1F1B requires at least two virtual stages per rank and a number of micro-batches
+divisible by the number of pipeline ranks.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+ScheduleName = Literal["gpipe", "1f1b", "interleaved-1f1b", "zb1p", "dualpipe", "dualpipev"]
+SCHEDULE_NAMES: tuple[str, ...] = get_args(ScheduleName)
+
+
+def num_stages(schedule: str, pp: int, vpp: int = 1) -> int:
+    """Pipeline stages (model chunks) for ``pp`` ranks; ``pp`` always counts devices."""
+    if schedule == "interleaved-1f1b":
+        return pp * vpp
+    if schedule == "dualpipev":
+        return 2 * pp
+    return pp
+
+
+def stages_per_rank(schedule: str, vpp: int = 1) -> int:
+    """Model chunks each rank holds: DualPipe holds two (one per direction, two parameter copies)."""
+    if schedule == "interleaved-1f1b":
+        return vpp
+    if schedule in ("dualpipe", "dualpipev"):
+        return 2
+    return 1
+
+
+def check_schedule(schedule: str, pp: int, num_microbatches: int, vpp: int = 1) -> str | None:
+    """Return a message naming the violated precondition, or ``None`` when the layout is valid."""
+    if schedule not in SCHEDULE_NAMES:
+        return f"schedule {schedule!r} is unknown; allowed: {', '.join(SCHEDULE_NAMES)}"
+    if pp < 1:
+        return f"pp must be >= 1 (got {pp})"
+    if num_microbatches < 1:
+        return f"num_microbatches must be >= 1 (got {num_microbatches})"
+    if schedule == "interleaved-1f1b":
+        if vpp < 2:
+            return f"interleaved-1f1b needs vpp >= 2 virtual stages per rank (got vpp={vpp})"
+        if num_microbatches % pp != 0:
+            return (f"interleaved-1f1b needs num_microbatches divisible by pp "
+                    f"(got {num_microbatches} micro-batches, pp={pp})")
+    elif vpp != 1:
+        return f"vpp (virtual stages) applies only to interleaved-1f1b; {schedule} needs vpp=1 (got {vpp})"
+    if schedule == "dualpipe":
+        if pp % 2 != 0:
+            return f"dualpipe needs an even number of pipeline ranks (got pp={pp})"
+        if num_microbatches % 2 != 0:
+            return f"dualpipe needs an even number of micro-batches (got {num_microbatches})"
+        if num_microbatches < 2 * pp:
+            return (f"dualpipe needs num_microbatches >= 2 * pp = {2 * pp} "
+                    f"(got {num_microbatches})")
+    if schedule == "dualpipev" and num_microbatches < 2 * pp:
+        return f"dualpipev needs num_microbatches >= 2 * pp = {2 * pp} (got {num_microbatches})"
+    return None
