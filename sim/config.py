@@ -301,6 +301,31 @@ class PrecisionSpec(Frozen):
         return "fp8" in (self.fprop, self.dgrad, self.wgrad, self.attention, self.dispatch, self.combine)
 
 
+# -------------------------------------------------------------------------------------------- experts
+
+
+class ExpertLoadSpec(Frozen):
+    """How routed tokens spread over experts, and how that spread is balanced (``sim.experts``).
+
+    ``balanced`` gives every expert the same load (DeepSeek's profile forced this). Skewed loads come from a
+    Zipf law over expert popularity or a Dirichlet draw, optionally drifting over steps, or from a recorded
+    histogram (CSV of loads per layer and expert). The policy acts on that skew: ``bias`` is DeepSeek-V3's
+    auxiliary-loss-free bias update, ``aux`` a sequence-wise auxiliary loss, ``eplb`` redundant experts.
+    """
+
+    skew: Literal["balanced", "zipf", "dirichlet", "histogram"] = "balanced"
+    zipf_exponent: float = Field(default=1.0, ge=0)
+    dirichlet_concentration: float = Field(default=1.0, gt=0)
+    drift_per_step: float = Field(default=0.0, ge=0, description="random-walk step of log popularity")
+    histogram: str | None = Field(default=None, description="CSV of loads per layer and expert")
+    policy: Literal["none", "bias", "aux", "eplb"] = "bias"
+    bias_update_speed: float = Field(default=0.001, ge=0, description="gamma (tech report 4.2: 0.001)")
+    balancing_steps: int = Field(default=300, ge=0, description="steps of balancing before the measured step")
+    aux_loss_alpha: float = Field(default=0.0001, ge=0, description="sequence-wise balance loss weight")
+    num_redundant_experts: int = Field(default=0, ge=0, description="extra expert slots for eplb")
+    seed: int = 0
+
+
 # ------------------------------------------------------------------------------------------------ job
 
 
@@ -337,6 +362,7 @@ class Scenario(Frozen):
     parallel: ParallelSpec
     precision: PrecisionSpec = PrecisionSpec()
     training: TrainingSpec
+    experts: ExpertLoadSpec = ExpertLoadSpec()
     calibration: str | None = Field(default=None, description="calibration table path (YAML)")
     notes: str = ""
 
