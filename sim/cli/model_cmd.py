@@ -42,6 +42,6 @@ def model(workload: str, seq_len: int | None, as_json: bool) -> None:
     click.echo(f"  memory per GPU (worst rank) {human_bytes(report['memory_per_gpu_bytes'])} of {human_bytes(cap)}")
     click.echo("    rank   weights     grads       optimizer   activations  total")
     for r in report["memory_per_rank"]:
-        click.echo(f"    {r['rank']:>4}   {human_bytes(r['weights_bytes']):>10}  {human_bytes(r['gradients_bytes']):>10}"
-                   f"  {human_bytes(r['optimizer_bytes']):>10}  {human_bytes(r['activations_bytes']):>10}"
-                   f"   {human_bytes(r['total_bytes']):>10}")
+        cells = [human_bytes(r[k]) for k in ("weights_bytes", "gradients_bytes", "optimizer_bytes",
+                                              "activations_bytes", "total_bytes")]
+        click.echo(f"    {r['rank']:>4}   " + "  ".join(f"{c:>10}" for c in cells))
