@@ -32,9 +32,10 @@ def main() -> None:
 
 
 def _register() -> None:
-    from sim.cli import model_cmd
+    from sim.cli import model_cmd, schedule_cmd
 
     main.add_command(model_cmd.model)
+    main.add_command(schedule_cmd.schedule)
 
 
 _register()

@@ -59,3 +59,20 @@ def check_schedule(schedule: str, pp: int, num_microbatches: int, vpp: int = 1) 
     if schedule == "dualpipev" and num_microbatches < 2 * pp:
         return f"dualpipev needs num_microbatches >= 2 * pp = {2 * pp} (got {num_microbatches})"
     return None
+
+
+def check_layer_split(schedule: str, pp: int, num_layers: int, vpp: int = 1) -> str | None:
+    """Return a message when ``num_layers`` cannot be split over the schedule's stages, else ``None``.
+
+    Megatron-LM's interleaved schedule needs the layers divisible by ``pp * vpp`` (equal virtual stages);
+    every schedule needs at least one layer per stage.
+    """
+    stages = num_stages(schedule, pp, vpp)
+    if num_layers < 1:
+        return f"layers must be >= 1 (got {num_layers})"
+    if schedule == "interleaved-1f1b" and num_layers % stages != 0:
+        return (f"interleaved-1f1b needs the layers divisible by pp x vpp = {pp} x {vpp} = {stages} virtual "
+                f"stages (got {num_layers} layers)")
+    if num_layers < stages:
+        return f"{schedule} has {stages} stages, more than the {num_layers} layers"
+    return None

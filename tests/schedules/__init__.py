@@ -1,0 +1,1 @@
+"""Tests of sim.schedules: pipeline schedules as data."""
