@@ -277,6 +277,8 @@ class ParallelSpec(Frozen):
                                                         "equal layer counts (Megatron-LM)")
     overlap_grad_reduce: bool = True
     overlap_param_gather: bool = True
+    overlap_pairs: bool = Field(default=True, description="run a schedule's F&B pairs interleaved (DualPipe); "
+                                "false runs each pair's chunks one after the other")
 
 
 class PrecisionSpec(Frozen):
@@ -324,6 +326,16 @@ class ExpertLoadSpec(Frozen):
     aux_loss_alpha: float = Field(default=0.0001, ge=0, description="sequence-wise balance loss weight")
     num_redundant_experts: int = Field(default=0, ge=0, description="extra expert slots for eplb")
     seed: int = 0
+    aux_skew_reduction: float = Field(default=0.5, ge=0, le=1, description="policy aux: fraction by which "
+                                      "the auxiliary loss shrinks log-popularity towards uniform (assumption)")
+    eplb_interval_steps: int = Field(default=10, ge=1, description="policy eplb: steps between rearrangements, "
+                                     "each from the mean load since the previous one")
+
+    @model_validator(mode="after")
+    def _check(self) -> ExpertLoadSpec:
+        if self.skew == "histogram" and not self.histogram:
+            raise ValueError("histogram: required when skew is 'histogram' (a CSV of loads per layer and expert)")
+        return self
 
 
 # ------------------------------------------------------------------------------------------------ job

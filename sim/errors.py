@@ -63,5 +63,5 @@ def format_validation_error(err: ValidationError, model: type[BaseModel] | None 
         elif e.get("type") == "literal_error":
             expected = e.get("ctx", {}).get("expected")
             msg = f"got {e.get('input')!r}; allowed: {expected}"
-        lines.append(f"{path or '<root>'}: {msg}")
+        lines.append(f"{path}: {msg}" if path else msg)
     return "\n".join(lines)

@@ -32,9 +32,11 @@ def main() -> None:
 
 
 def _register() -> None:
-    from sim.cli import model_cmd, schedule_cmd
+    from sim.cli import calibrate_cmd, experts_cmd, model_cmd, run_cmd, schedule_cmd
 
+    main.add_command(experts_cmd.experts)
     main.add_command(model_cmd.model)
+    main.add_command(run_cmd.run)
     main.add_command(schedule_cmd.schedule)
 
 

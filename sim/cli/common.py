@@ -39,6 +39,9 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
         raise SimInputError(f"folder {folder} does not exist", field=str(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=folder)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         write(Path(tmp))
         os.replace(tmp, target)

@@ -121,8 +121,8 @@ def _model_state_bytes(params: float, expert_params: float, scenario: Scenario) 
 def memory_per_rank(layout: StageLayout, scenario: Scenario,
                     inflight: Sequence[Sequence[float]] | None = None) -> list[MemoryBreakdown]:
     """Memory of each pipeline rank. ``inflight[r][i]`` is the peak number of micro-batches whose
-    activations rank ``r`` holds for its ``i``-th stage; by default the schedule's published peak
-    (DeepSeek-V3 Table 2: PP for 1F1B and ZB1P on the first rank, PP+1 for DualPipe)."""
+    activations rank ``r`` holds for its ``i``-th stage; by default from the schedule (``default_inflight``).
+    ``sim run`` replaces the activations with the peak its simulation tracked."""
     p = scenario.parallel
     m = scenario.model
     sp = stage_params(layout, m)
@@ -140,15 +140,12 @@ def memory_per_rank(layout: StageLayout, scenario: Scenario,
 
 
 def default_inflight(schedule: str, pp: int, num_microbatches: int, vpp: int = 1) -> list[list[float]]:
-    """Peak in-flight micro-batches per rank and stage from the schedules' structure, before simulation."""
-    n = num_microbatches
+    """Peak in-flight micro-batches per rank and stage, before a full simulation: the schedule's own peak
+    (its list-scheduler with uniform durations; the peak depends on the action order, not the durations),
+    shared evenly among the rank's stages. An activation counts from its forward until its weight gradient."""
+    from sim.schedules.generators import build_schedule
+    from sim.schedules.listsched import simulate
+
+    result = simulate(build_schedule(schedule, pp, num_microbatches, vpp))
     k = stages_per_rank(schedule, vpp)
-    if schedule == "gpipe":
-        return [[float(n)] for _ in range(pp)]
-    if schedule in ("1f1b", "zb1p"):
-        return [[float(min(n, pp - r))] for r in range(pp)]
-    if schedule == "interleaved-1f1b":
-        # Megatron-LM warm-up: (pp - r - 1) * 2 + (vpp - 1) * pp forwards before the first backward.
-        return [[min(n * vpp, (pp - r - 1) * 2 + (vpp - 1) * pp + 1) / vpp] * vpp for r in range(pp)]
-    # DualPipe / DualPipeV: PP + 1 chunks at most, over the rank's two stages.
-    return [[(pp + 1) / k] * k for _ in range(pp)]
+    return [[peak / k] * k for peak in result.peak_activations_per_rank]

@@ -138,6 +138,10 @@ def moe_ops(m: ModelSpec, pre: Block = "attn", post: Block = "mlp") -> list[Op]:
     ops = [_norm("ffn_norm", pre, d, m),
            Op("router", "gemm", pre, n=e, k=d, params=e * d + (e if m.score_func == "sigmoid" else 0),
               active_params=e * d, precision_class="high", saves=(Saved("router_in", d, "bf16", "norm_out"),)),
+           Op("router_topk", "elementwise", pre, width=e, precision_class="high"),
+           # Token permutation into expert-contiguous rows before the grouped GEMM, and the weighted
+           # un-permutation after it (DeepSeek's trace: expand_to_fused and reduce_fused kernels).
+           Op("moe_permute", "elementwise", post, width=k * d),
            _gemm("experts_up", post, 2 * f, d, False, rows=k, copies=e, active_copies=k,
                  saves=(Saved("expert_in", k * d, "gemm_in", "other"),)),
            Op("experts_act", "elementwise", post, width=int(2 * f * k),
@@ -145,7 +149,7 @@ def moe_ops(m: ModelSpec, pre: Block = "attn", post: Block = "mlp") -> list[Op]:
            _gemm("experts_down", post, d, f, False, rows=k, copies=e, active_copies=k),
            # The gate-weight gradient is (W_down^T dY) . h, from the down projection's input gradient and its
            # input h: expert outputs need not be kept.
-           Op("combine_weight", "elementwise", post, width=k * d)]
+           Op("moe_unpermute", "elementwise", post, width=k * d)]
     if s:
         ops += [_gemm("shared_up", post, 2 * f * s, d, False),
                 Op("shared_act", "elementwise", post, width=2 * f * s,

@@ -1,0 +1,168 @@
+"""Seconds for each operator on one GPU: a roofline with shape-dependent efficiency, calibration first.
+
+A GEMM of ``m x n x k`` (output ``m x n``, contraction ``k``) takes
+``max(2mnk / (peak(dtype) * eta), bytes / (hbm * hbm_frac)) + overhead``, where ``eta`` is the profile's
+achievable fraction for the dtype (MAMF, stas00/ml-engineering) times the tile and wave quantization of the
+output grid (NVIDIA, "Matrix Multiplication Background User's Guide" 3.1-3.2: ``ceil(m/tm) ceil(n/tn)`` tiles
+run in waves over the SMs; only ``mn / (padded area)`` of the work is useful and the last wave may be
+partial). Grouped expert GEMMs pad each group to the tile (DeepGEMM's contiguous layout). When a calibration
+table measured the op family, its achieved rate (interpolated in log space between measured sizes) replaces
+the roofline; outside the measured range the profile is used and the fallback is recorded in ``notes``.
+
+Attention follows the FlashAttention convention: forward ``4 B H S_q S_k D`` halved for causal masks,
+backward 2.5x forward (five GEMMs including the recompute of ``P``). Norms, activations, casts and the
+optimizer are memory-bound: bytes over achievable HBM bandwidth.
+
+FP8 (DeepSeek-V3 tech report 3.3): activations are quantized in 1 x 128 tiles before each FP8 GEMM (read
+BF16, write FP8 plus scales), the output gradient likewise before Dgrad, and Wgrad needs both operands
+transposed into 128 x 1 tiles (read, write again). These casts are memory-bound kernels of their own.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sim.config import GpuSpec, PrecisionSpec
+from sim.units import US
+
+Pass = Literal["fwd", "dgrad", "wgrad"]
+
+
+@dataclass
+class CostModel:
+    """Cost functions for one GPU type under one precision recipe, optionally with a calibration table."""
+
+    gpu: GpuSpec
+    precision: PrecisionSpec
+    table: Any | None = None  # sim.calibrate.table.CalibrationTable (duck-typed: only .rate() is used)
+    notes: set[str] = field(default_factory=set)
+    _cache: dict[tuple, float] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ dtypes
+    def gemm_dtype(self, pass_: Pass, precision_class: str) -> str:
+        if precision_class != "linear":
+            return "bf16"
+        return {"fwd": self.precision.fprop, "dgrad": self.precision.dgrad, "wgrad": self.precision.wgrad}[pass_]
+
+    def _frac(self, dtype: str) -> float:
+        eff = self.gpu.efficiency
+        if dtype == "fp8":
+            if eff.gemm_fp8_frac is None:
+                raise ValueError(f"{self.gpu.name} has no FP8 efficiency")
+            return eff.gemm_fp8_frac
+        return eff.gemm_bf16_frac
+
+    # ------------------------------------------------------------------ GEMMs
+    def wave_efficiency(self, group_rows: tuple[float, ...], n: int) -> float:
+        """Useful fraction of the SM-time a tiled kernel occupies (tile padding x wave quantization)."""
+        tm, tn, sms = self.gpu.efficiency.gemm_tile_m, self.gpu.efficiency.gemm_tile_n, self.gpu.num_sms
+        n_tiles = math.ceil(n / tn)
+        tiles = sum(math.ceil(r / tm) for r in group_rows if r > 0) * n_tiles
+        if tiles == 0:
+            return 1.0
+        useful = sum(group_rows) * n / (tiles * tm * tn)
+        waves = math.ceil(tiles / sms)
+        return useful * tiles / (waves * sms)
+
+    def gemm_seconds(self, m: float, n: int, k: int, dtype: str, group_rows: tuple[float, ...] | None = None,
+                     name: str | None = None) -> float:
+        """One (grouped) GEMM: ``m`` output rows in total (``group_rows`` per group if grouped)."""
+        if m <= 0:
+            return 0.0
+        groups = len(group_rows) if group_rows else 1
+        key = ("gemm", round(m, 3), n, k, dtype, group_rows, name)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        flops = 2.0 * m * n * k
+        rate = self._table_rate("grouped_gemm" if groups > 1 else "gemm", dtype, m, n, k, groups, name)
+        if rate is not None:
+            secs = flops / rate
+        else:
+            eff = self._frac(dtype) * self.wave_efficiency(group_rows or (m,), n)
+            in_b = 1.0 if dtype == "fp8" else 2.0
+            bytes_ = (m * k + groups * n * k) * in_b + m * n * 2.0
+            secs = max(flops / (self.gpu.peak_flops_per_s(dtype) * eff), self.memory_seconds_raw(bytes_))
+            secs += self.gpu.efficiency.kernel_overhead_us * US
+        self._cache[key] = secs
+        return secs
+
+    def gemm_pass_seconds(self, pass_: Pass, m: float, n: int, k: int, precision_class: str,
+                          group_rows: tuple[float, ...] | None = None, name: str | None = None) -> float:
+        """A linear layer's pass with weight ``[n, k]`` over ``m`` rows, FP8 casts included.
+
+        fwd: ``m x n x k``; dgrad: ``m x k x n``; wgrad: ``n x k x m`` (contraction over the rows).
+        """
+        dtype = self.gemm_dtype(pass_, precision_class)
+        if pass_ == "fwd":
+            t = self.gemm_seconds(m, n, k, dtype, group_rows, name)
+            cast = 3.0 * m * k
+        elif pass_ == "dgrad":
+            t = self.gemm_seconds(m, k, n, dtype, group_rows, name)
+            cast = 3.0 * m * n
+        else:
+            t = self._wgrad_seconds(m, n, k, dtype, group_rows, name)
+            cast = 2.0 * m * k + 3.0 * m * n
+        if dtype == "fp8":
+            t += self.memory_seconds(cast, "fp8_cast")
+        return t
+
+    def _wgrad_seconds(self, m: float, n: int, k: int, dtype: str, group_rows: tuple[float, ...] | None,
+                       name: str | None) -> float:
+        if not group_rows or len(group_rows) == 1:
+            return self.gemm_seconds(n, k, round(m) or 1, dtype, None, name and f"{name}.wgrad")
+        # One n x k weight gradient per expert, contracting over that expert's rows.
+        return sum(self.gemm_seconds(n, k, round(r), dtype, None, name and f"{name}.wgrad")
+                   for r in group_rows if r > 0)
+
+    # ------------------------------------------------------------------ attention
+    def attention_seconds(self, pass_: Pass, tokens: float, seq_len: int, heads: int, qk_dim: int, v_dim: int,
+                          causal: bool = True) -> float:
+        """FlashAttention over ``tokens`` query tokens in sequences of ``seq_len`` (heads already per GPU)."""
+        if pass_ == "wgrad" or tokens <= 0:
+            return 0.0
+        keys = seq_len / 2 if causal else seq_len
+        fwd_flops = 2.0 * heads * (qk_dim + v_dim) * keys * tokens
+        kind = "attention_fwd" if pass_ == "fwd" else "attention_bwd"
+        flops = fwd_flops if pass_ == "fwd" else 2.5 * fwd_flops
+        rate = self._table_rate(kind, self.precision.attention, seq_len, heads=heads, qk_dim=qk_dim, v_dim=v_dim,
+                                tokens=tokens)
+        if rate is None:
+            eff = self.gpu.efficiency
+            frac = eff.attention_fwd_frac if pass_ == "fwd" else eff.attention_bwd_frac
+            rate = self.gpu.peak_flops_per_s(self.precision.attention) * frac
+        return flops / rate + self.gpu.efficiency.kernel_overhead_us * US
+
+    # ------------------------------------------------------------------ memory-bound
+    def memory_seconds_raw(self, bytes_: float) -> float:
+        return bytes_ / (self.gpu.hbm_bandwidth_bytes_per_s * self.gpu.efficiency.hbm_frac)
+
+    def memory_seconds(self, bytes_: float, name: str = "elementwise") -> float:
+        """A memory-bound kernel moving ``bytes_`` (reads plus writes)."""
+        if bytes_ <= 0:
+            return 0.0
+        rate = self._table_rate("memory", "bf16", bytes_, name=name, bytes_kind=True)
+        if rate is not None:
+            return bytes_ / rate
+        return self.memory_seconds_raw(bytes_) + self.gpu.efficiency.kernel_overhead_us * US
+
+    # ------------------------------------------------------------------ calibration
+    def _table_rate(self, kind: str, dtype: str, m: float, n: int = 0, k: int = 0, groups: int = 1,
+                    name: str | None = None, bytes_kind: bool = False, **attn: float) -> float | None:
+        if self.table is None:
+            return None
+        if kind.startswith("attention"):
+            look = self.table.rate(kind, dtype, m=m, heads=attn["heads"], qk_dim=attn["qk_dim"],
+                                   v_dim=attn["v_dim"])
+        elif bytes_kind:
+            look = self.table.rate(kind, dtype, m=m, name=name)
+        else:
+            look = self.table.rate(kind, dtype, m=m, n=n, k=k, groups=groups)
+        if look is None:
+            self.notes.add(f"no calibration for {kind} {dtype}"
+                           + (f" n={n} k={k}" if n else "") + (f" ({name})" if name else "")
+                           + "; profile efficiency used")
+            return None
+        return float(look.rate)

@@ -1,0 +1,86 @@
+"""Seconds of one model op (``sim.model.ops.Op``) in one pass, on one GPU of the layout.
+
+Translates an op and the tokens of a micro-batch into cost-model calls (``sim.costs``): GEMM shapes after
+tensor parallelism (column-parallel projections split ``n``, row-parallel ones split ``k``, Megatron-LM),
+expert GEMMs over the rows each local expert receives, attention heads per TP rank, and memory-bound
+kernels by the bytes they move. Recompute (``ParallelSpec.recompute``) re-runs an op's forward inside the
+backward-for-input pass.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from sim.config import Scenario
+from sim.costs import CostModel
+from sim.model.ops import Op
+
+Part = Literal["fwd", "input", "weight"]
+
+ROW_PARALLEL = frozenset({"o_proj", "ffn_down", "shared_down", "experts_down"})
+REPLICATED = frozenset({"q_a_proj", "kv_a_proj", "router", "mtp_eh_proj"})
+UP_PROJECTIONS = frozenset({"q_b_proj", "kv_b_proj", "qkv_proj", "q_proj", "rope"})
+
+
+def recomputed(policy: str, op: Op) -> bool:
+    """Whether ``policy`` re-runs ``op``'s forward during the backward pass (see sim.model.memory)."""
+    if policy == "full":
+        return True
+    if policy == "norm_and_up_proj":
+        return op.kind == "norm" or op.name in UP_PROJECTIONS
+    return False
+
+
+class OpCoster:
+    """Seconds of each op for one scenario; ``rows_per_expert`` comes from the expert load of the layer."""
+
+    def __init__(self, scenario: Scenario, costs: CostModel) -> None:
+        self.s = scenario
+        self.costs = costs
+        self.tp = scenario.parallel.tp
+        self.sp = scenario.parallel.sequence_parallel and self.tp > 1
+        self.seq_len = scenario.training.seq_len
+        self.policy = scenario.parallel.recompute
+
+    def seconds(self, op: Op, part: Part, tokens: float, rows_per_expert: tuple[float, ...] = ()) -> float:
+        """``fwd``: the forward; ``input``: input gradient plus recompute; ``weight``: weight gradient."""
+        if part == "fwd":
+            return self._pass(op, "fwd", tokens, rows_per_expert)
+        if part == "input":
+            t = self._pass(op, "dgrad", tokens, rows_per_expert)
+            if recomputed(self.policy, op):
+                t += self._pass(op, "fwd", tokens, rows_per_expert)
+            return t
+        return self._pass(op, "wgrad", tokens, rows_per_expert)
+
+    def _pass(self, op: Op, pass_: Literal["fwd", "dgrad", "wgrad"], tokens: float,
+              rows_per_expert: tuple[float, ...]) -> float:
+        c = self.costs
+        if op.kind in ("gemm", "grouped_gemm"):
+            return self._gemm(op, pass_, tokens, rows_per_expert)
+        if op.kind == "attention":
+            return c.attention_seconds(pass_, tokens, self.seq_len, op.heads // self.tp, op.qk_dim, op.v_dim)
+        width_tokens = tokens * op.width / (self.tp if self.sp else 1)
+        if op.kind == "embedding":
+            # Forward: gather rows (read + write BF16). Weight gradient: scatter-add into FP32 gradients.
+            return {"fwd": c.memory_seconds(4.0 * width_tokens, "embedding"), "dgrad": 0.0,
+                    "wgrad": c.memory_seconds(6.0 * width_tokens, "embedding")}[pass_]
+        if pass_ == "wgrad":
+            return 0.0
+        name = "norm" if op.kind == "norm" else op.name
+        # Forward reads and writes BF16; backward reads input and output gradient, writes input gradient.
+        return c.memory_seconds((4.0 if pass_ == "fwd" else 6.0) * width_tokens, name)
+
+    def _gemm(self, op: Op, pass_: Literal["fwd", "dgrad", "wgrad"], tokens: float,
+              rows_per_expert: tuple[float, ...]) -> float:
+        n, k = op.n, op.k
+        if op.name not in REPLICATED and op.kind == "gemm":
+            if op.name in ROW_PARALLEL:
+                k //= self.tp
+            else:
+                n //= self.tp
+        if op.kind == "grouped_gemm":
+            groups = rows_per_expert or (tokens * op.rows_per_token,)
+            return self.costs.gemm_pass_seconds(pass_, sum(groups), n, k, op.precision_class, groups, op.name)
+        return self.costs.gemm_pass_seconds(pass_, tokens * op.rows_per_token, n, k, op.precision_class,
+                                            None, op.name)

@@ -1,0 +1,67 @@
+"""Matplotlib figures of a simulated step (Figure API only, never pyplot's global state).
+
+The Gantt chart has one band per pipeline rank: the upper row shows the compute stream coloured by the kind
+of action each phase belongs to, the lower, thinner row the communication streams. White space in the upper
+row is time the GPU computes nothing: bubbles between actions and communication it waits for inside them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from sim.engine import TraceRecord
+
+COLORS = {
+    "forward": "#4C72B0", "backward": "#DD8452", "backward_input": "#DD8452", "backward_weight": "#8C8C8C",
+    "overlapped": "#55A868", "optimizer": "#8172B3", "exposed_comm": "#C44E52",
+}
+COMM_COLOR = "#C44E52"
+DP_COLOR = "#937860"
+
+
+def gantt_figure(trace: TraceRecord, num_ranks: int, title: str = "") -> Figure:
+    category = {(r, label): cat for r, _s, _e, label, cat, _b in trace.actions}
+    compute: dict[tuple[int, str], list[tuple[float, float]]] = {}
+    comm: dict[int, list[tuple[float, float]]] = {}
+    dp: dict[int, list[tuple[float, float]]] = {}
+    end_time = 0.0
+    for r, stream, _name, start, end, label in trace.phases:
+        end_time = max(end_time, end)
+        if stream == 0:
+            cat = category.get((r, label), "optimizer" if label == "optimizer" else "forward")
+            compute.setdefault((r, cat), []).append((start, end - start))
+        elif stream == 1:
+            comm.setdefault(r, []).append((start, end - start))
+        else:
+            dp.setdefault(r, []).append((start, end - start))
+    if not trace.phases:  # fast mode records actions only: draw them whole
+        for r, start, end, _label, cat, _b in trace.actions:
+            end_time = max(end_time, end)
+            compute.setdefault((r, cat), []).append((start, end - start))
+    fig = Figure(figsize=(14, 0.45 * num_ranks + 1.6), dpi=110)
+    ax = fig.add_subplot(1, 1, 1)
+    for (r, cat), bars in compute.items():
+        ax.broken_barh(bars, (r + 0.05, 0.6), facecolors=COLORS.get(cat, "#999999"), linewidth=0)
+    for r, bars in comm.items():
+        ax.broken_barh(bars, (r + 0.68, 0.14), facecolors=COMM_COLOR, linewidth=0)
+    for r, bars in dp.items():
+        ax.broken_barh(bars, (r + 0.84, 0.12), facecolors=DP_COLOR, linewidth=0)
+    ax.set_ylim(num_ranks, 0)
+    ax.set_xlim(0, end_time * 1.01 if end_time else 1)
+    ax.set_yticks([r + 0.5 for r in range(num_ranks)], [f"rank {r}" for r in range(num_ranks)], fontsize=7)
+    ax.set_xlabel("time (s)")
+    ax.set_title(title or "simulated step: compute (upper rows), communication (lower rows); white = idle")
+    handles = [Patch(color=COLORS[c], label=c.replace("_", " ")) for c in
+               ("forward", "backward", "backward_weight", "overlapped", "optimizer")]
+    handles += [Patch(color=COMM_COLOR, label="EP/TP comm"), Patch(color=DP_COLOR, label="DP comm")]
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=len(handles), fontsize=8,
+              frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def write_gantt(path: str | Path, trace: TraceRecord, num_ranks: int, title: str = "") -> None:
+    gantt_figure(trace, num_ranks, title).savefig(Path(path), format="png")

@@ -1,0 +1,42 @@
+"""`sim run`: JSON keys, outputs written, bad input exits 2 with the field named."""
+
+from __future__ import annotations
+
+import json
+
+from sim.cli import main
+
+KEYS = ("step_time_s", "tokens_per_s_per_gpu", "gpu_hours_per_trillion_tokens", "mfu", "breakdown_s",
+        "peak_memory_per_gpu_bytes", "oom")
+
+
+def test_run_json_default_keys(runner):
+    r = runner.invoke(main, ["run", "--mode", "fast", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    for k in KEYS:
+        assert k in out
+    assert set(out["mfu"]) == {"bf16_causal", "bf16_noncausal", "fp8_causal"}
+    assert set(out["breakdown_s"]) == {"forward", "backward_input", "backward_weight", "overlapped", "bubble",
+                                       "exposed_comm", "optimizer"}
+
+
+def test_run_writes_trace_and_gantt(runner, tmp_path):
+    t, g = tmp_path / "t.json", tmp_path / "g.png"
+    r = runner.invoke(main, ["run", "workloads/tiny_moe_job.yaml", "--trace", str(t), "--gantt", str(g)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(t.read_text())["traceEvents"]
+    assert g.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_layout_exits_2_naming_the_field(runner, tmp_path):
+    t = tmp_path / "t.json"
+    r = runner.invoke(main, ["run", "--set", "parallel.pp=7", "--trace", str(t)])
+    assert r.exit_code == 2
+    assert "parallel" in r.output and "pp" in r.output
+    assert not t.exists()
+
+
+def test_bad_output_folder_writes_nothing(runner, tmp_path):
+    r = runner.invoke(main, ["run", "workloads/tiny_moe_job.yaml", "--gantt", str(tmp_path / "no" / "g.png")])
+    assert r.exit_code == 2 and "does not exist" in r.output
