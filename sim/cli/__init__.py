@@ -34,6 +34,7 @@ def main() -> None:
 def _register() -> None:
     from sim.cli import calibrate_cmd, experts_cmd, model_cmd, run_cmd, schedule_cmd
 
+    main.add_command(calibrate_cmd.calibrate)
     main.add_command(experts_cmd.experts)
     main.add_command(model_cmd.model)
     main.add_command(run_cmd.run)
