@@ -146,7 +146,9 @@ class PeakTflops(Frozen):
 
 
 class GpuEfficiency(Frozen):
-    """Achievable fractions of peak, used when no calibration table covers an op."""
+    """Achievable fractions of peak, used when no calibration table covers an op. Attention fractions count
+    model FLOPs (backward = 2 x forward); ``hbm_frac`` is what typical fused memory-bound training kernels
+    reach, not a streaming copy's best."""
 
     gemm_bf16_frac: float = Field(gt=0, le=1)
     gemm_fp8_frac: float | None = Field(default=None, gt=0, le=1, description="None without FP8")

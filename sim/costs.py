@@ -9,8 +9,10 @@ partial). Grouped expert GEMMs pad each group to the tile (DeepGEMM's contiguous
 table measured the op family, its achieved rate (interpolated in log space between measured sizes) replaces
 the roofline; outside the measured range the profile is used and the fallback is recorded in ``notes``.
 
-Attention follows the FlashAttention convention: forward ``4 B H S_q S_k D`` halved for causal masks,
-backward 2.5x forward (five GEMMs including the recompute of ``P``). Norms, activations, casts and the
+Attention is costed in model FLOPs: forward ``4 B H S_q S_k D`` (``D`` the mean of the query/key and value
+head sizes) halved for causal masks, backward twice the forward. FlashAttention's backward also recomputes
+the scores (2.5x in hardware FLOPs); the achievable fractions and calibrated rates are stated in the same
+model-FLOP convention, so that work is in the rate, not the count. Norms, activations, casts and the
 optimizer are memory-bound: bytes over achievable HBM bandwidth.
 
 FP8 (DeepSeek-V3 tech report 3.3): activations are quantized in 1 x 128 tiles before each FP8 GEMM (read
@@ -67,17 +69,18 @@ class CostModel:
         return useful * tiles / (waves * sms)
 
     def gemm_seconds(self, m: float, n: int, k: int, dtype: str, group_rows: tuple[float, ...] | None = None,
-                     name: str | None = None) -> float:
-        """One (grouped) GEMM: ``m`` output rows in total (``group_rows`` per group if grouped)."""
+                     pass_: Pass | None = None) -> float:
+        """One (grouped) GEMM ``[m, k] x [k, n]``: ``m`` rows in total (``group_rows`` per group if grouped).
+        ``pass_`` selects calibration entries of that pass when the table has them."""
         if m <= 0:
             return 0.0
         groups = len(group_rows) if group_rows else 1
-        key = ("gemm", round(m, 3), n, k, dtype, group_rows, name)
+        key = ("gemm", round(m, 3), n, k, dtype, group_rows, pass_)
         hit = self._cache.get(key)
         if hit is not None:
             return hit
         flops = 2.0 * m * n * k
-        rate = self._table_rate("grouped_gemm" if groups > 1 else "gemm", dtype, m, n, k, groups, name)
+        rate = self._gemm_rate("grouped_gemm" if groups > 1 else "gemm", dtype, m, n, k, groups, pass_)
         if rate is not None:
             secs = flops / rate
         else:
@@ -90,32 +93,30 @@ class CostModel:
         return secs
 
     def gemm_pass_seconds(self, pass_: Pass, m: float, n: int, k: int, precision_class: str,
-                          group_rows: tuple[float, ...] | None = None, name: str | None = None) -> float:
+                          group_rows: tuple[float, ...] | None = None) -> float:
         """A linear layer's pass with weight ``[n, k]`` over ``m`` rows, FP8 casts included.
 
         fwd: ``m x n x k``; dgrad: ``m x k x n``; wgrad: ``n x k x m`` (contraction over the rows).
         """
         dtype = self.gemm_dtype(pass_, precision_class)
         if pass_ == "fwd":
-            t = self.gemm_seconds(m, n, k, dtype, group_rows, name)
+            t = self.gemm_seconds(m, n, k, dtype, group_rows, "fwd")
             cast = 3.0 * m * k
         elif pass_ == "dgrad":
-            t = self.gemm_seconds(m, k, n, dtype, group_rows, name)
+            t = self.gemm_seconds(m, k, n, dtype, group_rows, "dgrad")
             cast = 3.0 * m * n
         else:
-            t = self._wgrad_seconds(m, n, k, dtype, group_rows, name)
+            t = self._wgrad_seconds(m, n, k, dtype, group_rows)
             cast = 2.0 * m * k + 3.0 * m * n
         if dtype == "fp8":
             t += self.memory_seconds(cast, "fp8_cast")
         return t
 
-    def _wgrad_seconds(self, m: float, n: int, k: int, dtype: str, group_rows: tuple[float, ...] | None,
-                       name: str | None) -> float:
+    def _wgrad_seconds(self, m: float, n: int, k: int, dtype: str, group_rows: tuple[float, ...] | None) -> float:
         if not group_rows or len(group_rows) == 1:
-            return self.gemm_seconds(n, k, round(m) or 1, dtype, None, name and f"{name}.wgrad")
+            return self.gemm_seconds(n, k, round(m) or 1, dtype, None, "wgrad")
         # One n x k weight gradient per expert, contracting over that expert's rows.
-        return sum(self.gemm_seconds(n, k, round(r), dtype, None, name and f"{name}.wgrad")
-                   for r in group_rows if r > 0)
+        return sum(self.gemm_seconds(n, k, round(r), dtype, None, "wgrad") for r in group_rows if r > 0)
 
     # ------------------------------------------------------------------ attention
     def attention_seconds(self, pass_: Pass, tokens: float, seq_len: int, heads: int, qk_dim: int, v_dim: int,
@@ -126,9 +127,8 @@ class CostModel:
         keys = seq_len / 2 if causal else seq_len
         fwd_flops = 2.0 * heads * (qk_dim + v_dim) * keys * tokens
         kind = "attention_fwd" if pass_ == "fwd" else "attention_bwd"
-        flops = fwd_flops if pass_ == "fwd" else 2.5 * fwd_flops
-        rate = self._table_rate(kind, self.precision.attention, seq_len, heads=heads, qk_dim=qk_dim, v_dim=v_dim,
-                                tokens=tokens)
+        flops = fwd_flops if pass_ == "fwd" else 2.0 * fwd_flops
+        rate = self._attention_rate(kind, seq_len, heads, qk_dim, v_dim)
         if rate is None:
             eff = self.gpu.efficiency
             frac = eff.attention_fwd_frac if pass_ == "fwd" else eff.attention_bwd_frac
@@ -143,26 +143,50 @@ class CostModel:
         """A memory-bound kernel moving ``bytes_`` (reads plus writes)."""
         if bytes_ <= 0:
             return 0.0
-        rate = self._table_rate("memory", "bf16", bytes_, name=name, bytes_kind=True)
+        rate = self._memory_rate(name, bytes_)
         if rate is not None:
             return bytes_ / rate
         return self.memory_seconds_raw(bytes_) + self.gpu.efficiency.kernel_overhead_us * US
 
     # ------------------------------------------------------------------ calibration
-    def _table_rate(self, kind: str, dtype: str, m: float, n: int = 0, k: int = 0, groups: int = 1,
-                    name: str | None = None, bytes_kind: bool = False, **attn: float) -> float | None:
+    def _note(self, what: str) -> None:
+        self.notes.add(f"no calibration for {what}; profile efficiency used")
+
+    def _gemm_rate(self, kind: str, dtype: str, m: float, n: int, k: int, groups: int, pass_: Pass | None
+                   ) -> float | None:
         if self.table is None:
             return None
-        if kind.startswith("attention"):
-            look = self.table.rate(kind, dtype, m=m, heads=attn["heads"], qk_dim=attn["qk_dim"],
-                                   v_dim=attn["v_dim"])
-        elif bytes_kind:
-            look = self.table.rate(kind, dtype, m=m, name=name)
-        else:
+        look = self.table.rate(kind, dtype, m=m, n=n, k=k, groups=groups, gemm_pass=pass_)
+        if look is None and pass_ is not None:  # tables timed as plain GEMMs carry no pass
             look = self.table.rate(kind, dtype, m=m, n=n, k=k, groups=groups)
         if look is None:
-            self.notes.add(f"no calibration for {kind} {dtype}"
-                           + (f" n={n} k={k}" if n else "") + (f" ({name})" if name else "")
-                           + "; profile efficiency used")
+            self._note(f"{kind} {dtype} [{n} x {k}]" + (f" x{groups}" if groups > 1 else ""))
+            return None
+        return float(look.rate)
+
+    def _attention_rate(self, kind: str, seq_len: int, heads: int, qk_dim: int, v_dim: int) -> float | None:
+        if self.table is None:
+            return None
+        look = self.table.rate(kind, self.precision.attention, m=seq_len, heads=heads, qk_dim=qk_dim, v_dim=v_dim)
+        if look is None:
+            self._note(f"{kind} at sequence {seq_len} with {heads} heads")
+            return None
+        return float(look.rate)
+
+    def alltoall_measured_seconds(self, kind: str, dtype: str, logical_bytes: float, ranks: int) -> float | None:
+        """Seconds the table measured for an expert all-to-all (``dispatch`` or ``combine``) of this logical
+        payload (tokens x top-k x bytes per token) over ``ranks`` EP ranks, or None."""
+        if self.table is None:
+            return None
+        look = self.table.rate(kind, dtype, m=logical_bytes, ranks=ranks)
+        return None if look is None else logical_bytes / float(look.rate)
+
+    def _memory_rate(self, name: str, bytes_: float) -> float | None:
+        """The kernel's own measured family, else memory-bound kernels of that size pooled."""
+        if self.table is None:
+            return None
+        look = self.table.rate("memory", "bf16", m=bytes_, name=name) or self.table.rate("memory", "bf16", m=bytes_)
+        if look is None:
+            self._note(f"memory-bound {name} at some sizes")
             return None
         return float(look.rate)

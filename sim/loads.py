@@ -31,6 +31,10 @@ class LoadModel:
         nvl = t * mlim * 1.7 if nodes > 1 else t * m.n_activated_experts * (gpn - 1) / gpn
         self._load = MoeLoad((rows,) * local, t * remote * d_b, nvl * d_b, t * remote * c_b, nvl * c_b)
 
+    def balanced_load(self) -> MoeLoad:
+        assert self._load is not None
+        return self._load
+
     def moe_load(self, layer: int, microbatch: int) -> MoeLoad:
         assert self._load is not None
         return self._load

@@ -38,9 +38,14 @@ class Group:
 
 @dataclass(frozen=True)
 class Network:
+    """Costs of transfers for one layout. ``a2a_efficiency`` scales the link bandwidths of the expert
+    all-to-all by kind (``dispatch`` / ``combine``): 1 means pure transfer at the links' achievable rates;
+    a calibration measured inside a real run (handshakes and waits for peers included) sets it lower."""
+
     cluster: ClusterSpec
     parallel: ParallelSpec
     dp: int
+    a2a_efficiency: tuple[tuple[str, float], ...] = ()
 
     @property
     def gpus_per_node(self) -> int:
@@ -109,9 +114,10 @@ class Network:
         nvl = per_rank * (g - 1) / g / self.nvlink_bytes_per_s if g > 1 else 0.0
         return steps * self.ib_latency_s + max(ib, nvl)
 
-    def alltoall_seconds(self, ib_bytes: float, nvlink_bytes: float) -> float:
+    def alltoall_seconds(self, ib_bytes: float, nvlink_bytes: float, kind: str = "dispatch") -> float:
         """Expert dispatch or combine: bytes a GPU moves over its NIC and over NVLink, pipelined."""
         if ib_bytes <= 0 and nvlink_bytes <= 0:
             return 0.0
         latency = self.ib_latency_s if ib_bytes > 0 else self.nvlink_latency_s
-        return latency + max(ib_bytes / self.nic_bytes_per_s, nvlink_bytes / self.nvlink_bytes_per_s)
+        eff = dict(self.a2a_efficiency).get(kind, 1.0)
+        return latency + max(ib_bytes / self.nic_bytes_per_s, nvlink_bytes / self.nvlink_bytes_per_s) / eff

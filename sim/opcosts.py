@@ -20,6 +20,7 @@ Part = Literal["fwd", "input", "weight"]
 ROW_PARALLEL = frozenset({"o_proj", "ffn_down", "shared_down", "experts_down"})
 REPLICATED = frozenset({"q_a_proj", "kv_a_proj", "router", "mtp_eh_proj"})
 UP_PROJECTIONS = frozenset({"q_b_proj", "kv_b_proj", "qkv_proj", "q_proj", "rope"})
+ACTIVATIONS = frozenset({"ffn_act", "experts_act", "shared_act"})
 
 
 def recomputed(policy: str, op: Op) -> bool:
@@ -68,6 +69,8 @@ class OpCoster:
         if pass_ == "wgrad":
             return 0.0
         name = "norm" if op.kind == "norm" else op.name
+        if name in ACTIVATIONS:
+            name = self.s.model.ffn_activation  # the table times activations as "swiglu" / "gelu"
         # Forward reads and writes BF16; backward reads input and output gradient, writes input gradient.
         return c.memory_seconds((4.0 if pass_ == "fwd" else 6.0) * width_tokens, name)
 
@@ -81,6 +84,5 @@ class OpCoster:
                 n //= self.tp
         if op.kind == "grouped_gemm":
             groups = rows_per_expert or (tokens * op.rows_per_token,)
-            return self.costs.gemm_pass_seconds(pass_, sum(groups), n, k, op.precision_class, groups, op.name)
-        return self.costs.gemm_pass_seconds(pass_, tokens * op.rows_per_token, n, k, op.precision_class,
-                                            None, op.name)
+            return self.costs.gemm_pass_seconds(pass_, sum(groups), n, k, op.precision_class, groups)
+        return self.costs.gemm_pass_seconds(pass_, tokens * op.rows_per_token, n, k, op.precision_class)

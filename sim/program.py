@@ -161,7 +161,7 @@ class Program:
         ib = load.dispatch_ib_bytes if which == "dispatch" else load.combine_ib_bytes
         nvl = load.dispatch_nvlink_bytes if which == "dispatch" else load.combine_nvlink_bytes
         links = (IB if ib > 0 else 0) | (NVLINK if nvl > 0 else 0)
-        return self.net.alltoall_seconds(ib, nvl), links
+        return self.net.alltoall_seconds(ib, nvl, which), links
 
     def _forward(self, b: _ChunkBuilder, unit: Unit, load: MoeLoad | None) -> None:
         tp = self.s.parallel.tp > 1

@@ -60,26 +60,52 @@ class StepContext:
     tail: StepTail
 
 
-def load_calibration(scenario: Scenario, allow_cpu: bool = False) -> Any | None:
+def load_calibration(scenario: Scenario, allow_cpu: bool = False) -> tuple[Any | None, str | None]:
+    """The scenario's calibration table and a warning to show (a CPU table in pipeline-validation mode)."""
     if not scenario.calibration:
-        return None
+        return None, None
     from sim.calibrate.table import load_table
 
     table = load_table(scenario.calibration)
-    table.check_usable_for(scenario.cluster.gpu.name, allow_cpu=allow_cpu)
-    return table
+    return table, table.check_usable_for(scenario.cluster.gpu.name, allow_cpu=allow_cpu)
 
 
 def build_context(scenario: Scenario, allow_cpu_calibration: bool = False) -> StepContext:
     p = scenario.parallel
     layout = partition(scenario.model, scenario.num_stages, p.stage_layers, p.stage_split, scenario.training.seq_len)
-    costs = CostModel(scenario.cluster.gpu, scenario.precision, load_calibration(scenario, allow_cpu_calibration))
-    network = Network(scenario.cluster, p, scenario.dp)
+    table, warning = load_calibration(scenario, allow_cpu_calibration)
+    costs = CostModel(scenario.cluster.gpu, scenario.precision, table)
+    if warning:
+        costs.notes.add(warning)
     loads = LoadModel(scenario, layout)
+    network = Network(scenario.cluster, p, scenario.dp, a2a_calibration(scenario, costs, loads))
     program = Program(scenario, OpCoster(scenario, costs), network, layout, loads.moe_load)
     schedule = build_schedule(p.schedule, p.pp, scenario.num_microbatches, p.vpp)
     tail = StepTail(scenario, layout, network, costs)
     return StepContext(scenario, layout, costs, network, program, schedule, loads, tail)
+
+
+def a2a_calibration(scenario: Scenario, costs: CostModel, loads: LoadModel) -> tuple[tuple[str, float], ...]:
+    """Efficiency of the expert all-to-all relative to pure transfer at the links' achievable bandwidth, from a
+    calibration table that measured this EP size at this micro-batch (balanced routing): modelled transfer
+    time over measured time, per kind. Empty when the table does not cover the scenario."""
+    m, p = scenario.model, scenario.parallel
+    if not (m.is_moe and p.ep > 1) or costs.table is None:
+        return ()
+    link = Network(scenario.cluster, p, scenario.dp)
+    load = loads.balanced_load()
+    out = []
+    for kind, dtype in (("dispatch", scenario.precision.dispatch), ("combine", scenario.precision.combine)):
+        per_token = m.dim * (1 + 4 / scenario.precision.activation_tile) if dtype == "fp8" else m.dim * 2.0
+        logical = scenario.tokens_per_microbatch * m.n_activated_experts * per_token
+        measured = costs.alltoall_measured_seconds(kind, dtype, logical, p.ep)
+        if measured is None:
+            costs.notes.add(f"no calibration for the expert {kind} at EP{p.ep}; pure transfer time used")
+            continue
+        ib = load.dispatch_ib_bytes if kind == "dispatch" else load.combine_ib_bytes
+        nvl = load.dispatch_nvlink_bytes if kind == "dispatch" else load.combine_nvlink_bytes
+        out.append((kind, link.alltoall_seconds(ib, nvl, kind) / measured))
+    return tuple(out)
 
 
 class _Driver:

@@ -41,8 +41,10 @@ Inferences, each checked against the trace when the import runs:
   compute stream are flagged and dropped when uncontended samples of the same shape exist.
 - **Communication**: ``dispatch(F)`` and ``combine(B)`` run DeepEP's dispatch kernel (FP8 payload, 1x128 scales
   included), ``combine(F)`` and ``dispatch(B)`` its combine kernel (BF16), as the tech report 3.3 states. Bytes
-  are the logical payload per GPU: tokens x top-k x hidden x element size. Durations include waiting for peers
-  (``includes_wait``): upper bounds on transfer time, lower bounds on bandwidth.
+  are the logical payload per GPU: tokens x top-k x hidden x element size. A sample's seconds are its region's
+  whole communication-stream time (layout and notify handshakes, the FP8 cast of combine(B), the DeepEP
+  kernel): what the operation costs inside DualPipe on this cluster, waiting for peers included
+  (``includes_wait``), and the time its kernels hold their 20 SMs.
 - **Memory-bound kernels** from ``attn(F)``: ``norm_residual_add``, the fused residual-add RMSNorm at width
   7168 (reads input and residual, writes output and sum: 4 x rows x width x 2 bytes); ``norm``, the plain
   RMSNorms of the q/kv latents (2 x); ``fp8_cast``, the per-token FP8 casts before each dense GEMM (width = that
@@ -319,8 +321,11 @@ def _swiglu_samples(lay: Layout, ann: Annotation, kernels: list[Kernel]) -> list
 
 
 def _comm_samples(lay: Layout, ann: Annotation, kernels: list[Kernel]) -> list[Sample]:
+    """One sample per all-to-all region: the region's whole communication-stream time (layout, notify
+    handshake, FP8 cast and the DeepEP kernel), the time the operation holds its SMs in the real run."""
     m = lay.model
     out = []
+    comm = [k for k in kernels if k.stream in lay.comm_streams]
     for k in kernels:
         kind = "dispatch" if EP_DISPATCH.search(k.name) else "combine" if EP_COMBINE.search(k.name) else None
         if kind is None:
@@ -329,8 +334,10 @@ def _comm_samples(lay: Layout, ann: Annotation, kernels: list[Kernel]) -> list[S
         size = lay.tokens * m.n_activated_experts * per_token
         shape: dict[str, float] = {"bytes": size, "ranks": lay.world_size, "tokens": lay.tokens,
                                    "topk": m.n_activated_experts, "hidden": m.dim}
-        out.append(Sample(kind, "fp8" if kind == "dispatch" else "bf16", f"deepep_internode_{kind} [{ann.name}]",
-                          None, shape, size, k.dur * 1e-6, ann.name, ann.occurrence + 1, k.stream, k.ts,
+        seconds = sum(c.dur for c in comm) * 1e-6
+        out.append(Sample(kind, "fp8" if kind == "dispatch" else "bf16",
+                          f"deepep_internode_{kind} [{ann.name}] (region: handshake + kernel)",
+                          None, shape, size, seconds, ann.name, ann.occurrence + 1, k.stream, k.ts,
                           _short(k.name), k.ctas, includes_wait=True))
     return out
 
