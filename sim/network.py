@@ -38,14 +38,14 @@ class Group:
 
 @dataclass(frozen=True)
 class Network:
-    """Costs of transfers for one layout. ``a2a_efficiency`` scales the link bandwidths of the expert
-    all-to-all by kind (``dispatch`` / ``combine``): 1 means pure transfer at the links' achievable rates;
-    a calibration measured inside a real run (handshakes and waits for peers included) sets it lower."""
+    """Costs of transfers for one layout. ``a2a_overhead_s`` adds, per kind of expert all-to-all
+    (``dispatch`` / ``combine``), what a calibration measured beyond pure transfer at the links' achievable
+    rates: handshakes and waits for peers inside a real run (an alpha term: it does not scale with bytes)."""
 
     cluster: ClusterSpec
     parallel: ParallelSpec
     dp: int
-    a2a_efficiency: tuple[tuple[str, float], ...] = ()
+    a2a_overhead_s: tuple[tuple[str, float], ...] = ()
 
     @property
     def gpus_per_node(self) -> int:
@@ -114,10 +114,13 @@ class Network:
         nvl = per_rank * (g - 1) / g / self.nvlink_bytes_per_s if g > 1 else 0.0
         return steps * self.ib_latency_s + max(ib, nvl)
 
-    def alltoall_seconds(self, ib_bytes: float, nvlink_bytes: float, kind: str = "dispatch") -> float:
-        """Expert dispatch or combine: bytes a GPU moves over its NIC and over NVLink, pipelined."""
+    def alltoall_seconds(self, ib_bytes: float, nvlink_bytes: float, kind: str = "dispatch",
+                         nic_bytes_per_s: float | None = None, nvlink_bytes_per_s: float | None = None) -> float:
+        """Expert dispatch or combine: bytes a GPU moves over its NIC and over NVLink, pipelined, plus the
+        calibrated overhead of ``kind``. Bandwidths default to this cluster's achievable ones."""
         if ib_bytes <= 0 and nvlink_bytes <= 0:
             return 0.0
         latency = self.ib_latency_s if ib_bytes > 0 else self.nvlink_latency_s
-        eff = dict(self.a2a_efficiency).get(kind, 1.0)
-        return latency + max(ib_bytes / self.nic_bytes_per_s, nvlink_bytes / self.nvlink_bytes_per_s) / eff
+        nic = nic_bytes_per_s or self.nic_bytes_per_s
+        nvl = nvlink_bytes_per_s or self.nvlink_bytes_per_s
+        return latency + max(ib_bytes / nic, nvlink_bytes / nvl) + dict(self.a2a_overhead_s).get(kind, 0.0)

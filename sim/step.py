@@ -86,9 +86,9 @@ def build_context(scenario: Scenario, allow_cpu_calibration: bool = False) -> St
 
 
 def a2a_calibration(scenario: Scenario, costs: CostModel, loads: LoadModel) -> tuple[tuple[str, float], ...]:
-    """Efficiency of the expert all-to-all relative to pure transfer at the links' achievable bandwidth, from a
-    calibration table that measured this EP size at this micro-batch (balanced routing): modelled transfer
-    time over measured time, per kind. Empty when the table does not cover the scenario."""
+    """Per kind of expert all-to-all, the seconds a calibration table measured beyond pure transfer: the
+    measured time (balanced routing, this EP size and micro-batch) minus the transfer time at the measured
+    cluster's link bandwidths. Empty when the table does not cover the scenario."""
     m, p = scenario.model, scenario.parallel
     if not (m.is_moe and p.ep > 1) or costs.table is None:
         return ()
@@ -98,13 +98,14 @@ def a2a_calibration(scenario: Scenario, costs: CostModel, loads: LoadModel) -> t
     for kind, dtype in (("dispatch", scenario.precision.dispatch), ("combine", scenario.precision.combine)):
         per_token = m.dim * (1 + 4 / scenario.precision.activation_tile) if dtype == "fp8" else m.dim * 2.0
         logical = scenario.tokens_per_microbatch * m.n_activated_experts * per_token
-        measured = costs.alltoall_measured_seconds(kind, dtype, logical, p.ep)
+        measured = costs.alltoall_measured(kind, dtype, logical, p.ep)
         if measured is None:
             costs.notes.add(f"no calibration for the expert {kind} at EP{p.ep}; pure transfer time used")
             continue
+        seconds, nic, nvl = measured
         ib = load.dispatch_ib_bytes if kind == "dispatch" else load.combine_ib_bytes
-        nvl = load.dispatch_nvlink_bytes if kind == "dispatch" else load.combine_nvlink_bytes
-        out.append((kind, link.alltoall_seconds(ib, nvl, kind) / measured))
+        nv = load.dispatch_nvlink_bytes if kind == "dispatch" else load.combine_nvlink_bytes
+        out.append((kind, max(0.0, seconds - link.alltoall_seconds(ib, nv, kind, nic, nvl))))
     return tuple(out)
 
 

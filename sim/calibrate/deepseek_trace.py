@@ -333,13 +333,23 @@ def _comm_samples(lay: Layout, ann: Annotation, kernels: list[Kernel]) -> list[S
         per_token = m.dim + m.dim // 128 * 4 if kind == "dispatch" else m.dim * 2
         size = lay.tokens * m.n_activated_experts * per_token
         shape: dict[str, float] = {"bytes": size, "ranks": lay.world_size, "tokens": lay.tokens,
-                                   "topk": m.n_activated_experts, "hidden": m.dim}
+                                   "topk": m.n_activated_experts, "hidden": m.dim, **_measured_links()}
         seconds = sum(c.dur for c in comm) * 1e-6
         out.append(Sample(kind, "fp8" if kind == "dispatch" else "bf16",
                           f"deepep_internode_{kind} [{ann.name}] (region: handshake + kernel)",
                           None, shape, size, seconds, ann.name, ann.occurrence + 1, k.stream, k.ts,
                           _short(k.name), k.ctas, includes_wait=True))
     return out
+
+
+def _measured_links() -> dict[str, float]:
+    """The achievable per-GPU link bandwidths of the cluster the trace ran on (DeepSeek's H800 cluster,
+    ``hardware_profiles/clusters/deepseek_h800_2048.yaml``): the cost model separates the transfer time at
+    these rates from the handshakes and waits the measured all-to-all also contains."""
+    from sim.loading import load_cluster
+
+    node = load_cluster("deepseek_h800_2048").node
+    return {"nic_gb_per_s": node.nic_bytes_per_s_per_gpu / 1e9, "nvlink_gb_per_s": node.nvlink_achievable_gb_per_s}
 
 
 def _mem(ann: Annotation, k: Kernel, name: str, shape: dict[str, float]) -> Sample:
