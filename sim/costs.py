@@ -39,7 +39,8 @@ class CostModel:
     gpu: GpuSpec
     precision: PrecisionSpec
     table: Any | None = None  # sim.calibrate.table.CalibrationTable (duck-typed: only .rate() is used)
-    notes: set[str] = field(default_factory=set)
+    notes: set[str] = field(default_factory=set)  # calibration fallbacks
+    warnings: set[str] = field(default_factory=set)  # what a reader of the results must see
     _cache: dict[tuple, float] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ dtypes

@@ -49,6 +49,7 @@ class StepResult:
     num_events: int
     wall_time_s: float
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     trace: Any = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,4 +115,5 @@ def step_result(ctx: Any, step: float, finish: list[float], trace: Any, peak_act
         breakdown_s=mean, breakdown_per_rank_s=per_rank, busy_per_rank_s=busy, finish_per_rank_s=list(finish),
         peak_memory_per_gpu_bytes=peak, memory_per_rank=rows, memory_capacity_bytes=gpu.hbm_bytes,
         oom=peak > gpu.hbm_bytes, imbalance=ctx.loads.imbalance,
-        num_events=len(trace.phases) + len(trace.actions), wall_time_s=wall_s, notes=notes, trace=trace)
+        num_events=len(trace.phases) + len(trace.actions), wall_time_s=wall_s, notes=notes,
+        warnings=sorted(ctx.costs.warnings), trace=trace)

@@ -76,7 +76,7 @@ def build_context(scenario: Scenario, allow_cpu_calibration: bool = False) -> St
     table, warning = load_calibration(scenario, allow_cpu_calibration)
     costs = CostModel(scenario.cluster.gpu, scenario.precision, table)
     if warning:
-        costs.notes.add(warning)
+        costs.warnings.add(warning)
     loads = LoadModel(scenario, layout)
     network = Network(scenario.cluster, p, scenario.dp, a2a_calibration(scenario, costs, loads))
     program = Program(scenario, OpCoster(scenario, costs), network, layout, loads.moe_load)

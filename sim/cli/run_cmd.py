@@ -29,11 +29,13 @@ def scenario_options(f):
 @click.option("--mode", type=click.Choice(["detailed", "fast"]), default="detailed", show_default=True,
               help="detailed: per-layer phases; fast: per-action durations, for sweeps")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@click.option("--verbose", "-v", is_flag=True, help="list every op that fell back to profile efficiencies")
 @click.option("--trace", "trace_out", type=click.Path(dir_okay=False), default=None,
               help="write a Chrome/Perfetto trace JSON")
 @click.option("--gantt", "gantt_out", type=click.Path(dir_okay=False), default=None, help="write a Gantt PNG")
 def run(workload: str | None, hardware: str | None, gpus: int | None, overrides: tuple[str, ...],
-        calibration: str | None, mode: str, as_json: bool, trace_out: str | None, gantt_out: str | None) -> None:
+        calibration: str | None, mode: str, as_json: bool, verbose: bool, trace_out: str | None,
+        gantt_out: str | None) -> None:
     """Simulate one training step of WORKLOAD and report where the time goes."""
     from sim.step import simulate_step
 
@@ -52,8 +54,14 @@ def run(workload: str | None, hardware: str | None, gpus: int | None, overrides:
 
         write_atomic(gantt_out, lambda p: write_gantt(p, result.trace, nranks,
                                                       f"{scenario.name}: {result.step_time_s:.2f} s per step"))
-    for note in result.notes:
-        click.echo(f"note: {note}", err=True)
+    for warning in result.warnings:
+        click.echo(f"WARNING: {warning}", err=True)
+    if verbose:
+        for note in result.notes:
+            click.echo(f"note: {note}", err=True)
+    elif result.notes:
+        click.echo(f"note: {len(result.notes)} kinds of ops had no calibration and used profile efficiencies "
+                   "(--verbose lists them)", err=True)
     if as_json:
         out = result.to_dict()
         out["scenario"] = scenario.name
