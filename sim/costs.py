@@ -184,7 +184,8 @@ class CostModel:
         look = self.table.rate(kind, dtype, m=logical_bytes, ranks=ranks)
         if look is None:
             return None
-        shape = next((e.shape for e in self.table.entries if e.kind == kind and e.shape.get("ranks") == ranks), {})
+        shape: dict[str, float] = next((e.shape for e in self.table.entries
+                                        if e.kind == kind and e.shape.get("ranks") == ranks), {})
         nic, nvl = shape.get("nic_gb_per_s"), shape.get("nvlink_gb_per_s")
         return logical_bytes / float(look.rate), nic and nic * 1e9, nvl and nvl * 1e9
 

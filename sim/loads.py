@@ -1,40 +1,75 @@
-"""Expert loads as the program needs them: per MoE layer and micro-batch, a MoeLoad of the slowest GPU.
+"""Expert loads as the program needs them: per MoE layer and micro-batch, what the busiest GPU sees.
 
-PROVISIONAL: balanced routing only, until sim.experts lands.
+Scale by symmetry: the simulated pipeline stands for every EP group of its stage, and the all-to-all of a
+layer finishes only when its busiest rank has received, computed and returned its rows. So each MoE layer of
+each micro-batch is simulated with the rows of the EP group's busiest rank (its rows per local expert set
+the grouped-GEMM time) and, per link, the most bytes any rank moves (the larger direction). Loads come from
+``sim.experts.microbatch_loads``: the balancing state after ``experts.balancing_steps`` steps of the
+scenario's policy, micro-batches drawn from it. Balanced routing gives every rank the same rows.
 """
 
 from __future__ import annotations
 
+from functools import cache
+
+import numpy as np
+
 from sim.config import Scenario
-from sim.model.layout import StageLayout
+from sim.experts import microbatch_loads
+from sim.model.layout import StageLayout, Unit
 from sim.program import MoeLoad
 
 
+def layer_id(unit: Unit, n_layers: int) -> int:
+    """The expert-load layer id of a MoE unit: its layer index, or ``n_layers + i`` for MTP module ``i``."""
+    return unit.index if unit.kind == "layer" else n_layers + unit.index
+
+
 class LoadModel:
+    """MoE loads of one scenario (``moe_load``) and the imbalance factor they carry."""
+
     def __init__(self, scenario: Scenario, layout: StageLayout) -> None:
         self.s = scenario
         m = scenario.model
-        p = scenario.parallel
         self.imbalance = 1.0
-        self._load: MoeLoad | None = None
+        self._index: dict[int, int] = {}
         if not m.is_moe:
             return
-        t = scenario.tokens_per_microbatch
-        local = m.n_routed_experts // p.ep
-        rows = t * m.n_activated_experts / local
-        gpn = scenario.cluster.node.gpus_per_node
-        nodes = max(1, p.ep // gpn)
-        d_b = m.dim * (1 + 4 / 128) if scenario.precision.dispatch == "fp8" else m.dim * 2
-        c_b = m.dim * 2
-        mlim = min(m.n_limited_groups, nodes)
-        remote = mlim * (1 - 1 / nodes) if nodes > 1 else 0
-        nvl = t * mlim * 1.7 if nodes > 1 else t * m.n_activated_experts * (gpn - 1) / gpn
-        self._load = MoeLoad((rows,) * local, t * remote * d_b, nvl * d_b, t * remote * c_b, nvl * c_b)
+        layers = sorted({layer_id(u, m.n_layers) for stage in layout.stages for u in stage if u.moe})
+        self.loads = microbatch_loads(scenario, layers, scenario.num_microbatches)
+        self._index = {layer: i for i, layer in enumerate(self.loads.layers)}
+        self.imbalance = self.loads.imbalance_overall
+        lo = self.loads
+        busiest = lo.rank_tokens.argmax(axis=-1)  # [layer, mb]
+        self._rows = np.take_along_axis(lo.local_expert_tokens, busiest[..., None, None], axis=2)[:, :, 0, :]
+        self._bytes = {(phase, link): lo.max_link_bytes(phase, link)
+                       for phase in ("dispatch", "combine") for link in ("ib", "nvlink")}
+        self._ratio = lo.imbalance
+        self._make = cache(self._build)
+        spec = scenario.experts
+        self._uniform = self._make(0, 0) if spec.skew == "balanced" and spec.drift_per_step == 0 else None
+
+    def moe_load(self, unit: Unit, microbatch: int) -> MoeLoad:
+        if self._uniform is not None:  # balanced routing: every layer and micro-batch alike
+            return self._uniform
+        return self._make(self._index[layer_id(unit, self.s.model.n_layers)], microbatch)
+
+    def _build(self, i: int, mb: int) -> MoeLoad:
+        b = self._bytes
+        return MoeLoad(tuple(float(r) for r in self._rows[i, mb]),
+                       float(b["dispatch", "ib"][i, mb]), float(b["dispatch", "nvlink"][i, mb]),
+                       float(b["combine", "ib"][i, mb]), float(b["combine", "nvlink"][i, mb]),
+                       float(self._ratio[i, mb]))
 
     def balanced_load(self) -> MoeLoad:
-        assert self._load is not None
-        return self._load
-
-    def moe_load(self, layer: int, microbatch: int) -> MoeLoad:
-        assert self._load is not None
-        return self._load
+        """The load of one layer and micro-batch under balanced routing (the calibration's setting)."""
+        if self._uniform is not None:
+            return self._uniform
+        even = self.s.model_copy(update={"experts": self.s.experts.model_copy(update={"skew": "balanced",
+                                                                                    "drift_per_step": 0.0})})
+        lo = microbatch_loads(even, [self.loads.layers[0]], 1)
+        return MoeLoad(tuple(float(r) for r in lo.local_expert_tokens[0, 0, 0]),
+                       float(lo.max_link_bytes("dispatch", "ib")[0, 0]),
+                       float(lo.max_link_bytes("dispatch", "nvlink")[0, 0]),
+                       float(lo.max_link_bytes("combine", "ib")[0, 0]),
+                       float(lo.max_link_bytes("combine", "nvlink")[0, 0]))

@@ -70,7 +70,7 @@ class Chunk:
     orders: tuple[tuple[int, ...], tuple[int, ...]]
 
 
-LoadFn = Callable[[int, int], MoeLoad]  # (layer, micro-batch) -> load
+LoadFn = Callable[[Unit, int], MoeLoad]  # (MoE unit, micro-batch) -> load
 
 
 class _ChunkBuilder:
@@ -105,6 +105,8 @@ class Program:
         self.loads = loads
         self.tokens = float(scenario.tokens_per_microbatch)
         self._memo: dict[tuple, Chunk] = {}
+        self._block_memo: dict[str, list[tuple[str, tuple]]] = {}
+        self._secs_memo: dict[tuple, float] = {}
         p = scenario.parallel
         self.ep_comm = scenario.model.is_moe and p.ep > 1
         self.tp_kind: Collective = "reduce_scatter" if p.sequence_parallel else "all_reduce"
@@ -112,7 +114,7 @@ class Program:
     # --------------------------------------------------------------- public
     def chunk(self, stage: int, kind: ChunkKind, microbatch: int) -> Chunk:
         units = self.layout.stages[stage]
-        loads = tuple(self.loads(u.index, microbatch) if u.moe else None for u in units)
+        loads = tuple(self.loads(u, microbatch) if u.moe else None for u in units)
         key = (stage, kind, loads)
         hit = self._memo.get(key)
         if hit is None:
@@ -137,19 +139,28 @@ class Program:
             b.groups.append(tuple(range(start, len(b.phases))))
         return b.build()
 
-    def _blocks(self, unit: Unit) -> list[tuple[str, list]]:
+    def _blocks(self, unit: Unit) -> list[tuple[str, tuple]]:
         """The unit's ops in their blocks, in forward order: (block name, ops)."""
-        out: list[tuple[str, list]] = []
-        for op in unit.ops:
-            name = "mlp" if op.block == "mlp" else ("attn" if op.block in ("attn", "mtp") else op.block)
-            if not out or out[-1][0] != name:
-                out.append((name, []))
-            out[-1][1].append(op)
-        return out
+        hit = self._block_memo.get(unit.name)
+        if hit is None:
+            out: list[tuple[str, list]] = []
+            for op in unit.ops:
+                name = "mlp" if op.block == "mlp" else ("attn" if op.block in ("attn", "mtp") else op.block)
+                if not out or out[-1][0] != name:
+                    out.append((name, []))
+                out[-1][1].append(op)
+            hit = self._block_memo[unit.name] = [(name, tuple(ops)) for name, ops in out]
+        return hit
 
-    def _secs(self, ops: list, part: Literal["fwd", "input", "weight"], load: MoeLoad | None) -> float:
-        rows = load.rows_per_expert if load is not None else ()
-        return sum(self.coster.seconds(op, part, self.tokens, rows) for op in ops)
+    def _secs(self, unit: Unit, block: str, ops: tuple, part: Literal["fwd", "input", "weight"],
+              load: MoeLoad | None) -> float:
+        """Seconds of a block's ops in one part; memoized, keyed by the load only where it matters (experts)."""
+        rows = load.rows_per_expert if load is not None and block == "mlp" else ()
+        key = (unit.name, block, part, rows)
+        hit = self._secs_memo.get(key)
+        if hit is None:
+            hit = self._secs_memo[key] = sum(self.coster.seconds(op, part, self.tokens, rows) for op in ops)
+        return hit
 
     def _tp_seconds(self) -> float:
         return self.net.collective_seconds(self.tp_kind, self.p2p_bytes() * (self.s.parallel.tp if
@@ -167,7 +178,7 @@ class Program:
         tp = self.s.parallel.tp > 1
         ep = unit.moe and self.ep_comm and load is not None
         for name, ops in self._blocks(unit):
-            b.last = b.add(name, "F", COMPUTE, self._secs(ops, "fwd", load), (b.last,), unit.index)
+            b.last = b.add(name, "F", COMPUTE, self._secs(unit, name, ops, "fwd", load), (b.last,), unit.index)
             # Routed experts are not tensor-parallel: a MoE block ends in the combine, not a TP collective.
             if tp and (name == "attn" or (name == "mlp" and not ep)):
                 b.last = b.add(f"tp_{name}", "F", COMM, self._tp_seconds(), (b.last,), unit.index, NVLINK, True)
@@ -185,9 +196,10 @@ class Program:
                 secs, links = self._a2a(load, "dispatch")  # combine(B) carries the dispatch's payload
                 b.last = b.add("combine_b", "I", COMM, secs, (b.last,), unit.index, links, True)
             if want_i and name != "embed":
-                b.last = b.add(f"{name}_b", "I", COMPUTE, self._secs(ops, "input", load), (b.last,), unit.index)
+                secs = self._secs(unit, name, ops, "input", load)
+                b.last = b.add(f"{name}_b", "I", COMPUTE, secs, (b.last,), unit.index)
             if want_w:
-                secs = self._secs(ops, "weight", load)
+                secs = self._secs(unit, name, ops, "weight", load)
                 if secs > 0:
                     b.add(f"{name}_w", "W", COMPUTE, secs, (b.last,) if want_i else (), unit.index)
             if want_i and name == "mlp" and ep:

@@ -231,20 +231,10 @@ class CalibrationTable(_Frozen):
              v_dim: float = 0, ranks: float = 0, causal: bool | None = None) -> RateLookup | None:
         """The whole-GPU rate of an op of ``kind`` at size ``m`` (see the module docstring), or None when the
         table does not cover it (no close family, or ``m`` outside the measured range)."""
-        cands = [e for e in self._by_kind.get((kind, dtype), ())
-                 if (name is None or e.name == name) and (gemm_pass is None or e.gemm_pass == gemm_pass)
-                 and (causal is None or bool(e.shape.get("causal", 1.0)) == causal)]
-        if not cands:
-            return None
         query = _query_key(kind, n, k, groups, heads, qk_dim, v_dim, ranks)
-        families: dict[tuple[float, ...], list[Entry]] = {}
-        for e in cands:
-            families.setdefault(_family_key(e), []).append(e)
-        ranked = sorted((log_distance(query, key), key) for key in families)
-        for dist, key in ranked:
+        for dist, key, points in self._ranked(kind, dtype, name, gemm_pass, causal, query):
             if dist > NEAREST_FAMILY_MAX_LOG_DISTANCE:
                 break
-            points = merge_points((e.size, e.rate) for e in families[key])
             hit = interp_loglog(points, m)
             if hit is None:
                 if dist == 0:
@@ -254,6 +244,32 @@ class CalibrationTable(_Frozen):
             return RateLookup(value, dist == 0, self._describe(kind, dtype, key, points, m, at_point, dist),
                               at_point)
         return None
+
+    def _ranked(self, kind: str, dtype: str, name: str | None, gemm_pass: str | None, causal: bool | None,
+                query: tuple[float, ...]) -> list[tuple[float, tuple[float, ...], list[tuple[float, float]]]]:
+        """The families matching the filters, nearest first: (log distance, family key, merged points).
+        Memoized: a simulation asks the same few questions many times."""
+        memo_key = (kind, dtype, name, gemm_pass, causal, query)
+        hit = self._memo.get(memo_key)
+        if hit is None:
+            families = self._families(kind, dtype, name, gemm_pass, causal)
+            hit = sorted(((log_distance(query, key), key, points) for key, points in families.items()),
+                         key=lambda t: (t[0], t[1]))
+            self._memo[memo_key] = hit
+        return hit
+
+    def _families(self, kind: str, dtype: str, name: str | None, gemm_pass: str | None, causal: bool | None
+                  ) -> dict[tuple[float, ...], list[tuple[float, float]]]:
+        families: dict[tuple[float, ...], list[Entry]] = {}
+        for e in self._by_kind.get((kind, dtype), ()):
+            if ((name is None or e.name == name) and (gemm_pass is None or e.gemm_pass == gemm_pass)
+                    and (causal is None or bool(e.shape.get("causal", 1.0)) == causal)):
+                families.setdefault(_family_key(e), []).append(e)
+        return {key: merge_points((e.size, e.rate) for e in es) for key, es in families.items()}
+
+    @cached_property
+    def _memo(self) -> dict[tuple, list]:  # type: ignore[type-arg]
+        return {}
 
     def _describe(self, kind: str, dtype: str, key: tuple[float, ...], points: list[tuple[float, float]],
                   m: float, at_point: bool, dist: float) -> str:
@@ -317,13 +333,22 @@ def gpu_model_token(name: str) -> str:
 
 
 def load_table(path: str | Path) -> CalibrationTable:
-    """Read and validate a calibration table; every problem is a :class:`SimInputError` naming the file."""
+    """Read and validate a calibration table; every problem is a :class:`SimInputError` naming the file.
+    Tables are immutable: a file already read (same path, size and modification time) is not parsed again."""
     p = Path(path)
     try:
         text = p.read_text()
+        stat = p.stat()
     except OSError as e:
         raise SimInputError(f"cannot read calibration file {p}: {e.strerror or e}", field="calibration") from None
-    return parse_table(text, str(p))
+    key = (str(p.resolve()), stat.st_size, stat.st_mtime_ns, hash(text))
+    table = _LOADED.get(key)
+    if table is None:
+        table = _LOADED[key] = parse_table(text, str(p))
+    return table
+
+
+_LOADED: dict[tuple[str, int, int, int], CalibrationTable] = {}
 
 
 def parse_table(text: str, label: str = "<text>") -> CalibrationTable:

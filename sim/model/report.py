@@ -14,7 +14,7 @@ def _op_table(m: ModelSpec, seq_len: int) -> list[dict[str, Any]]:
     """FLOPs per token and pass for the ops of the first dense layer, first MoE layer, head and MTP."""
     picked, seen = [], set()
     for u in model_units(m):
-        key = "moe" if u.moe else u.kind
+        key: str = "moe" if u.moe else u.kind
         if u.kind == "layer" and not u.moe:
             key = "dense"
         if key in seen or u.kind == "embed":

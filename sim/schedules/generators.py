@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from functools import lru_cache
 
 from sim.errors import SimInputError
 from sim.schedules.actions import Action, Phase, Schedule
@@ -106,6 +107,7 @@ _PLAIN: dict[str, Callable[[int, int], Schedule]] = {
 }
 
 
+@lru_cache(maxsize=32)
 def build_schedule(name: str, pp: int, num_microbatches: int, vpp: int = 1) -> Schedule:
     """The schedule ``name`` for ``pp`` ranks and ``num_microbatches`` micro-batches (``vpp`` for interleaved).
 
