@@ -50,6 +50,7 @@ class StepResult:
     wall_time_s: float
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    imbalance_cost_s: float | None = None  # step time minus the same step with balanced routing
     trace: Any = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:

@@ -282,8 +282,10 @@ class _Driver:
             self.trace.actions.append((r, start, end, label, category, (0.0, 0.0, 0.0)))
 
 
-def simulate_step(scenario: Scenario, mode: str = "detailed", allow_cpu_calibration: bool = False) -> StepResult:
-    """Simulate one optimizer step of ``scenario`` at its full batch size (``mode``: detailed or fast)."""
+def simulate_step(scenario: Scenario, mode: str = "detailed", allow_cpu_calibration: bool = False,
+                  imbalance_cost: bool = False) -> StepResult:
+    """Simulate one optimizer step of ``scenario`` at its full batch size (``mode``: detailed or fast).
+    ``imbalance_cost``: when routing is skewed, also simulate balanced routing and report the difference."""
     t0 = time.perf_counter()
     ctx = build_context(scenario, allow_cpu_calibration)
     drv = _Driver(ctx)
@@ -292,4 +294,15 @@ def simulate_step(scenario: Scenario, mode: str = "detailed", allow_cpu_calibrat
                         outputs=drv.outputs, label=drv.label, on_start=drv.on_start, on_end=drv.on_end)
     makespan, finish = simulate_pipeline(ctx.schedule.ranks, hooks, scenario.cluster.gpu.num_sms,
                                          scenario.parallel.comm_sms, tail=drv.tail, trace=trace, setup=drv.setup)
-    return step_result(ctx, makespan, finish, trace, drv.peak_act, mode, time.perf_counter() - t0)
+    result = step_result(ctx, makespan, finish, trace, drv.peak_act, mode, time.perf_counter() - t0)
+    if imbalance_cost and routing_is_skewed(scenario):
+        even = scenario.model_copy(update={"experts": scenario.experts.model_copy(
+            update={"skew": "balanced", "drift_per_step": 0.0})})
+        result.imbalance_cost_s = result.step_time_s - simulate_step(even, mode, allow_cpu_calibration).step_time_s
+    return result
+
+
+def routing_is_skewed(scenario: Scenario) -> bool:
+    """Whether routing in ``scenario`` can load experts unevenly."""
+    e = scenario.experts
+    return scenario.model.is_moe and (e.skew != "balanced" or e.drift_per_step > 0)

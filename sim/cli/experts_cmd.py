@@ -9,6 +9,7 @@ experts); ``--redundant`` overrides.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,8 @@ def experts(workload: str, steps: int, skew: str | None, zipf_exponent: float | 
     history = simulate_balancing(scenario, steps)
     report = _report(scenario, history)
     if step_time:
-        report["step_time_s_by_policy"] = step_time_by_policy(scenario, POLICIES)
+        with click.progressbar(POLICIES, label="step time under each policy", file=sys.stderr) as bar:
+            report["step_time_s_by_policy"] = {p: step_time_by_policy(scenario, [p])[p] for p in bar}
     if plot_path:
         from sim.experts.plot import balancing_figure
 

@@ -42,7 +42,7 @@ def run(workload: str | None, hardware: str | None, gpus: int | None, overrides:
     extra = (f"calibration={calibration}",) if calibration else ()
     scenario = load_scenario(workload, hardware=hardware, gpus=gpus, overrides=(*overrides, *extra))
     allow_cpu = calibration is not None
-    result = simulate_step(scenario, mode=mode, allow_cpu_calibration=allow_cpu)
+    result = simulate_step(scenario, mode=mode, allow_cpu_calibration=allow_cpu, imbalance_cost=True)
     nranks = scenario.parallel.pp
     if trace_out:
         from sim.trace import write_chrome_trace
@@ -89,7 +89,8 @@ def _print_human(scenario, r) -> None:
     verdict = "OUT OF MEMORY" if r.oom else "fits"
     click.echo(f"  peak memory per GPU  {human_bytes(r.peak_memory_per_gpu_bytes)} of "
                f"{human_bytes(r.memory_capacity_bytes)} ({verdict})")
-    if r.imbalance != 1.0:
-        click.echo(f"  expert imbalance     {r.imbalance:.3f} (max/mean tokens per GPU)")
+    if r.imbalance != 1.0 or r.imbalance_cost_s is not None:
+        cost = f"; costs {r.imbalance_cost_s:.3f} s over balanced routing" if r.imbalance_cost_s is not None else ""
+        click.echo(f"  expert imbalance     {r.imbalance:.3f} (max/mean tokens per GPU{cost})")
     if sys.stdout.isatty():
         click.echo(f"  simulated in {r.wall_time_s:.2f} s ({r.num_events} events)")

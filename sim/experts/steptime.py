@@ -12,9 +12,12 @@ from sim.config import Scenario
 
 
 def with_policy(scenario: Scenario, policy: str) -> Scenario:
-    """The scenario with another balancing policy (validated again)."""
+    """The scenario with another balancing policy (validated again). ``eplb`` without redundant experts gets
+    one spare slot per GPU of the EP group, as ``sim experts --policy eplb`` does."""
     data = scenario.model_dump()
     data["experts"]["policy"] = policy
+    if policy == "eplb" and not data["experts"]["num_redundant_experts"]:
+        data["experts"]["num_redundant_experts"] = scenario.parallel.ep
     return Scenario.model_validate(data)
 
 
