@@ -42,7 +42,7 @@ def test_step_time_by_policy_shows_what_balancing_buys(runner):
     # From a Zipf start (the command's default on a balanced job), 32 micro-batches to keep it quick.
     r = runner.invoke(main, ["experts", V3_JOB, "--steps", "2", "--json", "--set", "training.global_batch_size=4096"])
     assert r.exit_code == 0, r.output
-    times = json.loads(r.output)["step_time_s_by_policy"]
+    times = json.loads(r.stdout)["step_time_s_by_policy"]
     assert set(times) == {"none", "bias", "aux", "eplb"}
     assert times["bias"] < times["none"] and times["eplb"] < times["none"]
 
