@@ -24,11 +24,14 @@ ACTIVATIONS = frozenset({"ffn_act", "experts_act", "shared_act"})
 
 
 def recomputed(policy: str, op: Op) -> bool:
-    """Whether ``policy`` re-runs ``op``'s forward during the backward pass (see sim.model.memory)."""
+    """Whether ``policy`` re-runs ``op``'s forward during the backward pass; consistent with the tensors
+    ``sim.model.memory`` drops for it."""
     if policy == "full":
         return True
+    if policy == "selective":
+        return op.name in ACTIVATIONS
     if policy == "norm_and_up_proj":
-        return op.kind == "norm" or op.name in UP_PROJECTIONS
+        return op.kind == "norm" or op.name in UP_PROJECTIONS or op.name in ACTIVATIONS
     return False
 
 

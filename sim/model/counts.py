@@ -72,6 +72,19 @@ def op_flops(op: Op, seq_len: int, causal: bool = True) -> PassFlops:
     return PassFlops(fwd=g + a, dgrad=g + 2.0 * a, wgrad=g)
 
 
+def op_bytes(op: Op) -> tuple[float, float]:
+    """Bytes one op's forward reads and writes: (per token of activations, per micro-batch of weights), in
+    BF16. A GEMM reads its ``rows x k`` input and writes ``rows x n``; attention reads Q, K, V and writes the
+    output; norms and elementwise ops read and write their width; weights are read once per micro-batch."""
+    if op.kind in ("gemm", "grouped_gemm"):
+        return 2.0 * op.rows_per_token * (op.k + op.n), 2.0 * op.params
+    if op.kind == "attention":
+        return 2.0 * op.heads * (2 * op.qk_dim + 2 * op.v_dim), 0.0
+    if op.kind == "embedding":
+        return 4.0 * op.width, 0.0
+    return 4.0 * op.width, 2.0 * op.params
+
+
 def _train_flops(ops: list[Op], seq_len: int, causal: bool) -> float:
     return sum(op_flops(op, seq_len, causal).total for op in ops)
 

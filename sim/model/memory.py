@@ -7,9 +7,11 @@ is the data-parallel degree their states are sharded across. A rank holds every 
 it: two under DualPipe (two parameter copies), ``vpp`` under interleaved 1F1B.
 
 Activations are the tensors each op saves for its backward (``sim.model.ops.Saved``), minus what the
-recompute policy recomputes: ``selective`` drops the attention core's inputs (Korthikanti et al. 2022, which
-with FlashAttention leaves only Q, K, V), ``norm_and_up_proj`` drops norm outputs and MLA up-projection
-outputs (DeepSeek-V3 3.2.3), ``full`` keeps only each layer's input. Under an FP8 forward the inputs of FP8
+recompute policy recomputes: ``selective`` re-runs the activation functions (the down projections' inputs
+are not kept) and the attention core, which FlashAttention recomputes anyway (Korthikanti et al. 2022's
+selective recompute saves nothing more once the S x S scores are never stored); ``norm_and_up_proj`` is
+DeepSeek-V3's recipe: norms, MLA up-projections (3.2.3) and the SwiGLU output (3.3.3) are recomputed;
+``full`` keeps only each layer's input. Under an FP8 forward the inputs of FP8
 GEMMs are cached in FP8 with one FP32 scale per activation tile, and the input of the attention output
 projection in E5M6 (tech report 3.3.3).
 """
@@ -27,8 +29,8 @@ from sim.units import dtype_bytes
 
 DROPPED_BY_POLICY: dict[str, frozenset[str]] = {
     "none": frozenset(),
-    "selective": frozenset({"up_proj_out"}),
-    "norm_and_up_proj": frozenset({"norm_out", "up_proj_out"}),
+    "selective": frozenset({"act_out"}),
+    "norm_and_up_proj": frozenset({"norm_out", "up_proj_out", "act_out"}),
 }
 
 

@@ -23,7 +23,7 @@ from sim.config import ModelSpec
 OpKind = Literal["gemm", "grouped_gemm", "attention", "norm", "elementwise", "embedding"]
 Block = Literal["embed", "attn", "mlp", "head", "mtp"]
 # Recompute tags: which policy drops a saved tensor (and recomputes its producer in backward).
-SaveTag = Literal["residual", "norm_out", "up_proj_out", "attn_out", "other"]
+SaveTag = Literal["residual", "norm_out", "up_proj_out", "attn_out", "act_out", "other"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,15 +123,15 @@ def ffn_ops(m: ModelSpec, block: Block = "mlp") -> list[Op]:
     return [_norm("ffn_norm", block, d, m),
             _gemm("ffn_up", block, up_n, d, b, saves=(Saved("ffn_in", d, "gemm_in", "norm_out"),)),
             Op("ffn_act", "elementwise", block, width=up_n, saves=(Saved("act_in", up_n, "bf16", "other"),)),
-            _gemm("ffn_down", block, d, f, b, saves=(Saved("down_in", f, "gemm_in", "other"),))]
+            _gemm("ffn_down", block, d, f, b, saves=(Saved("down_in", f, "gemm_in", "act_out"),))]
 
 
 def moe_ops(m: ModelSpec, pre: Block = "attn", post: Block = "mlp") -> list[Op]:
     """Norm and router (before dispatch), then routed experts and shared experts (after dispatch).
 
-    Routed expert rows are top-k per token. The down projection's input (the SwiGLU output) is saved only in
-    the dtype its GEMM reads; DeepSeek caches the SwiGLU input in FP8 and recomputes the output (tech report
-    3.3.3), modelled by saving the SwiGLU input in the GEMM input dtype and not its output.
+    Routed expert rows are top-k per token. The SwiGLU input is kept in the GEMM input dtype (FP8 under an
+    FP8 recipe, as DeepSeek caches it, tech report 3.3.3); its output, the down projection's input, is kept
+    unless the recompute policy re-runs the activation (tag ``act_out``).
     """
     d, f, e, k = m.dim, m.moe_inter_dim, m.n_routed_experts, m.n_activated_experts
     s = m.n_shared_experts
@@ -146,7 +146,8 @@ def moe_ops(m: ModelSpec, pre: Block = "attn", post: Block = "mlp") -> list[Op]:
                  saves=(Saved("expert_in", k * d, "gemm_in", "other"),)),
            Op("experts_act", "elementwise", post, width=int(2 * f * k),
               saves=(Saved("expert_act_in", 2 * f * k, "gemm_in", "other"),)),
-           _gemm("experts_down", post, d, f, False, rows=k, copies=e, active_copies=k),
+           _gemm("experts_down", post, d, f, False, rows=k, copies=e, active_copies=k,
+                 saves=(Saved("experts_down_in", k * f, "gemm_in", "act_out"),)),
            # The gate-weight gradient is (W_down^T dY) . h, from the down projection's input gradient and its
            # input h: expert outputs need not be kept.
            Op("moe_unpermute", "elementwise", post, width=k * d)]
@@ -154,7 +155,8 @@ def moe_ops(m: ModelSpec, pre: Block = "attn", post: Block = "mlp") -> list[Op]:
         ops += [_gemm("shared_up", post, 2 * f * s, d, False),
                 Op("shared_act", "elementwise", post, width=2 * f * s,
                    saves=(Saved("shared_act_in", 2 * f * s, "gemm_in", "other"),)),
-                _gemm("shared_down", post, d, f * s, False)]
+                _gemm("shared_down", post, d, f * s, False,
+                      saves=(Saved("shared_down_in", f * s, "gemm_in", "act_out"),))]
     return ops
 
 

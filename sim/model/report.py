@@ -11,7 +11,8 @@ from sim.model.memory import kv_cache_bytes_per_token, memory_per_rank
 
 
 def _op_table(m: ModelSpec, seq_len: int) -> list[dict[str, Any]]:
-    """FLOPs per token and pass for the ops of the first dense layer, first MoE layer, head and MTP."""
+    """FLOPs per token and pass, and bytes moved, for the ops of the first dense layer, the first MoE layer,
+    the head and MTP."""
     picked, seen = [], set()
     for u in model_units(m):
         key: str = "moe" if u.moe else u.kind
@@ -22,11 +23,24 @@ def _op_table(m: ModelSpec, seq_len: int) -> list[dict[str, Any]]:
         seen.add(key)
         for op in u.ops:
             f = counts.op_flops(op, seq_len, causal=True)
-            if f.total or op.params:
-                picked.append({"unit": key, "op": op.name, "kind": op.kind, "params": op.params,
-                               "fwd_flops_per_token": f.fwd, "dgrad_flops_per_token": f.dgrad,
-                               "wgrad_flops_per_token": f.wgrad})
+            act, weights = counts.op_bytes(op)
+            picked.append({"unit": key, "op": op.name, "kind": op.kind, "params": op.params,
+                           "fwd_flops_per_token": f.fwd, "dgrad_flops_per_token": f.dgrad,
+                           "wgrad_flops_per_token": f.wgrad, "fwd_activation_bytes_per_token": act,
+                           "fwd_weight_bytes": weights})
     return picked
+
+
+def _activations(scenario: Scenario) -> dict[str, dict[str, float]]:
+    """Bytes a layer keeps per token until its backward, by recompute policy and layer kind."""
+    from sim.model.memory import DROPPED_BY_POLICY, unit_activation_bytes_per_token
+
+    kinds: dict[str, object] = {}
+    for u in model_units(scenario.model):
+        if u.kind == "layer":
+            kinds.setdefault("moe" if u.moe else "dense", u)
+    return {policy: {kind: unit_activation_bytes_per_token(u, policy, scenario.precision)  # type: ignore[arg-type]
+                     for kind, u in kinds.items()} for policy in (*DROPPED_BY_POLICY, "full")}
 
 
 def model_report(m: ModelSpec, scenario: Scenario | None, seq_len: int) -> dict[str, Any]:
@@ -54,6 +68,7 @@ def model_report(m: ModelSpec, scenario: Scenario | None, seq_len: int) -> dict[
         return out
     p = scenario.parallel
     layout = partition(m, scenario.num_stages, p.stage_layers, p.stage_split, seq_len)
+    out["activation_bytes_per_token_per_layer"] = _activations(scenario)
     ranks = memory_per_rank(layout, scenario)
     worst = max(ranks, key=lambda r: r.total)
     out.update({
