@@ -7,7 +7,8 @@ output grid (NVIDIA, "Matrix Multiplication Background User's Guide" 3.1-3.2: ``
 run in waves over the SMs; only ``mn / (padded area)`` of the work is useful and the last wave may be
 partial). Grouped expert GEMMs pad each group to the tile (DeepGEMM's contiguous layout). When a calibration
 table measured the op family, its achieved rate (interpolated in log space between measured sizes) replaces
-the roofline; outside the measured range the profile is used and the fallback is recorded in ``notes``.
+the roofline; outside the measured range of a measured family the profile's shape is used, joined continuously
+to the nearest measurement (no jump in efficiency at the edge), and the fallback is recorded in ``notes``.
 
 Attention is costed in model FLOPs: forward ``4 B H S_q S_k D`` (``D`` the mean of the query/key and value
 head sizes) halved for causal masks, backward twice the forward. FlashAttention's backward also recomputes
@@ -81,17 +82,28 @@ class CostModel:
         if hit is not None:
             return hit
         flops = 2.0 * m * n * k
-        rate = self._gemm_rate("grouped_gemm" if groups > 1 else "gemm", dtype, m, n, k, groups, pass_)
+        kind = "grouped_gemm" if groups > 1 else "gemm"
+        rate = self._gemm_rate(kind, dtype, m, n, k, groups, pass_)
         if rate is not None:
             secs = flops / rate
         else:
-            eff = self._frac(dtype) * self.wave_efficiency(group_rows or (m,), n)
-            in_b = 1.0 if dtype == "fp8" else 2.0
-            bytes_ = (m * k + groups * n * k) * in_b + m * n * 2.0
-            secs = max(flops / (self.gpu.peak_flops_per_s(dtype) * eff), self.memory_seconds_raw(bytes_))
-            secs += self.gpu.efficiency.kernel_overhead_us * US
+            secs = self._roofline_gemm(m, n, k, dtype, group_rows or (m,))
+            edge = self.table.edge(kind, dtype, m=m, n=n, k=k, groups=groups, gemm_pass=pass_) if self.table else None
+            if edge is not None and edge.edge_m:
+                # Outside the measured sizes of a measured family: the profile's shape, joined continuously
+                # to the measurement at the nearest measured size (no jump in efficiency at the edge).
+                scale = edge.edge_m / m
+                at_edge = self._roofline_gemm(edge.edge_m, n, k, dtype, tuple(r * scale for r in group_rows or (m,)))
+                secs *= (2.0 * edge.edge_m * n * k / edge.rate) / at_edge
         self._cache[key] = secs
         return secs
+
+    def _roofline_gemm(self, m: float, n: int, k: int, dtype: str, group_rows: tuple[float, ...]) -> float:
+        eff = self._frac(dtype) * self.wave_efficiency(group_rows, n)
+        in_b = 1.0 if dtype == "fp8" else 2.0
+        bytes_ = (m * k + len(group_rows) * n * k) * in_b + m * n * 2.0
+        secs = max(2.0 * m * n * k / (self.gpu.peak_flops_per_s(dtype) * eff), self.memory_seconds_raw(bytes_))
+        return secs + self.gpu.efficiency.kernel_overhead_us * US
 
     def gemm_pass_seconds(self, pass_: Pass, m: float, n: int, k: int, precision_class: str,
                           group_rows: tuple[float, ...] | None = None) -> float:

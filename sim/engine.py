@@ -46,7 +46,7 @@ class Gpu:
     """One simulated GPU: fluid-rate compute, communication holding SMs, four link sides."""
 
     __slots__ = ("_done", "_last", "_rate", "_remaining", "_version", "comm_active", "env", "links", "rank",
-                 "slow", "sm_busy_s")
+                 "slow")
 
     def __init__(self, env: simpy.Environment, rank: int, num_sms: int, comm_sms: int) -> None:
         self.env = env

@@ -163,8 +163,9 @@ class Program:
         return hit
 
     def _tp_seconds(self) -> float:
-        return self.net.collective_seconds(self.tp_kind, self.p2p_bytes() * (self.s.parallel.tp if
-                                           self.s.parallel.sequence_parallel else 1), self.net.tp_group())
+        """One block's tensor-parallel collective over the full BF16 activation (all-reduce, or reduce-scatter
+        with sequence parallelism, whose all-gather is its mirror in the other pass)."""
+        return self.net.collective_seconds(self.tp_kind, self.tokens * self.s.model.dim * 2.0, self.net.tp_group())
 
     def _a2a(self, load: MoeLoad | None, which: Literal["dispatch", "combine"]) -> tuple[float, int]:
         if load is None:

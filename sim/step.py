@@ -171,15 +171,9 @@ class _Driver:
         return d
 
     def inputs(self, a: Action) -> tuple[tuple[str, int, int, int], ...]:
-        last = self.sched.num_stages - 1
-        keys = []
-        for p in a.parts():
-            d, s, m = p.direction, p.stage, p.microbatch
-            if p.phase is Phase.F and s > 0:
-                keys.append(("F", d, s - 1, m))
-            elif p.phase in (Phase.B, Phase.I) and s < last:
-                keys.append(("B", d, s + 1, m))
-        return tuple(keys)
+        """Arrivals an action waits for: the outputs of its dependencies on other stages."""
+        return tuple(("F" if dep.phase is Phase.F else "B", dep.direction, dep.stage, dep.microbatch)
+                     for p in a.parts() for dep in self.sched.dependencies(p) if dep.stage != p.stage)
 
     def outputs(self, a: Action) -> tuple[tuple[tuple[str, int, int, int], int, float, int], ...]:
         out = []

@@ -189,6 +189,7 @@ class RateLookup:
     exact: bool  # the family matched exactly (False: the nearest close family stood in)
     source: str
     at_measured_point: bool = False
+    edge_m: float | None = None  # set by ``edge()``: the measured size whose rate this is
 
 
 class CalibrationTable(_Frozen):
@@ -243,6 +244,21 @@ class CalibrationTable(_Frozen):
             value, at_point = hit
             return RateLookup(value, dist == 0, self._describe(kind, dtype, key, points, m, at_point, dist),
                               at_point)
+        return None
+
+    def edge(self, kind: str, dtype: str, *, m: float, n: float = 0, k: float = 0, groups: float = 1,
+             gemm_pass: str | None = None) -> RateLookup | None:
+        """For a GEMM outside its exact family's measured range: the rate at the nearest measured size, with
+        that size in ``edge_m`` (callers join a model of their own there, continuously). None without an
+        exact family, or when ``m`` lies inside the range (use :meth:`rate`)."""
+        query = _query_key(kind, n, k, groups, 0, 0, 0, 0)
+        for dist, key, points in self._ranked(kind, dtype, None, gemm_pass, None, query):
+            if dist > 0:
+                return None
+            x, y = points[0] if m < points[0][0] else points[-1]
+            if points[0][0] <= m <= points[-1][0]:
+                return None
+            return RateLookup(y, True, self._describe(kind, dtype, key, points, x, True, 0.0), True, x)
         return None
 
     def _ranked(self, kind: str, dtype: str, name: str | None, gemm_pass: str | None, causal: bool | None,

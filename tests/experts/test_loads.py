@@ -106,9 +106,10 @@ def test_more_skew_never_faster_step():
     """The step time must not fall as skew grows (no balancing); any skew costs time over balanced routing.
     32 micro-batches instead of 120 keep it quick; fast mode shares the detailed mode's costs."""
     times = []
-    for exponent in (0.0, 0.5, 1.0):
+    for exponent in (0.0, 0.1, 0.3, 0.5, 1.0):
         skew = "balanced" if exponent == 0 else "zipf"
         s = make_v3(f"experts.skew={skew}", f"experts.zipf_exponent={exponent}", "experts.policy=none",
                     "training.global_batch_size=4096")
         times.append(simulate_step(s, mode="fast").step_time_s)
-    assert times[0] < times[1] <= times[2], times
+    assert times[0] < times[1], times
+    assert all(a <= b for a, b in pairwise(times)), times
