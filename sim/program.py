@@ -110,6 +110,7 @@ class Program:
         p = scenario.parallel
         self.ep_comm = scenario.model.is_moe and p.ep > 1
         self.tp_kind: Collective = "reduce_scatter" if p.sequence_parallel else "all_reduce"
+        self.full_recompute = p.recompute == "full"
 
     # --------------------------------------------------------------- public
     def chunk(self, stage: int, kind: ChunkKind, microbatch: int) -> Chunk:
@@ -188,6 +189,17 @@ class Program:
                 b.last = b.add("dispatch" if name == "attn" else "combine", "F", COMM, secs, (b.last,),
                                unit.index, links, True)
 
+    def _recompute_comm(self, b: _ChunkBuilder, unit: Unit, name: str, ep: bool, load: MoeLoad | None) -> None:
+        """Full recompute re-runs a block's forward, its communication included: the TP collective that ends
+        it, or the expert dispatch and combine of a MoE block."""
+        if self.s.parallel.tp > 1 and (name == "attn" or (name == "mlp" and not ep)):
+            b.last = b.add(f"tp_{name}_recompute", "I", COMM, self._tp_seconds(), (b.last,), unit.index, NVLINK,
+                           True)
+        if ep and name == "mlp":
+            for which in ("dispatch", "combine"):
+                secs, links = self._a2a(load, which)  # type: ignore[arg-type]
+                b.last = b.add(f"{which}_recompute", "I", COMM, secs, (b.last,), unit.index, links, True)
+
     def _backward(self, b: _ChunkBuilder, unit: Unit, load: MoeLoad | None, kind: ChunkKind) -> None:
         tp = self.s.parallel.tp > 1
         ep = unit.moe and self.ep_comm and load is not None
@@ -196,6 +208,8 @@ class Program:
             if want_i and name == "mlp" and ep:
                 secs, links = self._a2a(load, "dispatch")  # combine(B) carries the dispatch's payload
                 b.last = b.add("combine_b", "I", COMM, secs, (b.last,), unit.index, links, True)
+            if want_i and self.full_recompute:
+                self._recompute_comm(b, unit, name, ep, load)
             if want_i and name != "embed":
                 secs = self._secs(unit, name, ops, "input", load)
                 b.last = b.add(f"{name}_b", "I", COMPUTE, secs, (b.last,), unit.index)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +91,16 @@ def test_chrome_trace_lanes_never_overlap(default_detailed):
         for (_a, end), (start, _b) in itertools.pairwise(spans):
             assert start >= end - 1e-6
     assert any(ev.get("name") == "idle" for ev in doc["traceEvents"])  # bubbles are visible
+
+
+JOBS = sorted(p.name for p in (Path(__file__).resolve().parent.parent / "workloads").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_every_job_file_simulates(job):
+    """Every job in workloads/ (dense, MoE, GQA/MHA/MLA, A100/H100/H800, TP/PP/EP, each schedule family)
+    runs to a finite step with a consistent breakdown."""
+    r = simulate_step(load_scenario(job), mode="fast")
+    assert 0 < r.step_time_s < 1e4
+    assert sum(r.breakdown_s.values()) == pytest.approx(r.step_time_s, rel=1e-9)
+    assert 0 < r.mfu["bf16_causal"] < 1
