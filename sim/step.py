@@ -15,6 +15,7 @@ nothing waits for it here), or after the optimizer, exposed, otherwise.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -130,6 +131,7 @@ class _Driver:
         self.backwards_left = self._count_backwards()
         self.grad_sync: dict[tuple[int, int], simpy.Event] = {}
         self.trace: TraceRecord | None = None
+        self.progress: Callable[[int], None] | None = None
         self.env: simpy.Environment
         self.gpus: list[Gpu] = []
 
@@ -218,6 +220,8 @@ class _Driver:
         self.peak_act[r] = max(self.peak_act[r], held)
 
     def on_end(self, r: int, a: Action, now: float) -> None:
+        if self.progress is not None:
+            self.progress(1)
         for p in a.parts():
             if p.phase in (Phase.B, Phase.W):
                 self.inflight[r][self._slot(r, p.stage)] -= 1
@@ -277,12 +281,14 @@ class _Driver:
 
 
 def simulate_step(scenario: Scenario, mode: str = "detailed", allow_cpu_calibration: bool = False,
-                  imbalance_cost: bool = False) -> StepResult:
+                  imbalance_cost: bool = False, progress: Callable[[int], None] | None = None) -> StepResult:
     """Simulate one optimizer step of ``scenario`` at its full batch size (``mode``: detailed or fast).
-    ``imbalance_cost``: when routing is skewed, also simulate balanced routing and report the difference."""
+    ``imbalance_cost``: when routing is skewed, also simulate balanced routing and report the difference.
+    ``progress(n)`` is called as each schedule action completes (``num_actions(scenario)`` in all)."""
     t0 = time.perf_counter()
     ctx = build_context(scenario, allow_cpu_calibration)
     drv = _Driver(ctx)
+    drv.progress = progress
     drv.trace = trace = TraceRecord()
     hooks = EngineHooks(work=drv.work, duration=drv.duration if mode == "fast" else None, inputs=drv.inputs,
                         outputs=drv.outputs, label=drv.label, on_start=drv.on_start, on_end=drv.on_end)
@@ -294,6 +300,12 @@ def simulate_step(scenario: Scenario, mode: str = "detailed", allow_cpu_calibrat
             update={"skew": "balanced", "drift_per_step": 0.0})})
         result.imbalance_cost_s = result.step_time_s - simulate_step(even, mode, allow_cpu_calibration).step_time_s
     return result
+
+
+def num_actions(scenario: Scenario) -> int:
+    """Schedule actions one step of ``scenario`` runs (for progress reporting)."""
+    p = scenario.parallel
+    return build_schedule(p.schedule, p.pp, scenario.num_microbatches, p.vpp).num_actions
 
 
 def routing_is_skewed(scenario: Scenario) -> bool:

@@ -37,12 +37,17 @@ def run(workload: str | None, hardware: str | None, gpus: int | None, overrides:
         calibration: str | None, mode: str, as_json: bool, verbose: bool, trace_out: str | None,
         gantt_out: str | None) -> None:
     """Simulate one training step of WORKLOAD and report where the time goes."""
-    from sim.step import simulate_step
+    from sim.step import num_actions, simulate_step
 
     extra = (f"calibration={calibration}",) if calibration else ()
     scenario = load_scenario(workload, hardware=hardware, gpus=gpus, overrides=(*overrides, *extra))
     allow_cpu = calibration is not None
-    result = simulate_step(scenario, mode=mode, allow_cpu_calibration=allow_cpu, imbalance_cost=True)
+    if sys.stderr.isatty():
+        with click.progressbar(length=num_actions(scenario), label="simulating", file=sys.stderr) as bar:
+            result = simulate_step(scenario, mode=mode, allow_cpu_calibration=allow_cpu, imbalance_cost=True,
+                                   progress=bar.update)
+    else:
+        result = simulate_step(scenario, mode=mode, allow_cpu_calibration=allow_cpu, imbalance_cost=True)
     nranks = scenario.parallel.pp
     if trace_out:
         from sim.trace import write_chrome_trace
