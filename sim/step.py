@@ -61,20 +61,29 @@ class StepContext:
     tail: StepTail
 
 
-def load_calibration(scenario: Scenario, allow_cpu: bool = False) -> tuple[Any | None, str | None]:
-    """The scenario's calibration table and a warning to show (a CPU table in pipeline-validation mode)."""
+def load_calibration(scenario: Scenario, allow_cpu: bool = False, strict: bool = True
+                     ) -> tuple[Any | None, str | None]:
+    """The scenario's calibration table and a warning to show (a CPU table in pipeline-validation mode).
+
+    A table measured on another GPU is refused when ``strict`` (the user named it); otherwise (a job file's
+    own table under a what-if on other hardware) it is set aside with a warning and the profile is used."""
     if not scenario.calibration:
         return None, None
-    from sim.calibrate.table import load_table
+    from sim.calibrate.table import gpu_model_token, load_table
 
     table = load_table(scenario.calibration)
-    return table, table.check_usable_for(scenario.cluster.gpu.name, allow_cpu=allow_cpu)
+    gpu = scenario.cluster.gpu.name
+    if not strict and table.is_gpu and gpu_model_token(table.device.name) != gpu_model_token(gpu):
+        return None, (f"the job's calibration ({table.device.name}) does not describe {gpu}: "
+                      "profile efficiencies used")
+    return table, table.check_usable_for(gpu, allow_cpu=allow_cpu)
 
 
-def build_context(scenario: Scenario, allow_cpu_calibration: bool = False) -> StepContext:
+def build_context(scenario: Scenario, allow_cpu_calibration: bool = False,
+                  strict_calibration: bool = True) -> StepContext:
     p = scenario.parallel
     layout = partition(scenario.model, scenario.num_stages, p.stage_layers, p.stage_split, scenario.training.seq_len)
-    table, warning = load_calibration(scenario, allow_cpu_calibration)
+    table, warning = load_calibration(scenario, allow_cpu_calibration, strict_calibration)
     costs = CostModel(scenario.cluster.gpu, scenario.precision, table)
     if warning:
         costs.warnings.add(warning)
@@ -281,12 +290,14 @@ class _Driver:
 
 
 def simulate_step(scenario: Scenario, mode: str = "detailed", allow_cpu_calibration: bool = False,
-                  imbalance_cost: bool = False, progress: Callable[[int], None] | None = None) -> StepResult:
+                  imbalance_cost: bool = False, progress: Callable[[int], None] | None = None,
+                  strict_calibration: bool = True) -> StepResult:
     """Simulate one optimizer step of ``scenario`` at its full batch size (``mode``: detailed or fast).
     ``imbalance_cost``: when routing is skewed, also simulate balanced routing and report the difference.
-    ``progress(n)`` is called as each schedule action completes (``num_actions(scenario)`` in all)."""
+    ``progress(n)`` is called as each schedule action completes (``num_actions(scenario)`` in all).
+    ``strict_calibration``: refuse a calibration table of another GPU (else set it aside, with a warning)."""
     t0 = time.perf_counter()
-    ctx = build_context(scenario, allow_cpu_calibration)
+    ctx = build_context(scenario, allow_cpu_calibration, strict_calibration)
     drv = _Driver(ctx)
     drv.progress = progress
     drv.trace = trace = TraceRecord()
@@ -298,7 +309,8 @@ def simulate_step(scenario: Scenario, mode: str = "detailed", allow_cpu_calibrat
     if imbalance_cost and routing_is_skewed(scenario):
         even = scenario.model_copy(update={"experts": scenario.experts.model_copy(
             update={"skew": "balanced", "drift_per_step": 0.0})})
-        result.imbalance_cost_s = result.step_time_s - simulate_step(even, mode, allow_cpu_calibration).step_time_s
+        balanced = simulate_step(even, mode, allow_cpu_calibration, strict_calibration=strict_calibration)
+        result.imbalance_cost_s = result.step_time_s - balanced.step_time_s
     return result
 
 

@@ -40,3 +40,16 @@ def test_bad_layout_exits_2_naming_the_field(runner, tmp_path):
 def test_bad_output_folder_writes_nothing(runner, tmp_path):
     r = runner.invoke(main, ["run", "workloads/tiny_moe_job.yaml", "--gantt", str(tmp_path / "no" / "g.png")])
     assert r.exit_code == 2 and "does not exist" in r.output
+
+
+def test_other_hardware_sets_the_jobs_calibration_aside(runner):
+    r = runner.invoke(main, ["run", "--hardware", "h100_ib_1024", "--set", "parallel.ep=32", "--mode", "fast",
+                             "--json"])
+    assert r.exit_code == 0, r.output
+    assert any("does not describe H100" in w for w in json.loads(r.stdout)["warnings"])
+
+
+def test_named_calibration_of_another_gpu_is_refused(runner, repo):
+    table = str(repo / "hardware_profiles/calibrated/h800_deepseek_trace.yaml")
+    r = runner.invoke(main, ["run", "--hardware", "h100_ib_1024", "--set", "parallel.ep=32", "--calibration", table])
+    assert r.exit_code == 2 and "measured on NVIDIA H800" in r.output

@@ -41,13 +41,12 @@ def run(workload: str | None, hardware: str | None, gpus: int | None, overrides:
 
     extra = (f"calibration={calibration}",) if calibration else ()
     scenario = load_scenario(workload, hardware=hardware, gpus=gpus, overrides=(*overrides, *extra))
-    allow_cpu = calibration is not None
+    named = calibration is not None  # a table the user names must fit; the job's own may be set aside
     if sys.stderr.isatty():
         with click.progressbar(length=num_actions(scenario), label="simulating", file=sys.stderr) as bar:
-            result = simulate_step(scenario, mode=mode, allow_cpu_calibration=allow_cpu, imbalance_cost=True,
-                                   progress=bar.update)
+            result = simulate_step(scenario, mode, named, True, bar.update, named)
     else:
-        result = simulate_step(scenario, mode=mode, allow_cpu_calibration=allow_cpu, imbalance_cost=True)
+        result = simulate_step(scenario, mode, named, True, None, named)
     nranks = scenario.parallel.pp
     if trace_out:
         from sim.trace import write_chrome_trace
