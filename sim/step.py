@@ -35,6 +35,7 @@ from sim.engine import (
     occupy,
     simulate_pipeline,
 )
+from sim.experts.loads import token_bytes
 from sim.loads import LoadModel
 from sim.metrics import StepResult, step_result
 from sim.model.layout import StageLayout, partition
@@ -106,8 +107,7 @@ def a2a_calibration(scenario: Scenario, costs: CostModel, loads: LoadModel) -> t
     load = loads.balanced_load()
     out = []
     for kind, dtype in (("dispatch", scenario.precision.dispatch), ("combine", scenario.precision.combine)):
-        per_token = m.dim * (1 + 4 / scenario.precision.activation_tile) if dtype == "fp8" else m.dim * 2.0
-        logical = scenario.tokens_per_microbatch * m.n_activated_experts * per_token
+        logical = scenario.tokens_per_microbatch * m.n_activated_experts * token_bytes(scenario, kind)
         measured = costs.alltoall_measured(kind, dtype, logical, p.ep)
         if measured is None:
             costs.notes.add(f"no calibration for the expert {kind} at EP{p.ep}; pure transfer time used")
