@@ -14,12 +14,12 @@ import click
 
 from sim.cli.common import echo_json, write_atomic
 from sim.errors import SimInputError
+from sim.pipeline import SCHEDULE_NAMES, check_layer_split
 from sim.schedules.actions import Schedule, to_text
 from sim.schedules.formulas import FORMULAS, published_bubble
 from sim.schedules.generators import build_schedule
 from sim.schedules.grid import chart
 from sim.schedules.listsched import Durations, ScheduleResult, simulate
-from sim.schedules.preconditions import SCHEDULE_NAMES, check_layer_split
 
 LEGEND = ("F forward, B backward, I backward-for-input, W backward-for-weights, X overlapped F&B; "
           "lower case: direction 1; '-' continues the action on the left; '.' idle")

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from sim.config import ModelSpec, ParallelSpec, PrecisionSpec, Scenario
 from sim.model.counts import stage_expert_params, stage_params
 from sim.model.layout import StageLayout, Unit
-from sim.schedules.preconditions import stages_per_rank
+from sim.pipeline import stages_per_rank
 from sim.units import dtype_bytes
 
 DROPPED_BY_POLICY: dict[str, frozenset[str]] = {

@@ -19,8 +19,8 @@ Where the zero-latency list scheduler (:mod:`sim.schedules.listsched`) reproduce
 
 from __future__ import annotations
 
+from sim.pipeline import num_stages
 from sim.schedules.listsched import Durations
-from sim.schedules.preconditions import num_stages
 
 FORMULAS: dict[str, str] = {
     "gpipe": "(PP-1)(F+B)",

@@ -2,7 +2,7 @@
 
 ``pp`` always counts pipeline ranks (devices). Every generator is deterministic and returns a frozen
 :class:`~sim.schedules.actions.Schedule`; bad input raises :class:`~sim.errors.SimInputError` naming the
-violated precondition (the rules live in :mod:`sim.schedules.preconditions`).
+violated precondition (the rules live in :mod:`sim.pipeline`).
 
 Schedules and sources:
 
@@ -28,9 +28,9 @@ from collections.abc import Callable
 from functools import lru_cache
 
 from sim.errors import SimInputError
+from sim.pipeline import check_schedule, num_stages
 from sim.schedules.actions import Action, Phase, Schedule
 from sim.schedules.dualpipe import dualpipe, dualpipev
-from sim.schedules.preconditions import check_schedule, num_stages
 
 F, B, W = Phase.F, Phase.B, Phase.W
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
+from sim.pipeline import SCHEDULE_NAMES, check_schedule
 from sim.schedules.listsched import Durations
-from sim.schedules.preconditions import SCHEDULE_NAMES, check_schedule
 
 Layout = tuple[str, int, int, int]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from sim.errors import SimInputError
+from sim.pipeline import check_layer_split
 from sim.schedules.actions import Phase, to_text
 from sim.schedules.generators import build_schedule
-from sim.schedules.preconditions import check_layer_split
 
 
 def _rank(name: str, pp: int, n: int, r: int, vpp: int = 1) -> str:

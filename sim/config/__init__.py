@@ -1,0 +1,16 @@
+"""The scenario model: frozen, validated descriptions of a model, the hardware, the layout and the job.
+
+One module per part (``model``, ``hardware``, ``parallel``, ``experts``, ``job``) and ``scenario`` for the
+whole with its cross-field rules; everything is re-exported here.
+"""
+
+from sim.config.base import Frozen
+from sim.config.experts import ExpertLoadSpec
+from sim.config.hardware import ClusterSpec, GpuEfficiency, GpuSpec, NodeSpec, PeakTflops
+from sim.config.job import BatchRamp, TrainingPhase, TrainingSpec
+from sim.config.model import ModelSpec
+from sim.config.parallel import ParallelSpec, PrecisionSpec
+from sim.config.scenario import Scenario
+
+__all__ = ["BatchRamp", "ClusterSpec", "ExpertLoadSpec", "Frozen", "GpuEfficiency", "GpuSpec", "ModelSpec",
+           "NodeSpec", "ParallelSpec", "PeakTflops", "PrecisionSpec", "Scenario", "TrainingPhase", "TrainingSpec"]

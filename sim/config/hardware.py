@@ -1,0 +1,130 @@
+"""Hardware: GPUs, nodes (an NVLink domain and its NICs) and clusters. Human units in YAML keys
+(``hbm_bandwidth_tb_per_s``); SI values as properties (``hbm_bandwidth_bytes_per_s``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from sim import units
+from sim.config.base import Frozen
+
+
+class PeakTflops(Frozen):
+    """Dense (no 2:4 sparsity) tensor-core peaks; fp32 is the vector rate. ``fp8`` is None without FP8."""
+
+    fp8: float | None = Field(default=None, gt=0)
+    bf16: float = Field(gt=0)
+    tf32: float = Field(gt=0)
+    fp32: float = Field(gt=0)
+
+
+class GpuEfficiency(Frozen):
+    """Achievable fractions of peak, used when no calibration table covers an op. Attention fractions count
+    model FLOPs (backward = 2 x forward); ``hbm_frac`` is what typical fused memory-bound training kernels
+    reach, not a streaming copy's best."""
+
+    gemm_bf16_frac: float = Field(gt=0, le=1)
+    gemm_fp8_frac: float | None = Field(default=None, gt=0, le=1, description="None without FP8")
+    attention_fwd_frac: float = Field(gt=0, le=1)
+    attention_bwd_frac: float = Field(gt=0, le=1)
+    hbm_frac: float = Field(gt=0, le=1)
+    gemm_tile_m: int = Field(default=128, ge=1, description="output tile rows for wave quantization")
+    gemm_tile_n: int = Field(default=128, ge=1)
+    kernel_overhead_us: float = Field(default=4.0, ge=0, description="launch + tail per kernel")
+
+
+class GpuSpec(Frozen):
+    name: str
+    peak_tflops: PeakTflops
+    hbm_gb: float = Field(gt=0)
+    hbm_bandwidth_tb_per_s: float = Field(gt=0)
+    num_sms: int = Field(ge=1)
+    tdp_w: float = Field(gt=0)
+    efficiency: GpuEfficiency
+    efficiency_sources: dict[str, str] = Field(description="a source for every efficiency field")
+
+    @property
+    def hbm_bytes(self) -> float:
+        return self.hbm_gb * units.GB
+
+    @property
+    def hbm_bandwidth_bytes_per_s(self) -> float:
+        return self.hbm_bandwidth_tb_per_s * units.TB
+
+    def peak_flops_per_s(self, dtype: str) -> float:
+        value = getattr(self.peak_tflops, "bf16" if dtype == "fp16" else dtype, None)
+        if value is None:
+            raise ValueError(f"{self.name} has no {dtype} tensor-core peak")
+        return units.tflops(value)
+
+    @property
+    def supports_fp8(self) -> bool:
+        return self.peak_tflops.fp8 is not None
+
+    @model_validator(mode="after")
+    def _check(self) -> GpuSpec:
+        missing = [f for f in GpuEfficiency.model_fields if f not in self.efficiency_sources
+                   and f.endswith("_frac") and getattr(self.efficiency, f) is not None]
+        if missing:
+            raise ValueError(f"efficiency_sources: give a source for {', '.join(missing)}")
+        if self.supports_fp8 and self.efficiency.gemm_fp8_frac is None:
+            raise ValueError("efficiency.gemm_fp8_frac: required when peak_tflops.fp8 is set")
+        return self
+
+
+class NodeSpec(Frozen):
+    """GPUs sharing one NVLink domain and their network interfaces. Bandwidths are per GPU, per direction."""
+
+    name: str
+    gpus_per_node: int = Field(ge=1)
+    nvlink_gb_per_s: float = Field(gt=0, description="nominal, per direction")
+    nvlink_achievable_gb_per_s: float = Field(gt=0)
+    nvlink_latency_us: float = Field(default=3.33, ge=0)
+    nics_per_node: int = Field(ge=0)
+    nic_gbit_per_s: float = Field(gt=0, description="line rate of one NIC")
+    nic_achievable_gb_per_s: float = Field(gt=0)
+    pcie_gb_per_s: float = Field(gt=0, description="host link, per direction")
+    node_overhead_w: float = Field(default=0.0, ge=0, description="CPUs, NICs, fans: node power beyond GPUs")
+    sources: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def nvlink_bytes_per_s(self) -> float:
+        return self.nvlink_achievable_gb_per_s * units.GB
+
+    @property
+    def nic_bytes_per_s_per_gpu(self) -> float:
+        """Achievable scale-out bandwidth per GPU, NICs shared evenly among the node's GPUs."""
+        return self.nic_achievable_gb_per_s * units.GB * self.nics_per_node / self.gpus_per_node
+
+    @model_validator(mode="after")
+    def _check(self) -> NodeSpec:
+        if self.nvlink_achievable_gb_per_s > self.nvlink_gb_per_s:
+            raise ValueError("nvlink_achievable_gb_per_s: cannot exceed nvlink_gb_per_s")
+        if self.nic_achievable_gb_per_s * units.GB > units.gbit_per_s(self.nic_gbit_per_s) * 1.0001:
+            raise ValueError("nic_achievable_gb_per_s: cannot exceed the line rate nic_gbit_per_s / 8")
+        return self
+
+
+class ClusterSpec(Frozen):
+    name: str
+    gpu: GpuSpec
+    node: NodeSpec
+    num_nodes: int = Field(ge=1)
+    topology: Literal["fat_tree", "rail_optimized", "multi_plane_fat_tree"] = "fat_tree"
+    ib_latency_us: float = Field(default=3.7, ge=0, description="small-message latency between the "
+                                 "farthest nodes, end to end")
+    usd_per_gpu_hour: float = Field(default=2.0, ge=0)
+    pue: float = Field(default=1.2, ge=1.0, description="facility power / IT power")
+    sources: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def num_gpus(self) -> int:
+        return self.num_nodes * self.node.gpus_per_node
+
+    @property
+    def ib_latency_s(self) -> float:
+        return self.ib_latency_us * units.US
+

@@ -1,0 +1,121 @@
+"""One training scenario: model x cluster x layout x precision x job, with its cross-field rules.
+
+Cross-field rules raise ``ValueError`` whose message starts with the field it concerns.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from sim.config.base import Frozen
+from sim.config.experts import ExpertLoadSpec
+from sim.config.hardware import ClusterSpec
+from sim.config.job import TrainingSpec
+from sim.config.model import ModelSpec
+from sim.config.parallel import ParallelSpec, PrecisionSpec
+from sim.pipeline import check_schedule, num_stages
+
+
+class Scenario(Frozen):
+    """One training scenario: model x cluster x layout x precision x job."""
+
+    name: str
+    model: ModelSpec
+    cluster: ClusterSpec
+    parallel: ParallelSpec
+    precision: PrecisionSpec = PrecisionSpec()
+    training: TrainingSpec
+    experts: ExpertLoadSpec = ExpertLoadSpec()
+    calibration: str | None = Field(default=None, description="calibration table path (YAML)")
+    notes: str = ""
+
+    @property
+    def num_gpus(self) -> int:
+        return self.cluster.num_gpus
+
+    @property
+    def dp(self) -> int:
+        p = self.parallel
+        return p.dp if p.dp is not None else self.num_gpus // (p.tp * p.pp)
+
+    @property
+    def num_microbatches(self) -> int:
+        p = self.parallel
+        if p.num_microbatches is not None:
+            return p.num_microbatches
+        return self.training.global_batch_size // (self.dp * p.micro_batch_size)
+
+    @property
+    def num_stages(self) -> int:
+        return num_stages(self.parallel.schedule, self.parallel.pp, self.parallel.vpp)
+
+    @property
+    def tokens_per_microbatch(self) -> int:
+        return self.parallel.micro_batch_size * self.training.seq_len
+
+    @model_validator(mode="after")
+    def _check(self) -> Scenario:
+        p, m, t = self.parallel, self.model, self.training
+        world = self.num_gpus
+        if world % (p.tp * p.pp):
+            raise ValueError(f"parallel: tp x pp = {p.tp} x {p.pp} must divide the {world} GPUs")
+        dp = world // (p.tp * p.pp)
+        if p.dp is not None and p.dp != dp:
+            raise ValueError(f"parallel.dp: world size {world} = tp x pp x dp needs dp = {dp} (got {p.dp})")
+        if p.tp > self.cluster.node.gpus_per_node:
+            raise ValueError(f"parallel.tp: {p.tp} exceeds the {self.cluster.node.gpus_per_node} GPUs of a "
+                             "node (tensor parallelism stays inside the NVLink domain)")
+        if m.n_heads % p.tp:
+            raise ValueError(f"parallel.tp: must divide n_heads {m.n_heads} (got {p.tp})")
+        if m.attention == "gqa" and m.kv_heads % p.tp and p.tp % m.kv_heads:
+            raise ValueError(f"parallel.tp: must divide or be a multiple of n_kv_heads {m.kv_heads}")
+        if p.ep > 1 and not m.is_moe:
+            raise ValueError("parallel.ep: expert parallelism needs an MoE model (n_routed_experts > 0)")
+        if m.is_moe:
+            if p.ep > m.n_routed_experts:
+                raise ValueError(f"parallel.ep: {p.ep} exceeds the {m.n_routed_experts} routed experts")
+            if m.n_routed_experts % p.ep:
+                raise ValueError(f"parallel.ep: must divide n_routed_experts {m.n_routed_experts} (got {p.ep})")
+            if (dp * p.tp) % p.ep:
+                raise ValueError(f"parallel.ep: must divide dp x tp = {dp * p.tp} (expert parallelism spans "
+                                 f"the data-parallel ranks of a stage; got {p.ep})")
+        self._check_batch(dp)
+        stages = num_stages(p.schedule, p.pp, p.vpp)
+        layers = m.n_layers + m.n_mtp_layers
+        if stages > layers:
+            raise ValueError(f"parallel.pp: {stages} pipeline stages exceed the {layers} transformer layers")
+        if p.stage_layers is not None:
+            if len(p.stage_layers) != stages:
+                raise ValueError(f"parallel.stage_layers: needs {stages} entries, one per stage "
+                                 f"(got {len(p.stage_layers)})")
+            if sum(p.stage_layers) != layers or min(p.stage_layers) < 0:
+                raise ValueError(f"parallel.stage_layers: must be non-negative and sum to {layers} "
+                                 f"(n_layers + n_mtp_layers; got {sum(p.stage_layers)})")
+            if p.stage_layers[-1] < m.n_mtp_layers:
+                raise ValueError(f"parallel.stage_layers: the last stage must hold the {m.n_mtp_layers} "
+                                 "MTP layers (they share the output head)")
+        if p.comm_sms >= self.cluster.gpu.num_sms:
+            raise ValueError(f"parallel.comm_sms: must be < the GPU's {self.cluster.gpu.num_sms} SMs")
+        if self.precision.uses_fp8 and not self.cluster.gpu.supports_fp8:
+            raise ValueError(f"precision: {self.cluster.gpu.name} has no FP8 tensor cores; "
+                             "use bf16 for fprop, dgrad, wgrad, attention, dispatch and combine")
+        if t.batch_ramp and t.batch_ramp.start_global_batch_size > t.global_batch_size:
+            raise ValueError("training.batch_ramp.start_global_batch_size: must be <= global_batch_size")
+        return self
+
+    def _check_batch(self, dp: int) -> None:
+        p, t = self.parallel, self.training
+        if p.num_microbatches is None:
+            per_step = dp * p.micro_batch_size
+            if t.global_batch_size % per_step:
+                raise ValueError(f"training.global_batch_size: {t.global_batch_size} sequences must divide "
+                                 f"into dp x micro_batch_size = {dp} x {p.micro_batch_size}")
+            n = t.global_batch_size // per_step
+        else:
+            n = p.num_microbatches
+            if n * dp * p.micro_batch_size != t.global_batch_size:
+                raise ValueError(f"parallel.num_microbatches: {n} x dp {dp} x micro_batch_size "
+                                 f"{p.micro_batch_size} must equal global_batch_size {t.global_batch_size}")
+        problem = check_schedule(p.schedule, p.pp, n, p.vpp)
+        if problem:
+            raise ValueError(f"parallel.schedule: {problem}")
