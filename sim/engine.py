@@ -1,22 +1,26 @@
-"""The SimPy discrete-event engine: one pipeline's ranks executing a schedule over the program's phases.
+"""The SimPy discrete-event engine: one pipeline's ranks executing their plans over contended links.
 
-The only code that advances time. It receives durations (``sim.program``) and never computes a cost.
+The only code that advances time. It receives durations (:mod:`sim.program`) and never computes a cost.
 
-Each simulated GPU has a compute stream and a communication stream; each phase runs on one of them, in the
-order its action (a chunk or an overlapped pair) gives, once its dependencies are done. Actions on a rank
-run one after another (DualPipe and Megatron-LM both wait for an op's communication before the next op);
-an action starts when its inputs have arrived from the neighbouring stage. Stage-boundary sends leave
-when an action ends and cross NVLink or InfiniBand.
+Each simulated GPU has three streams (:class:`~sim.timeline.Stream`): compute, communication (expert
+all-to-all, tensor-parallel collectives) and data-parallel collectives. A rank runs its actions one after
+another (DualPipe and Megatron-LM both wait for an op's communication before the next op); an action starts
+once its inputs have arrived from neighbouring stages, and within it each stream runs its tasks in the work's
+order, a task starting when its dependencies and its stream predecessor are done. Stage-boundary sends leave
+when an action ends. Background works (gradient reduce-scatters started after a stage's last backward, a
+parameter gather at the start) run on the data-parallel stream beside the actions; the rank's tail (waiting
+for them, the optimizer, an exposed gather) runs after its last action.
 
-Links are resources: each GPU has a NIC and an NVLink port, each with a transmit and a receive side. A
-transfer starts when all its links are free and holds them for its duration (first come, first served:
-the bytes a link carries per second never exceed its achievable bandwidth; the order of completion is
-FIFO rather than fair-shared). While communication kernels run on a GPU (expert all-to-all, TP and DP
-collectives) they hold ``comm_sms`` SMs and compute proceeds at ``(SMs - comm_sms) / SMs`` of its rate:
-running compute is re-timed whenever communication starts or stops.
+Links are resources: each GPU has a NIC and an NVLink port, each with a transmit and a receive side
+(:class:`~sim.timeline.LinkSide`). A transfer starts when all its link sides are free and holds them for its
+duration (first come, first served: a link never carries more than its achievable bandwidth; completion is
+FIFO rather than fair-shared). While communication tasks that hold SMs run on a GPU, compute proceeds at
+``(SMs - comm_sms) / SMs`` of its rate: the running compute task is re-timed whenever the count of such tasks
+changes from or to zero (a superseded completion is skipped when it fires).
 
-Detailed mode runs every phase as events. Fast mode runs each action as one timed event whose duration is
-the same phases' makespan, simulated once per distinct action in isolation by this engine (memoized).
+Detailed mode runs every task as an event. Fast mode runs each action as one timed event whose duration is
+the makespan of its work simulated once in isolation (:func:`isolated_run`, memoized per distinct work).
+The engine is callback-driven: no generator process per task, no ``AllOf`` per stream.
 """
 
 from __future__ import annotations
@@ -27,67 +31,111 @@ from typing import Any
 
 import simpy
 
-from sim.program import COMM, IB, NVLINK, Phase, Work
+from sim.program.tasks import NIC, NVLINK, Work
+from sim.timeline import ActionEvent, LinkSide, Stream, TaskEvent, Trace, TransferEvent
 
-IB_TX, IB_RX, NVL_TX, NVL_RX = 0, 1, 2, 3
+ArrivalKey = tuple[Any, ...]
+_SIDES: dict[int, tuple[LinkSide, ...]] = {
+    0: (), NIC: (LinkSide.NIC_TX, LinkSide.NIC_RX), NVLINK: (LinkSide.NVLINK_TX, LinkSide.NVLINK_RX),
+    NIC | NVLINK: (LinkSide.NIC_TX, LinkSide.NIC_RX, LinkSide.NVLINK_TX, LinkSide.NVLINK_RX),
+}
+_PART_SLOT = {"F": 0, "I": 1, "W": 2}
 
 
-@dataclass(slots=True)
-class TraceRecord:
-    """Phases (``rank, stream, name, start, end, label``); actions (``rank, start, end, label, category,
-    compute-busy seconds of its F, I and W phases``); stage-boundary transfers (``src, dst, start, end``)."""
+class SimulationError(RuntimeError):
+    """The simulation could not complete (a deadlock): a bug in a schedule or a program, never user input."""
 
-    phases: list[tuple[int, int, str, float, float, str]] = field(default_factory=list)
-    actions: list[tuple[int, float, float, str, str, tuple[float, float, float]]] = field(default_factory=list)
-    transfers: list[tuple[int, int, float, float, str]] = field(default_factory=list)
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """A stage-boundary transfer leaving when its action ends: ``key`` arrives at rank ``dst``."""
+
+    key: ArrivalKey
+    dst: int
+    seconds: float
+    links: int
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedAction:
+    """One action of a rank's plan."""
+
+    work: Work
+    label: str
+    category: str
+    inputs: tuple[ArrivalKey, ...] = ()
+    outputs: tuple[Send, ...] = ()
+    triggers: tuple[Work, ...] = ()  # background works started when the action ends
+    timed: tuple[float, tuple[float, float, float]] | None = None  # fast mode: seconds, busy F/I/W seconds
+
+
+@dataclass(frozen=True, slots=True)
+class TailItem:
+    work: Work
+    label: str
+    category: str
+
+
+@dataclass(frozen=True)
+class RankPlan:
+    """What one rank does in a step: background works from the start, its actions, works started when its
+    last action ends, then its tail in order once every background work is done."""
+
+    actions: tuple[PlannedAction, ...]
+    prologue: tuple[Work, ...] = ()
+    end_triggers: tuple[Work, ...] = ()
+    tail: tuple[TailItem, ...] = ()
+    wait_label: str = "grad_sync_wait"
+
+
+@dataclass
+class EngineResult:
+    makespan_s: float
+    finish_s: list[float]  # when each rank's last action ended (before its tail)
+    trace: Trace = field(repr=False)
 
 
 class Gpu:
     """One simulated GPU: fluid-rate compute, communication holding SMs, four link sides."""
 
-    __slots__ = ("_done", "_last", "_rate", "_remaining", "_version", "comm_active", "env", "links", "rank",
-                 "slow")
+    __slots__ = ("_cb", "_last", "_rate", "_remaining", "_version", "comm_active", "env", "free_at", "rank",
+                 "slow", "usage")
 
     def __init__(self, env: simpy.Environment, rank: int, num_sms: int, comm_sms: int) -> None:
         self.env = env
         self.rank = rank
         self.slow = (num_sms - comm_sms) / num_sms
         self.comm_active = 0
-        self.links = [0.0, 0.0, 0.0, 0.0]
-        self._done: simpy.Event | None = None
+        self.free_at = [0.0, 0.0, 0.0, 0.0]  # per LinkSide
+        self.usage = [0.0, 0.0, 0.0, 0.0]
+        self._cb: Callable[[], None] | None = None
         self._remaining = 0.0
         self._rate = 1.0
         self._last = 0.0
         self._version = 0
 
-    # ------------------------------------------------------------- compute
-    def _current_rate(self) -> float:
-        return self.slow if self.comm_active else 1.0
-
-    def compute(self, seconds: float) -> simpy.Event:
-        """Start ``seconds`` of full-rate work; the event fires when it is done at the varying rate."""
-        self._done = self.env.event()
+    def compute(self, seconds: float, done: Callable[[], None]) -> None:
+        """Start ``seconds`` of full-rate work; ``done()`` runs when it is finished at the varying rate."""
+        self._cb = done
         self._remaining = seconds
-        self._rate = self._current_rate()
+        self._rate = self.slow if self.comm_active else 1.0
         self._last = self.env.now
         self._arm()
-        return self._done
 
     def _arm(self) -> None:
         self._version += 1
         version = self._version
-        t = self.env.timeout(self._remaining / self._rate)
-        t.callbacks.append(lambda _ev: self._finish(version))
+        self.env.timeout(self._remaining / self._rate).callbacks.append(lambda _e: self._fire(version))
 
-    def _finish(self, version: int) -> None:
-        if version == self._version and self._done is not None:
-            done, self._done = self._done, None
-            done.succeed()
+    def _fire(self, version: int) -> None:
+        if version == self._version and self._cb is not None:
+            cb, self._cb = self._cb, None
+            cb()
 
     def _retime(self) -> None:
-        if self._done is None:
+        if self._cb is None:
             return
-        rate = self._current_rate()
+        rate = self.slow if self.comm_active else 1.0
         if rate == self._rate:
             return
         now = self.env.now
@@ -106,160 +154,310 @@ class Gpu:
             self._retime()
 
 
-def link_sides(links: int) -> tuple[int, ...]:
-    sides: tuple[int, ...] = ()
-    if links & IB:
-        sides += (IB_TX, IB_RX)
-    if links & NVLINK:
-        sides += (NVL_TX, NVL_RX)
-    return sides
-
-
-def occupy(gpus: Sequence[tuple[Gpu, int]], seconds: float, now: float) -> float:
-    """Reserve link sides ``(gpu, side)`` for a transfer of ``seconds``; returns its end time."""
-    start = max([now, *(g.links[s] for g, s in gpus)])
+def _reserve(sides: Sequence[tuple[Gpu, int]], seconds: float, now: float, intervals: dict | None) -> float:
+    """Hold link sides ``(gpu, side)`` for a transfer of ``seconds``; returns its end time."""
+    start = now
+    for g, s in sides:
+        if g.free_at[s] > start:
+            start = g.free_at[s]
     end = start + seconds
-    for g, s in gpus:
-        g.links[s] = end
+    for g, s in sides:
+        g.free_at[s] = end
+        g.usage[s] += seconds
+        if intervals is not None:
+            intervals.setdefault((g.rank, s), []).append((start, end))
     return end
 
 
-PART_INDEX = {"F": 0, "I": 1, "W": 2}
+_COMPUTE, _COMM, _DP = int(Stream.COMPUTE), int(Stream.COMM), int(Stream.DP)
+#: Streams are tried in this order when a task ends: communication first, so that compute starting at the same
+#: instant starts at the rate the new communication leaves it (no re-timing at zero elapsed time).
+_PUMP_ORDER = (_COMM, _DP, _COMPUTE)
 
 
-def run_work(env: simpy.Environment, gpu: Gpu, work: Work, trace: TraceRecord | None, label: str,
-             busy: list[float]) -> Any:
-    """Process: run ``work``'s phases on ``gpu``'s two streams; finishes when both streams are done.
-    Adds the wall time of compute phases to ``busy`` (indexed by part: F, I, W)."""
-    done = [env.event() for _ in work.phases]
-    streams = [env.process(_stream(env, gpu, work.phases, order, done, trace, label, busy))
-               for order in work.orders if order]
-    if streams:
-        yield simpy.AllOf(env, streams)
+class _Compiled:
+    """A work's tasks as flat per-task tuples, built once per distinct work for the engine's inner loop."""
+
+    __slots__ = ("deps", "holds", "kind", "names", "orders", "seconds", "sides", "slots", "streams", "wakes")
+
+    def __init__(self, work: Work) -> None:
+        tasks = work.tasks
+        self.deps = tuple(t.deps for t in tasks)
+        self.seconds = tuple(t.seconds for t in tasks)
+        self.kind = tuple(int(t.stream) for t in tasks)
+        self.streams = tuple(t.stream for t in tasks)
+        self.sides = tuple(tuple(int(x) for x in _SIDES[t.links]) for t in tasks)
+        self.holds = tuple(t.holds_sms for t in tasks)
+        self.slots = tuple(_PART_SLOT.get(t.part, -1) for t in tasks)
+        self.names = tuple(t.name for t in tasks)
+        self.orders = tuple(work.orders[s] if s < len(work.orders) else () for s in range(len(Stream)))
+        # When task i ends, only its own stream and the streams of tasks that wait for it can start a task.
+        waiting = [{int(t.stream)} for t in tasks]
+        for t in tasks:
+            for d in t.deps:
+                waiting[d].add(int(t.stream))
+        self.wakes = tuple(tuple(s for s in _PUMP_ORDER if s in w) for w in waiting)
 
 
-def _stream(env: simpy.Environment, gpu: Gpu, phases: tuple[Phase, ...], order: tuple[int, ...],
-            done: list[simpy.Event], trace: TraceRecord | None, label: str, busy: list[float]) -> Any:
-    for i in order:
-        ph = phases[i]
-        for d in ph.deps:
-            if not done[d].processed:
-                yield done[d]
-        start = env.now
-        if ph.stream == COMM:
-            end = occupy([(gpu, s) for s in link_sides(ph.links)], ph.seconds, start)
-            if ph.holds_sms:
-                gpu.comm_started()
-            yield env.timeout(end - start)
-            if ph.holds_sms:
-                gpu.comm_ended()
-        elif ph.seconds > 0:
-            yield gpu.compute(ph.seconds)
-            busy[PART_INDEX[ph.part]] += env.now - start
+class _WorkRun:
+    """Runs one work's tasks on one GPU's streams; calls ``on_done`` when all are done."""
+
+    __slots__ = ("busy", "c", "done", "env", "gpu", "intervals", "label", "left", "on_done", "ptr", "running",
+                 "trace")
+
+    def __init__(self, env: simpy.Environment, gpu: Gpu, compiled: _Compiled, label: str, trace: Trace | None,
+                 on_done: Callable[[], None]) -> None:
+        self.env, self.gpu, self.c, self.label, self.trace, self.on_done = env, gpu, compiled, label, trace, on_done
+        self.intervals = trace.links.intervals if trace is not None and trace.record_tasks else None
+        self.done = [False] * len(compiled.seconds)
+        self.ptr = [0, 0, 0]
+        self.running = [False, False, False]
+        self.left = len(compiled.seconds)
+        self.busy = [0.0, 0.0, 0.0]
+
+    def start(self) -> None:
+        if self.left == 0:
+            self.on_done()
+        else:
+            self._pump(_PUMP_ORDER)
+
+    def _pump(self, streams: tuple[int, ...]) -> None:
+        c, done, ptr, running = self.c, self.done, self.ptr, self.running
+        for s in streams:
+            order = c.orders[s]
+            if running[s] or ptr[s] >= len(order):
+                continue
+            i = order[ptr[s]]
+            for d in c.deps[i]:
+                if not done[d]:
+                    break
+            else:
+                self._start(s, i)
+
+    def _start(self, s: int, i: int) -> None:
+        c, env, gpu = self.c, self.env, self.gpu
+        self.running[s] = True
+        t0 = env.now
+        seconds = c.seconds[i]
+        if s == _COMPUTE:
+            if seconds > 0:
+                gpu.compute(seconds, lambda: self._end(s, i, t0))
+            else:
+                self._end(s, i, t0)
+            return
+        end = _reserve([(gpu, side) for side in c.sides[i]], seconds, t0, self.intervals)
+        if s == _DP:
+            # A data-parallel collective queues for its links, then holds SMs while it transfers.
+            begin = end - seconds
+            if begin > t0:
+                env.timeout(begin - t0).callbacks.append(lambda _e: self._transfer(s, i, begin, end))
+            else:
+                self._transfer(s, i, t0, end)
+            return
+        if c.holds[i]:
+            gpu.comm_started()
+        env.timeout(end - t0).callbacks.append(lambda _e: self._end(s, i, t0))
+
+    def _transfer(self, s: int, i: int, begin: float, end: float) -> None:
+        if self.c.holds[i]:
+            self.gpu.comm_started()
+        self.env.timeout(end - begin).callbacks.append(lambda _e: self._end(s, i, begin))
+
+    def _end(self, s: int, i: int, t0: float) -> None:
+        c = self.c
+        now = self.env.now
+        if s == _COMPUTE:
+            slot = c.slots[i]
+            if slot >= 0:
+                self.busy[slot] += now - t0
+        elif c.holds[i]:
+            self.gpu.comm_ended()
+        trace = self.trace
         if trace is not None:
-            trace.phases.append((gpu.rank, ph.stream, ph.name, start, env.now, label))
-        done[i].succeed()
+            trace.num_tasks += 1
+            if trace.record_tasks:
+                trace.tasks.append(TaskEvent(self.gpu.rank, c.streams[i], c.names[i], t0, now, self.label))
+        self.done[i] = True
+        self.running[s] = False
+        self.ptr[s] += 1
+        self.left -= 1
+        if self.left == 0:
+            self.on_done()
+        else:
+            self._pump(c.wakes[i])
 
 
 def isolated_run(work: Work, num_sms: int, comm_sms: int) -> tuple[float, tuple[float, float, float]]:
-    """``work`` alone on an idle GPU: its makespan and compute-busy seconds per part (fast mode)."""
+    """``work`` alone on an idle GPU: its makespan and compute-busy seconds of its F, I and W tasks."""
     env = simpy.Environment()
     gpu = Gpu(env, 0, num_sms, comm_sms)
-    busy = [0.0, 0.0, 0.0]
-    env.process(run_work(env, gpu, work, None, "", busy))
-    env.run()
-    return float(env.now), (busy[0], busy[1], busy[2])
+    finished: list[float] = []
+    run = _WorkRun(env, gpu, _Compiled(work), "", None, lambda: finished.append(env.now))
+    run.start()
+    env.run()  # superseded compute timers may still fire after the work is done: the end is when it finished
+    if not finished:
+        stuck = [work.tasks[o[p]].name for o, p in zip(run.c.orders, run.ptr, strict=True) if p < len(o)]
+        raise SimulationError(f"a work deadlocked: its streams wait at tasks {stuck}")
+    return float(finished[0]), (run.busy[0], run.busy[1], run.busy[2])
 
 
-ArrivalKey = tuple[str, int, int, int]  # ("F" | "B", direction, stage, micro-batch)
+class _RankRun:
+    """Drives one rank through its plan."""
 
+    def __init__(self, eng: _Engine, rank: int, plan: RankPlan) -> None:
+        self.eng, self.rank, self.plan = eng, rank, plan
+        self.gpu = eng.gpus[rank]
+        self.i = 0
+        self.outstanding = 0
+        self.actions_done = False
+        self.finish = 0.0
+        self.completed = False
+        self.end = 0.0
+        self.waiting_for: ArrivalKey | None = None
 
-@dataclass
-class EngineHooks:
-    """What the engine needs from the layer above: the work of an action and the neighbours' transfers."""
+    def begin(self) -> None:
+        for work in self.plan.prologue:
+            self._background(work, "param_gather")
 
-    work: Callable[[Any], Work]
-    # Fast mode: an action's seconds and compute-busy seconds per part; None: detailed mode.
-    duration: Callable[[Any], tuple[float, tuple[float, float, float]]] | None
-    inputs: Callable[[Any], tuple[ArrivalKey, ...]]
-    outputs: Callable[[Any], tuple[tuple[ArrivalKey, int, float, int], ...]]  # key, dst rank, seconds, links
-    label: Callable[[Any], tuple[str, str]]  # (label, category)
-    on_start: Callable[[int, Any, float], None] | None = None
-    on_end: Callable[[int, Any, float], None] | None = None
+    def _background(self, work: Work, label: str) -> None:
+        self.outstanding += 1
+        _WorkRun(self.eng.env, self.gpu, self.eng.compiled(work), label, self.eng.trace,
+                 self._background_done).start()
 
+    def _background_done(self) -> None:
+        self.outstanding -= 1
+        if self.actions_done and self.outstanding == 0:
+            self._tail_start()
 
-def simulate_pipeline(ranks: Sequence[Sequence[Any]], hooks: EngineHooks, num_sms: int, comm_sms: int,
-                      tail: Callable[[simpy.Environment, list[Gpu], int], Any] | None = None,
-                      trace: TraceRecord | None = None,
-                      setup: Callable[[simpy.Environment, list[Gpu]], None] | None = None,
-                      ) -> tuple[float, list[float]]:
-    """Run every rank's actions. ``setup(env, gpus)`` runs first (to start background transfers);
-    ``tail(env, gpus, rank)`` is a process run after a rank's last action (gradient synchronization,
-    optimizer). Returns the makespan and each rank's finish time; raises on a deadlock."""
-    env = simpy.Environment()
-    gpus = [Gpu(env, r, num_sms, comm_sms) for r in range(len(ranks))]
-    arrived: dict[ArrivalKey, simpy.Event] = {}
-    finish = [0.0] * len(ranks)
-    completed = [False] * len(ranks)
-    if setup is not None:
-        setup(env, gpus)
-
-    def event(key: ArrivalKey) -> simpy.Event:
-        ev = arrived.get(key)
-        if ev is None:
-            ev = arrived[key] = env.event()
-        return ev
-
-    def send(src: int, key: ArrivalKey, dst: int, seconds: float, links: int) -> None:
-        if dst == src or seconds <= 0:
-            event(key).succeed()
+    def advance(self) -> None:
+        eng, actions = self.eng, self.plan.actions
+        if self.i == len(actions):
+            self._actions_end()
             return
-        sides = [(gpus[src], IB_TX if links & IB else NVL_TX), (gpus[dst], IB_RX if links & IB else NVL_RX)]
-        start = max(env.now, *(g.links[s] for g, s in sides))
-        end = occupy(sides, seconds, env.now)
-        if trace is not None:
-            trace.transfers.append((src, dst, start, end, f"{key[0]}{key[2]}.{key[3]}"))
-        arrival = event(key)
+        action = actions[self.i]
+        for key in action.inputs:
+            if key not in eng.arrived:
+                self.waiting_for = key
+                eng.waiters.setdefault(key, []).append(self.advance)
+                return
+        self.waiting_for = None
+        start = eng.env.now
+        if eng.fast:
+            if action.timed is None:
+                raise SimulationError(f"fast mode needs every action timed ({action.label} is not)")
+            seconds, busy = action.timed
+            eng.env.timeout(seconds).callbacks.append(lambda _e: self._action_end(action, start, busy))
+        else:
+            run = _WorkRun(eng.env, self.gpu, eng.compiled(action.work), action.label, eng.trace,
+                           lambda: self._action_end(action, start, tuple(run.busy)))  # type: ignore[arg-type]
+            run.start()
 
-        def arrive(_ev: simpy.Event) -> None:
-            arrival.succeed()
+    def _action_end(self, action: PlannedAction, start: float, busy: tuple[float, float, float]) -> None:
+        eng = self.eng
+        now = eng.env.now
+        eng.trace.actions.append(ActionEvent(self.rank, start, now, action.label, action.category, *busy))
+        if eng.progress is not None:
+            eng.progress(1)
+        for send in action.outputs:
+            eng.send(self.rank, send)
+        for work in action.triggers:
+            self._background(work, "grad_reduce")
+        self.i += 1
+        self.advance()
 
-        env.timeout(end - env.now).callbacks.append(arrive)
+    def _actions_end(self) -> None:
+        self.finish = self.eng.env.now
+        self.actions_done = True
+        for work in self.plan.end_triggers:
+            self._background(work, "grad_reduce")
+        self._wait_start = self.finish
+        if self.outstanding == 0:
+            self._tail_start()
 
-    def rank_proc(r: int) -> Any:
-        gpu = gpus[r]
-        for action in ranks[r]:
-            for key in hooks.inputs(action):
-                ev = event(key)
-                if not ev.processed:
-                    yield ev
-            start = env.now
-            if hooks.on_start:
-                hooks.on_start(r, action, start)
-            label, category = hooks.label(action)
-            if hooks.duration is not None:
-                seconds, busy = hooks.duration(action)
-                yield env.timeout(seconds)
-            else:
-                acc = [0.0, 0.0, 0.0]
-                yield from run_work(env, gpu, hooks.work(action), trace, label, acc)
-                busy = (acc[0], acc[1], acc[2])
-            if trace is not None:
-                trace.actions.append((r, start, env.now, label, category, busy))
-            if hooks.on_end:
-                hooks.on_end(r, action, env.now)
-            for key, dst, seconds, links in hooks.outputs(action):
-                send(r, key, dst, seconds, links)
-        finish[r] = env.now
-        if tail is not None:
-            yield from tail(env, gpus, r)
-        completed[r] = True
+    def _tail_start(self) -> None:
+        now = self.eng.env.now
+        if now > self._wait_start:
+            self.eng.trace.actions.append(ActionEvent(self.rank, self._wait_start, now, self.plan.wait_label,
+                                                      "exposed_comm"))
+        self._tail_next(0)
 
-    for r in range(len(ranks)):
-        env.process(rank_proc(r))
-    env.run()
-    if not all(completed):
-        waiting = [k for k, ev in arrived.items() if not ev.triggered]
-        stuck = [r for r, c in enumerate(completed) if not c]
-        raise RuntimeError(f"pipeline deadlocked: ranks {stuck} wait for inputs {waiting[:5]} that never arrive")
-    return float(env.now), finish
+    def _tail_next(self, k: int) -> None:
+        if k == len(self.plan.tail):
+            self.completed = True
+            self.end = self.eng.env.now
+            return
+        item = self.plan.tail[k]
+        start = self.eng.env.now
+
+        def done() -> None:
+            end = self.eng.env.now
+            if end > start:
+                self.eng.trace.actions.append(ActionEvent(self.rank, start, end, item.label, item.category))
+            self._tail_next(k + 1)
+
+        _WorkRun(self.eng.env, self.gpu, self.eng.compiled(item.work), item.label, self.eng.trace, done).start()
+
+
+class _Engine:
+    def __init__(self, num_ranks: int, num_sms: int, comm_sms: int, trace: Trace, fast: bool,
+                 progress: Callable[[int], None] | None) -> None:
+        self.env = simpy.Environment()
+        self.gpus = [Gpu(self.env, r, num_sms, comm_sms) for r in range(num_ranks)]
+        self.trace = trace
+        self.fast = fast
+        self.progress = progress
+        self.arrived: set[ArrivalKey] = set()
+        self.waiters: dict[ArrivalKey, list[Callable[[], None]]] = {}
+        self._compiled: dict[int, tuple[Work, _Compiled]] = {}
+
+    def compiled(self, work: Work) -> _Compiled:
+        """The work's compiled form, built once per distinct work object of this run (the plans keep every work
+        alive while the run lasts, so its identity is a sound key here)."""
+        hit = self._compiled.get(id(work))
+        if hit is None:
+            hit = self._compiled[id(work)] = (work, _Compiled(work))
+        return hit[1]
+
+    def send(self, src: int, send: Send) -> None:
+        if send.dst == src or send.seconds <= 0:
+            self._arrive(send.key)
+            return
+        tx, rx = (LinkSide.NIC_TX, LinkSide.NIC_RX) if send.links & NIC else (LinkSide.NVLINK_TX, LinkSide.NVLINK_RX)
+        now = self.env.now
+        sides = [(self.gpus[src], tx), (self.gpus[send.dst], rx)]
+        start = max(now, *(g.free_at[s] for g, s in sides))
+        end = _reserve(sides, send.seconds, now, self.trace.links.intervals if self.trace.record_tasks else None)
+        if self.trace.record_tasks:
+            key = send.key
+            self.trace.transfers.append(TransferEvent(src, send.dst, start, end, f"{key[0]}{key[2]}.{key[3]}"))
+        self.env.timeout(end - now).callbacks.append(lambda _e: self._arrive(send.key))
+
+    def _arrive(self, key: ArrivalKey) -> None:
+        self.arrived.add(key)
+        for cb in self.waiters.pop(key, ()):
+            cb()
+
+
+def run_pipeline(plans: Sequence[RankPlan], *, num_sms: int, comm_sms: int, fast: bool = False,
+                 record_tasks: bool = True, progress: Callable[[int], None] | None = None) -> EngineResult:
+    """Run every rank's plan. ``fast``: each action is one timed event (``PlannedAction.timed``), its tasks
+    are not simulated; the tail still is. ``progress(n)`` is called as actions complete. Raises
+    :class:`SimulationError` on a deadlock."""
+    trace = Trace(record_tasks=record_tasks)
+    eng = _Engine(len(plans), num_sms, comm_sms, trace, fast, progress)
+    runs = [_RankRun(eng, r, plan) for r, plan in enumerate(plans)]
+    for run in runs:
+        run.begin()
+    for run in runs:
+        run.advance()
+    eng.env.run()
+    if not all(r.completed for r in runs):
+        stuck = [f"rank {r.rank} at action {r.i} waiting for {r.waiting_for}" for r in runs if not r.completed]
+        raise SimulationError("pipeline deadlocked: " + "; ".join(stuck[:5]))
+    for g in eng.gpus:
+        for side in LinkSide:
+            if g.usage[side]:
+                trace.links.busy_s[(g.rank, side)] = g.usage[side]
+    trace.links.intervals = {(r, LinkSide(s)): v for (r, s), v in trace.links.intervals.items()}
+    # The step ends when the last rank's tail does (superseded compute timers may fire later; they do nothing).
+    return EngineResult(max(r.end for r in runs), [r.finish for r in runs], trace)

@@ -23,18 +23,19 @@ from sim.errors import SimInputError, format_validation_error
 DEFAULT_WORKLOAD = "deepseek_v3.yaml"
 
 
-def project_root() -> Path:
-    """Where ``workloads/`` and ``hardware_profiles/`` live (``SIM_HOME`` overrides)."""
+def data_root() -> Path:
+    """Where ``workloads/`` and ``hardware_profiles/`` live: installed with the package (``sim/data``; the
+    repository's top-level ``workloads`` and ``hardware_profiles`` point there). ``SIM_HOME`` overrides."""
     env = os.environ.get("SIM_HOME")
-    return Path(env) if env else Path(__file__).resolve().parent.parent
+    return Path(env) if env else Path(__file__).resolve().parent / "data"
 
 
 def workloads_dir() -> Path:
-    return project_root() / "workloads"
+    return data_root() / "workloads"
 
 
 def profiles_dir() -> Path:
-    return project_root() / "hardware_profiles"
+    return data_root() / "hardware_profiles"
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

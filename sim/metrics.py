@@ -1,9 +1,9 @@
-"""Trace + scenario -> StepResult: step time and where it goes, MFU, throughput, memory.
+"""Engine result + scenario -> StepResult: step time and where it goes, MFU, throughput, memory.
 
 Breakdown, per rank, of the step's wall time (the ranks' breakdowns each sum to the step time; the reported
 breakdown is their mean):
 - ``forward``, ``backward_input``, ``backward_weight``: compute-stream busy time inside non-overlapped
-  actions, by the part of the chunk the phase belongs to (a full backward splits into input and weight);
+  actions, by the part of the chunk the task belongs to (a full backward splits into input and weight);
 - ``overlapped``: compute-stream busy time inside overlapped forward/backward pairs;
 - ``exposed_comm``: time inside actions when the compute stream waits for communication, plus waiting for
   gradient synchronization and an exposed parameter gather at the end of the step;
@@ -18,12 +18,16 @@ recompute) times the tokens of the step; attention is counted causal (S/2 keys p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from sim.context import StepContext
+from sim.engine import EngineResult
+from sim.memory import memory_per_rank
 from sim.model import counts
-from sim.model.memory import memory_per_rank
-from sim.units import SECONDS_PER_HOUR
+from sim.timeline import ActionEvent, Category, Trace
+from sim.units import SECONDS_PER_HOUR, TERA
 
 CATEGORIES = ("forward", "backward_input", "backward_weight", "overlapped", "bubble", "exposed_comm", "optimizer")
 
@@ -51,7 +55,7 @@ class StepResult:
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     imbalance_cost_s: float | None = None  # step time minus the same step with balanced routing
-    trace: Any = field(default=None, repr=False)
+    trace: Trace | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -59,62 +63,64 @@ class StepResult:
         return d
 
 
-def _rank_breakdown(actions: list, step: float, nranks: int) -> list[dict[str, float]]:
-    out = [dict.fromkeys(CATEGORIES, 0.0) for _ in range(nranks)]
-    for r, start, end, _label, category, busy in actions:
-        b = out[r]
-        dur = end - start
-        if category in ("optimizer", "exposed_comm"):
-            b[category] += dur
-        elif category == "overlapped":
-            b["overlapped"] += sum(busy)
-            b["exposed_comm"] += dur - sum(busy)
+def rank_breakdown(actions: Sequence[ActionEvent], step_s: float, num_ranks: int) -> list[dict[str, float]]:
+    """Per rank, the step's seconds by category (see the module docstring)."""
+    out = [dict.fromkeys(CATEGORIES, 0.0) for _ in range(num_ranks)]
+    for a in actions:
+        b = out[a.rank]
+        dur = a.end - a.start
+        if a.category in (Category.OPTIMIZER, Category.EXPOSED_COMM):
+            b[a.category] += dur
+        elif a.category == Category.OVERLAPPED:
+            b["overlapped"] += a.busy
+            b["exposed_comm"] += dur - a.busy
         else:
-            b["forward"] += busy[0]
-            b["backward_input"] += busy[1]
-            b["backward_weight"] += busy[2]
-            b["exposed_comm"] += dur - sum(busy)
+            b["forward"] += a.busy_forward
+            b["backward_input"] += a.busy_input
+            b["backward_weight"] += a.busy_weight
+            b["exposed_comm"] += dur - a.busy
     for b in out:
-        b["bubble"] = max(0.0, step - sum(v for k, v in b.items() if k != "bubble"))
+        b["bubble"] = max(0.0, step_s - sum(v for k, v in b.items() if k != "bubble"))
     return out
 
 
-def step_result(ctx: Any, step: float, finish: list[float], trace: Any, peak_act: list[float], mode: str,
-                wall_s: float) -> StepResult:
+def model_flops_per_step(ctx: StepContext, causal: bool) -> float:
     s = ctx.scenario
-    m = s.model
-    gpu = s.cluster.gpu
-    tokens = s.training.tokens_per_step
     seq = s.training.seq_len
-    nranks = len(finish)
-    per_rank = _rank_breakdown(trace.actions, step, nranks)
+    per_token = counts.train_flops_per_token(s.model, seq, causal) + counts.train_flops_per_token_mtp(
+        s.model, seq, causal)
+    return s.training.tokens_per_step * per_token
+
+
+def step_result(ctx: StepContext, result: EngineResult, *, mode: str, wall_s: float) -> StepResult:
+    s = ctx.scenario
+    gpu = s.cluster.gpu
+    step = result.makespan_s
+    tokens = s.training.tokens_per_step
+    nranks = len(result.finish_s)
+    per_rank = rank_breakdown(result.trace.actions, step, nranks)
     mean = {k: sum(b[k] for b in per_rank) / nranks for k in CATEGORIES}
-    busy = [sum(v for k, v in b.items() if k in ("forward", "backward_input", "backward_weight", "overlapped",
-                                                   "optimizer")) for b in per_rank]
+    busy = [sum(b[k] for k in ("forward", "backward_input", "backward_weight", "overlapped", "optimizer"))
+            for b in per_rank]
 
     def mfu(causal: bool, dtype: str) -> float | None:
         if dtype == "fp8" and not gpu.supports_fp8:
             return None
-        per_token = counts.train_flops_per_token(m, seq, causal) + counts.train_flops_per_token_mtp(m, seq, causal)
-        flops = tokens * per_token
-        return flops / (step * s.num_gpus * gpu.peak_flops_per_s(dtype))
+        return model_flops_per_step(ctx, causal) / (step * s.num_gpus * gpu.peak_flops_per_s(dtype))
 
-    mem = memory_per_rank(ctx.layout, s)
-    rows = []
-    for b, act in zip(mem, peak_act, strict=True):
-        total = b.weights + b.gradients + b.optimizer + act
-        rows.append({"rank": b.rank, "weights_bytes": b.weights, "gradients_bytes": b.gradients,
-                     "optimizer_bytes": b.optimizer, "activations_bytes": act, "total_bytes": total})
-    peak = max(r["total_bytes"] for r in rows)
+    mem = memory_per_rank(s, ctx.partition, ctx.schedule)
+    rows = [{"rank": b.rank, "weights_bytes": b.weights, "gradients_bytes": b.gradients,
+             "optimizer_bytes": b.optimizer, "activations_bytes": b.activations, "total_bytes": b.total}
+            for b in mem]
+    peak = max(b.total for b in mem)
     tps = tokens / step / s.num_gpus
-    notes = sorted(ctx.costs.notes)
     return StepResult(
         scenario=s.name, mode=mode, step_time_s=step, tokens_per_step=tokens, tokens_per_s_per_gpu=tps,
-        gpu_hours_per_trillion_tokens=1e12 / tps / SECONDS_PER_HOUR,
+        gpu_hours_per_trillion_tokens=TERA / tps / SECONDS_PER_HOUR,
         mfu={"bf16_causal": mfu(True, "bf16"), "bf16_noncausal": mfu(False, "bf16"),
              "fp8_causal": mfu(True, "fp8")},
-        breakdown_s=mean, breakdown_per_rank_s=per_rank, busy_per_rank_s=busy, finish_per_rank_s=list(finish),
+        breakdown_s=mean, breakdown_per_rank_s=per_rank, busy_per_rank_s=busy, finish_per_rank_s=result.finish_s,
         peak_memory_per_gpu_bytes=peak, memory_per_rank=rows, memory_capacity_bytes=gpu.hbm_bytes,
         oom=peak > gpu.hbm_bytes, imbalance=ctx.loads.imbalance,
-        num_events=len(trace.phases) + len(trace.actions), wall_time_s=wall_s, notes=notes,
-        warnings=sorted(ctx.costs.warnings), trace=trace)
+        num_events=result.trace.num_tasks + len(result.trace.actions), wall_time_s=wall_s,
+        notes=sorted(ctx.costs.notes), warnings=sorted({*ctx.costs.warnings, *ctx.warnings}), trace=result.trace)

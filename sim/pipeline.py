@@ -27,6 +27,22 @@ ScheduleName = Literal["gpipe", "1f1b", "interleaved-1f1b", "zb1p", "dualpipe", 
 SCHEDULE_NAMES: tuple[str, ...] = get_args(ScheduleName)
 #: Schedules whose pairs of chunks are overlapped (F&B): one rank holds two stages fed from both ends.
 BIDIRECTIONAL = ("dualpipe", "dualpipev")
+#: How stages fold onto ranks: ``loop`` (stage s on rank s % P), ``v`` (DualPipeV), ``mirror`` (DualPipe:
+#: direction 0 stage s on rank s, direction 1 stage s on rank P-1-s).
+Folding = Literal["loop", "v", "mirror"]
+
+
+def folding(schedule: str) -> Folding:
+    return "mirror" if schedule == "dualpipe" else "v" if schedule == "dualpipev" else "loop"
+
+
+def rank_of_stage(fold: Folding, pp: int, stage: int, direction: int = 0) -> int:
+    """The rank that holds ``stage`` of ``direction`` under folding ``fold``."""
+    if fold == "mirror":
+        return stage if direction == 0 else pp - 1 - stage
+    if fold == "v":
+        return stage if stage < pp else 2 * pp - 1 - stage
+    return stage % pp
 
 
 def num_stages(schedule: str, pp: int, vpp: int = 1) -> int:

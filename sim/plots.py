@@ -1,8 +1,9 @@
 """Matplotlib figures of a simulated step (Figure API only, never pyplot's global state).
 
 The Gantt chart has one band per pipeline rank: the upper row shows the compute stream coloured by the kind
-of action each phase belongs to, the lower, thinner row the communication streams. White space in the upper
-row is time the GPU computes nothing: bubbles between actions and communication it waits for inside them.
+of action each task belongs to, the lower, thinner rows the communication and data-parallel streams. White
+space in the upper row is time the GPU computes nothing: bubbles between actions and communication it waits
+for inside them. Without recorded tasks (fast mode) each action is drawn whole, in its category's colour.
 """
 
 from __future__ import annotations
@@ -12,35 +13,36 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from sim.engine import TraceRecord
+from sim.timeline import Category, Stream, Trace
 
 COLORS = {
-    "forward": "#4C72B0", "backward": "#DD8452", "backward_input": "#DD8452", "backward_weight": "#8C8C8C",
-    "overlapped": "#55A868", "optimizer": "#8172B3", "exposed_comm": "#C44E52",
+    Category.FORWARD: "#4C72B0", Category.BACKWARD: "#DD8452", Category.BACKWARD_INPUT: "#DD8452",
+    Category.BACKWARD_WEIGHT: "#8C8C8C", Category.OVERLAPPED: "#55A868", Category.OPTIMIZER: "#8172B3",
+    Category.EXPOSED_COMM: "#C44E52",
 }
 COMM_COLOR = "#C44E52"
 DP_COLOR = "#937860"
 
 
-def gantt_figure(trace: TraceRecord, num_ranks: int, title: str = "") -> Figure:
-    category = {(r, label): cat for r, _s, _e, label, cat, _b in trace.actions}
+def gantt_figure(trace: Trace, num_ranks: int, title: str = "") -> Figure:
+    category = {(a.rank, a.label): a.category for a in trace.actions}
     compute: dict[tuple[int, str], list[tuple[float, float]]] = {}
     comm: dict[int, list[tuple[float, float]]] = {}
     dp: dict[int, list[tuple[float, float]]] = {}
     end_time = 0.0
-    for r, stream, _name, start, end, label in trace.phases:
-        end_time = max(end_time, end)
-        if stream == 0:
-            cat = category.get((r, label), "optimizer" if label == "optimizer" else "forward")
-            compute.setdefault((r, cat), []).append((start, end - start))
-        elif stream == 1:
-            comm.setdefault(r, []).append((start, end - start))
+    for t in trace.tasks:
+        end_time = max(end_time, t.end)
+        if t.stream == Stream.COMPUTE:
+            cat = category.get((t.rank, t.action), Category.FORWARD)
+            compute.setdefault((t.rank, cat), []).append((t.start, t.end - t.start))
+        elif t.stream == Stream.COMM:
+            comm.setdefault(t.rank, []).append((t.start, t.end - t.start))
         else:
-            dp.setdefault(r, []).append((start, end - start))
-    if not trace.phases:  # fast mode records actions only: draw them whole
-        for r, start, end, _label, cat, _b in trace.actions:
-            end_time = max(end_time, end)
-            compute.setdefault((r, cat), []).append((start, end - start))
+            dp.setdefault(t.rank, []).append((t.start, t.end - t.start))
+    if not trace.tasks:  # fast mode records actions only: draw them whole
+        for a in trace.actions:
+            end_time = max(end_time, a.end)
+            compute.setdefault((a.rank, a.category), []).append((a.start, a.end - a.start))
     fig = Figure(figsize=(14, 0.45 * num_ranks + 1.6), dpi=110)
     ax = fig.add_subplot(1, 1, 1)
     for (r, cat), bars in compute.items():
@@ -55,7 +57,8 @@ def gantt_figure(trace: TraceRecord, num_ranks: int, title: str = "") -> Figure:
     ax.set_xlabel("time (s)")
     ax.set_title(title or "simulated step: compute (upper rows), communication (lower rows); white = idle")
     handles = [Patch(color=COLORS[c], label=c.replace("_", " ")) for c in
-               ("forward", "backward", "backward_weight", "overlapped", "optimizer")]
+               (Category.FORWARD, Category.BACKWARD, Category.BACKWARD_WEIGHT, Category.OVERLAPPED,
+                Category.OPTIMIZER)]
     handles += [Patch(color=COMM_COLOR, label="EP/TP comm"), Patch(color=DP_COLOR, label="DP comm")]
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=len(handles), fontsize=8,
               frameon=False)
@@ -63,5 +66,5 @@ def gantt_figure(trace: TraceRecord, num_ranks: int, title: str = "") -> Figure:
     return fig
 
 
-def write_gantt(path: str | Path, trace: TraceRecord, num_ranks: int, title: str = "") -> None:
+def write_gantt(path: str | Path, trace: Trace, num_ranks: int, title: str = "") -> None:
     gantt_figure(trace, num_ranks, title).savefig(Path(path), format="png")

@@ -1,7 +1,8 @@
-"""Engine invariants over random schedules and random phase durations (hypothesis).
+"""Engine invariants over random schedules and random task durations (hypothesis), and its exact agreement
+with the list scheduler when there is no communication.
 
-A synthetic program gives every action a few compute and communication phases with seeded random
-durations, so the engine is exercised independently of the cost model.
+A synthetic program gives every action a few compute and communication tasks with seeded random durations,
+so the engine is exercised independently of the cost model.
 """
 
 from __future__ import annotations
@@ -13,44 +14,48 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sim.engine import EngineHooks, TraceRecord, simulate_pipeline
-from sim.program import COMM, COMPUTE, IB, Chunk, Phase, Work, merge_pair, stream_orders
+from sim.engine import PlannedAction, RankPlan, Send, SimulationError, TailItem, isolated_run, run_pipeline
+from sim.program.chunks import Chunk
+from sim.program.pairs import merge_pair
+from sim.program.tasks import NIC, Task, Work
 from sim.schedules.actions import Action
 from sim.schedules.actions import Phase as P
 from sim.schedules.generators import build_schedule
+from sim.schedules.listsched import simulate
+from sim.timeline import Stream
 
 SCHEDULES = ["gpipe", "1f1b", "interleaved-1f1b", "zb1p", "dualpipe", "dualpipev"]
 
 
 def chunk_for(kind: str, seed: int, scale: float, comm_scale: float) -> Chunk:
-    """A two-layer chunk: compute phases and all-to-all-like communication with random durations."""
+    """A two-layer chunk: compute tasks and all-to-all-like communication with random durations."""
     rng = random.Random(seed)
-    phases: list[Phase] = []
+    tasks: list[Task] = []
     groups = []
     last: int | None = None
     for _layer in range(2):
-        start = len(phases)
+        start = len(tasks)
         for i in range(2):
             c = scale * rng.uniform(0.5, 2.0)
             m = scale * comm_scale * rng.uniform(0.1, 1.5)
             part = "F" if kind == "F" else "I"
-            phases.append(Phase(f"c{i}", part, COMPUTE, c, () if last is None else (last,)))
-            last = len(phases) - 1
-            phases.append(Phase(f"m{i}", part, COMM, m, (last,), links=IB, holds_sms=True))
-            last = len(phases) - 1
+            tasks.append(Task(f"c{i}", part, Stream.COMPUTE, c, () if last is None else (last,)))
+            last = len(tasks) - 1
+            tasks.append(Task(f"m{i}", part, Stream.COMM, m, (last,), links=NIC, holds_sms=True))
+            last = len(tasks) - 1
         if kind in ("B", "W"):
-            phases.append(Phase("w", "W", COMPUTE, scale * rng.uniform(0.2, 1.0),
-                                (last,) if kind == "B" else ()))
-        groups.append(tuple(range(start, len(phases))))
+            tasks.append(Task("w", "W", Stream.COMPUTE, scale * rng.uniform(0.2, 1.0),
+                              (last,) if kind == "B" else ()))
+        groups.append(tuple(range(start, len(tasks))))
     if kind == "W":
-        phases = [p for p in phases if p.part == "W"]
-        phases = [Phase(p.name, p.part, p.stream, p.seconds, ()) for p in phases]
+        tasks = [Task(t.name, t.part, t.stream, t.seconds) for t in tasks if t.part == "W"]
         groups = [(0,), (1,)]
-    ph = tuple(phases)
-    return Chunk(kind, ph, tuple(groups), stream_orders(ph))
+    ts = tuple(tasks)
+    return Chunk(kind, ts, tuple(groups), Work.of(ts))  # type: ignore[arg-type]
 
 
-def make_hooks(schedule, seed: int, scale: float = 1.0, comm_scale: float = 1.0):
+def plans_for(schedule, seed: int, scale: float = 1.0, comm_scale: float = 1.0, send_s: float = 0.3,
+              tail: bool = False) -> list[RankPlan]:
     cache: dict = {}
 
     def chunk(a: Action) -> Chunk:
@@ -60,9 +65,7 @@ def make_hooks(schedule, seed: int, scale: float = 1.0, comm_scale: float = 1.0)
         return cache[key]
 
     def work(a: Action) -> Work:
-        if a.phase is P.FB:
-            return merge_pair(chunk(a.fwd), chunk(a.bwd))
-        return Work.single(chunk(a))
+        return merge_pair(chunk(a.fwd), chunk(a.bwd)) if a.phase is P.FB else chunk(a).work
 
     last = schedule.num_stages - 1
 
@@ -73,30 +76,34 @@ def make_hooks(schedule, seed: int, scale: float = 1.0, comm_scale: float = 1.0)
                 keys.append(("F", p.direction, p.stage - 1, p.microbatch))
             elif p.phase in (P.B, P.I) and p.stage < last:
                 keys.append(("B", p.direction, p.stage + 1, p.microbatch))
-        return tuple(keys)
+        return tuple(k for k in keys if not any(k == ("F" if q.phase is P.F else "B", q.direction, q.stage,
+                                                      q.microbatch) for q in a.parts()))
 
     def outputs(a):
         out = []
         for p in a.parts():
             if p.phase is P.F and p.stage < last:
-                out.append((("F", p.direction, p.stage, p.microbatch), schedule.rank_of(p.stage + 1, p.direction),
-                            0.3 * scale * comm_scale, IB))
+                out.append(Send(("F", p.direction, p.stage, p.microbatch), schedule.rank_of(p.stage + 1, p.direction),
+                                send_s * scale * comm_scale, NIC))
             elif p.phase in (P.B, P.I) and p.stage > 0:
-                out.append((("B", p.direction, p.stage, p.microbatch), schedule.rank_of(p.stage - 1, p.direction),
-                            0.3 * scale * comm_scale, IB))
+                out.append(Send(("B", p.direction, p.stage, p.microbatch), schedule.rank_of(p.stage - 1, p.direction),
+                                send_s * scale * comm_scale, NIC))
         return tuple(out)
 
-    return EngineHooks(work=work, duration=None, inputs=inputs, outputs=outputs,
-                       label=lambda a: (str(a), "overlapped" if a.phase is P.FB else "forward"))
+    opt = Work.of((Task("optimizer", "tail", Stream.COMPUTE, scale),))
+    grad = Work.of((Task("grad", "tail", Stream.DP, 0.5 * scale * comm_scale, links=NIC, holds_sms=True),))
+    return [RankPlan(tuple(PlannedAction(work(a), str(a), "overlapped" if a.phase is P.FB else "forward",
+                                         inputs(a), outputs(a)) for a in actions),
+                     end_triggers=(grad,) if tail else (), tail=(TailItem(opt, "optimizer", "optimizer"),) if tail
+                     else ())
+            for actions in schedule.ranks]
 
 
-def run(name, pp, n, seed, scale=1.0, comm_scale=1.0, comm_sms=0):
+def run(name, pp, n, seed, scale=1.0, comm_scale=1.0, comm_sms=0, tail=False):
     vpp = 2 if name == "interleaved-1f1b" else 1
     sched = build_schedule(name, pp, n, vpp)
-    trace = TraceRecord()
-    makespan, _finish = simulate_pipeline(sched.ranks, make_hooks(sched, seed, scale, comm_scale), 132, comm_sms,
-                                         trace=trace)
-    return sched, makespan, trace
+    res = run_pipeline(plans_for(sched, seed, scale, comm_scale, tail=tail), num_sms=132, comm_sms=comm_sms)
+    return sched, res.makespan_s, res.trace
 
 
 def layouts():
@@ -116,25 +123,25 @@ def layouts():
     return draw()
 
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @SETTINGS
 @given(layouts())
-def test_one_phase_at_a_time_per_stream_and_every_action_runs(layout):
+def test_one_task_at_a_time_per_stream_and_every_action_runs(layout):
     name, pp, n, seed = layout
     sched, _, trace = run(name, pp, n, seed)
     assert len(trace.actions) == sched.num_actions
     by_stream: dict = {}
-    for r, stream, _n, start, end, _l in trace.phases:
-        by_stream.setdefault((r, stream), []).append((start, end))
+    for t in trace.tasks:
+        by_stream.setdefault((t.rank, t.stream), []).append((t.start, t.end))
     for spans in by_stream.values():
         spans.sort()
         for (_s0, e0), (s1, _e1) in itertools.pairwise(spans):
             assert s1 >= e0 - 1e-12
     actions: dict = {}
-    for r, start, end, *_ in trace.actions:
-        actions.setdefault(r, []).append((start, end))
+    for a in trace.actions:
+        actions.setdefault(a.rank, []).append((a.start, a.end))
     for spans in actions.values():
         for (_s0, e0), (s1, _e1) in itertools.pairwise(spans):
             assert s1 >= e0 - 1e-12
@@ -147,10 +154,10 @@ def test_dependencies_respected(layout):
     sched, _, trace = run(name, pp, n, seed)
     end_of: dict = {}
     start_of: dict = {}
-    for _r, start, end, label, *_ in trace.actions:
-        for part in label.split("&"):
-            end_of[part] = end
-            start_of[part] = start
+    for a in trace.actions:
+        for part in a.label.split("&"):
+            end_of[part] = a.end
+            start_of[part] = a.start
     for actions in sched.ranks:
         for a in actions:
             for dep in sched.dependencies(a):
@@ -163,10 +170,10 @@ def test_dependencies_respected(layout):
 @given(layouts(), st.floats(0.1, 10.0))
 def test_deterministic_and_scaling_durations_scales_step(layout, k):
     name, pp, n, seed = layout
-    _, base, t1 = run(name, pp, n, seed)
-    _, again, t2 = run(name, pp, n, seed)
-    assert base == again and t1.phases == t2.phases
-    _, scaled, _ = run(name, pp, n, seed, scale=k)
+    _, base, t1 = run(name, pp, n, seed, tail=True)
+    _, again, t2 = run(name, pp, n, seed, tail=True)
+    assert base == again and t1.tasks == t2.tasks
+    _, scaled, _ = run(name, pp, n, seed, scale=k, tail=True)
     assert scaled == pytest.approx(k * base, rel=1e-9)
 
 
@@ -191,9 +198,66 @@ def test_sm_sharing_only_slows_compute(layout):
     assert shared >= free - 1e-9
 
 
+@pytest.mark.parametrize(("name", "pp", "n"), [("gpipe", 4, 6), ("1f1b", 4, 8), ("interleaved-1f1b", 2, 4),
+                                               ("zb1p", 4, 8), ("dualpipe", 4, 10), ("dualpipev", 2, 6)])
+def test_engine_equals_the_list_scheduler_without_communication(name, pp, n):
+    """With no communication and zero-cost sends, actions are pure compute: the engine's makespan is exactly
+    the list scheduler's for the same per-action durations (both are max-plus evaluations of one order)."""
+    vpp = 2 if name == "interleaved-1f1b" else 1
+    sched = build_schedule(name, pp, n, vpp)
+    plans = plans_for(sched, seed=7, comm_scale=0.0, send_s=0.0)
+    duration = {str(a): isolated_run(plan_action.work, 132, 0)[0]
+                for actions, plan in zip(sched.ranks, plans, strict=True)
+                for a, plan_action in zip(actions, plan.actions, strict=True)}
+    engine = run_pipeline(plans, num_sms=132, comm_sms=0).makespan_s
+    fast = run_pipeline([RankPlan(tuple(PlannedAction(pa.work, pa.label, pa.category, pa.inputs, pa.outputs,
+                                                      timed=isolated_run(pa.work, 132, 0)) for pa in p.actions))
+                         for p in plans], num_sms=132, comm_sms=0, fast=True).makespan_s
+    listed = simulate(sched, lambda a: duration[str(a)]).makespan
+    assert engine == pytest.approx(listed, rel=1e-12)
+    assert fast == pytest.approx(listed, rel=1e-12)
+
+
+def test_sm_sharing_by_hand():
+    """Compute of 1 s beside a 0.5 s transfer holding 33 of 132 SMs: compute runs at 3/4 rate for 0.5 s
+    (0.375 s of work), then at full rate for the remaining 0.625 s: 1.125 s in all."""
+    work = Work.of((Task("c", "F", Stream.COMPUTE, 1.0), Task("m", "F", Stream.COMM, 0.5, links=NIC,
+                                                              holds_sms=True)))
+    makespan, busy = isolated_run(work, 132, 33)
+    assert makespan == pytest.approx(1.125)
+    assert busy == pytest.approx((1.125, 0.0, 0.0))
+
+
+def test_links_queue_first_come_first_served():
+    """Two 1 s transfers on the same NIC of one GPU (different streams) cannot overlap: 2 s, not 1 s."""
+    work = Work.of((Task("a", "F", Stream.COMM, 1.0, links=NIC), Task("b", "tail", Stream.DP, 1.0, links=NIC)))
+    assert isolated_run(work, 132, 0)[0] == pytest.approx(2.0)
+
+
+def test_tail_waits_for_background_work_and_reports_it():
+    grad = Work.of((Task("grad", "tail", Stream.DP, 3.0, links=NIC, holds_sms=True),))
+    opt = Work.of((Task("optimizer", "tail", Stream.COMPUTE, 1.0),))
+    act = PlannedAction(Work.of((Task("c", "F", Stream.COMPUTE, 2.0),)), "F0.0", "forward", triggers=(grad,))
+    res = run_pipeline([RankPlan((act,), tail=(TailItem(opt, "optimizer", "optimizer"),))], num_sms=132,
+                       comm_sms=0)
+    # action 0-2 s, gradient 2-5 s (waited for from 2 to 5), optimizer 5-6 s.
+    assert res.makespan_s == pytest.approx(6.0)
+    assert res.finish_s == [pytest.approx(2.0)]
+    waits = [a for a in res.trace.actions if a.label == "grad_sync_wait"]
+    assert [(w.start, w.end) for w in waits] == [(pytest.approx(2.0), pytest.approx(5.0))]
+
+
 def test_deadlock_is_reported():
     sched = build_schedule("1f1b", 2, 2)
-    hooks = make_hooks(sched, 0)
-    hooks.inputs = lambda a: (("never", 0, 0, 0),)
-    with pytest.raises(RuntimeError, match="deadlocked"):
-        simulate_pipeline(sched.ranks, hooks, 132, 0)
+    plans = plans_for(sched, 0)
+    stuck = [RankPlan(tuple(PlannedAction(a.work, a.label, a.category, (("never", 0, 0, 0),)) for a in p.actions))
+             for p in plans]
+    with pytest.raises(SimulationError, match="deadlocked"):
+        run_pipeline(stuck, num_sms=132, comm_sms=0)
+
+
+def test_a_work_that_cannot_finish_is_an_error():
+    work = Work((Task("a", "F", Stream.COMPUTE, 1.0, deps=(1,)), Task("b", "F", Stream.COMPUTE, 1.0, deps=(0,))),
+                ((0, 1), (), ()))
+    with pytest.raises(SimulationError, match="deadlocked"):
+        isolated_run(work, 132, 0)

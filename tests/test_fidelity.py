@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import pytest
 
+from sim.assemble import rank_plans
 from sim.engine import isolated_run
 from sim.loading import load_scenario
-from sim.program import COMM, COMPUTE, merge_pair
-from sim.schedules.actions import Phase
-from sim.step import _Driver, build_context, simulate_step
+from sim.program.pairs import merge_pair
+from sim.step import build_context, simulate_step
+from sim.timeline import Category, Stream
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def _middle_pair():
     ctx = build_context(load_scenario())
     # A middle rank's steady pair: forward of stage 5 (4 MoE layers) with the backward of stage 10.
     f, b = ctx.program.chunk(5, "F", 0), ctx.program.chunk(10, "B", 1)
-    assert sum(p.name == "dispatch" for p in f.phases) == 4
+    assert sum(t.name == "dispatch" for t in f.tasks) == 4
     work = merge_pair(f, b)
     makespan, busy = isolated_run(work, 132, 20)
     return work, makespan, busy
@@ -44,18 +45,15 @@ def test_overlapped_pair_matches_the_trace():
     assert makespan == pytest.approx(0.129, rel=0.15)
     # One compute stream here stands for the trace's two (7 and 23, busy 96.3 % together).
     assert sum(busy) / makespan == pytest.approx(0.963, abs=0.04)
-    comm = sum(p.seconds for p in work.phases if p.stream == COMM)
+    comm = work.seconds_on(Stream.COMM)
     assert comm / makespan == pytest.approx(0.888, abs=0.10)
-    assert any(p.stream == COMPUTE for p in work.phases)
+    assert work.seconds_on(Stream.COMPUTE) > 0
 
 
 def _a2a_in_pairs(ctx) -> float:
-    drv = _Driver(ctx)
-    per_rank = []
-    for actions in ctx.schedule.ranks:
-        works = [drv.work(a) for a in actions if a.phase is Phase.FB]
-        per_rank.append(sum(p.seconds for w in works for p in w.phases if p.stream == COMM))
-    return max(per_rank)
+    plans = rank_plans(ctx.inputs, fast=False)
+    return max(sum(a.work.seconds_on(Stream.COMM) for a in plan.actions if a.category == Category.OVERLAPPED)
+               for plan in plans)
 
 
 def test_dualpipe_hides_most_of_the_all_to_all():

@@ -10,8 +10,10 @@ import pytest
 
 from sim.loading import load_scenario
 from sim.metrics import CATEGORIES
+from sim.model.activations import stage_activation_bytes
+from sim.model.stages import partition
+from sim.perfetto import chrome_trace
 from sim.step import simulate_step
-from sim.trace import chrome_trace
 
 TINY = "workloads/tiny_moe_job.yaml"
 
@@ -68,8 +70,6 @@ def test_dualpipe_peak_activations_bounded(default_detailed):
     # DualPipe holds at most PP + 1 chunks of activations (DeepSeek-V3 Table 2); our per-rank peak counts
     # chunks of the rank's two stages, each at most PP + 1 together.
     s = load_scenario()
-    from sim.model.layout import partition
-    from sim.model.memory import stage_activation_bytes
     acts = stage_activation_bytes(partition(s.model, 16, seq_len=4096), s)
     for row in default_detailed.memory_per_rank:
         assert row["activations_bytes"] <= (16 + 1) * max(acts) + 1

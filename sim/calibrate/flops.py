@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from sim.calibrate.reference.model import ReferenceModel
 from sim.config import ModelSpec
 from sim.model.counts import op_flops
-from sim.model.layout import model_units
+from sim.model.stages import model_units
 
 #: Module names that are not the op's own name.
 _ALIASES = {"router": "router", "core": "attention", "head": "head"}

@@ -17,9 +17,10 @@ import click
 
 from sim.cli.common import echo_json, write_atomic
 from sim.config import Scenario
-from sim.experts import POLICIES, simulate_balancing, step_time_by_policy
+from sim.experts import POLICIES, simulate_balancing
 from sim.experts.balancing import BalancingHistory
 from sim.loading import load_scenario
+from sim.step import step_time_by_policy
 
 DEFAULT_START_SKEW = "zipf"
 

@@ -6,7 +6,7 @@ import click
 
 from sim.cli.common import echo_json, human_bytes, human_count
 from sim.loading import load_model
-from sim.model.report import model_report
+from sim.model_report import model_report
 
 
 @click.command()

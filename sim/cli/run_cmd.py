@@ -44,12 +44,14 @@ def run(workload: str | None, hardware: str | None, gpus: int | None, overrides:
     named = calibration is not None  # a table the user names must fit; the job's own may be set aside
     if sys.stderr.isatty():
         with click.progressbar(length=num_actions(scenario), label="simulating", file=sys.stderr) as bar:
-            result = simulate_step(scenario, mode, named, True, bar.update, named)
+            result = simulate_step(scenario, mode=mode, allow_cpu_calibration=named, imbalance_cost=True,
+                                   progress=bar.update, strict_calibration=named)
     else:
-        result = simulate_step(scenario, mode, named, True, None, named)
+        result = simulate_step(scenario, mode=mode, allow_cpu_calibration=named, imbalance_cost=True,
+                               strict_calibration=named)
     nranks = scenario.parallel.pp
     if trace_out:
-        from sim.trace import write_chrome_trace
+        from sim.perfetto import write_chrome_trace
 
         write_atomic(trace_out, lambda p: write_chrome_trace(p, result.trace, nranks, scenario.name,
                                                              {"step_time_s": result.step_time_s}))

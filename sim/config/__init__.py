@@ -10,7 +10,8 @@ from sim.config.hardware import ClusterSpec, GpuEfficiency, GpuSpec, NodeSpec, P
 from sim.config.job import BatchRamp, TrainingPhase, TrainingSpec
 from sim.config.model import ModelSpec
 from sim.config.parallel import ParallelSpec, PrecisionSpec
-from sim.config.scenario import Scenario
+from sim.config.scenario import Scenario, evolve
 
 __all__ = ["BatchRamp", "ClusterSpec", "ExpertLoadSpec", "Frozen", "GpuEfficiency", "GpuSpec", "ModelSpec",
-           "NodeSpec", "ParallelSpec", "PeakTflops", "PrecisionSpec", "Scenario", "TrainingPhase", "TrainingSpec"]
+           "NodeSpec", "ParallelSpec", "PeakTflops", "PrecisionSpec", "Scenario", "TrainingPhase", "TrainingSpec",
+           "evolve"]

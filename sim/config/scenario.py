@@ -119,3 +119,17 @@ class Scenario(Frozen):
         problem = check_schedule(p.schedule, p.pp, n, p.vpp)
         if problem:
             raise ValueError(f"parallel.schedule: {problem}")
+
+
+def evolve(scenario: Scenario, changes: dict[str, object]) -> Scenario:
+    """``scenario`` with dotted-path fields replaced (``{"experts.skew": "balanced"}``), validated again."""
+    data = scenario.model_dump()
+    for path, value in changes.items():
+        node = data
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node[part]
+        if leaf not in node:
+            raise KeyError(f"{path}: no such field")
+        node[leaf] = value
+    return Scenario.model_validate(data)

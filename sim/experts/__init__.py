@@ -7,24 +7,23 @@ deepseek-ai/DeepSeek-V3 ``inference/model.py`` (the gate); deepseek-ai/EPLB (red
 Modules: ``popularity`` (the affinity model and skew), ``routing`` (the exact per-token gate), ``fluid``
 (expected loads, mean field), ``placement`` and ``eplb`` (experts on GPUs), ``balancing`` (dynamics over steps),
 ``fanout`` (nodes and GPUs a token reaches), ``loads`` (per-rank rows and link bytes per micro-batch, what the
-engine consumes), ``steptime`` (step time by policy through the engine), ``plot``.
+program consumes), ``plot``. Step time by policy is ``sim.step.step_time_by_policy``.
 """
 
 from sim.experts.balancing import POLICIES, BalancingHistory, moe_layers, simulate_balancing
 from sim.experts.eplb import balanced_packing, rebalance_experts, replicate_experts
 from sim.experts.fanout import FanOut, fanout
 from sim.experts.fluid import expected_selection
-from sim.experts.layout import Placement, placement
 from sim.experts.loads import ExpertLoads, microbatch_loads, token_bytes
+from sim.experts.placement import ExpertPlacement, placement
 from sim.experts.routing import route
-from sim.experts.steptime import step_time_by_policy
 
 __all__ = [
     "POLICIES",
     "BalancingHistory",
     "ExpertLoads",
+    "ExpertPlacement",
     "FanOut",
-    "Placement",
     "balanced_packing",
     "expected_selection",
     "fanout",
@@ -35,6 +34,5 @@ __all__ = [
     "replicate_experts",
     "route",
     "simulate_balancing",
-    "step_time_by_policy",
     "token_bytes",
 ]

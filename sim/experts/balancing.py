@@ -31,7 +31,7 @@ from numpy.typing import NDArray
 from sim.config import Scenario
 from sim.errors import SimInputError
 from sim.experts.fluid import equal_shares, expected_selection
-from sim.experts.layout import Placement, contiguous, placement
+from sim.experts.placement import ExpertPlacement, contiguous, placement
 from sim.experts.popularity import PopularityWalk
 
 FloatArray = NDArray[np.float64]
@@ -54,7 +54,7 @@ class BalancingHistory:
     bias: NDArray[np.float32] | None  # [steps + 1, layer, expert], when recorded
     final_bias: FloatArray           # [layer, expert]
     final_loads: FloatArray          # [layer, expert]
-    final_placement: Placement
+    final_placement: ExpertPlacement
     heatmap_layer: int
     heatmap_loads: FloatArray        # [steps + 1, expert] loads of ``heatmap_layer``
     imbalance_before: FloatArray     # [layer] final loads on the contiguous placement without spare slots

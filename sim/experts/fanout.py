@@ -66,7 +66,7 @@ def _ratio(num: int, den: int) -> float:
 
 
 def fanout(model: ModelSpec, ep: int, gpus_per_node: int) -> FanOut:
-    """Expected distinct nodes, GPUs and remote nodes per token, contiguous placement (``sim.experts.layout``)."""
+    """Expected distinct nodes, GPUs and remote nodes per token, contiguous placement (``sim.experts.placement``)."""
     e, g = model.n_routed_experts, model.n_expert_groups
     per_group = e // g
     m = min(model.n_limited_groups, g)

@@ -11,7 +11,7 @@ draw the ``ep * T * k`` routed rows of each (layer, micro-batch) from a multinom
 shares, seeded per layer; this ignores that one token's k experts are distinct (variance overstated by a
 factor ~1 - (k-1)/(E-1), 3% for V3). ``balanced`` (without drift) gives every expert exactly its share
 (rows split as evenly as integers allow), so every rank gets exactly ``T * k`` rows. Replicas split an expert's
-rows evenly (``Placement.slot_counts``).
+rows evenly (``ExpertPlacement.slot_counts``).
 
 Bytes (DeepSeek's path, tech report 3.2.2): a token travels over IB once per distinct remote node it reaches,
 to the GPU with its own in-node index, which forwards it over NVLink to each other GPU of that node hosting
@@ -42,7 +42,7 @@ from sim.config import Scenario
 from sim.errors import SimInputError
 from sim.experts.balancing import moe_layers, simulate_balancing
 from sim.experts.fanout import FanOut, fanout
-from sim.experts.layout import Placement, check_layout
+from sim.experts.placement import ExpertPlacement, check_layout
 from sim.experts.popularity import layer_rng
 
 IntArray = NDArray[np.int64]
@@ -65,7 +65,7 @@ class ExpertLoads:
     dispatch_bytes: dict[str, FloatArray]   # LINKS -> bytes per rank
     combine_bytes: dict[str, FloatArray]
     fanout: FanOut
-    placement: Placement
+    placement: ExpertPlacement
     dispatch_token_bytes: float
     combine_token_bytes: float
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sim.config import ModelSpec
-from sim.model.layout import StageLayout, model_units
 from sim.model.ops import Op
+from sim.model.stages import StagePartition, model_units
 
 
 def keys_per_query(seq_len: int, causal: bool) -> float:
@@ -103,7 +103,7 @@ def forward_flops_per_token(m: ModelSpec, seq_len: int, causal: bool = True) -> 
     return sum(op_flops(op, seq_len, causal).fwd for op in ops)
 
 
-def stage_params(layout: StageLayout, m: ModelSpec) -> list[int]:
+def stage_params(layout: StagePartition, m: ModelSpec) -> list[int]:
     """Parameters held by each stage; a tied head on a stage without the embedding holds its own copy."""
     out = []
     for s, units in enumerate(layout.stages):
@@ -114,10 +114,10 @@ def stage_params(layout: StageLayout, m: ModelSpec) -> list[int]:
     return out
 
 
-def stage_expert_params(layout: StageLayout) -> list[int]:
+def stage_expert_params(layout: StagePartition) -> list[int]:
     return [sum(op.params for u in units for op in u.ops if op.name.startswith("experts_"))
             for units in layout.stages]
 
 
-def stage_train_flops_per_token(layout: StageLayout, seq_len: int, causal: bool = True) -> list[float]:
+def stage_train_flops_per_token(layout: StagePartition, seq_len: int, causal: bool = True) -> list[float]:
     return [_train_flops([op for u in units for op in u.ops], seq_len, causal) for units in layout.stages]

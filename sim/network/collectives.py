@@ -114,6 +114,15 @@ class Network:
         nvl = per_rank * (g - 1) / g / self.nvlink_bytes_per_s if g > 1 else 0.0
         return steps * self.ib_latency_s + max(ib, nvl)
 
+    def with_a2a_overheads(self, overheads: tuple[tuple[str, float], ...]) -> Network:
+        return Network(self.cluster, self.parallel, self.dp, overheads)
+
+    def a2a_overhead(self, measured_s: float, ib_bytes: float, nvlink_bytes: float, kind: str,
+                     nic_bytes_per_s: float | None, nvlink_bytes_per_s: float | None) -> float:
+        """What a measured all-to-all took beyond pure transfer at the measured cluster's link rates."""
+        pure = self.alltoall_seconds(ib_bytes, nvlink_bytes, kind, nic_bytes_per_s, nvlink_bytes_per_s)
+        return max(0.0, measured_s - pure)
+
     def alltoall_seconds(self, ib_bytes: float, nvlink_bytes: float, kind: str = "dispatch",
                          nic_bytes_per_s: float | None = None, nvlink_bytes_per_s: float | None = None) -> float:
         """Expert dispatch or combine: bytes a GPU moves over its NIC and over NVLink, pipelined, plus the

@@ -18,7 +18,7 @@ Indices:
 - ``microbatch`` counts 0..n-1 per direction; DualPipe gives each direction ``num_microbatches // 2``.
 - ``direction`` is 0, or 1 for DualPipe's reverse stream.
 
-Placement (``Schedule.layout``, consistent with ``sim.model.memory.rank_stages``):
+Folding of stages onto ranks (``Schedule.folding``; :mod:`sim.pipeline` is the single source of it):
 
 - ``"loop"``:   stage s on rank s % P (GPipe, 1F1B, ZB1P, interleaved 1F1B of Megatron-LM);
 - ``"v"``:      stage s on rank s for s < P, on rank 2P-1-s otherwise (DualPipeV);
@@ -29,7 +29,7 @@ B-or-I(d,s+1,m), or F(d,S-1,m) at the last stage; W(d,s,m) needs I(d,s,m).
 
 Text form: ``F3.1`` is phase F, stage 3, micro-batch 1 of direction 0; a lower-case phase letter marks
 direction 1 (``f3.1``); a pair is ``F0.2&B1.5``. :func:`to_text` and :func:`parse` round-trip a schedule:
-a header line ``# NAME ranks=P stages=S microbatches=N directions=D layout=L`` then one line per rank,
+a header line ``# NAME ranks=P stages=S microbatches=N directions=D folding=L`` then one line per rank,
 ``r0: F0.0 F0.1 B0.0 ...``.
 """
 
@@ -38,10 +38,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Literal, get_args
+from typing import get_args
 
-Layout = Literal["loop", "v", "mirror"]
-LAYOUTS: tuple[str, ...] = get_args(Layout)
+from sim.pipeline import Folding, rank_of_stage
+
+FOLDINGS: tuple[str, ...] = get_args(Folding)
 
 
 class Phase(StrEnum):
@@ -113,15 +114,15 @@ class Schedule:
     num_microbatches: int
     num_directions: int
     ranks: tuple[tuple[Action, ...], ...]
-    layout: Layout = "loop"
+    folding: Folding = "loop"
     _backward_kind: dict[tuple[int, int, int], Phase] = field(init=False, repr=False, compare=False)
     _cache: dict[str, object] = field(init=False, repr=False, compare=False)  # derived forms (listsched)
 
     def __post_init__(self) -> None:
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)} (got {self.layout!r})")
-        if self.num_directions not in (1, 2) or (self.num_directions == 2) != (self.layout == "mirror"):
-            raise ValueError("two directions go with the mirror layout, one with the others")
+        if self.folding not in FOLDINGS:
+            raise ValueError(f"folding must be one of {', '.join(FOLDINGS)} (got {self.folding!r})")
+        if self.num_directions not in (1, 2) or (self.num_directions == 2) != (self.folding == "mirror"):
+            raise ValueError("two directions go with the mirror folding, one with the others")
         kinds: dict[tuple[int, int, int], Phase] = {}
         for actions in self.ranks:
             for a in actions:
@@ -142,12 +143,7 @@ class Schedule:
 
     def rank_of(self, stage: int, direction: int = 0) -> int:
         """The rank that holds ``stage`` of ``direction``."""
-        p = self.num_ranks
-        if self.layout == "mirror":
-            return stage if direction == 0 else p - 1 - stage
-        if self.layout == "v":
-            return stage if stage < p else 2 * p - 1 - stage
-        return stage % p
+        return rank_of_stage(self.folding, self.num_ranks, stage, direction)
 
     def backward_kind(self, stage: int, microbatch: int, direction: int = 0) -> Phase:
         """``Phase.I`` when (stage, micro-batch) splits its backward, else ``Phase.B``."""
@@ -196,7 +192,7 @@ def to_text(schedule: Schedule) -> str:
     """The schedule as text: a header line, then ``rK: action action ...`` per rank."""
     s = schedule
     lines = [f"# {s.name} ranks={s.num_ranks} stages={s.num_stages} microbatches={s.num_microbatches} "
-             f"directions={s.num_directions} layout={s.layout}"]
+             f"directions={s.num_directions} folding={s.folding}"]
     lines += [f"r{r}: " + " ".join(action_text(a) for a in actions) for r, actions in enumerate(s.ranks)]
     return "\n".join(lines) + "\n"
 
@@ -215,4 +211,4 @@ def parse(text: str) -> Schedule:
             raise ValueError(f"line {r + 2}: expected 'r{r}: ...' (got {line[:20]!r})")
         ranks.append(tuple(parse_action(tok) for tok in body.split()))
     return Schedule(name, int(meta["ranks"]), int(meta["stages"]), int(meta["microbatches"]),
-                    int(meta["directions"]), tuple(ranks), meta.get("layout", "loop"))  # type: ignore[arg-type]
+                    int(meta["directions"]), tuple(ranks), meta.get("folding", meta.get("layout", "loop")))  # type: ignore[arg-type]

@@ -32,13 +32,13 @@ from collections.abc import Callable
 
 from sim.schedules.actions import Action, Phase, Schedule
 
-Chunk = tuple[int, int]  # (direction, stage)
+ChunkRef = tuple[int, int]  # (direction, stage)
 
 
 class _RankBuilder:
     """Emits one rank's actions for the 8-step template, tracking FIFO micro-batch ids per phase."""
 
-    def __init__(self, chunks: tuple[Chunk, Chunk]) -> None:
+    def __init__(self, chunks: tuple[ChunkRef, ChunkRef]) -> None:
         self.chunks = chunks
         self.next_f = [0, 0]
         self.next_b = [0, 0]
@@ -66,7 +66,7 @@ class _RankBuilder:
         self.actions.extend(actions)
 
 
-def _rank_actions(chunks: tuple[Chunk, Chunk], half: int, h: int, n: int, middle: bool) -> tuple[Action, ...]:
+def _rank_actions(chunks: tuple[ChunkRef, ChunkRef], half: int, h: int, n: int, middle: bool) -> tuple[Action, ...]:
     """The 8-step template for one rank: ``half`` = H, ``h`` = half-rank, ``n`` = micro-batches per phase."""
     k = _RankBuilder(chunks)
     outer = half - h - 1
@@ -103,18 +103,18 @@ def _rank_actions(chunks: tuple[Chunk, Chunk], half: int, h: int, n: int, middle
     return tuple(k.actions)
 
 
-def _build(name: str, pp: int, n: int, half: int, layout: str, directions: int,
-           chunks_of: Callable[[int], tuple[Chunk, Chunk]], h_of: Callable[[int], int]) -> Schedule:
+def _build(name: str, pp: int, n: int, half: int, folding: str, directions: int,
+           chunks_of: Callable[[int], tuple[ChunkRef, ChunkRef]], h_of: Callable[[int], int]) -> Schedule:
     ranks = tuple(_rank_actions(chunks_of(r), half, h_of(r), n, h_of(r) == half - 1) for r in range(pp))
-    stages = pp if layout == "mirror" else 2 * pp
-    return Schedule(name, pp, stages, n * directions, directions, ranks, layout)  # type: ignore[arg-type]
+    stages = pp if folding == "mirror" else 2 * pp
+    return Schedule(name, pp, stages, n * directions, directions, ranks, folding)  # type: ignore[arg-type]
 
 
 def dualpipe(pp: int, num_microbatches: int) -> Schedule:
     """DualPipe on ``pp`` (even) ranks; rank r holds stage r of direction 0 and stage P-1-r of direction 1."""
     half = pp // 2
 
-    def chunks(r: int) -> tuple[Chunk, Chunk]:
+    def chunks(r: int) -> tuple[ChunkRef, ChunkRef]:
         fwd, rev = (0, r), (1, pp - 1 - r)
         return (fwd, rev) if r < half else (rev, fwd)
 

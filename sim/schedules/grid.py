@@ -1,8 +1,6 @@
 """Rank-by-time grids of a schedule, as text.
 
-- :func:`tick_grid`: one column per time step of a unit-duration dry run, each cell an action in the compact
-  text form (``F3.1``, ``f0.2&B1.5``); ``.`` is idle, ``!`` marks the action a rank is stuck on.
-  Validation errors use it.
+- :func:`~sim.schedules.ticks.tick_grid` (re-exported): one column per tick of a unit-duration dry run.
 - :func:`chart`: one character per time quantum of a real run: the phase letter where an action starts,
   ``-`` while it continues, ``.`` when the rank is idle at the middle of the quantum; ``X`` is an
   overlapped F&B pair; lower case marks DualPipe's direction 1. ``sim schedule`` prints it.
@@ -11,37 +9,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
-from sim.schedules.actions import Action, Phase, Schedule, action_text
+from sim.schedules.actions import Action, Phase, Schedule
 from sim.schedules.listsched import ScheduleResult
+from sim.schedules.ticks import tick_grid
 
-
-def tick_grid(schedule: Schedule, starts: Sequence[Sequence[float]] | None = None,
-              progress: Sequence[int] | None = None, max_cols: int = 48) -> str:
-    """Rank rows, tick columns; ``starts`` are integer ticks (``None``: one column per slot)."""
-    rows: list[dict[int, str]] = []
-    last = 0
-    for r, actions in enumerate(schedule.ranks):
-        done = len(actions) if progress is None else progress[r]
-        cells = {int(starts[r][i]) if starts else i: action_text(actions[i]) for i in range(done)}
-        tick = max(cells, default=-1) + 1
-        if done < len(actions):
-            cells[tick] = "!" + action_text(actions[done])
-            if done + 1 < len(actions):
-                cells[tick + 1] = f"(+{len(actions) - done - 1})"
-        rows.append(cells)
-        last = max(last, max(cells, default=0) + 1)
-    first = max(0, last - max_cols)
-    width = max((len(c) for row in rows for c in row.values()), default=1)
-    label = len(f"r{schedule.num_ranks - 1}")
-    head = " " * (label + 1) + " ".join(f"{t:<{width}}" for t in range(first, last))
-    lines = [f"(ticks 0..{first - 1} not shown)"] if first else []
-    lines.append(head.rstrip())
-    for r, cells in enumerate(rows):
-        body = " ".join(f"{cells.get(t, '.'):<{width}}" for t in range(first, last))
-        lines.append(f"{f'r{r}':<{label}} {body}".rstrip())
-    return "\n".join(lines)
+__all__ = ["chart", "tick_grid"]
 
 
 def _letter(action: Action) -> str:

@@ -37,6 +37,7 @@ from typing import Literal
 
 from sim.errors import SimInputError
 from sim.schedules.actions import Action, Phase, Schedule
+from sim.schedules.ticks import tick_grid
 
 Release = Literal["weights", "input"]
 
@@ -234,14 +235,12 @@ def simulate(schedule: Schedule, durations: Durations | Callable[[Action], float
              release: Release = "weights") -> ScheduleResult:
     """Execute ``schedule`` with ``durations`` and zero communication latency.
 
-    Raises :class:`~sim.schedules.validate.ScheduleError` (with a rank-by-time grid) if it deadlocks.
+    Raises :class:`ScheduleError` (with a rank-by-time grid) if it deadlocks.
     """
     comp = _compiled(schedule, release)
     dur = _durations(comp, schedule, durations)
     starts, progress = _execute(comp, dur)
     if any(p < len(a) for p, a in zip(progress, schedule.ranks, strict=True)):
-        from sim.schedules.validate import deadlock_error
-
         raise deadlock_error(schedule)
     ends = [[s + d for s, d in zip(sr, dr, strict=True)] for sr, dr in zip(starts, dur, strict=True)]
     busy = tuple(sum(dr) for dr in dur)
@@ -249,3 +248,28 @@ def simulate(schedule: Schedule, durations: Durations | Callable[[Action], float
     makespan = max(finish, default=0.0)
     return ScheduleResult(makespan, busy, tuple(makespan - b for b in busy), finish, comp.peak,
                           tuple(tuple(s) for s in starts), tuple(tuple(e) for e in ends))
+
+
+class ScheduleError(SimInputError):
+    """An invalid schedule; the message ends with a rank-by-time grid."""
+
+
+def schedule_error(schedule: Schedule, problems: list[str], starts: list[list[float]] | None = None,
+           progress: list[int] | None = None) -> ScheduleError:
+    shown = problems[:8] + ([f"... and {len(problems) - 8} more"] if len(problems) > 8 else [])
+    grid = tick_grid(schedule, starts, progress)
+    return ScheduleError(f"schedule {schedule.name!r} is invalid:\n  " + "\n  ".join(shown) + "\n" + grid)
+
+
+def unit_run(schedule: Schedule) -> tuple[list[list[float]], list[int]]:
+    """Start ticks per rank and slot of a unit-duration dry run, and how far each rank got."""
+    return _execute(_compiled(schedule, "weights"), [[1.0] * len(a) for a in schedule.ranks])
+
+
+def deadlock_error(schedule: Schedule) -> ScheduleError:
+    """The error for a run that stops early, with a unit-time grid up to where each rank got stuck."""
+    starts, progress = unit_run(schedule)
+    stuck = [f"rank {r} waits forever at slot {p}: {schedule.ranks[r][p]}"
+             for r, p in enumerate(progress) if p < len(schedule.ranks[r])]
+    return schedule_error(schedule, ["deadlock: " + "; ".join(stuck[:4]) + (" ..." if len(stuck) > 4 else "")],
+                  starts, progress)

@@ -9,40 +9,16 @@ Checks, in order:
 4. dependencies in order and no deadlock: a dry run of the list scheduler with unit durations must run every
    action (a same-rank dependency placed after its consumer, or a cross-rank cycle, stops it).
 
-The grid (:func:`sim.schedules.grid.tick_grid`) shows what ran at each unit time step and, with ``!``, the
+The grid (:func:`sim.schedules.ticks.tick_grid`) shows what ran at each unit time step and, with ``!``, the
 action each rank is stuck on.
 """
 
 from __future__ import annotations
 
-from sim.errors import SimInputError
 from sim.schedules.actions import Phase, Schedule
-from sim.schedules.grid import tick_grid
-from sim.schedules.listsched import _compiled, _execute
+from sim.schedules.listsched import ScheduleError, deadlock_error, schedule_error, unit_run
 
-
-class ScheduleError(SimInputError):
-    """An invalid schedule; the message ends with a rank-by-time grid."""
-
-
-def _error(schedule: Schedule, problems: list[str], starts: list[list[float]] | None = None,
-           progress: list[int] | None = None) -> ScheduleError:
-    shown = problems[:8] + ([f"... and {len(problems) - 8} more"] if len(problems) > 8 else [])
-    grid = tick_grid(schedule, starts, progress)
-    return ScheduleError(f"schedule {schedule.name!r} is invalid:\n  " + "\n  ".join(shown) + "\n" + grid)
-
-
-def _unit_run(schedule: Schedule) -> tuple[list[list[float]], list[int]]:
-    return _execute(_compiled(schedule, "weights"), [[1.0] * len(a) for a in schedule.ranks])
-
-
-def deadlock_error(schedule: Schedule) -> ScheduleError:
-    """The error for a run that stops early, with a unit-time grid up to where each rank got stuck."""
-    starts, progress = _unit_run(schedule)
-    stuck = [f"rank {r} waits forever at slot {p}: {schedule.ranks[r][p]}"
-             for r, p in enumerate(progress) if p < len(schedule.ranks[r])]
-    return _error(schedule, ["deadlock: " + "; ".join(stuck[:4]) + (" ..." if len(stuck) > 4 else "")],
-                  starts, progress)
+__all__ = ["ScheduleError", "deadlock_error", "validate"]
 
 
 def _chunk(d: int, stage: int, m: int) -> str:
@@ -95,10 +71,10 @@ def validate(schedule: Schedule) -> None:
     """Raise :class:`ScheduleError` unless ``schedule`` is complete, well placed, ordered and deadlock-free."""
     problems = _shape_problems(schedule)
     if problems:
-        raise _error(schedule, problems)
+        raise schedule_error(schedule, problems)
     problems = _completeness_problems(schedule)
-    starts, progress = _unit_run(schedule)
+    starts, progress = unit_run(schedule)
     if problems:
-        raise _error(schedule, problems, starts, progress)
+        raise schedule_error(schedule, problems, starts, progress)
     if any(p < len(a) for p, a in zip(progress, schedule.ranks, strict=True)):
         raise deadlock_error(schedule)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sim.experts.eplb import balanced_packing, rebalance_experts, replicate_experts
-from sim.experts.layout import contiguous, placement
+from sim.experts.placement import contiguous, placement
 from tests.experts.conftest import make_v3
 
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sim.config import ModelSpec
-from sim.experts.layout import contiguous
+from sim.experts.placement import contiguous
 from sim.experts.routing import distinct_per_token, group_scores, route, sample_logits
 from tests.experts.conftest import make_v3
 

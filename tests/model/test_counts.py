@@ -6,7 +6,7 @@ import pytest
 
 from sim.loading import load_model
 from sim.model import counts
-from sim.model.memory import kv_cache_bytes_per_token
+from sim.model.activations import kv_cache_bytes_per_token
 
 
 def model(name: str):

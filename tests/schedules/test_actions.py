@@ -57,12 +57,12 @@ def test_actions_are_frozen_and_hashable():
     assert len({a, F(1, 2), B(1, 2)}) == 2
 
 
-def _sched(layout: str, ranks: int, stages: int, directions: int = 1) -> Schedule:
+def _sched(folding: str, ranks: int, stages: int, directions: int = 1) -> Schedule:
     return Schedule("x", ranks, stages, 2 * directions, directions, tuple(() for _ in range(ranks)),
-                    layout)  # type: ignore[arg-type]
+                    folding)  # type: ignore[arg-type]
 
 
-def test_rank_of_each_layout():
+def test_rank_of_each_folding():
     loop = _sched("loop", 4, 8)
     assert [loop.rank_of(s) for s in range(8)] == [0, 1, 2, 3, 0, 1, 2, 3]
     v = _sched("v", 4, 8)
@@ -72,8 +72,8 @@ def test_rank_of_each_layout():
     assert [mirror.rank_of(s, 1) for s in range(4)] == [3, 2, 1, 0]
 
 
-def test_layout_and_directions_must_agree():
-    with pytest.raises(ValueError, match="layout"):
+def test_folding_and_directions_must_agree():
+    with pytest.raises(ValueError, match="folding"):
         _sched("zigzag", 2, 2)
     with pytest.raises(ValueError, match="directions"):
         _sched("loop", 2, 2, 2)
@@ -97,7 +97,7 @@ def test_schedule_text_round_trip_and_header():
     s = Schedule("dualpipe", 2, 2, 2, 2, ((F(0, 0), Action.pair(F(1, 0, 1), B(1, 0, 1))), (F(1, 0, 1),)),
                  "mirror")
     text = to_text(s)
-    assert text.splitlines()[0] == "# dualpipe ranks=2 stages=2 microbatches=2 directions=2 layout=mirror"
+    assert text.splitlines()[0] == "# dualpipe ranks=2 stages=2 microbatches=2 directions=2 folding=mirror"
     assert text.splitlines()[1] == "r0: F0.0 f1.0&b1.0"
     assert parse(text) == s
 

@@ -61,14 +61,14 @@ def test_zero_durations_run_to_completion():
 
 
 def test_activation_release_at_w_or_at_i():
-    s = parse("# zb ranks=1 stages=1 microbatches=2 directions=1 layout=loop\nr0: F0.0 I0.0 F0.1 I0.1 W0.0 W0.1\n")
+    s = parse("# zb ranks=1 stages=1 microbatches=2 directions=1 folding=loop\nr0: F0.0 I0.0 F0.1 I0.1 W0.0 W0.1\n")
     assert simulate(s, release="weights").peak_activations_per_rank == (2,)
     assert simulate(s, release="input").peak_activations_per_rank == (1,)
 
 
 def test_pairs_hold_both_activations_while_they_run():
     # V shape on one rank (stages 0 and 1): F1.1&B0.0 holds F1.1's new activation and B0.0's old one.
-    s = parse("# v ranks=1 stages=2 microbatches=2 directions=1 layout=v\n"
+    s = parse("# v ranks=1 stages=2 microbatches=2 directions=1 folding=v\n"
               "r0: F0.0 F1.0 B1.0 F0.1 F1.1&B0.0 B1.1 B0.1\n")
     res = simulate(s, Durations(1, 2, 1, 3))
     assert res.peak_activations_per_rank == (3,)  # F0.0, F0.1 and F1.1 during the pair
@@ -76,7 +76,7 @@ def test_pairs_hold_both_activations_while_they_run():
 
 
 def test_an_f_and_i_pair_keeps_the_activation_until_its_w():
-    s = parse("# v ranks=1 stages=2 microbatches=3 directions=1 layout=v\n"
+    s = parse("# v ranks=1 stages=2 microbatches=3 directions=1 folding=v\n"
               "r0: F0.0 F1.0 B1.0 F0.1 F1.1&I0.0 F0.2 B1.1 B0.1 W0.0 F1.2 B1.2 B0.2\n")
     validate(s)
     # Counting until W: F0.0 is still held when F0.2 starts (4 live); counting until I: 3 at most.
@@ -95,7 +95,7 @@ def test_compiled_form_is_cached_but_results_follow_the_durations():
 
 def test_a_pair_waits_for_its_backward_input():
     # rank 0 overlaps F0.1 (ready at once) with B0.0, which needs rank 1's B1.0 (done at 4).
-    s = parse("# p ranks=2 stages=2 microbatches=2 directions=1 layout=loop\n"
+    s = parse("# p ranks=2 stages=2 microbatches=2 directions=1 folding=loop\n"
               "r0: F0.0 F0.1&B0.0 B0.1\nr1: F1.0 B1.0 F1.1 B1.1\n")
     res = simulate(s, Durations(1, 2, 1, 3))
     assert res.start == ((0, 4, 10), (1, 2, 7, 8))

@@ -1,7 +1,7 @@
 """Invariants of every schedule over random valid layouts and durations (hypothesis).
 
 Checked here independently of the validator: completeness is counted directly, placement comes from
-``sim.model.memory.rank_stages``, and dependencies are checked on the simulated start and end times.
+``sim.pipeline.all_stages_of``, and dependencies are checked on the simulated start and end times.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim.model.memory import rank_stages
+from sim.pipeline import all_stages_of
 from sim.schedules.actions import Action, Phase, parse, to_text
 from sim.schedules.generators import build_schedule
 from sim.schedules.listsched import Durations, simulate
@@ -42,14 +42,14 @@ def test_every_chunk_has_one_forward_and_one_backward(layout):
 @EXAMPLES
 @given(layouts())
 def test_every_action_runs_on_the_rank_that_holds_its_stage(layout):
-    name, pp, _, _ = layout
+    name, pp, _, vpp = layout
     s = build_schedule(*layout)
-    owned = rank_stages(name, pp, s.num_stages)
+    owned = all_stages_of(name, pp, vpp)
     for r, acts in enumerate(s.ranks):
         for a in acts:
             for p in a.parts():
                 assert s.rank_of(p.stage, p.direction) == r
-                # memory.rank_stages lists a DualPipe rank's chunks as [direction 0 stage, direction 1 stage]
+                # pipeline.stages_of lists a DualPipe rank's chunks as [direction 0 stage, direction 1 stage]
                 assert p.stage == owned[r][p.direction] if name == "dualpipe" else p.stage in owned[r]
 
 

@@ -12,7 +12,7 @@ from sim.schedules.generators import build_schedule
 from sim.schedules.listsched import simulate
 from sim.schedules.validate import ScheduleError, validate
 
-ONE_F_ONE_B = """# 1f1b ranks=2 stages=2 microbatches=2 directions=1 layout=loop
+ONE_F_ONE_B = """# 1f1b ranks=2 stages=2 microbatches=2 directions=1 folding=loop
 r0: F0.0 F0.1 B0.0 B0.1
 r1: F1.0 B1.0 F1.1 B1.1
 """

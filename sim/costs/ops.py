@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Literal
 
 from sim.config import Scenario
-from sim.costs import CostModel
+from sim.costs.kernels import CostModel
 from sim.model.ops import Op
 
 Part = Literal["fwd", "input", "weight"]

@@ -1,4 +1,4 @@
-"""Expert slots on GPUs (sim.experts.layout): contiguous as in DeepSeek-V3, replicas split rows evenly and
+"""Expert slots on GPUs (sim.experts.placement): contiguous as in DeepSeek-V3, replicas split rows evenly and
 conserve them, impossible layouts are input errors naming the field."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sim.errors import SimInputError
-from sim.experts.layout import Placement, contiguous, placement
+from sim.experts.placement import ExpertPlacement, contiguous, placement
 from tests.experts.conftest import make_v3
 
 
@@ -23,7 +23,7 @@ def test_v3_contiguous_places_four_experts_per_gpu_and_a_group_per_node():
 
 def test_replicas_split_rows_evenly_and_conserve_them():
     # Two ranks, slots [0, 1 | 0, 2]: expert 0 has two replicas.
-    where = Placement(np.array([[0, 1, 0, 2]]), num_experts=3, ep=2, gpus_per_node=2)
+    where = ExpertPlacement(np.array([[0, 1, 0, 2]]), num_experts=3, ep=2, gpus_per_node=2)
     counts = np.array([[7, 4, 1]])
     assert where.slot_counts(counts).tolist() == [[4, 4, 3, 1]]
     assert where.rank_loads(counts.astype(float)).tolist() == [[7.5, 4.5]]

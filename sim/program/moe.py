@@ -10,14 +10,26 @@ scenario's policy, micro-batches drawn from it. Balanced routing gives every ran
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
 
-from sim.config import Scenario
-from sim.experts import microbatch_loads
-from sim.model.layout import StageLayout, Unit
-from sim.program import MoeLoad
+from sim.config import Scenario, evolve
+from sim.experts.loads import microbatch_loads
+from sim.model.stages import StagePartition, Unit
+
+
+@dataclass(frozen=True, slots=True)
+class MoeLoad:
+    """What one MoE layer's routing means for the slowest GPU of its EP group, for one micro-batch."""
+
+    rows_per_expert: tuple[float, ...]
+    dispatch_ib_bytes: float
+    dispatch_nvlink_bytes: float
+    combine_ib_bytes: float
+    combine_nvlink_bytes: float
+    imbalance: float = 1.0
 
 
 def layer_id(unit: Unit, n_layers: int) -> int:
@@ -28,14 +40,14 @@ def layer_id(unit: Unit, n_layers: int) -> int:
 class LoadModel:
     """MoE loads of one scenario (``moe_load``) and the imbalance factor they carry."""
 
-    def __init__(self, scenario: Scenario, layout: StageLayout) -> None:
+    def __init__(self, scenario: Scenario, partition: StagePartition) -> None:
         self.s = scenario
         m = scenario.model
         self.imbalance = 1.0
         self._index: dict[int, int] = {}
         if not m.is_moe:
             return
-        layers = sorted({layer_id(u, m.n_layers) for stage in layout.stages for u in stage if u.moe})
+        layers = sorted({layer_id(u, m.n_layers) for stage in partition.stages for u in stage if u.moe})
         self.loads = microbatch_loads(scenario, layers, scenario.num_microbatches)
         self._index = {layer: i for i, layer in enumerate(self.loads.layers)}
         self.imbalance = self.loads.imbalance_overall
@@ -65,8 +77,7 @@ class LoadModel:
         """The load of one layer and micro-batch under balanced routing (the calibration's setting)."""
         if self._uniform is not None:
             return self._uniform
-        even = self.s.model_copy(update={"experts": self.s.experts.model_copy(update={"skew": "balanced",
-                                                                                    "drift_per_step": 0.0})})
+        even = evolve(self.s, {"experts.skew": "balanced", "experts.drift_per_step": 0.0})
         lo = microbatch_loads(even, [self.loads.layers[0]], 1)
         return MoeLoad(tuple(float(r) for r in lo.local_expert_tokens[0, 0, 0]),
                        float(lo.max_link_bytes("dispatch", "ib")[0, 0]),

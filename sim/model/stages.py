@@ -32,7 +32,7 @@ class Unit:
 
 
 @dataclass(frozen=True, slots=True)
-class StageLayout:
+class StagePartition:
     stages: tuple[tuple[Unit, ...], ...]
 
     @property
@@ -100,7 +100,7 @@ def uniform_counts(n_layers: int, parts: int) -> list[int]:
 
 def partition(m: ModelSpec, num_stages: int, stage_layers: tuple[int, ...] | None = None,
               split: Literal["balanced", "uniform"] = "balanced", seq_len: int = 4096,
-              weight: Callable[[Unit], float] | None = None) -> StageLayout:
+              weight: Callable[[Unit], float] | None = None) -> StagePartition:
     """Assign the model's units to ``num_stages`` pipeline stages (see the module docstring)."""
     units = model_units(m)
     embed = units[0]
@@ -127,4 +127,4 @@ def partition(m: ModelSpec, num_stages: int, stage_layers: tuple[int, ...] | Non
         if s == num_stages - 1:
             items += [head, *mtps]
         stages.append(tuple(items))
-    return StageLayout(tuple(stages))
+    return StagePartition(tuple(stages))

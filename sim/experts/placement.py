@@ -24,7 +24,7 @@ FloatArray = NDArray[np.float64]
 
 
 @dataclass(frozen=True)
-class Placement:
+class ExpertPlacement:
     """Physical slots of each layer: ``slot_expert[layer, slot]`` is the logical expert of that slot.
 
     Slots are ordered by rank: rank ``r`` holds slots ``[r * slots_per_rank, (r + 1) * slots_per_rank)``.
@@ -116,15 +116,15 @@ def check_layout(model: ModelSpec, ep: int, gpus_per_node: int, redundant: int =
                             f"got {redundant})", field="experts.num_redundant_experts")
 
 
-def contiguous(model: ModelSpec, ep: int, gpus_per_node: int) -> Placement:
+def contiguous(model: ModelSpec, ep: int, gpus_per_node: int) -> ExpertPlacement:
     """Expert e on rank e // (E / ep), no replicas."""
     check_layout(model, ep, gpus_per_node)
     slots = np.arange(model.n_routed_experts, dtype=np.int64)[None, :]
-    return Placement(slots, model.n_routed_experts, ep, gpus_per_node)
+    return ExpertPlacement(slots, model.n_routed_experts, ep, gpus_per_node)
 
 
 def placement(model: ModelSpec, ep: int, gpus_per_node: int, redundant: int = 0,
-              loads: ArrayLike | None = None) -> Placement:
+              loads: ArrayLike | None = None) -> ExpertPlacement:
     """Expert (and replica) slots on the EP group's GPUs.
 
     Without ``loads`` and without redundant slots: contiguous. Otherwise DeepSeek's EPLB
@@ -142,11 +142,11 @@ def placement(model: ModelSpec, ep: int, gpus_per_node: int, redundant: int = 0,
     num_nodes = max(1, ep // gpus_per_node)
     phy2log, _, _ = rebalance_experts(weight, e + redundant, model.n_expert_groups, num_nodes, ep)
     fallback = _self_replicated(weight, ep, redundant)
-    candidate = Placement(phy2log.astype(np.int64), e, ep, gpus_per_node)
-    keep = Placement(fallback, e, ep, gpus_per_node)
+    candidate = ExpertPlacement(phy2log.astype(np.int64), e, ep, gpus_per_node)
+    keep = ExpertPlacement(fallback, e, ep, gpus_per_node)
     worse = candidate.rank_loads(weight).max(axis=-1) > keep.rank_loads(weight).max(axis=-1) * (1 + 1e-12)
     slots = np.where(worse[:, None], fallback, candidate.slot_expert)
-    return Placement(slots, e, ep, gpus_per_node)
+    return ExpertPlacement(slots, e, ep, gpus_per_node)
 
 
 def _self_replicated(weight: FloatArray, ep: int, redundant: int) -> IntArray:

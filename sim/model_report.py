@@ -1,13 +1,18 @@
-"""The ``sim model`` report: parameters, FLOPs per token, KV cache and memory per GPU as one mapping."""
+"""The ``sim model`` report: parameters, FLOPs per token, KV cache and memory per GPU as one mapping.
+
+Memory comes from :func:`sim.memory.memory_per_rank`, the same function ``sim run`` reports.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from sim.config import ModelSpec, Scenario
+from sim.memory import memory_per_rank
 from sim.model import counts
-from sim.model.layout import model_units, partition
-from sim.model.memory import kv_cache_bytes_per_token, memory_per_rank
+from sim.model.activations import DROPPED_BY_POLICY, kv_cache_bytes_per_token, unit_activation_bytes_per_token
+from sim.model.stages import model_units, partition
+from sim.schedules.generators import build_schedule
 
 
 def _op_table(m: ModelSpec, seq_len: int) -> list[dict[str, Any]]:
@@ -33,8 +38,6 @@ def _op_table(m: ModelSpec, seq_len: int) -> list[dict[str, Any]]:
 
 def _activations(scenario: Scenario) -> dict[str, dict[str, float]]:
     """Bytes a layer keeps per token until its backward, by recompute policy and layer kind."""
-    from sim.model.memory import DROPPED_BY_POLICY, unit_activation_bytes_per_token
-
     kinds: dict[str, object] = {}
     for u in model_units(scenario.model):
         if u.kind == "layer":
@@ -69,7 +72,7 @@ def model_report(m: ModelSpec, scenario: Scenario | None, seq_len: int) -> dict[
     p = scenario.parallel
     layout = partition(m, scenario.num_stages, p.stage_layers, p.stage_split, seq_len)
     out["activation_bytes_per_token_per_layer"] = _activations(scenario)
-    ranks = memory_per_rank(layout, scenario)
+    ranks = memory_per_rank(scenario, layout, build_schedule(p.schedule, p.pp, scenario.num_microbatches, p.vpp))
     worst = max(ranks, key=lambda r: r.total)
     out.update({
         "scenario": scenario.name,
