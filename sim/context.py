@@ -34,6 +34,7 @@ class StepContext:
     schedule: Schedule
     tail: StepTail
     warnings: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
     @property
     def inputs(self) -> StepInputs:
@@ -41,38 +42,39 @@ class StepContext:
 
 
 def _a2a_overheads(scenario: Scenario, costs: CostModel, network: Network, loads: LoadModel
-                   ) -> tuple[tuple[str, float], ...]:
+                   ) -> tuple[tuple[tuple[str, float], ...], tuple[str, ...]]:
     """Per kind of expert all-to-all, what the calibration table measured beyond pure transfer (balanced
     routing, this EP size and micro-batch); empty when the table does not cover the scenario."""
     m, p = scenario.model, scenario.parallel
     if not (m.is_moe and p.ep > 1) or costs.table is None:
-        return ()
+        return (), ()
     load = loads.balanced_load()
-    out = []
+    out, notes = [], []
     for kind, dtype in (("dispatch", scenario.precision.dispatch), ("combine", scenario.precision.combine)):
         logical = scenario.tokens_per_microbatch * m.n_activated_experts * token_bytes(scenario, kind)
         measured = costs.alltoall_measured(kind, dtype, logical, p.ep)
         if measured is None:
-            costs.notes.add(f"no calibration for the expert {kind} at EP{p.ep}; pure transfer time used")
+            notes.append(f"no calibration for the expert {kind} at EP{p.ep}; pure transfer time used")
             continue
         seconds, nic, nvl = measured
         ib = load.dispatch_ib_bytes if kind == "dispatch" else load.combine_ib_bytes
         nv = load.dispatch_nvlink_bytes if kind == "dispatch" else load.combine_nvlink_bytes
         out.append((kind, network.a2a_overhead(seconds, ib, nv, kind, nic, nvl)))
-    return tuple(out)
+    return tuple(out), tuple(notes)
 
 
 def build_context(scenario: Scenario, *, allow_cpu_calibration: bool = False,
                   strict_calibration: bool = True) -> StepContext:
     p = scenario.parallel
     parts = partition(scenario.model, scenario.num_stages, p.stage_layers, p.stage_split, scenario.training.seq_len)
-    table, warning = resolve_calibration(scenario, allow_cpu=allow_cpu_calibration, strict=strict_calibration)
-    costs = CostModel(scenario.cluster.gpu, scenario.precision, table)
+    cal = resolve_calibration(scenario, allow_cpu=allow_cpu_calibration, strict=strict_calibration)
+    costs = CostModel(scenario.cluster.gpu, scenario.precision, cal.table, cal.source)
     loads = LoadModel(scenario, parts)
     base = Network(scenario.cluster, p, scenario.dp)
-    network = base.with_a2a_overheads(_a2a_overheads(scenario, costs, base, loads))
+    overheads, a2a_notes = _a2a_overheads(scenario, costs, base, loads)
+    network = base.with_a2a_overheads(overheads)
     program = Program(scenario, OpCoster(scenario, costs), network, parts, loads.moe_load)
     schedule = build_schedule(p.schedule, p.pp, scenario.num_microbatches, p.vpp)
     tail = StepTail(scenario, parts, network, costs)
     return StepContext(scenario, parts, costs, network, loads, program, schedule, tail,
-                       (warning,) if warning else ())
+                       (cal.warning,) if cal.warning else (), (*a2a_notes, *([cal.note] if cal.note else [])))

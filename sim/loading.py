@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from sim.config import ClusterSpec, ModelSpec, Scenario
+from sim.config import ClusterSpec, GpuSpec, ModelSpec, Scenario
+from sim.config.hardware import gpu_model_token
 from sim.errors import SimInputError, format_validation_error
 
 DEFAULT_WORKLOAD = "deepseek_v3.yaml"
@@ -183,3 +184,14 @@ def load_model(ref: str) -> tuple[ModelSpec, Scenario | None]:
 
 def load_cluster(ref: str) -> ClusterSpec:
     return validate(ClusterSpec, resolve_cluster(ref, Path.cwd()), "cluster")
+
+
+def find_gpu_profile(device_name: str) -> GpuSpec | None:
+    """The GPU profile whose model matches a device name as a driver reports it ('NVIDIA H800' -> the
+    H800-SXM-80GB profile), or None."""
+    token = gpu_model_token(device_name)
+    for path in sorted((profiles_dir() / "gpus").glob("*.yaml")):
+        data = read_yaml(path)
+        if gpu_model_token(str(data.get("name", ""))) == token:
+            return validate(GpuSpec, data, "gpu")
+    return None

@@ -123,4 +123,4 @@ def step_result(ctx: StepContext, result: EngineResult, *, mode: str, wall_s: fl
         peak_memory_per_gpu_bytes=peak, memory_per_rank=rows, memory_capacity_bytes=gpu.hbm_bytes,
         oom=peak > gpu.hbm_bytes, imbalance=ctx.loads.imbalance,
         num_events=result.trace.num_tasks + len(result.trace.actions), wall_time_s=wall_s,
-        notes=sorted(ctx.costs.notes), warnings=sorted({*ctx.costs.warnings, *ctx.warnings}), trace=result.trace)
+        notes=[*ctx.notes, *ctx.costs.notes], warnings=list(ctx.warnings), trace=result.trace)

@@ -42,14 +42,25 @@ def test_bad_output_folder_writes_nothing(runner, tmp_path):
     assert r.exit_code == 2 and "does not exist" in r.output
 
 
-def test_other_hardware_sets_the_jobs_calibration_aside(runner):
+def test_other_silicon_sets_the_jobs_calibration_aside(runner):
+    """The H800 table describes GH100 silicon; an H20 (a cut-down GH100 with 78 SMs) is other silicon."""
+    r = runner.invoke(main, ["run", "--hardware", "h20_ib_1024", "--set", "parallel.ep=32", "--mode", "fast",
+                             "--json"])
+    assert r.exit_code == 0, r.output
+    assert any("does not describe H20" in w for w in json.loads(r.stdout)["warnings"])
+
+
+def test_same_silicon_applies_the_jobs_calibration_with_a_note(runner):
+    """H800 and H100 SXM share the GH100 die with 132 SMs: the H800 table applies to the H100."""
     r = runner.invoke(main, ["run", "--hardware", "h100_ib_1024", "--set", "parallel.ep=32", "--mode", "fast",
                              "--json"])
     assert r.exit_code == 0, r.output
-    assert any("does not describe H100" in w for w in json.loads(r.stdout)["warnings"])
+    out = json.loads(r.stdout)
+    assert not out["warnings"]
+    assert any("applied to H100" in n for n in out["notes"])
 
 
-def test_named_calibration_of_another_gpu_is_refused(runner, repo):
+def test_named_calibration_of_other_silicon_is_refused(runner, repo):
     table = str(repo / "hardware_profiles/calibrated/h800_deepseek_trace.yaml")
-    r = runner.invoke(main, ["run", "--hardware", "h100_ib_1024", "--set", "parallel.ep=32", "--calibration", table])
+    r = runner.invoke(main, ["run", "--hardware", "h20_ib_1024", "--set", "parallel.ep=32", "--calibration", table])
     assert r.exit_code == 2 and "measured on NVIDIA H800" in r.output

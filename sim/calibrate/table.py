@@ -33,7 +33,6 @@ Conventions (the cost model relies on them):
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -43,6 +42,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sim.calibrate.interp import interp_loglog, log_distance, merge_points
+from sim.config.hardware import gpu_model_token
 from sim.errors import SimInputError, format_validation_error
 
 SCHEMA_VERSION = 1
@@ -331,18 +331,6 @@ def _query_key(kind: str, n: float, k: float, groups: float, heads: float, qk_di
     if kind in COMM_KINDS:
         return (float(ranks),)
     return ()
-
-
-_VENDOR_WORDS = re.compile(r"\b(nvidia|tesla|geforce|amd|instinct)\b")
-
-
-def gpu_model_token(name: str) -> str:
-    """The model part of a GPU name: 'NVIDIA H800' and 'H800-SXM-80GB' both give 'h800'."""
-    text = _VENDOR_WORDS.sub(" ", name.lower())
-    for token in re.split(r"[^a-z0-9]+", text):
-        if re.fullmatch(r"[a-z]+\d+[a-z]*", token):
-            return token
-    return re.sub(r"[^a-z0-9]", "", text)
 
 
 # ------------------------------------------------------------------------------------------------ files

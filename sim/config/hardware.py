@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -33,11 +34,22 @@ class GpuEfficiency(Frozen):
     hbm_frac: float = Field(gt=0, le=1)
     gemm_tile_m: int = Field(default=128, ge=1, description="output tile rows for wave quantization")
     gemm_tile_n: int = Field(default=128, ge=1)
-    kernel_overhead_us: float = Field(default=4.0, ge=0, description="launch + tail per kernel")
+    gemm_k_fill: float = Field(default=0.0, ge=0, le=65536, description="K elements of main-loop fill and "
+                               "drain per tile: math efficiency scales by k / (k + gemm_k_fill)")
+    gemm_k_fill_fp8: float | None = Field(default=None, ge=0, le=65536, description="gemm_k_fill of FP8 GEMMs "
+                                          "(fine-grained scaling promotes partial sums per K block); default "
+                                          "gemm_k_fill")
+    gemm_exposed_frac: float = Field(default=0.0, ge=0, le=1, description="fraction of the shorter of a GEMM's "
+                                     "math and memory time not hidden behind the longer")
+    gemm_hbm_frac: float | None = Field(default=None, gt=0, le=1, description="achievable HBM fraction when a "
+                                        "GEMM streams its operands (default: hbm_frac)")
+    kernel_overhead_us: float = Field(default=4.0, ge=0, le=1000, description="launch + tail per kernel")
 
 
 class GpuSpec(Frozen):
     name: str
+    silicon: str | None = Field(default=None, max_length=200, description="compute silicon (die and SM "
+                                "configuration); GPUs that share it share calibration tables, e.g. 'GH100 132 SMs'")
     peak_tflops: PeakTflops
     hbm_gb: float = Field(gt=0)
     hbm_bandwidth_tb_per_s: float = Field(gt=0)
@@ -66,8 +78,9 @@ class GpuSpec(Frozen):
 
     @model_validator(mode="after")
     def _check(self) -> GpuSpec:
-        missing = [f for f in GpuEfficiency.model_fields if f not in self.efficiency_sources
-                   and f.endswith("_frac") and getattr(self.efficiency, f) is not None]
+        given = self.efficiency.model_fields_set
+        missing = [f for f in GpuEfficiency.model_fields if f not in self.efficiency_sources and f in given
+                   and (f.endswith("_frac") or f.startswith("gemm_k")) and getattr(self.efficiency, f) is not None]
         if missing:
             raise ValueError(f"efficiency_sources: give a source for {', '.join(missing)}")
         if self.supports_fp8 and self.efficiency.gemm_fp8_frac is None:
@@ -128,3 +141,14 @@ class ClusterSpec(Frozen):
     def ib_latency_s(self) -> float:
         return self.ib_latency_us * units.US
 
+
+_VENDOR_WORDS = re.compile(r"\b(nvidia|tesla|geforce|amd|instinct)\b")
+
+
+def gpu_model_token(name: str) -> str:
+    """The model part of a GPU name: 'NVIDIA H800' and 'H800-SXM-80GB' both give 'h800'."""
+    text = _VENDOR_WORDS.sub(" ", name.lower())
+    for token in re.split(r"[^a-z0-9]+", text):
+        if re.fullmatch(r"[a-z]+\d+[a-z]*", token):
+            return token
+    return re.sub(r"[^a-z0-9]", "", text)

@@ -1,48 +1,76 @@
-"""Seconds for each operator on one GPU: a roofline with shape-dependent efficiency, calibration first.
+"""Seconds for each kernel on one GPU: the shape models, corrected by a calibration table where it has one.
 
-A GEMM of ``m x n x k`` (output ``m x n``, contraction ``k``) takes
-``max(2mnk / (peak(dtype) * eta), bytes / (hbm * hbm_frac)) + overhead``, where ``eta`` is the profile's
-achievable fraction for the dtype (MAMF, stas00/ml-engineering) times the tile and wave quantization of the
-output grid (NVIDIA, "Matrix Multiplication Background User's Guide" 3.1-3.2: ``ceil(m/tm) ceil(n/tn)`` tiles
-run in waves over the SMs; only ``mn / (padded area)`` of the work is useful and the last wave may be
-partial). Grouped expert GEMMs pad each group to the tile (DeepGEMM's contiguous layout). When a calibration
-table measured the op family, its achieved rate (interpolated in log space between measured sizes) replaces
-the roofline; outside the measured range of a measured family the profile's shape is used, joined continuously
-to the nearest measurement (no jump in efficiency at the edge), and the fallback is recorded in ``notes``.
+- GEMMs: :mod:`sim.costs.gemm` (math at a shape-dependent efficiency, memory traffic, launch). On a GPU with
+  FP8 tensor cores an FP8 GEMM is never slower than the BF16 GEMM of the same shape (a stack can always run it
+  in BF16).
+- Attention is costed in model FLOPs: forward ``4 B H S_q S_k D`` (``D`` the mean of the query/key and value
+  head sizes) halved for causal masks, backward twice the forward. FlashAttention's backward also recomputes
+  the scores (2.5x in hardware FLOPs); the achievable fractions and calibrated rates are stated in the same
+  model-FLOP convention, so that work is in the rate, not the count.
+- Norms, activations, casts and the optimizer are memory-bound: bytes over achievable HBM bandwidth plus a
+  launch.
+- FP8 (DeepSeek-V3 tech report 3.3): activations are quantized in 1 x 128 tiles before each FP8 GEMM (read
+  BF16, write FP8 plus scales), the output gradient likewise before Dgrad, and Wgrad needs both operands
+  transposed into 128 x 1 tiles (read, write again). These casts are memory-bound kernels of their own.
 
-Attention is costed in model FLOPs: forward ``4 B H S_q S_k D`` (``D`` the mean of the query/key and value
-head sizes) halved for causal masks, backward twice the forward. FlashAttention's backward also recomputes
-the scores (2.5x in hardware FLOPs); the achievable fractions and calibrated rates are stated in the same
-model-FLOP convention, so that work is in the rate, not the count. Norms, activations, casts and the
-optimizer are memory-bound: bytes over achievable HBM bandwidth.
-
-FP8 (DeepSeek-V3 tech report 3.3): activations are quantized in 1 x 128 tiles before each FP8 GEMM (read
-BF16, write FP8 plus scales), the output gradient likewise before Dgrad, and Wgrad needs both operands
-transposed into 128 x 1 tiles (read, write again). These casts are memory-bound kernels of their own.
+Each modelled time is divided by the calibration correction for its kind and shape
+(:mod:`sim.costs.calibration`); ``provenance`` records, per kind, how far the corrections reached from
+measured shapes (the notes a run reports).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
+from sim.calibrate.table import CalibrationTable
 from sim.config import GpuSpec, PrecisionSpec
-from sim.units import US
+from sim.costs import gemm
+from sim.costs.calibration import (
+    Calibration,
+    Correction,
+    attention_fwd_flops,
+    attention_model_seconds,
+    memory_model_seconds,
+)
+from sim.units import dtype_bytes
 
 Pass = Literal["fwd", "dgrad", "wgrad"]
+_NONE = Correction(1.0, math.inf)
 
 
 @dataclass
 class CostModel:
-    """Cost functions for one GPU type under one precision recipe, optionally with a calibration table."""
+    """Cost functions for one GPU type under one precision recipe, optionally with a calibration table
+    measured on ``source`` (a GPU of the same compute silicon)."""
 
     gpu: GpuSpec
     precision: PrecisionSpec
-    table: Any | None = None  # sim.calibrate.table.CalibrationTable (duck-typed: only .rate() is used)
-    notes: set[str] = field(default_factory=set)  # calibration fallbacks
-    warnings: set[str] = field(default_factory=set)  # what a reader of the results must see
-    _cache: dict[tuple, float] = field(default_factory=dict)
+    table: CalibrationTable | None = None
+    source: GpuSpec | None = None
+    _cache: dict[tuple, float] = field(default_factory=dict, repr=False)
+    provenance: dict[str, float] = field(default_factory=dict, repr=False)  # kind -> farthest log distance
+
+    def __post_init__(self) -> None:
+        self.calibration = Calibration(self.table, self.source or self.gpu) if self.table is not None else None
+
+    # ------------------------------------------------------------------ provenance
+    def _record(self, kind: str, c: Correction) -> None:
+        if self.calibration is not None:
+            self.provenance[kind] = max(self.provenance.get(kind, 0.0), c.distance)
+
+    @property
+    def notes(self) -> list[str]:
+        """How far from measured shapes each kind's calibration reached (log distance 0: a measured shape;
+        0.69: a factor of 2 along one axis); kinds without any measurement use the profile alone."""
+        out = []
+        for kind, d in sorted(self.provenance.items()):
+            if math.isinf(d):
+                out.append(f"{kind}: not in the calibration table; profile efficiency used")
+            elif d > 0.01:
+                out.append(f"{kind}: calibrated, up to {math.exp(d):.1f}x from the nearest measured shape")
+        return out
 
     # ------------------------------------------------------------------ dtypes
     def gemm_dtype(self, pass_: Pass, precision_class: str) -> str:
@@ -50,60 +78,31 @@ class CostModel:
             return "bf16"
         return {"fwd": self.precision.fprop, "dgrad": self.precision.dgrad, "wgrad": self.precision.wgrad}[pass_]
 
-    def _frac(self, dtype: str) -> float:
-        eff = self.gpu.efficiency
-        if dtype == "fp8":
-            if eff.gemm_fp8_frac is None:
-                raise ValueError(f"{self.gpu.name} has no FP8 efficiency")
-            return eff.gemm_fp8_frac
-        return eff.gemm_bf16_frac
-
     # ------------------------------------------------------------------ GEMMs
-    def wave_efficiency(self, group_rows: tuple[float, ...], n: int) -> float:
-        """Useful fraction of the SM-time a tiled kernel occupies (tile padding x wave quantization)."""
-        tm, tn, sms = self.gpu.efficiency.gemm_tile_m, self.gpu.efficiency.gemm_tile_n, self.gpu.num_sms
-        n_tiles = math.ceil(n / tn)
-        tiles = sum(math.ceil(r / tm) for r in group_rows if r > 0) * n_tiles
-        if tiles == 0:
-            return 1.0
-        useful = sum(group_rows) * n / (tiles * tm * tn)
-        waves = math.ceil(tiles / sms)
-        return useful * tiles / (waves * sms)
+    def _gemm_corrected(self, m: float, n: float, k: float, dtype: str, group_rows: tuple[float, ...] | None,
+                        pass_: Pass | None) -> float:
+        t = gemm.gemm_seconds(self.gpu, dtype, m, n, k, group_rows)
+        if self.calibration is None:
+            return t
+        groups = len(group_rows) if group_rows else 1
+        c = self.calibration.gemm(dtype, pass_, m / groups if groups > 1 else m, n, k)
+        self._record(f"gemm {dtype} {pass_ or ''}".strip(), c)
+        return t / c.kappa
 
     def gemm_seconds(self, m: float, n: int, k: int, dtype: str, group_rows: tuple[float, ...] | None = None,
                      pass_: Pass | None = None) -> float:
-        """One (grouped) GEMM ``[m, k] x [k, n]``: ``m`` rows in total (``group_rows`` per group if grouped).
-        ``pass_`` selects calibration entries of that pass when the table has them."""
+        """One (grouped) GEMM ``[m, k] x [k, n]``: ``m`` rows in total (``group_rows`` per group if grouped)."""
         if m <= 0:
             return 0.0
-        groups = len(group_rows) if group_rows else 1
         key = ("gemm", round(m, 3), n, k, dtype, group_rows, pass_)
         hit = self._cache.get(key)
         if hit is not None:
             return hit
-        flops = 2.0 * m * n * k
-        kind = "grouped_gemm" if groups > 1 else "gemm"
-        rate = self._gemm_rate(kind, dtype, m, n, k, groups, pass_)
-        if rate is not None:
-            secs = flops / rate
-        else:
-            secs = self._roofline_gemm(m, n, k, dtype, group_rows or (m,))
-            edge = self.table.edge(kind, dtype, m=m, n=n, k=k, groups=groups, gemm_pass=pass_) if self.table else None
-            if edge is not None and edge.edge_m:
-                # Outside the measured sizes of a measured family: the profile's shape, joined continuously
-                # to the measurement at the nearest measured size (no jump in efficiency at the edge).
-                scale = edge.edge_m / m
-                at_edge = self._roofline_gemm(edge.edge_m, n, k, dtype, tuple(r * scale for r in group_rows or (m,)))
-                secs *= (2.0 * edge.edge_m * n * k / edge.rate) / at_edge
+        secs = self._gemm_corrected(m, n, k, dtype, group_rows, pass_)
+        if dtype == "fp8":
+            secs = min(secs, self._gemm_corrected(m, n, k, "bf16", group_rows, pass_))
         self._cache[key] = secs
         return secs
-
-    def _roofline_gemm(self, m: float, n: int, k: int, dtype: str, group_rows: tuple[float, ...]) -> float:
-        eff = self._frac(dtype) * self.wave_efficiency(group_rows, n)
-        in_b = 1.0 if dtype == "fp8" else 2.0
-        bytes_ = (m * k + len(group_rows) * n * k) * in_b + m * n * 2.0
-        secs = max(2.0 * m * n * k / (self.gpu.peak_flops_per_s(dtype) * eff), self.memory_seconds_raw(bytes_))
-        return secs + self.gpu.efficiency.kernel_overhead_us * US
 
     def gemm_pass_seconds(self, pass_: Pass, m: float, n: int, k: int, precision_class: str,
                           group_rows: tuple[float, ...] | None = None) -> float:
@@ -112,15 +111,16 @@ class CostModel:
         fwd: ``m x n x k``; dgrad: ``m x k x n``; wgrad: ``n x k x m`` (contraction over the rows).
         """
         dtype = self.gemm_dtype(pass_, precision_class)
+        cast_unit = dtype_bytes("bf16") + dtype_bytes("fp8")  # read BF16, write FP8 (per element)
         if pass_ == "fwd":
             t = self.gemm_seconds(m, n, k, dtype, group_rows, "fwd")
-            cast = 3.0 * m * k
+            cast = cast_unit * m * k
         elif pass_ == "dgrad":
             t = self.gemm_seconds(m, k, n, dtype, group_rows, "dgrad")
-            cast = 3.0 * m * n
+            cast = cast_unit * m * n
         else:
             t = self._wgrad_seconds(m, n, k, dtype, group_rows)
-            cast = 2.0 * m * k + 3.0 * m * n
+            cast = dtype_bytes("fp8") * 2 * m * k + cast_unit * m * n  # transpose the cached FP8 input
         if dtype == "fp8":
             t += self.memory_seconds(cast, "fp8_cast")
         return t
@@ -137,55 +137,39 @@ class CostModel:
         """FlashAttention over ``tokens`` query tokens in sequences of ``seq_len`` (heads already per GPU)."""
         if pass_ == "wgrad" or tokens <= 0:
             return 0.0
-        keys = seq_len / 2 if causal else seq_len
-        fwd_flops = 2.0 * heads * (qk_dim + v_dim) * keys * tokens
-        kind = "attention_fwd" if pass_ == "fwd" else "attention_bwd"
-        flops = fwd_flops if pass_ == "fwd" else 2.0 * fwd_flops
-        rate = self._attention_rate(kind, seq_len, heads, qk_dim, v_dim)
-        if rate is None:
-            eff = self.gpu.efficiency
-            frac = eff.attention_fwd_frac if pass_ == "fwd" else eff.attention_bwd_frac
-            rate = self.gpu.peak_flops_per_s(self.precision.attention) * frac
-        return flops / rate + self.gpu.efficiency.kernel_overhead_us * US
+        key = ("attention", pass_, tokens, seq_len, heads, qk_dim, v_dim, causal)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        backward = pass_ != "fwd"
+        dtype = self.precision.attention
+        fwd = attention_fwd_flops(seq_len, heads, qk_dim, v_dim, causal, tokens / seq_len)
+        t = attention_model_seconds(self.gpu, dtype, fwd, backward)
+        if self.calibration is not None:
+            c = self.calibration.attention(dtype, backward, seq_len, heads, qk_dim, v_dim)
+            self._record(f"attention {'bwd' if backward else 'fwd'}", c)
+            t /= c.kappa
+        self._cache[key] = t
+        return t
 
     # ------------------------------------------------------------------ memory-bound
-    def memory_seconds_raw(self, bytes_: float) -> float:
-        return bytes_ / (self.gpu.hbm_bandwidth_bytes_per_s * self.gpu.efficiency.hbm_frac)
-
     def memory_seconds(self, bytes_: float, name: str = "elementwise") -> float:
-        """A memory-bound kernel moving ``bytes_`` (reads plus writes)."""
+        """A memory-bound kernel ``name`` moving ``bytes_`` (reads plus writes)."""
         if bytes_ <= 0:
             return 0.0
-        rate = self._memory_rate(name, bytes_)
-        if rate is not None:
-            return bytes_ / rate
-        return self.memory_seconds_raw(bytes_) + self.gpu.efficiency.kernel_overhead_us * US
+        key = ("memory", name, bytes_)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        t = memory_model_seconds(self.gpu, bytes_)
+        if self.calibration is not None:
+            c = self.calibration.memory(name, bytes_)
+            self._record("memory-bound kernels", c)
+            t /= c.kappa
+        self._cache[key] = t
+        return t
 
-    # ------------------------------------------------------------------ calibration
-    def _note(self, what: str) -> None:
-        self.notes.add(f"no calibration for {what}; profile efficiency used")
-
-    def _gemm_rate(self, kind: str, dtype: str, m: float, n: int, k: int, groups: int, pass_: Pass | None
-                   ) -> float | None:
-        if self.table is None:
-            return None
-        look = self.table.rate(kind, dtype, m=m, n=n, k=k, groups=groups, gemm_pass=pass_)
-        if look is None and pass_ is not None:  # tables timed as plain GEMMs carry no pass
-            look = self.table.rate(kind, dtype, m=m, n=n, k=k, groups=groups)
-        if look is None:
-            self._note(f"{kind} {dtype} [{n} x {k}]" + (f" x{groups}" if groups > 1 else ""))
-            return None
-        return float(look.rate)
-
-    def _attention_rate(self, kind: str, seq_len: int, heads: int, qk_dim: int, v_dim: int) -> float | None:
-        if self.table is None:
-            return None
-        look = self.table.rate(kind, self.precision.attention, m=seq_len, heads=heads, qk_dim=qk_dim, v_dim=v_dim)
-        if look is None:
-            self._note(f"{kind} at sequence {seq_len} with {heads} heads")
-            return None
-        return float(look.rate)
-
+    # ------------------------------------------------------------------ measured all-to-all
     def alltoall_measured(self, kind: str, dtype: str, logical_bytes: float, ranks: int
                           ) -> tuple[float, float | None, float | None] | None:
         """An expert all-to-all (``dispatch`` or ``combine``) the table measured at this logical payload
@@ -200,13 +184,3 @@ class CostModel:
                                         if e.kind == kind and e.shape.get("ranks") == ranks), {})
         nic, nvl = shape.get("nic_gb_per_s"), shape.get("nvlink_gb_per_s")
         return logical_bytes / float(look.rate), nic and nic * 1e9, nvl and nvl * 1e9
-
-    def _memory_rate(self, name: str, bytes_: float) -> float | None:
-        """The kernel's own measured family, else memory-bound kernels of that size pooled."""
-        if self.table is None:
-            return None
-        look = self.table.rate("memory", "bf16", m=bytes_, name=name) or self.table.rate("memory", "bf16", m=bytes_)
-        if look is None:
-            self._note(f"memory-bound {name} at some sizes")
-            return None
-        return float(look.rate)
