@@ -52,6 +52,7 @@ class _Assembler:
         self._timed: dict[tuple, tuple[float, tuple[float, float, float]]] = {}
         gpu = inp.scenario.cluster.gpu
         self.num_sms, self.comm_sms = gpu.num_sms, inp.scenario.parallel.comm_sms
+        self.static_sms = inp.scenario.sm_partition == "static"
 
     def global_mb(self, a: Action) -> int:
         return a.direction * self.per_dir + a.microbatch
@@ -81,7 +82,7 @@ class _Assembler:
     def timed(self, work: Work, key: tuple) -> tuple[float, tuple[float, float, float]]:
         hit = self._timed.get(key)
         if hit is None:
-            hit = self._timed[key] = isolated_run(work, self.num_sms, self.comm_sms)
+            hit = self._timed[key] = isolated_run(work, self.num_sms, self.comm_sms, self.static_sms)
         return hit
 
     def inputs(self, a: Action) -> tuple[tuple[str, int, int, int], ...]:

@@ -11,7 +11,6 @@ from sim.config import Scenario
 from sim.costs.calibration import resolve_calibration
 from sim.costs.kernels import CostModel
 from sim.costs.ops import OpCoster
-from sim.experts.loads import token_bytes
 from sim.model.stages import StagePartition, partition
 from sim.network import Network
 from sim.program.chunks import Program
@@ -41,28 +40,6 @@ class StepContext:
         return StepInputs(self.scenario, self.program, self.schedule, self.network, self.tail)
 
 
-def _a2a_overheads(scenario: Scenario, costs: CostModel, network: Network, loads: LoadModel
-                   ) -> tuple[tuple[tuple[str, float], ...], tuple[str, ...]]:
-    """Per kind of expert all-to-all, what the calibration table measured beyond pure transfer (balanced
-    routing, this EP size and micro-batch); empty when the table does not cover the scenario."""
-    m, p = scenario.model, scenario.parallel
-    if not (m.is_moe and p.ep > 1) or costs.table is None:
-        return (), ()
-    load = loads.balanced_load()
-    out, notes = [], []
-    for kind, dtype in (("dispatch", scenario.precision.dispatch), ("combine", scenario.precision.combine)):
-        logical = scenario.tokens_per_microbatch * m.n_activated_experts * token_bytes(scenario, kind)
-        measured = costs.alltoall_measured(kind, dtype, logical, p.ep)
-        if measured is None:
-            notes.append(f"no calibration for the expert {kind} at EP{p.ep}; pure transfer time used")
-            continue
-        seconds, nic, nvl = measured
-        ib = load.dispatch_ib_bytes if kind == "dispatch" else load.combine_ib_bytes
-        nv = load.dispatch_nvlink_bytes if kind == "dispatch" else load.combine_nvlink_bytes
-        out.append((kind, network.a2a_overhead(seconds, ib, nv, kind, nic, nvl)))
-    return tuple(out), tuple(notes)
-
-
 def build_context(scenario: Scenario, *, allow_cpu_calibration: bool = False,
                   strict_calibration: bool = True) -> StepContext:
     p = scenario.parallel
@@ -70,11 +47,9 @@ def build_context(scenario: Scenario, *, allow_cpu_calibration: bool = False,
     cal = resolve_calibration(scenario, allow_cpu=allow_cpu_calibration, strict=strict_calibration)
     costs = CostModel(scenario.cluster.gpu, scenario.precision, cal.table, cal.source)
     loads = LoadModel(scenario, parts)
-    base = Network(scenario.cluster, p, scenario.dp)
-    overheads, a2a_notes = _a2a_overheads(scenario, costs, base, loads)
-    network = base.with_a2a_overheads(overheads)
+    network = Network(scenario)
     program = Program(scenario, OpCoster(scenario, costs), network, parts, loads.moe_load)
     schedule = build_schedule(p.schedule, p.pp, scenario.num_microbatches, p.vpp)
     tail = StepTail(scenario, parts, network, costs)
     return StepContext(scenario, parts, costs, network, loads, program, schedule, tail,
-                       (cal.warning,) if cal.warning else (), (*a2a_notes, *([cal.note] if cal.note else [])))
+                       (cal.warning,) if cal.warning else (), (cal.note,) if cal.note else ())

@@ -14,9 +14,12 @@ for them, the optimizer, an exposed gather) runs after its last action.
 Links are resources: each GPU has a NIC and an NVLink port, each with a transmit and a receive side
 (:class:`~sim.timeline.LinkSide`). A transfer starts when all its link sides are free and holds them for its
 duration (first come, first served: a link never carries more than its achievable bandwidth; completion is
-FIFO rather than fair-shared). While communication tasks that hold SMs run on a GPU, compute proceeds at
-``(SMs - comm_sms) / SMs`` of its rate: the running compute task is re-timed whenever the count of such tasks
-changes from or to zero (a superseded completion is skipped when it fires).
+FIFO rather than fair-shared). Communication takes SMs from compute in one of two ways: ``dynamic`` (NCCL:
+while communication tasks that hold SMs run on a GPU, compute proceeds at ``(SMs - comm_sms) / SMs`` of its
+rate, and the running compute task is re-timed whenever the count of such tasks changes from or to zero; a
+superseded completion is skipped when it fires), or ``static`` (DeepEP with DeepGEMM: ``comm_sms`` SMs are
+reserved for communication for the whole step and compute kernels are launched on the rest, e.g. 112 of 132 in
+DeepSeek's trace, so compute always runs at that rate).
 
 Detailed mode runs every task as an event. Fast mode runs each action as one timed event whose duration is
 the makespan of its work simulated once in isolation (:func:`isolated_run`, memoized per distinct work).
@@ -99,12 +102,13 @@ class Gpu:
     """One simulated GPU: fluid-rate compute, communication holding SMs, four link sides."""
 
     __slots__ = ("_cb", "_last", "_rate", "_remaining", "_version", "comm_active", "env", "free_at", "rank",
-                 "slow", "usage")
+                 "slow", "static", "usage")
 
-    def __init__(self, env: simpy.Environment, rank: int, num_sms: int, comm_sms: int) -> None:
+    def __init__(self, env: simpy.Environment, rank: int, num_sms: int, comm_sms: int, static: bool = False) -> None:
         self.env = env
         self.rank = rank
         self.slow = (num_sms - comm_sms) / num_sms
+        self.static = static
         self.comm_active = 0
         self.free_at = [0.0, 0.0, 0.0, 0.0]  # per LinkSide
         self.usage = [0.0, 0.0, 0.0, 0.0]
@@ -118,7 +122,7 @@ class Gpu:
         """Start ``seconds`` of full-rate work; ``done()`` runs when it is finished at the varying rate."""
         self._cb = done
         self._remaining = seconds
-        self._rate = self.slow if self.comm_active else 1.0
+        self._rate = self.slow if self.comm_active or self.static else 1.0
         self._last = self.env.now
         self._arm()
 
@@ -145,12 +149,12 @@ class Gpu:
 
     def comm_started(self) -> None:
         self.comm_active += 1
-        if self.comm_active == 1:
+        if self.comm_active == 1 and not self.static:
             self._retime()
 
     def comm_ended(self) -> None:
         self.comm_active -= 1
-        if self.comm_active == 0:
+        if self.comm_active == 0 and not self.static:
             self._retime()
 
 
@@ -287,10 +291,11 @@ class _WorkRun:
             self._pump(c.wakes[i])
 
 
-def isolated_run(work: Work, num_sms: int, comm_sms: int) -> tuple[float, tuple[float, float, float]]:
+def isolated_run(work: Work, num_sms: int, comm_sms: int, static_sms: bool = False
+                 ) -> tuple[float, tuple[float, float, float]]:
     """``work`` alone on an idle GPU: its makespan and compute-busy seconds of its F, I and W tasks."""
     env = simpy.Environment()
-    gpu = Gpu(env, 0, num_sms, comm_sms)
+    gpu = Gpu(env, 0, num_sms, comm_sms, static_sms)
     finished: list[float] = []
     run = _WorkRun(env, gpu, _Compiled(work), "", None, lambda: finished.append(env.now))
     run.start()
@@ -399,10 +404,10 @@ class _RankRun:
 
 
 class _Engine:
-    def __init__(self, num_ranks: int, num_sms: int, comm_sms: int, trace: Trace, fast: bool,
+    def __init__(self, num_ranks: int, num_sms: int, comm_sms: int, static_sms: bool, trace: Trace, fast: bool,
                  progress: Callable[[int], None] | None) -> None:
         self.env = simpy.Environment()
-        self.gpus = [Gpu(self.env, r, num_sms, comm_sms) for r in range(num_ranks)]
+        self.gpus = [Gpu(self.env, r, num_sms, comm_sms, static_sms) for r in range(num_ranks)]
         self.trace = trace
         self.fast = fast
         self.progress = progress
@@ -438,13 +443,15 @@ class _Engine:
             cb()
 
 
-def run_pipeline(plans: Sequence[RankPlan], *, num_sms: int, comm_sms: int, fast: bool = False,
-                 record_tasks: bool = True, progress: Callable[[int], None] | None = None) -> EngineResult:
-    """Run every rank's plan. ``fast``: each action is one timed event (``PlannedAction.timed``), its tasks
-    are not simulated; the tail still is. ``progress(n)`` is called as actions complete. Raises
+def run_pipeline(plans: Sequence[RankPlan], *, num_sms: int, comm_sms: int, static_sms: bool = False,
+                 fast: bool = False, record_tasks: bool = True, progress: Callable[[int], None] | None = None
+                 ) -> EngineResult:
+    """Run every rank's plan. ``static_sms``: ``comm_sms`` are reserved for communication all step (else taken
+    only while communication runs). ``fast``: each action is one timed event (``PlannedAction.timed``), its
+    tasks are not simulated; the tail still is. ``progress(n)`` is called as actions complete. Raises
     :class:`SimulationError` on a deadlock."""
     trace = Trace(record_tasks=record_tasks)
-    eng = _Engine(len(plans), num_sms, comm_sms, trace, fast, progress)
+    eng = _Engine(len(plans), num_sms, comm_sms, static_sms, trace, fast, progress)
     runs = [_RankRun(eng, r, plan) for r, plan in enumerate(plans)]
     for run in runs:
         run.begin()

@@ -50,7 +50,8 @@ def simulate_step(scenario: Scenario, *, mode: Mode = "detailed", allow_cpu_cali
                         strict_calibration=strict_calibration)
     plans = rank_plans(ctx.inputs, fast=mode == "fast")
     gpu = scenario.cluster.gpu
-    result = run_pipeline(plans, num_sms=gpu.num_sms, comm_sms=scenario.parallel.comm_sms, fast=mode == "fast",
+    result = run_pipeline(plans, num_sms=gpu.num_sms, comm_sms=scenario.parallel.comm_sms,
+                          static_sms=scenario.sm_partition == "static", fast=mode == "fast",
                           record_tasks=record_trace, progress=progress)
     out = step_result(ctx, result, mode=mode, wall_s=time.perf_counter() - t0)
     if imbalance_cost and routing_is_skewed(scenario):

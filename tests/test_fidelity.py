@@ -36,7 +36,7 @@ def _middle_pair():
     f, b = ctx.program.chunk(5, "F", 0), ctx.program.chunk(10, "B", 1)
     assert sum(t.name == "dispatch" for t in f.tasks) == 4
     work = merge_pair(f, b)
-    makespan, busy = isolated_run(work, 132, 20)
+    makespan, busy = isolated_run(work, 132, 20, static_sms=True)  # DeepEP reserves 20 SMs all step
     return work, makespan, busy
 
 
@@ -45,8 +45,11 @@ def test_overlapped_pair_matches_the_trace():
     assert makespan == pytest.approx(0.129, rel=0.15)
     # One compute stream here stands for the trace's two (7 and 23, busy 96.3 % together).
     assert sum(busy) / makespan == pytest.approx(0.963, abs=0.04)
-    comm = work.seconds_on(Stream.COMM)
-    assert comm / makespan == pytest.approx(0.888, abs=0.10)
+    # The trace's communication kernels (88.8 % of the pair) include spinning while they wait for peers, so they
+    # bound the modelled all-to-all from above; the model's in-situ wait is fitted to two of the four layers and
+    # misses the other two by 19 % (sim.calibrate.fit_alltoall): it must stay within 30 % below that bound.
+    comm = work.seconds_on(Stream.COMM) / makespan
+    assert 0.7 * 0.888 <= comm <= 0.888
     assert work.seconds_on(Stream.COMPUTE) > 0
 
 

@@ -11,7 +11,8 @@ from sim.config.job import BatchRamp, TrainingPhase, TrainingSpec
 from sim.config.model import ModelSpec
 from sim.config.parallel import ParallelSpec, PrecisionSpec
 from sim.config.scenario import Scenario, evolve
+from sim.config.software import SoftwareSpec
 
 __all__ = ["BatchRamp", "ClusterSpec", "ExpertLoadSpec", "Frozen", "GpuEfficiency", "GpuSpec", "ModelSpec",
-           "NodeSpec", "ParallelSpec", "PeakTflops", "PrecisionSpec", "Scenario", "TrainingPhase", "TrainingSpec",
-           "evolve"]
+           "NodeSpec", "ParallelSpec", "PeakTflops", "PrecisionSpec", "Scenario", "SoftwareSpec", "TrainingPhase",
+           "TrainingSpec", "evolve"]

@@ -7,10 +7,11 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from sim import units
 from sim.config.base import Frozen
+from sim.config.fabric import PRESETS, FabricSpec, check_fits, default_fabric
 
 
 class PeakTflops(Frozen):
@@ -48,6 +49,8 @@ class GpuEfficiency(Frozen):
 
 class GpuSpec(Frozen):
     name: str
+    arch: Literal["sm80", "sm90", "sm100"] | None = Field(default=None, description="CUDA architecture (per-SM "
+                                                           "communication throughput is looked up by it)")
     silicon: str | None = Field(default=None, max_length=200, description="compute silicon (die and SM "
                                 "configuration); GPUs that share it share calibration tables, e.g. 'GH100 132 SMs'")
     peak_tflops: PeakTflops
@@ -100,6 +103,8 @@ class NodeSpec(Frozen):
     nic_gbit_per_s: float = Field(gt=0, description="line rate of one NIC")
     nic_achievable_gb_per_s: float = Field(gt=0)
     pcie_gb_per_s: float = Field(gt=0, description="host link, per direction")
+    nvlink_sharp: bool = Field(default=False, description="NVSwitch reduces in the switch (NVLS): NCCL all-reduce "
+                               "inside the node can use it (NVSwitch gen3 and later)")
     node_overhead_w: float = Field(default=0.0, ge=0, description="CPUs, NICs, fans: node power beyond GPUs")
     sources: dict[str, str] = Field(default_factory=dict)
 
@@ -126,9 +131,9 @@ class ClusterSpec(Frozen):
     gpu: GpuSpec
     node: NodeSpec
     num_nodes: int = Field(ge=1)
-    topology: Literal["fat_tree", "rail_optimized", "multi_plane_fat_tree"] = "fat_tree"
-    ib_latency_us: float = Field(default=3.7, ge=0, description="small-message latency between the "
-                                 "farthest nodes, end to end")
+    topology: Literal["fat_tree", "rail_optimized", "multi_plane_fat_tree", "nvlink_domain_only"] = "fat_tree"
+    fabric: FabricSpec | None = Field(default=None, description="the scale-out fabric (a preset name or a "
+                                      "mapping); default: the smallest non-blocking tree of the topology")
     usd_per_gpu_hour: float = Field(default=2.0, ge=0)
     pue: float = Field(default=1.2, ge=1.0, description="facility power / IT power")
     sources: dict[str, str] = Field(default_factory=dict)
@@ -137,9 +142,26 @@ class ClusterSpec(Frozen):
     def num_gpus(self) -> int:
         return self.num_nodes * self.node.gpus_per_node
 
+    @field_validator("fabric", mode="before")
+    @classmethod
+    def _preset(cls, value: object) -> object:
+        if isinstance(value, str):
+            if value not in PRESETS:
+                raise ValueError(f"unknown fabric {value!r}; presets: {', '.join(sorted(PRESETS))}")
+            return PRESETS[value]
+        return value
+
     @property
-    def ib_latency_s(self) -> float:
-        return self.ib_latency_us * units.US
+    def fabric_spec(self) -> FabricSpec:
+        """The fabric: as given, else the topology's default for this many NIC ports."""
+        return self.fabric or default_fabric(self.topology, self.num_nodes * self.node.nics_per_node)
+
+    @model_validator(mode="after")
+    def _check(self) -> ClusterSpec:
+        problem = check_fits(self.fabric_spec, self.num_nodes, self.node.gpus_per_node, self.node.nics_per_node)
+        if problem:
+            raise ValueError(problem.removeprefix("cluster."))
+        return self
 
 
 _VENDOR_WORDS = re.compile(r"\b(nvidia|tesla|geforce|amd|instinct)\b")

@@ -13,6 +13,7 @@ from sim.config.hardware import ClusterSpec
 from sim.config.job import TrainingSpec
 from sim.config.model import ModelSpec
 from sim.config.parallel import ParallelSpec, PrecisionSpec
+from sim.config.software import SoftwareSpec
 from sim.pipeline import check_schedule, num_stages
 
 
@@ -26,8 +27,21 @@ class Scenario(Frozen):
     precision: PrecisionSpec = PrecisionSpec()
     training: TrainingSpec
     experts: ExpertLoadSpec = ExpertLoadSpec()
+    software: SoftwareSpec = SoftwareSpec()
     calibration: str | None = Field(default=None, description="calibration table path (YAML)")
     notes: str = ""
+
+    @property
+    def a2a_library(self) -> str:
+        """The expert all-to-all's library (``software.a2a_library``, defaulting on ``comm_sms``)."""
+        lib = self.software.a2a_library
+        return lib if lib is not None else ("deepep_v1" if self.parallel.comm_sms > 0 else "nccl")
+
+    @property
+    def sm_partition(self) -> str:
+        """How communication takes SMs from compute (``software.sm_partition``, defaulting on the library)."""
+        part = self.software.sm_partition
+        return part if part is not None else ("static" if self.a2a_library.startswith("deepep") else "dynamic")
 
     @property
     def num_gpus(self) -> int:

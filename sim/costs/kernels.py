@@ -168,19 +168,3 @@ class CostModel:
             t /= c.kappa
         self._cache[key] = t
         return t
-
-    # ------------------------------------------------------------------ measured all-to-all
-    def alltoall_measured(self, kind: str, dtype: str, logical_bytes: float, ranks: int
-                          ) -> tuple[float, float | None, float | None] | None:
-        """An expert all-to-all (``dispatch`` or ``combine``) the table measured at this logical payload
-        (tokens x top-k x bytes per token) over ``ranks`` EP ranks: its seconds and the per-GPU NIC and NVLink
-        bandwidths (bytes/s) of the cluster it ran on, when recorded; None when not measured."""
-        if self.table is None:
-            return None
-        look = self.table.rate(kind, dtype, m=logical_bytes, ranks=ranks)
-        if look is None:
-            return None
-        shape: dict[str, float] = next((e.shape for e in self.table.entries
-                                        if e.kind == kind and e.shape.get("ranks") == ranks), {})
-        nic, nvl = shape.get("nic_gb_per_s"), shape.get("nvlink_gb_per_s")
-        return logical_bytes / float(look.rate), nic and nic * 1e9, nvl and nvl * 1e9

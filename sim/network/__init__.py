@@ -1,5 +1,10 @@
-"""Transfers and collectives on the cluster: ``collectives`` (alpha-beta costs of rings, point-to-point and the
-expert all-to-all over a layout's groups)."""
+"""Transfers and collectives on the cluster.
+
+- :mod:`~sim.network.fabric`: where a group's traffic goes on the fabric, per-GPU effective bandwidth, hops;
+- :mod:`~sim.network.nccl`: NCCL collectives and sends by NCCL's own cost model;
+- :mod:`~sim.network.alltoall`: the expert all-to-all (DeepEP) as a mechanism of SMs, links and latency;
+- :mod:`~sim.network.collectives`: ``Network``, a layout's groups and transfers (what the program calls).
+"""
 
 from sim.network.collectives import Collective, Group, Network
 

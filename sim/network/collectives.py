@@ -1,135 +1,113 @@
-"""Transfers and collectives on the cluster topology: alpha-beta costs with achievable bandwidths.
+"""The network a layout sees: its communication groups on the cluster's fabric and the seconds of each
+transfer, by the mechanisms of :mod:`sim.network.nccl` (collectives), :mod:`sim.network.alltoall` (the expert
+all-to-all) and :mod:`sim.network.fabric` (where traffic goes, effective bandwidth, hops).
 
-Ranks are laid out with tensor parallelism innermost, then data (and expert) parallelism, then pipeline
-stages outermost (Megatron-LM's order): global rank = (stage * dp + dp_index) * tp + tp_index, node =
-rank // gpus_per_node. So TP groups stay inside a node, EP groups are contiguous runs of data-parallel ranks
-and pipeline neighbours usually sit on different nodes.
-
-Collectives follow NCCL's ring algorithms (nccl-tests PERFORMANCE.md): all-reduce moves ``2 (n-1)/n S`` per
-rank, reduce-scatter and all-gather ``(n-1)/n S`` (S the full buffer). A group spanning nodes with ``g`` of
-its ranks per node runs ``g`` parallel rings, one per NIC: the inter-node share is ``1/g`` of each rank's
-traffic over its own NIC, the rest crosses NVLink; the slower of the two paces the collective. Latency is one
-link latency per ring step. The expert all-to-all (DeepEP, DeepSeek-V3 3.2.2) costs its bytes over the NIC
-and over NVLink in parallel (IB sending, NVLink forwarding and receiving are pipelined), paced by the slower.
+Ranks are laid out with tensor parallelism innermost, then data (and expert) parallelism, then pipeline stages
+outermost (Megatron-LM's order): global rank = (stage * dp + dp_index) * tp + tp_index, node =
+rank // gpus_per_node. So TP groups stay inside a node (stride 1), data- and expert-parallel groups are
+``tp`` apart, expert-data-parallel groups (replicas of one expert shard) ``tp * ep`` apart, and pipeline
+neighbours ``dp * tp`` apart. By symmetry every group of a kind does the same traffic at the same time; the
+fabric turns that into each GPU's effective scale-out bandwidth.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
-from sim.config import ClusterSpec, ParallelSpec
-from sim.units import US
+from sim.config import Scenario
+from sim.config.fabric import FabricSpec
+from sim.network.alltoall import A2AProfile, expert_a2a_seconds, load_a2a_profile
+from sim.network.fabric import fabric_path, place_group
+from sim.network.nccl import CommGroup, collective_seconds, group_on_fabric, p2p_link, send_seconds
 
 Collective = Literal["all_reduce", "reduce_scatter", "all_gather"]
+Group = CommGroup
 
 
-@dataclass(frozen=True, slots=True)
-class Group:
-    """A communication group: ``size`` ranks, ``per_node`` of them on each node they span."""
-
-    size: int
-    per_node: int
-
-    @property
-    def nodes(self) -> int:
-        return max(1, self.size // self.per_node)
-
-
-@dataclass(frozen=True)
+@dataclass
 class Network:
-    """Costs of transfers for one layout. ``a2a_overhead_s`` adds, per kind of expert all-to-all
-    (``dispatch`` / ``combine``), what a calibration measured beyond pure transfer at the links' achievable
-    rates: handshakes and waits for peers inside a real run (an alpha term: it does not scale with bytes)."""
+    """Transfers of one scenario's layout; memoizes what it computes (a pure function of the scenario)."""
 
-    cluster: ClusterSpec
-    parallel: ParallelSpec
-    dp: int
-    a2a_overhead_s: tuple[tuple[str, float], ...] = ()
+    scenario: Scenario
+    _memo: dict[tuple, float] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        s = self.scenario
+        self.cluster = s.cluster
+        self.node = s.cluster.node
+        self.fabric: FabricSpec = s.cluster.fabric_spec
+        p = s.parallel
+        self.tp, self.ep, self.dp = p.tp, p.ep, s.dp
+        self.nvls = self.node.nvlink_sharp
+        library = s.a2a_library
+        self.a2a_profile: A2AProfile | None = None if library == "nccl" else load_a2a_profile(library)
+        self.comm_sms = p.comm_sms
 
     @property
     def gpus_per_node(self) -> int:
-        return self.cluster.node.gpus_per_node
+        return self.node.gpus_per_node
 
     def node_of(self, stage_rank: int, dp_index: int = 0, tp_index: int = 0) -> int:
-        p = self.parallel
-        return ((stage_rank * self.dp + dp_index) * p.tp + tp_index) // self.gpus_per_node
+        return ((stage_rank * self.dp + dp_index) * self.tp + tp_index) // self.gpus_per_node
 
     def same_node(self, rank_a: int, rank_b: int) -> bool:
         """Whether pipeline ranks ``rank_a`` and ``rank_b`` (same dp and tp index) share a node."""
         return self.node_of(rank_a) == self.node_of(rank_b)
 
     # ----------------------------------------------------------------- groups
-    def _strided_group(self, size: int, stride: int) -> Group:
-        per_node = max(1, min(size, self.gpus_per_node // stride)) if stride < self.gpus_per_node else 1
-        return Group(size, per_node)
+    def _group(self, size: int, stride: int) -> CommGroup:
+        return group_on_fabric(size, stride, self.node, self.fabric, nvls=self.nvls)
 
-    def tp_group(self) -> Group:
-        return Group(self.parallel.tp, self.parallel.tp)
+    def tp_group(self) -> CommGroup:
+        return self._group(self.tp, 1)
 
-    def dp_group(self) -> Group:
-        return self._strided_group(self.dp, self.parallel.tp)
+    def dp_group(self) -> CommGroup:
+        return self._group(self.dp, self.tp)
 
-    def ep_group(self) -> Group:
-        return self._strided_group(self.parallel.ep, self.parallel.tp)
-
-    def expert_dp_group(self) -> Group:
+    def expert_dp_group(self) -> CommGroup:
         """Replicas of one expert shard: the data-parallel ranks outside its EP group."""
-        size = max(1, self.dp * self.parallel.tp // self.parallel.ep)
-        return self._strided_group(size, self.parallel.tp * self.parallel.ep)
+        return self._group(max(1, self.dp * self.tp // self.ep), self.tp * self.ep)
 
-    # ----------------------------------------------------------------- links
-    @property
-    def nvlink_bytes_per_s(self) -> float:
-        return self.cluster.node.nvlink_bytes_per_s
-
-    @property
-    def nic_bytes_per_s(self) -> float:
-        return self.cluster.node.nic_bytes_per_s_per_gpu
-
-    @property
-    def nvlink_latency_s(self) -> float:
-        return self.cluster.node.nvlink_latency_us * US
-
-    @property
-    def ib_latency_s(self) -> float:
-        return self.cluster.ib_latency_s
+    # ----------------------------------------------------------------- transfers
+    def collective_seconds(self, kind: Collective, bytes_: float, group: CommGroup) -> float:
+        """NCCL's collective over ``group`` on a buffer of ``bytes_`` (the full, unsharded size)."""
+        if group.size <= 1 or bytes_ <= 0:
+            return 0.0
+        key = ("coll", kind, bytes_, group)
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = collective_seconds(kind, bytes_, group)
+        return hit
 
     def p2p_seconds(self, bytes_: float, same_node: bool) -> float:
-        if same_node:
-            return self.nvlink_latency_s + bytes_ / self.nvlink_bytes_per_s
-        return self.ib_latency_s + bytes_ / self.nic_bytes_per_s
+        """A stage-boundary send while every pipeline pair sends at once."""
+        link = p2p_link(self.node, self.fabric, self.dp * self.tp, same_node=same_node)
+        return send_seconds(bytes_, link)
 
-    def collective_seconds(self, kind: Collective, bytes_: float, group: Group) -> float:
-        """Ring collective over ``group`` on a buffer of ``bytes_`` (the full, unsharded size)."""
-        n = group.size
-        if n <= 1 or bytes_ <= 0:
-            return 0.0
-        steps = 2 * (n - 1) if kind == "all_reduce" else n - 1
-        per_rank = bytes_ * steps / n
-        if group.nodes <= 1:
-            return steps * self.nvlink_latency_s + per_rank / self.nvlink_bytes_per_s
-        g = group.per_node
-        ib = per_rank / g / self.nic_bytes_per_s
-        nvl = per_rank * (g - 1) / g / self.nvlink_bytes_per_s if g > 1 else 0.0
-        return steps * self.ib_latency_s + max(ib, nvl)
+    def alltoall_seconds(self, ib_bytes: float, nvlink_bytes: float, *, notify: bool,
+                         preceding_compute_s: float = 0.0) -> float:
+        """One expert dispatch or combine moving the busiest rank's ``ib_bytes`` and ``nvlink_bytes``.
 
-    def with_a2a_overheads(self, overheads: tuple[tuple[str, float], ...]) -> Network:
-        return Network(self.cluster, self.parallel, self.dp, overheads)
-
-    def a2a_overhead(self, measured_s: float, ib_bytes: float, nvlink_bytes: float, kind: str,
-                     nic_bytes_per_s: float | None, nvlink_bytes_per_s: float | None) -> float:
-        """What a measured all-to-all took beyond pure transfer at the measured cluster's link rates."""
-        pure = self.alltoall_seconds(ib_bytes, nvlink_bytes, kind, nic_bytes_per_s, nvlink_bytes_per_s)
-        return max(0.0, measured_s - pure)
-
-    def alltoall_seconds(self, ib_bytes: float, nvlink_bytes: float, kind: str = "dispatch",
-                         nic_bytes_per_s: float | None = None, nvlink_bytes_per_s: float | None = None) -> float:
-        """Expert dispatch or combine: bytes a GPU moves over its NIC and over NVLink, pipelined, plus the
-        calibrated overhead of ``kind``. Bandwidths default to this cluster's achievable ones."""
+        DeepEP (``software.a2a_library``): the SM-driven mechanism of :mod:`sim.network.alltoall`, on
+        ``comm_sms`` SMs, with the in-situ wait after ``preceding_compute_s`` of compute. NCCL all-to-all: the
+        same bytes over the fabric-effective NIC and NVLink at link rate (NCCL picks its own channels), plus a
+        ring-like latency per peer node."""
         if ib_bytes <= 0 and nvlink_bytes <= 0:
             return 0.0
-        latency = self.ib_latency_s if ib_bytes > 0 else self.nvlink_latency_s
-        nic = nic_bytes_per_s or self.nic_bytes_per_s
-        nvl = nvlink_bytes_per_s or self.nvlink_bytes_per_s
-        return latency + max(ib_bytes / nic, nvlink_bytes / nvl) + dict(self.a2a_overhead_s).get(kind, 0.0)
+        key = ("a2a", ib_bytes, nvlink_bytes, notify, preceding_compute_s)
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit
+        if self.a2a_profile is not None:
+            secs = expert_a2a_seconds(ib_bytes, nvlink_bytes, ep=self.ep, stride=self.tp, node=self.node,
+                                      gpu_name=self.cluster.gpu.name, arch=self.cluster.gpu.arch,
+                                      fabric=self.fabric, comm_sms=self.comm_sms, notify=notify,
+                                      profile=self.a2a_profile, preceding_compute_s=preceding_compute_s).total_s
+        else:
+            place = place_group(self.ep, self.tp, self.gpus_per_node)
+            path = fabric_path(self.fabric, self.node, place, "all_to_all")
+            ib = ib_bytes / path.scaleout_bytes_per_s if ib_bytes > 0 else 0.0
+            secs = (place.num_nodes - 1) * path.latency_s + max(ib, nvlink_bytes / self.node.nvlink_bytes_per_s)
+        self._memo[key] = secs
+        return secs

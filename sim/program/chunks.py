@@ -52,11 +52,14 @@ class _ChunkBuilder:
         self.tasks: list[Task] = []
         self.groups: list[tuple[int, ...]] = []
         self.last: int | None = None
+        self.last_compute_s = 0.0  # the compute task just before (sets the in-situ wait of an all-to-all)
 
     def add(self, name: str, part: Part, stream: Stream, seconds: float, deps: tuple[int | None, ...],
             layer: int, links: int = 0, holds_sms: bool = False) -> int:
         self.tasks.append(Task(name, part, stream, seconds, tuple(d for d in deps if d is not None), layer, links,
                                holds_sms))
+        if stream == Stream.COMPUTE:
+            self.last_compute_s = seconds
         return len(self.tasks) - 1
 
     def chain(self, name: str, part: Part, stream: Stream, seconds: float, layer: int, links: int = 0,
@@ -154,11 +157,14 @@ class Program:
         return self.net.collective_seconds(self.tp_kind, self.tokens * self.s.model.dim * dtype_bytes("bf16"),
                                            self.net.tp_group())
 
-    def _a2a(self, load: MoeLoad, which: Literal["dispatch", "combine"]) -> tuple[float, int]:
-        ib = load.dispatch_ib_bytes if which == "dispatch" else load.combine_ib_bytes
-        nvl = load.dispatch_nvlink_bytes if which == "dispatch" else load.combine_nvlink_bytes
+    def _a2a(self, b: _ChunkBuilder, load: MoeLoad, payload: Literal["dispatch", "combine"], notify: bool
+             ) -> tuple[float, int]:
+        """An expert all-to-all moving the dispatch's or the combine's payload. ``notify``: a forward dispatch
+        exchanges token counts first; the combine and both backward transfers reuse the layout (cached)."""
+        ib = load.dispatch_ib_bytes if payload == "dispatch" else load.combine_ib_bytes
+        nvl = load.dispatch_nvlink_bytes if payload == "dispatch" else load.combine_nvlink_bytes
         links = (NIC if ib > 0 else 0) | (NVLINK if nvl > 0 else 0)
-        return self.net.alltoall_seconds(ib, nvl, which), links
+        return self.net.alltoall_seconds(ib, nvl, notify=notify, preceding_compute_s=b.last_compute_s), links
 
     def _tp_after(self, name: str, ep: bool) -> bool:
         """Whether a block ends in a tensor-parallel collective: routed experts are not tensor-parallel, so a
@@ -173,7 +179,7 @@ class Program:
                 b.chain(f"tp_{name}", "F", Stream.COMM, self._tp_seconds(), unit.index, NVLINK, True)
             if ep and load is not None and name in ("attn", "mlp"):
                 which: Literal["dispatch", "combine"] = "dispatch" if name == "attn" else "combine"
-                secs, links = self._a2a(load, which)
+                secs, links = self._a2a(b, load, which, notify=which == "dispatch")
                 b.chain(which, "F", Stream.COMM, secs, unit.index, links, True)
 
     def _recompute_comm(self, b: _ChunkBuilder, unit: Unit, name: str, ep: bool, load: MoeLoad | None) -> None:
@@ -183,7 +189,7 @@ class Program:
             b.chain(f"tp_{name}_recompute", "I", Stream.COMM, self._tp_seconds(), unit.index, NVLINK, True)
         if ep and load is not None and name == "mlp":
             for which in ("dispatch", "combine"):
-                secs, links = self._a2a(load, which)  # type: ignore[arg-type]
+                secs, links = self._a2a(b, load, which, notify=which == "dispatch")  # type: ignore[arg-type]
                 b.chain(f"{which}_recompute", "I", Stream.COMM, secs, unit.index, links, True)
 
     def _backward(self, b: _ChunkBuilder, unit: Unit, load: MoeLoad | None, kind: ChunkKind) -> None:
@@ -191,7 +197,7 @@ class Program:
         want_i, want_w = kind in ("B", "I"), kind in ("B", "W")
         for name, ops in reversed(self._blocks(unit)):
             if want_i and name == "mlp" and ep and load is not None:
-                secs, links = self._a2a(load, "dispatch")  # combine(B) carries the dispatch's payload
+                secs, links = self._a2a(b, load, "dispatch", notify=False)  # combine(B): the dispatch's payload
                 b.chain("combine_b", "I", Stream.COMM, secs, unit.index, links, True)
             if want_i and self.full_recompute:
                 self._recompute_comm(b, unit, name, ep, load)
@@ -202,7 +208,7 @@ class Program:
                 if secs > 0:
                     b.add(f"{name}_w", "W", Stream.COMPUTE, secs, (b.last,) if want_i else (), unit.index)
             if want_i and name == "mlp" and ep and load is not None:
-                secs, links = self._a2a(load, "combine")  # dispatch(B) carries the combine's payload
+                secs, links = self._a2a(b, load, "combine", notify=False)  # dispatch(B): the combine's payload
                 b.chain("dispatch_b", "I", Stream.COMM, secs, unit.index, links, True)
             elif want_i and self._tp_after(name, ep):
                 b.chain(f"tp_{name}_b", "I", Stream.COMM, self._tp_seconds(), unit.index, NVLINK, True)
