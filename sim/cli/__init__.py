@@ -32,13 +32,15 @@ def main() -> None:
 
 
 def _register() -> None:
-    from sim.cli import calibrate_cmd, experts_cmd, model_cmd, run_cmd, schedule_cmd
+    from sim.cli import calibrate_cmd, estimate_cmd, experts_cmd, model_cmd, run_cmd, schedule_cmd
 
     main.add_command(calibrate_cmd.calibrate)
+    main.add_command(estimate_cmd.estimate)
     main.add_command(experts_cmd.experts)
     main.add_command(model_cmd.model)
     main.add_command(run_cmd.run)
     main.add_command(schedule_cmd.schedule)
+    main.add_command(__import__("sim.cli.validate_cmd", fromlist=["validate"]).validate)
 
 
 _register()

@@ -10,9 +10,11 @@ from sim.config.hardware import ClusterSpec, GpuEfficiency, GpuSpec, NodeSpec, P
 from sim.config.job import BatchRamp, TrainingPhase, TrainingSpec
 from sim.config.model import ModelSpec
 from sim.config.parallel import ParallelSpec, PrecisionSpec
+from sim.config.run import EnergySpec, MeasuredSpec, MeasuredStage, OverheadSpec, PhaseSpec, RampSpec, RunSpec
 from sim.config.scenario import Scenario, evolve
 from sim.config.software import SoftwareSpec
 
-__all__ = ["BatchRamp", "ClusterSpec", "ExpertLoadSpec", "Frozen", "GpuEfficiency", "GpuSpec", "ModelSpec",
-           "NodeSpec", "ParallelSpec", "PeakTflops", "PrecisionSpec", "Scenario", "SoftwareSpec", "TrainingPhase",
+__all__ = ["BatchRamp", "ClusterSpec", "EnergySpec", "ExpertLoadSpec", "Frozen", "GpuEfficiency", "GpuSpec",
+           "MeasuredSpec", "MeasuredStage", "ModelSpec", "NodeSpec", "OverheadSpec", "ParallelSpec", "PeakTflops",
+           "PhaseSpec", "PrecisionSpec", "RampSpec", "RunSpec", "Scenario", "SoftwareSpec", "TrainingPhase",
            "TrainingSpec", "evolve"]

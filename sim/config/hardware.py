@@ -58,6 +58,8 @@ class GpuSpec(Frozen):
     hbm_bandwidth_tb_per_s: float = Field(gt=0)
     num_sms: int = Field(ge=1)
     tdp_w: float = Field(gt=0)
+    idle_w: float | None = Field(default=None, ge=0, description="board power with no kernels running: the floor "
+                                 "of the power model (sim.estimate); None: the estimate assumes TDP throughout")
     efficiency: GpuEfficiency
     efficiency_sources: dict[str, str] = Field(description="a source for every efficiency field")
 
@@ -88,6 +90,8 @@ class GpuSpec(Frozen):
             raise ValueError(f"efficiency_sources: give a source for {', '.join(missing)}")
         if self.supports_fp8 and self.efficiency.gemm_fp8_frac is None:
             raise ValueError("efficiency.gemm_fp8_frac: required when peak_tflops.fp8 is set")
+        if self.idle_w is not None and self.idle_w > self.tdp_w:
+            raise ValueError(f"idle_w: cannot exceed tdp_w {self.tdp_w}")
         return self
 
 
@@ -136,6 +140,7 @@ class ClusterSpec(Frozen):
                                       "mapping); default: the smallest non-blocking tree of the topology")
     usd_per_gpu_hour: float = Field(default=2.0, ge=0)
     pue: float = Field(default=1.2, ge=1.0, description="facility power / IT power")
+    network_w_per_gpu: float = Field(default=0.0, ge=0, description="scale-out switches and their optics, per GPU")
     sources: dict[str, str] = Field(default_factory=dict)
 
     @property

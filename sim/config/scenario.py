@@ -13,6 +13,7 @@ from sim.config.hardware import ClusterSpec
 from sim.config.job import TrainingSpec
 from sim.config.model import ModelSpec
 from sim.config.parallel import ParallelSpec, PrecisionSpec
+from sim.config.run import RunSpec
 from sim.config.software import SoftwareSpec
 from sim.pipeline import check_schedule, num_stages
 
@@ -29,6 +30,7 @@ class Scenario(Frozen):
     experts: ExpertLoadSpec = ExpertLoadSpec()
     software: SoftwareSpec = SoftwareSpec()
     calibration: str | None = Field(default=None, description="calibration table path (YAML)")
+    run: RunSpec | None = Field(default=None, description="the whole run as phases (sim estimate)")
     notes: str = ""
 
     @property

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim.config.fabric import check_fits, max_gpus,  PRESETS, FabricSpec, default_fabric
+from sim.config.fabric import PRESETS, FabricSpec, check_fits, default_fabric, max_gpus
 from sim.config.hardware import NodeSpec
 from sim.network.fabric import (
     fabric_path,

@@ -1,0 +1,86 @@
+"""``sim validate``: every case of ``workloads/published/`` (or the named ones), predicted vs measured.
+
+Errors are results: the command exits 0 when the run completed, whatever the errors; 2 on a malformed case file
+(the message names the file and the field). ``--json`` prints one JSON object on stdout and nothing else there;
+progress and timing go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+import sim
+from sim.errors import SimInputError
+
+
+def _published_dir() -> Path:
+    """``workloads/published`` under the project root (``SIM_HOME`` overrides, as for every workload)."""
+    env = os.environ.get("SIM_HOME")
+    root = Path(env) if env else Path(sim.__file__).resolve().parent.parent
+    return root / "workloads" / "published"
+
+
+def _clean(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    return x
+
+
+@click.command()
+@click.argument("cases", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object (cases and summary)")
+@click.option("--plot", "plot_out", type=click.Path(dir_okay=False), default=None,
+              help="write predicted vs measured (log-log, +-10 % band) to a PNG")
+@click.option("--mode", type=click.Choice(["fast", "detailed"]), default="fast", show_default=True,
+              help="the simulator's fidelity for every case")
+@click.option("--dir", "cases_dir", type=click.Path(file_okay=False), default=None,
+              help="folder of case files [default: workloads/published]")
+def validate(cases: tuple[str, ...], as_json: bool, plot_out: str | None, mode: str, cases_dir: str | None) -> None:
+    """Run published cases (all, or CASES: families, file stems, case names, globs or case files) and report
+    predicted, measured and the signed error predicted / measured - 1."""
+    from sim.validation import load_cases, run_cases, select, summarize
+    from sim.validation.report import json_object, table_lines, write_figure
+
+    if plot_out:
+        folder = Path(plot_out).parent if str(Path(plot_out).parent) else Path(".")
+        if not folder.is_dir():
+            raise SimInputError(f"folder {folder} does not exist", field="--plot")
+    folder = Path(cases_dir) if cases_dir else _published_dir()
+    only_files = bool(cases) and all(Path(c).suffix in (".yaml", ".yml") and Path(c).is_file() for c in cases)
+    chosen = select([] if only_files else load_cases(folder), cases)
+    t0 = time.perf_counter()
+    if sys.stderr.isatty():
+        bar: Any
+        with click.progressbar(length=len(chosen), label="validating", file=sys.stderr,
+                               item_show_func=lambda c: c.name if c else "") as bar:
+            def step(case: Any) -> None:
+                bar.current_item = case
+                bar.update(1)
+
+            results = run_cases(chosen, mode, step)
+    else:
+        results = run_cases(chosen, mode)
+    wall = time.perf_counter() - t0
+    summary = summarize(results)
+    if plot_out:
+        tmp = Path(plot_out).with_name(f".{Path(plot_out).name}.tmp")
+        write_figure(tmp, results)
+        tmp.replace(plot_out)
+    if as_json:
+        click.echo(json.dumps(_clean(json_object(results, summary, mode, wall)), indent=2))
+        click.echo(f"validated {len(results)} cases in {wall:.1f} s (mode {mode})", err=True)
+        return
+    for line in table_lines(results, summary, mode, wall):
+        click.echo(line)
