@@ -96,6 +96,8 @@ def resolve_workload(path: Path) -> dict[str, Any]:
     if "cluster" not in data:
         raise SimInputError("missing (a job file names its cluster)", field="cluster")
     data["cluster"] = resolve_cluster(data["cluster"], base)
+    if isinstance(data.get("software"), str):
+        data["software"], _ = _load_ref(data["software"], base, profiles_dir() / "software", "software")
     if isinstance(data.get("calibration"), str):
         cal = Path(data["calibration"])
         data["calibration"] = str(cal if cal.is_absolute() else (base / cal).resolve())
@@ -161,6 +163,8 @@ def load_scenario(ref: str | None = None, *, hardware: str | None = None, gpus: 
         data["cluster"] = resolve_cluster(hardware, Path.cwd())
     for text in overrides:
         key, value = parse_override(text)
+        if key == "software" and isinstance(value, str):  # a named stack replaces the job's
+            value, _ = _load_ref(value, path.parent, profiles_dir() / "software", "software")
         apply_override(data, key, value)
     if gpus is not None:
         per_node = data["cluster"]["node"].get("gpus_per_node", 8)

@@ -1,6 +1,7 @@
-"""The software stack a job runs on: which libraries implement its communication (and, as they are modelled,
-its kernels). Named stacks live in ``hardware_profiles/software/<name>.yaml``; a job names one or inlines the
-fields."""
+"""The software stack a job runs on: which kernels implement its attention, what it fuses, its dropout, its
+communication libraries and its per-kernel and per-step overheads. Named stacks live in
+``hardware_profiles/software/<name>.yaml`` (a job names one, ``software: megatron_core_2024``, and may override
+fields with ``--set software.compile=true``); every field has a default, so a job may also inline them."""
 
 from __future__ import annotations
 
@@ -14,7 +15,23 @@ A2aLibrary = Literal["deepep_v1", "deepep_v2", "nccl"]
 
 
 class SoftwareSpec(Frozen):
-    name: str = "default"
+    name: str = Field(default="default", max_length=200)
+    attention: Literal["flash", "unfused"] = Field(
+        default="flash", description="flash: FlashAttention-class fused kernels (scores never reach HBM); unfused: "
+        "QK^T and PV as batched GEMMs with the s x s scores materialized, softmax and dropout as kernels of "
+        "their own (Megatron-LM before FlashAttention)")
+    attention_dropout: float = Field(default=0.0, ge=0, lt=1, description="dropout probability on the "
+                                     "attention probabilities (costs a mask kernel and saved masks when > 0)")
+    hidden_dropout: float = Field(default=0.0, ge=0, lt=1, description="dropout probability after the attention "
+                                  "and MLP blocks")
+    fused_kernels: bool = Field(default=True, description="bias + activation, bias + dropout + residual add and "
+                                "scale + mask + softmax each run as one kernel (Megatron-LM's fusions)")
+    compile: bool = Field(default=False, description="torch.compile fuses each chain of memory-bound kernels "
+                          "between GEMMs into one")
+    kernel_launch_us: float | None = Field(default=None, ge=0, le=1000, description="time between kernels on a "
+                                           "busy stream; default: the GPU profile's kernel_overhead_us")
+    step_overhead_s: float = Field(default=0.0, ge=0, le=3600, description="host work per step that the GPU "
+                                   "waits for: data loading, logging, synchronization")
     a2a_library: A2aLibrary | None = Field(default=None, description="expert all-to-all: DeepEP (kernels on "
                                            "parallel.comm_sms SMs) or NCCL all-to-all; default: deepep_v1 when "
                                            "comm_sms > 0, else nccl")
