@@ -33,6 +33,10 @@ class GpuEfficiency(Frozen):
     attention_fwd_frac: float = Field(gt=0, le=1)
     attention_bwd_frac: float = Field(gt=0, le=1)
     hbm_frac: float = Field(gt=0, le=1)
+    attention_seq_half: float = Field(default=0.0, ge=0, le=1e6, description="sequence length at which "
+                                      "FlashAttention reaches half its asymptotic efficiency")
+    attention_causal_waste: float = Field(default=0.0, ge=0, le=1e6, description="causal masks waste about "
+                                          "this many keys' work per query block row (partly masked tiles)")
     gemm_tile_m: int = Field(default=128, ge=1, description="output tile rows for wave quantization")
     gemm_tile_n: int = Field(default=128, ge=1)
     gemm_k_fill: float = Field(default=0.0, ge=0, le=65536, description="K elements of main-loop fill and "

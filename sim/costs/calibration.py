@@ -27,6 +27,7 @@ from sim.calibrate.table import CalibrationTable, Entry, load_table
 from sim.config import GpuSpec, Scenario
 from sim.config.hardware import gpu_model_token
 from sim.costs import gemm
+from sim.costs.attention import flash_seconds
 from sim.loading import find_gpu_profile
 from sim.units import US
 
@@ -52,12 +53,6 @@ def memory_model_seconds(gpu: GpuSpec, bytes_: float) -> float:
     return bytes_ / (gpu.hbm_bandwidth_bytes_per_s * eff.hbm_frac) + eff.kernel_overhead_us * US
 
 
-def attention_model_seconds(gpu: GpuSpec, dtype: str, fwd_flops: float, backward: bool) -> float:
-    """FlashAttention in model FLOPs (backward = 2 x forward) at the profile's achievable fractions."""
-    eff = gpu.efficiency
-    frac = eff.attention_bwd_frac if backward else eff.attention_fwd_frac
-    flops = 2.0 * fwd_flops if backward else fwd_flops
-    return flops / (gpu.peak_flops_per_s(dtype) * frac) + eff.kernel_overhead_us * US
 
 
 def attention_fwd_flops(seq: float, heads: float, qk_dim: float, v_dim: float, causal: bool, batch: float = 1.0
@@ -101,9 +96,9 @@ class Calibration:
             return _Point((math.log(s["m"]), math.log(s["n"]), math.log(s["k"])), e.gemm_pass or "",
                           math.log(modelled / measured))
         if e.kind in ("attention_fwd", "attention_bwd"):
-            fwd = attention_fwd_flops(s["seq"], s["heads"], s["qk_dim"], s["v_dim"], bool(s.get("causal", 1.0)),
-                                      s.get("batch", 1.0))
-            modelled = attention_model_seconds(self.source, e.dtype, fwd, e.kind == "attention_bwd")
+            causal = bool(s.get("causal", 1.0))
+            fwd = attention_fwd_flops(s["seq"], s["heads"], s["qk_dim"], s["v_dim"], causal, s.get("batch", 1.0))
+            modelled = flash_seconds(self.source, e.dtype, fwd, s["seq"], causal, e.kind == "attention_bwd")
             return _Point((math.log(s["seq"]), math.log(s["heads"]), math.log(s["qk_dim"] + s["v_dim"])),
                           e.kind, math.log(modelled / measured))
         if e.kind == "memory":

@@ -27,13 +27,8 @@ from typing import Literal
 from sim.calibrate.table import CalibrationTable
 from sim.config import GpuSpec, PrecisionSpec
 from sim.costs import gemm
-from sim.costs.calibration import (
-    Calibration,
-    Correction,
-    attention_fwd_flops,
-    attention_model_seconds,
-    memory_model_seconds,
-)
+from sim.costs.attention import flash_seconds, unfused_seconds
+from sim.costs.calibration import Calibration, Correction, attention_fwd_flops, memory_model_seconds
 from sim.units import dtype_bytes
 
 Pass = Literal["fwd", "dgrad", "wgrad"]
@@ -144,13 +139,25 @@ class CostModel:
         backward = pass_ != "fwd"
         dtype = self.precision.attention
         fwd = attention_fwd_flops(seq_len, heads, qk_dim, v_dim, causal, tokens / seq_len)
-        t = attention_model_seconds(self.gpu, dtype, fwd, backward)
+        t = flash_seconds(self.gpu, dtype, fwd, seq_len, causal, backward)
         if self.calibration is not None:
             c = self.calibration.attention(dtype, backward, seq_len, heads, qk_dim, v_dim)
             self._record(f"attention {'bwd' if backward else 'fwd'}", c)
             t /= c.kappa
         self._cache[key] = t
         return t
+
+    def unfused_attention_seconds(self, pass_: Pass, tokens: float, seq_len: int, heads: int, qk_dim: int,
+                                  v_dim: int, dropout: bool, fused_softmax: bool) -> float:
+        """Attention as batched GEMMs over materialized scores (:mod:`sim.costs.attention`)."""
+        if pass_ == "wgrad" or tokens <= 0:
+            return 0.0
+        key = ("unfused_attention", pass_, tokens, seq_len, heads, qk_dim, v_dim, dropout, fused_softmax)
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = self._cache[key] = unfused_seconds(self.gpu, self.memory_seconds, tokens / seq_len, seq_len, heads,
+                                                     qk_dim, v_dim, pass_ != "fwd", dropout, fused_softmax)
+        return hit
 
     # ------------------------------------------------------------------ memory-bound
     def memory_seconds(self, bytes_: float, name: str = "elementwise") -> float:

@@ -30,7 +30,9 @@ def kv_cache_bytes_per_token(m: ModelSpec, dtype: str = "bf16") -> float:
     return m.n_layers * per_layer * dtype_bytes(dtype)
 
 
-def _saved_dtype_bytes(dtype: str, precision: PrecisionSpec) -> float:
+def _saved_dtype_bytes(dtype: str, precision: PrecisionSpec, hidden_dropout: bool) -> float:
+    if dtype == "dropout_mask":  # a byte per element, kept only when the stack drops out hidden states
+        return 1.0 if hidden_dropout else 0.0
     if dtype == "gemm_in":
         if precision.fprop == "fp8":
             return 1.0 + 4.0 / precision.activation_tile
@@ -40,14 +42,15 @@ def _saved_dtype_bytes(dtype: str, precision: PrecisionSpec) -> float:
     return dtype_bytes(dtype)
 
 
-def unit_activation_bytes_per_token(unit: Unit, policy: str, precision: PrecisionSpec) -> float:
+def unit_activation_bytes_per_token(unit: Unit, policy: str, precision: PrecisionSpec,
+                                    hidden_dropout: bool = False) -> float:
     """Bytes one unit keeps per token of a micro-batch until its backward."""
     if unit.kind == "embed":
         return 0.0
     if policy == "full":
         return _layer_input_bytes(unit)
     dropped = DROPPED_BY_POLICY[policy]
-    return sum(s.elems * _saved_dtype_bytes(s.dtype, precision)
+    return sum(s.elems * _saved_dtype_bytes(s.dtype, precision, hidden_dropout)
                for op in unit.ops for s in op.saves if s.tag not in dropped)
 
 
@@ -63,6 +66,7 @@ def stage_activation_bytes(partition: StagePartition, scenario: Scenario) -> lis
     tokens = scenario.tokens_per_microbatch
     out = []
     for units in partition.stages:
-        per_token = sum(unit_activation_bytes_per_token(u, p.recompute, scenario.precision) for u in units)
+        per_token = sum(unit_activation_bytes_per_token(u, p.recompute, scenario.precision,
+                                                        scenario.software.hidden_dropout > 0) for u in units)
         out.append(per_token * tokens / p.tp)
     return out

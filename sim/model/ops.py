@@ -20,10 +20,10 @@ from typing import Literal
 
 from sim.config import ModelSpec
 
-OpKind = Literal["gemm", "grouped_gemm", "attention", "norm", "elementwise", "embedding"]
+OpKind = Literal["gemm", "grouped_gemm", "attention", "norm", "elementwise", "embedding", "residual"]
 Block = Literal["embed", "attn", "mlp", "head", "mtp"]
 # Recompute tags: which policy drops a saved tensor (and recomputes its producer in backward).
-SaveTag = Literal["residual", "norm_out", "up_proj_out", "attn_out", "act_out", "other"]
+SaveTag = Literal["residual", "norm_out", "up_proj_out", "attn_out", "act_out", "dropout_mask", "other"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +74,13 @@ def _gemm(name: str, block: Block, n: int, k: int, bias: bool, *, rows: float = 
               active_params=per_copy * active_copies, precision_class=cls, groups=copies, saves=saves)
 
 
+def _residual(name: str, block: Block, width: int) -> Op:
+    """The end of a block: (bias,) dropout and the residual add; its dropout mask is kept for the backward
+    (1 byte per element; a software stack without hidden dropout keeps none)."""
+    return Op(name, "residual", block, width=width, saves=(Saved(f"{name}.mask", width, "dropout_mask",
+                                                                 "dropout_mask"),))
+
+
 def _norm(name: str, block: Block, width: int, model: ModelSpec, tag: SaveTag = "residual") -> Op:
     params = width * (2 if model.norm == "layernorm" else 1)
     return Op(name, "norm", block, width=width, params=params, active_params=params,
@@ -113,6 +120,7 @@ def attention_ops(m: ModelSpec, block: Block = "attn") -> list[Op]:
     ops.append(Op("attention", "attention", block, heads=h, qk_dim=qk, v_dim=v, precision_class="high",
                   saves=core_saves))
     ops.append(_gemm("o_proj", block, d, h * v, b, saves=(Saved("attn_out", h * v, "o_proj_in", "attn_out"),)))
+    ops.append(_residual("attn_residual", block, d))
     return ops
 
 
@@ -123,7 +131,8 @@ def ffn_ops(m: ModelSpec, block: Block = "mlp") -> list[Op]:
     return [_norm("ffn_norm", block, d, m),
             _gemm("ffn_up", block, up_n, d, b, saves=(Saved("ffn_in", d, "gemm_in", "norm_out"),)),
             Op("ffn_act", "elementwise", block, width=up_n, saves=(Saved("act_in", up_n, "bf16", "other"),)),
-            _gemm("ffn_down", block, d, f, b, saves=(Saved("down_in", f, "gemm_in", "act_out"),))]
+            _gemm("ffn_down", block, d, f, b, saves=(Saved("down_in", f, "gemm_in", "act_out"),)),
+            _residual("mlp_residual", block, d)]
 
 
 def moe_ops(m: ModelSpec, pre: Block = "attn", post: Block = "mlp") -> list[Op]:
@@ -157,6 +166,7 @@ def moe_ops(m: ModelSpec, pre: Block = "attn", post: Block = "mlp") -> list[Op]:
                    saves=(Saved("shared_act_in", 2 * f * s, "gemm_in", "other"),)),
                 _gemm("shared_down", post, d, f * s, False,
                       saves=(Saved("shared_down_in", f * s, "gemm_in", "act_out"),))]
+    ops.append(_residual("mlp_residual", post, d))
     return ops
 
 

@@ -1,0 +1,75 @@
+"""Attention's time on one GPU: FlashAttention-class kernels by an efficiency curve, or the unfused path of
+batched GEMMs and memory-bound kernels over materialized scores.
+
+**Flash** (FlashAttention 2/3, cuDNN, FlashMLA): model FLOPs (forward ``4 s s_k d heads``, ``s_k`` halved when
+causal; backward twice the forward) at ``peak x eta``, with
+
+    eta = frac(pass) x s / (s + attention_seq_half) x [causal: s / (s + attention_causal_waste)]
+
+Short sequences lose to the kernel's fixed costs per query block and, when causal, to the partly masked tiles
+along the diagonal; both vanish as ``s`` grows (FA3 Figs. 5-6, FA2 Fig. 4). The four GPU-profile parameters are
+fitted to those figures by :mod:`sim.calibrate.fit_attention`.
+
+**Unfused** (Megatron-LM before FlashAttention, ``software.attention: unfused``; Megatron-Core's
+``DotProductAttention``): ``S = Q K^T`` and ``O = P V`` as batched GEMMs over the full ``s x s`` scores (the
+causal mask is applied in the softmax, not skipped), the scores written to HBM, a (fused or unfused) scale +
+mask + softmax, and dropout on the probabilities as kernels of their own. Backward: ``dV = P^T dO``,
+``dP = dO V^T``, dropout and softmax backward, ``dQ = dS K``, ``dK = dS^T Q``. HBM bytes per score element
+(BF16 values, 1-byte masks): forward 2 (S) + 4 (softmax, fused; 12 unfused) + 5 (dropout, when on) + 2 (P read
+by the second GEMM); backward 2 + 2 + 5 + 6 + 2 + 2; about 32 B in all with dropout, against 33-37.5 B measured
+(FA1 Fig. 2: 40.3 GB for 1.07e9 score elements).
+"""
+
+from __future__ import annotations
+
+from sim.config import GpuSpec
+from sim.costs import gemm
+from sim.units import US, dtype_bytes
+
+
+def flash_efficiency(gpu: GpuSpec, seq: float, causal: bool, backward: bool) -> float:
+    """Fraction of the dense peak a FlashAttention kernel reaches, in model FLOPs."""
+    eff = gpu.efficiency
+    frac = eff.attention_bwd_frac if backward else eff.attention_fwd_frac
+    eta = frac * seq / (seq + eff.attention_seq_half)
+    if causal:
+        eta *= seq / (seq + eff.attention_causal_waste)
+    return eta
+
+
+def flash_seconds(gpu: GpuSpec, dtype: str, fwd_flops: float, seq: float, causal: bool, backward: bool) -> float:
+    flops = 2.0 * fwd_flops if backward else fwd_flops
+    return flops / (gpu.peak_flops_per_s(dtype) * flash_efficiency(gpu, seq, causal, backward)) \
+        + gpu.efficiency.kernel_overhead_us * US
+
+
+def _bmm(gpu: GpuSpec, groups: int, m: float, n: float, k: float) -> float:
+    """``groups`` GEMMs of ``[m, k] x [k, n]`` in one batched kernel (BF16)."""
+    return gemm.gemm_seconds(gpu, "bf16", m * groups, n, k, (m,) * groups)
+
+
+def unfused_score_bytes(backward: bool, dropout: bool, fused_softmax: bool) -> tuple[float, ...]:
+    """HBM bytes per score element of each memory-bound kernel over the scores (see the module docstring)."""
+    b = dtype_bytes("bf16")
+    mask = dtype_bytes("fp8")  # a 1-byte mask
+    if not backward:
+        softmax = (2 * b,) if fused_softmax else (2 * b, 2 * b, 2 * b)
+        return (*softmax, *((2 * b + mask,) if dropout else ()))
+    softmax = (3 * b,) if fused_softmax else (3 * b, 2 * b)
+    return (*((2 * b + mask,) if dropout else ()), *softmax)
+
+
+def unfused_seconds(gpu: GpuSpec, memory_seconds, batch: float, seq: int, heads: int, qk_dim: int, v_dim: int,
+                    backward: bool, dropout: bool, fused_softmax: bool) -> float:
+    """The unfused path for ``batch`` sequences and ``heads`` local heads; ``memory_seconds(bytes, name)`` costs
+    one memory-bound kernel (the cost model's, calibrated)."""
+    groups = max(1, round(batch * heads))
+    scores = groups * float(seq) * seq
+    kernels = [memory_seconds(per * scores, "softmax") for per in unfused_score_bytes(backward, dropout,
+                                                                                      fused_softmax)]
+    if not backward:
+        gemms = _bmm(gpu, groups, seq, seq, qk_dim) + _bmm(gpu, groups, seq, v_dim, seq)
+    else:
+        gemms = (_bmm(gpu, groups, seq, v_dim, seq) + _bmm(gpu, groups, seq, seq, v_dim)
+                 + 2 * _bmm(gpu, groups, seq, qk_dim, seq))
+    return gemms + sum(kernels)

@@ -1,0 +1,55 @@
+"""Memory-bound kernels by software stack (sim.costs.ops.elementwise_kernels) and the attention path choice."""
+
+from __future__ import annotations
+
+import pytest
+
+from sim.config import SoftwareSpec
+from sim.costs.ops import elementwise_kernels
+from sim.loading import load_scenario
+from sim.model.ops import Op
+from sim.step import simulate_step
+
+GPT = load_scenario("gpt3_175b_a100.yaml").model  # LayerNorm, biases, GeLU
+MEGATRON = SoftwareSpec(fused_kernels=True, hidden_dropout=0.1)
+EAGER = SoftwareSpec(fused_kernels=False, hidden_dropout=0.1)
+
+
+def total(kernels) -> float:
+    return sum(per for _name, per in kernels)
+
+
+def test_residual_chain_bytes_by_hand():
+    res = Op("mlp_residual", "residual", "mlp", width=8)
+    # Fused bias + dropout + add: read block output 2 + residual 2, write 2, mask 1 (mechanisms.md 2.3: 7 B).
+    assert total(elementwise_kernels(res, "fwd", MEGATRON, GPT)) == 7
+    # Unfused: bias add r2 w2, dropout r2 w2 + mask 1, add r2 r2 w2 = 15 B in three kernels.
+    assert total(elementwise_kernels(res, "fwd", EAGER, GPT)) == 15
+    assert len(elementwise_kernels(res, "fwd", EAGER, GPT)) == 3
+    # Backward: the dropout mask multiply, r2 + mask 1 + w2; nothing without dropout.
+    assert total(elementwise_kernels(res, "dgrad", EAGER, GPT)) == 5
+    assert elementwise_kernels(res, "dgrad", SoftwareSpec(), GPT) == ()
+
+
+def test_activation_and_norm_bytes_by_hand():
+    act = Op("ffn_act", "elementwise", "mlp", width=8)
+    assert total(elementwise_kernels(act, "fwd", MEGATRON, GPT)) == 4  # fused bias + GeLU: r2 w2
+    assert total(elementwise_kernels(act, "fwd", EAGER, GPT)) == 8     # bias add, then GeLU
+    llama = load_scenario("llama3_70b_h100.yaml").model                # RMSNorm, SwiGLU, no biases
+    assert total(elementwise_kernels(act, "fwd", MEGATRON, llama)) == 3  # per input element of gate + up
+    norm = Op("ffn_norm", "norm", "mlp", width=8)
+    assert total(elementwise_kernels(norm, "fwd", MEGATRON, llama)) == 4
+    assert total(elementwise_kernels(norm, "fwd", EAGER, llama)) == 10  # eager RMSNorm: three kernels
+    assert total(elementwise_kernels(norm, "fwd", SoftwareSpec(fused_kernels=False, compile=True), llama)) == 4
+
+
+def test_software_stacks_order_the_step_time():
+    """Unfused attention with dropout and eager kernels costs more than FlashAttention with fused kernels, on the
+    same job and hardware (each mechanism only adds memory traffic or kernels)."""
+    base = "gpt3_175b_a100.yaml"
+    fused = simulate_step(load_scenario(base, overrides=["software=megatron_core_2024"]), mode="fast").step_time_s
+    old = simulate_step(load_scenario(base, overrides=["software=megatron_lm_2021"]), mode="fast").step_time_s
+    eager = simulate_step(load_scenario(base, overrides=["software=megatron_lm_2021", "software.fused_kernels=false"]),
+                          mode="fast").step_time_s
+    assert fused < old < eager
+    assert old / fused == pytest.approx(1.1, abs=0.1)  # attention is a few % of a 175B layer's work at 2K
