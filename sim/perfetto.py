@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from sim.timeline import Stream, Trace
+from sim.units import US
 
 LANES = {0: "actions", 1: "compute", 2: "comm (EP/TP)", 3: "data-parallel", 4: "pipeline sends"}
 STREAM_LANE = {Stream.COMPUTE: 1, Stream.COMM: 2, Stream.DP: 3}
-US_PER_S = 1e6
+US_PER_S = 1 / US
 
 
 def _slice(name: str, pid: int, tid: int, start: float, end: float, cat: str, args: dict | None = None) -> dict:

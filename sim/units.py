@@ -7,8 +7,6 @@ TFLOP/s = 1e12 (decimal prefixes for rates and datasheet capacities, binary only
 
 from __future__ import annotations
 
-from typing import Literal
-
 KILO = 1e3
 MEGA = 1e6
 GIGA = 1e9
@@ -29,8 +27,6 @@ SECONDS_PER_HOUR = 3600.0
 SECONDS_PER_DAY = 86400.0
 
 BITS_PER_BYTE = 8
-
-Dtype = Literal["fp32", "tf32", "bf16", "fp16", "fp8", "e5m6"]
 
 #: Storage bytes per element. ``tf32`` is stored as fp32. ``e5m6`` is DeepSeek-V3's 12-bit cache format
 #: for the input of the attention output projection (tech report section 3.3.3): 1.5 bytes.
@@ -55,11 +51,6 @@ def dtype_bytes(dtype: str) -> float:
 def tflops(x_tflops: float) -> float:
     """TFLOP/s -> FLOP/s."""
     return x_tflops * TERA
-
-
-def gb_per_s(x: float) -> float:
-    """GB/s -> bytes/s."""
-    return x * GB
 
 
 def gbit_per_s(x: float) -> float:

@@ -58,7 +58,6 @@ GEMM_KINDS = ("gemm", "grouped_gemm")
 ATTENTION_KINDS = ("attention_fwd", "attention_bwd")
 COMPUTE_KINDS = GEMM_KINDS + ATTENTION_KINDS
 COMM_KINDS = ("allreduce", "alltoall", "p2p", "dispatch", "combine")
-BYTE_KINDS = ("memory", "optimizer", *COMM_KINDS)
 
 REQUIRED_SHAPE: dict[str, tuple[str, ...]] = {
     "gemm": ("m", "n", "k"), "grouped_gemm": ("m", "n", "k", "groups"),

@@ -37,6 +37,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from sim import units
 from sim.config.base import Frozen
 
 FabricKind = Literal["fat_tree", "rail_optimized", "multi_plane_fat_tree", "nvlink_domain_only"]
@@ -116,11 +117,11 @@ class FabricSpec(Frozen):
 
     @property
     def switch_hop_latency_s(self) -> float:
-        return self.switch_hop_latency_us * 1e-6
+        return self.switch_hop_latency_us * units.US
 
     @property
     def endpoint_latency_s(self) -> float:
-        return self.endpoint_latency_us * 1e-6
+        return self.endpoint_latency_us * units.US
 
     def describe(self) -> str:
         if self.kind == "nvlink_domain_only":

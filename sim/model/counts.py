@@ -117,7 +117,3 @@ def stage_params(layout: StagePartition, m: ModelSpec) -> list[int]:
 def stage_expert_params(layout: StagePartition) -> list[int]:
     return [sum(op.params for u in units for op in u.ops if op.name.startswith("experts_"))
             for units in layout.stages]
-
-
-def stage_train_flops_per_token(layout: StagePartition, seq_len: int, causal: bool = True) -> list[float]:
-    return [_train_flops([op for u in units for op in u.ops], seq_len, causal) for units in layout.stages]

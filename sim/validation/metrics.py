@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from sim.config import Scenario
+from sim.units import SECONDS_PER_HOUR, TERA
 
 MetricName = Literal["step_time_s", "tokens_per_s_per_gpu", "tflops_per_gpu_with_recompute", "tflops_per_gpu_model",
                      "mfu", "gpu_hours_per_trillion_tokens"]
@@ -57,8 +58,6 @@ LABELS: dict[str, str] = {
     "gpu_hours_per_trillion_tokens": "GPU-h per 1T tok",
 }
 
-SECONDS_PER_HOUR = 3600.0
-TERA = 1e12
 
 
 def narayanan_eq3_flops(batch: int, seq: int, layers: int, hidden: int, vocab: int) -> float:
@@ -117,7 +116,7 @@ def predict(metric: str, scenario: Scenario, step_time_s: float, tokens_per_s_pe
     if metric == "tokens_per_s_per_gpu":
         return tokens_per_s_per_gpu
     if metric == "gpu_hours_per_trillion_tokens":
-        return 1e12 / tokens_per_s_per_gpu / SECONDS_PER_HOUR
+        return TERA / tokens_per_s_per_gpu / SECONDS_PER_HOUR
     if metric == "tflops_per_gpu_with_recompute":
         m = scenario.model
         f = narayanan_eq3_flops(t.global_batch_size, t.seq_len, m.n_layers, m.dim, m.vocab_size)

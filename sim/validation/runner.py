@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import re
 import tempfile
 import time
@@ -29,11 +28,11 @@ from typing import Any
 
 import yaml
 
-import sim
 from sim.config import Scenario
 from sim.errors import SimInputError
-from sim.loading import load_scenario
+from sim.loading import load_scenario, profiles_dir
 from sim.step import simulate_step
+from sim.units import GB
 from sim.validation.cases import Case, parse_override
 from sim.validation.metrics import predict
 
@@ -77,18 +76,12 @@ class CaseResult:
 # ----------------------------------------------------------------------------------------------- the job
 
 
-def _project_root() -> Path:
-    """Where hardware_profiles/ lives; the same rule as the loader (``SIM_HOME`` overrides)."""
-    env = os.environ.get("SIM_HOME")
-    return Path(env) if env else Path(sim.__file__).resolve().parent.parent
-
-
 def _read_profile(value: Any, kind: str) -> dict[str, Any] | None:
     if isinstance(value, dict):
         return value
     if not isinstance(value, str):
         return None
-    for p in (Path(value), _project_root() / "hardware_profiles" / kind / f"{value}.yaml"):
+    for p in (Path(value), profiles_dir() / kind / f"{value}.yaml"):
         if p.is_file():
             data = yaml.safe_load(p.read_text())
             return data if isinstance(data, dict) else None
@@ -249,7 +242,7 @@ def run_case(case: Case, mode: str, files: _JobFiles) -> CaseResult:
         res.predicted, res.error = predicted, predicted / m.value - 1.0
         res.step_time_s = result.step_time_s
         res.oom = bool(result.oom)
-        res.peak_memory_per_gpu_gb = result.peak_memory_per_gpu_bytes / 1e9
+        res.peak_memory_per_gpu_gb = result.peak_memory_per_gpu_bytes / GB
         res.warnings = list(getattr(result, "warnings", []) or [])
     except SimInputError as e:
         res.status, res.reason = "not_expressible", str(e)
