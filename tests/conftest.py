@@ -16,6 +16,24 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 
 
+@pytest.fixture(scope="session")
+def default_detailed():
+    """The default DeepSeek-V3 step in detailed mode, simulated once per test run."""
+    from sim.loading import load_scenario
+    from sim.step import simulate_step
+
+    return simulate_step(load_scenario(), mode="detailed")
+
+
+@pytest.fixture(scope="session")
+def default_fast():
+    """The default DeepSeek-V3 step in fast mode, simulated once per test run."""
+    from sim.loading import load_scenario
+    from sim.step import simulate_step
+
+    return simulate_step(load_scenario(), mode="fast")
+
+
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()

@@ -20,14 +20,9 @@ from sim.step import build_context, simulate_step
 from sim.timeline import Category, Stream
 
 
-@pytest.fixture(scope="module")
-def default_step():
-    return simulate_step(load_scenario(), mode="detailed")
-
-
-def test_gpu_hours_per_trillion_tokens_within_10_percent(default_step):
-    assert default_step.gpu_hours_per_trillion_tokens == pytest.approx(180e3, rel=0.10)
-    assert default_step.step_time_s == pytest.approx(19.9, rel=0.10)
+def test_gpu_hours_per_trillion_tokens_within_10_percent(default_detailed):
+    assert default_detailed.gpu_hours_per_trillion_tokens == pytest.approx(180e3, rel=0.10)
+    assert default_detailed.step_time_s == pytest.approx(19.9, rel=0.10)
 
 
 def _middle_pair():
@@ -59,11 +54,11 @@ def _a2a_in_pairs(ctx) -> float:
                for plan in plans)
 
 
-def test_dualpipe_hides_most_of_the_all_to_all():
+def test_dualpipe_hides_most_of_the_all_to_all(default_fast):
     """Running each pair's chunks one after the other exposes the all-to-all the pair hid: the step grows by
     roughly the all-to-all time inside the pairs (less what a backward chunk overlaps on its own: its
     dispatch(B) runs beside its weight gradients)."""
-    base = simulate_step(load_scenario(), mode="fast").step_time_s
+    base = default_fast.step_time_s
     serial = simulate_step(load_scenario(overrides=["parallel.overlap_pairs=false"]), mode="fast").step_time_s
     a2a = _a2a_in_pairs(build_context(load_scenario()))
     assert 0.5 * a2a <= serial - base <= 1.0 * a2a

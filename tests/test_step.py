@@ -18,16 +18,6 @@ from sim.step import simulate_step
 TINY = "workloads/tiny_moe_job.yaml"
 
 
-@pytest.fixture(scope="module")
-def default_detailed():
-    return simulate_step(load_scenario(), mode="detailed")
-
-
-@pytest.fixture(scope="module")
-def default_fast():
-    return simulate_step(load_scenario(), mode="fast")
-
-
 def test_fast_and_detailed_agree_on_default(default_detailed, default_fast):
     assert default_fast.step_time_s == pytest.approx(default_detailed.step_time_s, rel=0.03)
 
