@@ -30,9 +30,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from sim.config import ParallelSpec, Scenario
+from sim.config import ModelSpec, ParallelSpec, Scenario
 from sim.estimate.phases import validate_phase
+from sim.memory import memory_per_rank
+from sim.model.stages import StagePartition, partition
 from sim.pipeline import SCHEDULE_NAMES
+from sim.schedules.formulas import published_bubble
+from sim.schedules.generators import build_schedule
+from sim.schedules.listsched import Durations
 from sim.units import GB
 
 Simulate = Callable[[Scenario], Any]
@@ -67,46 +72,24 @@ def describe(s: Scenario) -> str:
             f"({s.num_microbatches} micro-batches), recompute {p.recompute}")
 
 
-@lru_cache(maxsize=256)
-def _peak_inflight(schedule: str, pp: int, num_microbatches: int, vpp: int) -> tuple[tuple[float, ...], ...]:
-    """Peak in-flight micro-batches per rank and held stage (the schedule's own order; no durations needed)."""
-    from sim.model.memory import default_inflight
-
-    return tuple(tuple(r) for r in default_inflight(schedule, pp, num_microbatches, vpp))
-
-
 @lru_cache(maxsize=64)
-def _partition(model: Any, stages: int, stage_layers: tuple[int, ...] | None, split: str, seq_len: int) -> Any:
-    from sim.model.layout import partition
-
+def _partition(model: ModelSpec, stages: int, stage_layers: tuple[int, ...] | None, split: str, seq_len: int
+               ) -> StagePartition:
     return partition(model, stages, stage_layers, split, seq_len)  # type: ignore[arg-type]
 
 
-def memory_estimate_bytes(s: Scenario) -> float | None:
-    """Peak bytes per GPU before simulating: weights, gradients, optimizer states and the activations of the
-    schedule's peak in-flight micro-batches (``sim.model.memory``); None when the memory model cannot say
-    (the simulation still checks memory)."""
-    try:
-        from sim.model.memory import memory_per_rank
-
-        p = s.parallel
-        inflight = _peak_inflight(p.schedule, p.pp, s.num_microbatches, p.vpp)
-        layout = _partition(s.model, s.num_stages, p.stage_layers, p.stage_split, s.training.seq_len)
-        return max(r.total for r in memory_per_rank(layout, s, inflight))
-    except Exception:  # another module's model: never let it stop an estimate
-        return None
+def memory_estimate_bytes(s: Scenario) -> float:
+    """Peak bytes per GPU before simulating: the same memory model ``sim run`` reports (``sim.memory``)."""
+    p = s.parallel
+    parts = _partition(s.model, s.num_stages, p.stage_layers, p.stage_split, s.training.seq_len)
+    schedule = build_schedule(p.schedule, p.pp, s.num_microbatches, p.vpp)
+    return max(r.total for r in memory_per_rank(s, parts, schedule))
 
 
 def bubble_proxy(s: Scenario) -> float:
     """The published bubble per rank (``sim.schedules.formulas``, F=1, B=2, W=1, F&B=3) in layer-tokens of
     work per GPU: a ranking heuristic for the search only; the simulation decides."""
-    try:
-        from sim.schedules.formulas import published_bubble
-        from sim.schedules.listsched import Durations
-
-        units = published_bubble(s.parallel.schedule, s.parallel.pp, Durations(), s.parallel.vpp)
-    except Exception:  # another module's formula: without it, candidates keep their order
-        return 0.0
+    units = published_bubble(s.parallel.schedule, s.parallel.pp, Durations(), s.parallel.vpp)
     p = s.parallel
     layers = s.model.n_layers + s.model.n_mtp_layers
     return units * layers / s.num_stages * s.tokens_per_microbatch / p.tp
@@ -143,14 +126,14 @@ def check(s: Scenario) -> str | None:
     """Why a legal scenario does not fit in memory (by the estimate), or None."""
     peak = memory_estimate_bytes(s)
     cap = s.cluster.gpu.hbm_bytes
-    if peak is not None and peak > cap:
+    if peak > cap:
         return f"needs {peak / GB:.0f} GB per GPU of {cap / GB:.0f} GB ({describe(s)})"
     return None
 
 
 def _fits(s: Scenario) -> bool:
     peak = memory_estimate_bytes(s)
-    return peak is None or peak <= s.cluster.gpu.hbm_bytes
+    return peak <= s.cluster.gpu.hbm_bytes
 
 
 def search(data: dict[str, Any], base: ParallelSpec, gpus_per_node: int, problem: str, simulate: Simulate,
