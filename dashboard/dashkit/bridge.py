@@ -1,0 +1,489 @@
+"""The dashboard's only caller of ``sim``: scenarios from edits, cached simulations, plain views of the results.
+
+Pages never import ``sim``; they call this module and draw what it returns (dataclasses of numbers and pandas
+frames, cheap to pickle into Streamlit's cache). Every user mistake surfaces as :class:`UserError` naming the
+field, never as a traceback.
+
+- Scenarios are built the way ``sim run`` builds them: the job's YAML mapping (a built-in workload or an
+  upload) is edited as a mapping, written to a temporary file and read back by :func:`sim.loading.load_scenario`.
+  The same edited mapping is what the page offers for download, so the download loads to the same scenario.
+- Results are cached with ``st.cache_data`` keyed on the validated scenario (its canonical JSON) and the tier.
+- Tiers are ``sim.step.MODES``; :func:`interactive_tier` picks the fastest one present for interactive
+  widgets (``analytic`` once the library has it, else ``fast``); ``detailed`` runs on request.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+import yaml
+from pydantic import ValidationError
+
+from dashkit import frames
+from sim import loading
+from sim.calibrate.table import ATTENTION_KINDS, COMPUTE_KINDS, GEMM_KINDS, CalibrationTable, gpu_model_token, load_table, parse_table
+from sim.config import GpuSpec, PrecisionSpec, Scenario, evolve
+from sim.costs.kernels import CostModel
+from sim.errors import SimInputError, format_validation_error
+from sim.experts import POLICIES, simulate_balancing
+from sim.pipeline import SCHEDULE_NAMES
+from sim.step import MODES, simulate_step, with_policy
+
+__all__ = ["POLICIES", "SCHEDULE_NAMES", "UserError"]
+
+DEFAULT_WORKLOAD = "deepseek_v3"
+TIER_SPEED = ("analytic", "fast", "detailed")  # fastest first
+RECOMPUTE = ("none", "selective", "full", "norm_and_up_proj")
+SKEWS = ("balanced", "zipf", "dirichlet")
+#: DeepSeek-V3 tech report (arXiv 2412.19437) section 1 and Table 1, for the default scenario: 180K H800
+#: GPU-hours per trillion tokens on 2,048 H800; per 62.9M-token step that is about 19.9 s and 1,543 tokens/s/GPU.
+PUBLISHED_V3 = {"name": "deepseek-v3-pretrain", "gpu_hours_per_trillion_tokens": 180e3, "num_gpus": 2048,
+                "source": "DeepSeek-V3 tech report, Table 1 (180K H800 GPU-hours per trillion tokens)"}
+
+
+class UserError(Exception):
+    """A mistake in the user's input: ``field`` names it, ``message`` says what is allowed."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        self.field, self.message = field, message
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+def _user_error(e: Exception) -> UserError:
+    """The library's message, with the field it names split off (``parallel.pp: ...``)."""
+    text = format_validation_error(e, Scenario) if isinstance(e, ValidationError) else str(e)
+    if isinstance(e, KeyError) and e.args:
+        text = str(e.args[0])
+    lines = [_split_field(line) for line in text.splitlines() if line.strip()]
+    fields = list(dict.fromkeys(f for f, _ in lines if f))
+    field = getattr(e, "field", None) or (fields[0] if fields else None)
+    message = "\n".join(f"{f}: {m}" if f and f != field else m for f, m in lines) or text
+    return UserError(message, field)
+
+
+_FIELD = re.compile(r"^([A-Za-z_][\w.\-]*|--[\w-]+): (.*)$")
+
+
+def _split_field(line: str) -> tuple[str | None, str]:
+    m = _FIELD.match(line.strip())
+    return (m.group(1), m.group(2)) if m else (None, line)
+
+
+def guarded(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn``; input errors from the library (and ``ValueError``/``KeyError`` of bad values) become
+    :class:`UserError`."""
+    try:
+        return fn(*args, **kwargs)
+    except UserError:
+        raise
+    except (SimInputError, ValidationError, ValueError, KeyError) as e:
+        raise _user_error(e) from None
+
+
+# ------------------------------------------------------------------------------------------------ catalog
+
+
+def tiers() -> tuple[str, ...]:
+    """The library's tiers (modes), fastest first."""
+    known = tuple(t for t in TIER_SPEED if t in MODES)
+    return known + tuple(m for m in MODES if m not in known)
+
+
+def interactive_tier() -> str:
+    """The fastest tier for interactive widgets: ``analytic`` when the library has it, else ``fast``."""
+    return next(t for t in tiers() if t != "detailed")
+
+
+def workloads() -> list[str]:
+    """Built-in training jobs (not bare model architectures), by name."""
+    out = []
+    for p in sorted(loading.workloads_dir().glob("*.yaml")):
+        if not loading.is_model_file(loading.read_yaml(p)):
+            out.append(p.stem)
+    return out
+
+
+def _profiles(kind: str) -> list[str]:
+    return sorted(p.stem for p in (loading.profiles_dir() / kind).glob("*.yaml"))
+
+
+def clusters() -> list[str]:
+    return _profiles("clusters")
+
+
+def gpus() -> list[str]:
+    return _profiles("gpus")
+
+
+def calibration_tables() -> list[str]:
+    return sorted(p.name for p in (loading.profiles_dir() / "calibrated").glob("*.yaml"))
+
+
+def has_library(feature: str) -> bool:
+    """Whether ``sim.<feature>`` exists (``estimate``, ``plan``, ``sweep``, ``validate``)."""
+    import importlib.util
+
+    return importlib.util.find_spec(f"sim.{feature}") is not None
+
+
+# ------------------------------------------------------------------------------------------------ scenarios
+
+
+@dataclass(frozen=True)
+class Edits:
+    """A job and what the dashboard changed in it. ``sets`` are dotted YAML keys of the job file (as
+    ``sim run --set``); ``cluster`` and ``gpu`` are profile names, ``num_gpus`` a count."""
+
+    workload: str = DEFAULT_WORKLOAD
+    upload: str | None = None
+    cluster: str | None = None
+    gpu: str | None = None
+    num_gpus: int | None = None
+    sets: tuple[tuple[str, Any], ...] = ()
+
+
+def _base(edits: Edits) -> tuple[dict[str, Any], Path]:
+    if edits.upload is None:
+        path = guarded(loading.find_workload, edits.workload)
+        return loading.read_yaml(path), path.parent
+    try:
+        raw = yaml.safe_load(edits.upload)
+    except yaml.YAMLError as e:
+        raise UserError(f"not valid YAML: {e}", "uploaded job") from None
+    if not isinstance(raw, dict):
+        raise UserError("expected a mapping (model, cluster, parallel, training, ...)", "uploaded job")
+    return raw, loading.workloads_dir()
+
+
+def _find(ref: str, base: Path, named: Path) -> Path | None:
+    for c in (base / ref, named / ref, named / f"{ref}.yaml"):
+        if c.is_file():
+            return c.resolve()
+    return None
+
+
+def _inline(raw: dict[str, Any], key: str, base: Path) -> None:
+    """Replace a profile reference (``cluster``, ``cluster.gpu``, ``cluster.node``) by its YAML mapping."""
+    parent, _, leaf = key.rpartition(".")
+    node = raw[parent] if parent else raw
+    ref = node.get(leaf)
+    if isinstance(ref, str):
+        sub = {"cluster": "clusters", "cluster.gpu": "gpus", "cluster.node": "nodes"}[key]
+        path = _find(ref, base, loading.profiles_dir() / sub)
+        if path is None:
+            raise UserError(f"{ref!r} is neither a file nor a known profile", key)
+        node[leaf] = loading.read_yaml(path)
+
+
+def _absolute_refs(raw: dict[str, Any], base: Path) -> None:
+    """File references relative to the job's folder become absolute, so the mapping loads from anywhere."""
+    for key, named in (("model", loading.workloads_dir() / "models"), ("cluster", loading.profiles_dir() / "clusters")):
+        ref = raw.get(key)
+        if isinstance(ref, str) and not (named / ref).is_file() and not (named / f"{ref}.yaml").is_file() \
+                and (base / ref).is_file():
+            raw[key] = str((base / ref).resolve())
+    cal = raw.get("calibration")
+    if isinstance(cal, str) and not Path(cal).is_absolute():
+        raw["calibration"] = str((base / cal).resolve())
+
+
+def job_mapping(edits: Edits) -> dict[str, Any]:
+    """The edited job file as a mapping (the download)."""
+    raw, base = _base(edits)
+    raw = copy.deepcopy(raw)
+    _absolute_refs(raw, base)
+    if edits.cluster:
+        raw["cluster"] = edits.cluster
+    needs_cluster = edits.gpu or edits.num_gpus is not None or any(k.startswith("cluster.") for k, _ in edits.sets)
+    if needs_cluster:
+        _inline(raw, "cluster", base)
+        if not isinstance(raw.get("cluster"), dict):
+            raise UserError("missing (a job file names its cluster)", "cluster")
+    if edits.gpu:
+        raw["cluster"]["gpu"] = edits.gpu
+    for part in ("gpu", "node"):
+        if any(k.startswith(f"cluster.{part}.") for k, _ in edits.sets):
+            _inline(raw, f"cluster.{part}", base)
+    if edits.num_gpus is not None:
+        cluster = guarded(loading.resolve_cluster, raw["cluster"], base)
+        per_node = int(cluster["node"].get("gpus_per_node", 8))
+        if edits.num_gpus < 1 or edits.num_gpus % per_node:
+            raise UserError(f"must be a positive multiple of the {per_node} GPUs per node (got {edits.num_gpus})",
+                            "GPU count")
+        raw["cluster"]["num_nodes"] = edits.num_gpus // per_node
+        raw.setdefault("parallel", {})["dp"] = None
+    for key, value in edits.sets:
+        guarded(loading.apply_override, raw, key, value)
+    return raw
+
+
+def job_yaml(edits: Edits) -> str:
+    head = "# Edited in the sim dashboard; run it with: sim run THIS_FILE.yaml\n"
+    return head + yaml.safe_dump(job_mapping(edits), sort_keys=False)
+
+
+def build(edits: Edits) -> Scenario:
+    """The validated scenario of ``edits`` (read back through ``sim.loading.load_scenario``)."""
+    text = job_yaml(edits)
+    with tempfile.TemporaryDirectory(prefix="sim-dashboard-") as tmp:
+        path = Path(tmp) / "job.yaml"
+        path.write_text(text)
+        try:
+            return loading.load_scenario(str(path))
+        except SimInputError as e:
+            raise _user_error(e) from None
+
+
+def key(scenario: Scenario) -> str:
+    """The cache key of a validated scenario."""
+    return scenario.model_dump_json()
+
+
+def restore(scenario_key: str) -> Scenario:
+    return Scenario.model_validate_json(scenario_key)
+
+
+def changed(scenario: Scenario, changes: dict[str, Any]) -> Scenario:
+    """``scenario`` with dotted fields replaced and validated again (page-local what-ifs)."""
+    return guarded(evolve, scenario, changes)
+
+
+def with_balancing(scenario: Scenario, policy: str) -> Scenario:
+    return guarded(with_policy, scenario, policy)
+
+
+def describe(s: Scenario) -> dict[str, Any]:
+    """The values the Scenario page's widgets start from."""
+    p, pr = s.parallel, s.precision
+    return {"name": s.name, "cluster": s.cluster.name, "gpu": s.cluster.gpu.name, "num_gpus": s.num_gpus,
+            "gpus_per_node": s.cluster.node.gpus_per_node, "tp": p.tp, "pp": p.pp, "ep": p.ep, "dp": s.dp,
+            "schedule": p.schedule, "vpp": p.vpp, "micro_batch_size": p.micro_batch_size,
+            "num_microbatches": s.num_microbatches, "global_batch_size": s.training.global_batch_size,
+            "seq_len": s.training.seq_len, "precision": pr.fprop, "comm_sms": p.comm_sms,
+            "num_sms": s.cluster.gpu.num_sms, "recompute": p.recompute, "policy": s.experts.policy,
+            "skew": s.experts.skew, "is_moe": s.model.is_moe, "model": s.model.name,
+            "nic_gb_per_s": s.cluster.node.nic_achievable_gb_per_s,
+            "nvlink_gb_per_s": s.cluster.node.nvlink_achievable_gb_per_s,
+            "usd_per_gpu_hour": s.cluster.usd_per_gpu_hour}
+
+
+def is_published_default(s: Scenario) -> bool:
+    return s.name == PUBLISHED_V3["name"] and s.num_gpus == PUBLISHED_V3["num_gpus"]
+
+
+def published_v3(s: Scenario) -> dict[str, float]:
+    """DeepSeek-V3's published GPU-hours per trillion tokens and what it implies for this step."""
+    gh = PUBLISHED_V3["gpu_hours_per_trillion_tokens"]
+    tps = 1e12 / (gh * 3600)
+    return {"gpu_hours_per_trillion_tokens": gh, "tokens_per_s_per_gpu": tps,
+            "step_time_s": s.training.tokens_per_step / (tps * s.num_gpus)}
+
+
+# ------------------------------------------------------------------------------------------------ simulation
+
+
+@dataclass
+class StepView:
+    """What the pages show of one simulated step."""
+
+    tier: str
+    step_time_s: float
+    mfu: dict[str, float | None]
+    tokens_per_s_per_gpu: float
+    gpu_hours_per_trillion_tokens: float
+    peak_memory_bytes: float
+    memory_capacity_bytes: float
+    oom: bool
+    breakdown_s: dict[str, float]
+    wall_time_s: float
+    memory: pd.DataFrame
+    warnings: list[str]
+    notes: list[str]
+    actions: pd.DataFrame | None = None
+    bubbles: pd.DataFrame | None = None
+    exposed: pd.DataFrame | None = None
+    tasks: pd.DataFrame | None = None
+    links: pd.DataFrame | None = None
+    link_busy: pd.DataFrame | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def step(scenario_key: str, tier: str, trace: bool = False) -> StepView:
+    """One step of the scenario at ``tier``; ``trace`` keeps the timeline (actions; tasks and links in detail)."""
+    s = restore(scenario_key)
+    r = guarded(simulate_step, s, mode=tier, record_trace=trace and tier != "analytic")
+    view = StepView(tier=tier, step_time_s=r.step_time_s, mfu=dict(r.mfu), tokens_per_s_per_gpu=r.tokens_per_s_per_gpu,
+                    gpu_hours_per_trillion_tokens=r.gpu_hours_per_trillion_tokens,
+                    peak_memory_bytes=r.peak_memory_per_gpu_bytes, memory_capacity_bytes=r.memory_capacity_bytes,
+                    oom=r.oom, breakdown_s=dict(r.breakdown_s), wall_time_s=r.wall_time_s,
+                    memory=pd.DataFrame(r.memory_per_rank), warnings=list(r.warnings), notes=list(r.notes))
+    tr = r.trace
+    if trace and tr is not None and tr.actions:
+        view.actions = frames.actions(tr.actions)
+        view.bubbles = frames.bubbles(view.actions, r.step_time_s)
+        if tr.tasks:
+            view.tasks = frames.tasks(tr.tasks)
+            view.exposed = frames.exposed(view.actions, view.tasks)
+            view.links = frames.link_series(tr.links.intervals, r.step_time_s, len(r.finish_per_rank_s))
+        view.link_busy = frames.link_busy(tr.links.busy_s, r.step_time_s)
+    return view
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def schedules(scenario_key: str, tier: str) -> pd.DataFrame:
+    """The scenario's step under every schedule: step time, bubble fraction, peak memory, or the reason it
+    cannot run (a violated precondition, named)."""
+    s = restore(scenario_key)
+    rows = []
+    for name in SCHEDULE_NAMES:
+        vpp = max(2, s.parallel.vpp) if name == "interleaved-1f1b" else 1
+        row: dict[str, Any] = {"schedule": name, "vpp": vpp}
+        try:
+            v = step(key(changed(s, {"parallel.schedule": name, "parallel.vpp": vpp})), tier, True)
+        except UserError as e:
+            row["problem"] = str(e)
+        else:
+            row.update(step_time_s=v.step_time_s, bubble_frac=v.breakdown_s["bubble"] / v.step_time_s,
+                       exposed_comm_frac=v.breakdown_s["exposed_comm"] / v.step_time_s,
+                       peak_memory_gib=v.peak_memory_bytes / 2**30, oom=v.oom, actions=v.actions)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@dataclass
+class Balancing:
+    policy: str
+    imbalance: pd.DataFrame   # step, mean, worst
+    heatmap: pd.DataFrame     # step, expert (rank by initial load), relative load
+    heatmap_layer: int
+    final_imbalance: float
+
+
+def balancing_start(s: Scenario, skew: str) -> Scenario:
+    """Balancing needs skewed routing: a balanced workload starts from ``skew`` (as ``sim experts`` does)."""
+    if not s.model.is_moe:
+        raise UserError(f"{s.model.name} has no routed experts", "model.n_routed_experts")
+    return s if s.experts.skew != "balanced" else changed(s, {"experts.skew": skew})
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def balancing(scenario_key: str, policy: str, steps: int) -> Balancing:
+    s = with_balancing(restore(scenario_key), policy)
+    h = guarded(simulate_balancing, s, steps, record_bias=False)
+    return Balancing(policy, frames.imbalance(h.imbalance_by_step, h.imbalance_max_by_step),
+                     frames.heatmap(h.heatmap_loads), h.heatmap_layer, float(h.imbalance_by_step[-1]))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def policy_step_time(scenario_key: str, policy: str, tier: str) -> float:
+    return step(key(with_balancing(restore(scenario_key), policy)), tier).step_time_s
+
+
+# ------------------------------------------------------------------------------------------------ calibration
+
+
+def read_table(name: str | None = None, text: str | None = None) -> CalibrationTable:
+    """A bundled table by file name, or an uploaded one."""
+    if text is not None:
+        return guarded(parse_table, text, "uploaded table")
+    return guarded(load_table, loading.profiles_dir() / "calibrated" / str(name))
+
+
+def gpu_for(table: CalibrationTable) -> GpuSpec | None:
+    """The GPU profile the table was measured on (by model name), if there is one."""
+    for name in gpus():
+        spec = guarded(GpuSpec.model_validate, loading.read_yaml(loading.profiles_dir() / "gpus" / f"{name}.yaml"))
+        if gpu_model_token(spec.name) == gpu_model_token(table.device.name):
+            return spec
+    return None
+
+
+def _peak(gpu: GpuSpec, e: Any) -> float | None:
+    """The peak an entry's rate is a fraction of: the dtype's tensor peak, or HBM bandwidth for memory kinds."""
+    if e.kind in COMPUTE_KINDS:
+        try:
+            return gpu.peak_flops_per_s(e.dtype)
+        except ValueError:
+            return None
+    return gpu.hbm_bandwidth_bytes_per_s if e.kind in ("memory", "optimizer") else None
+
+
+def _modelled_seconds(model: CostModel, e: Any, m: float) -> float | None:
+    """Seconds the profile's roofline (no table) gives an entry's family at size ``m``."""
+    sh = e.shape
+    if e.kind in GEMM_KINDS:
+        groups = int(sh.get("groups", 1))
+        rows = (m / groups,) * groups if groups > 1 else None
+        return model.gemm_seconds(m, int(sh["n"]), int(sh["k"]), e.dtype if e.dtype != "fp16" else "bf16", rows)
+    if e.kind in ATTENTION_KINDS:
+        passes = {"attention_fwd": "fwd", "attention_bwd": "dgrad"}
+        return model.attention_seconds(passes[e.kind], m * sh.get("batch", 1.0), int(m), int(sh["heads"]),
+                                       int(sh["qk_dim"]), int(sh["v_dim"]), bool(sh.get("causal", 1.0)))
+    if e.kind in ("memory", "optimizer"):
+        return model.memory_seconds_raw(m) + model.gpu.efficiency.kernel_overhead_us * 1e-6
+    return None
+
+
+def calibration_frames(table: CalibrationTable, gpu: GpuSpec | None, points: int = 24
+                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Measured points and modelled curves (the GPU profile's roofline without the table): the fraction of the
+    peak (tensor FLOP/s, or HBM bandwidth) reached at each size; communication kinds in GB/s, measured only."""
+    import numpy as np
+
+    model = CostModel(gpu, PrecisionSpec(attention="bf16")) if gpu is not None else None
+    measured, curves = [], []
+    families: dict[str, list[Any]] = {}
+    for e in table.entries:
+        fam = frames.family_label(e.kind, e.dtype, e.name, e.gemm_pass, e.shape)
+        families.setdefault(fam, []).append(e)
+        peak = _peak(gpu, e) if gpu is not None else None
+        measured.append({"family": fam, "kind": e.kind, "dtype": e.dtype, "size": e.size, "rate": e.rate,
+                         "efficiency": e.rate / peak if peak else None, "seconds": e.seconds, "note": e.note})
+    for fam, es in families.items():
+        e = es[0]
+        peak = _peak(gpu, e) if gpu is not None else None
+        if model is None or not peak:
+            continue
+        lo, hi = min(x.size for x in es), max(x.size for x in es)
+        for m in np.geomspace(lo / 2, hi * 2, points):
+            secs = guarded(_modelled_seconds, model, e, float(m))
+            if secs:
+                work = e.work * (m / e.size) if e.kind not in ATTENTION_KINDS else e.work * (m / e.size) ** 2
+                curves.append({"family": fam, "kind": e.kind, "size": float(m), "efficiency": work / secs / peak})
+    return pd.DataFrame(measured), pd.DataFrame(curves)
+
+
+def table_summary(table: CalibrationTable) -> dict[str, Any]:
+    d = table.device
+    return {"device": d.name, "kind": d.kind, "source": d.source, "created": d.created,
+            "entries": len(table.entries), "notes": table.notes}
+
+
+
+
+def hardware_defaults(edits: Edits) -> dict[str, Any]:
+    """The job's cluster profile (by name, None when inlined), its GPU profile and GPU count."""
+    raw, base = _base(edits)
+    raw = copy.deepcopy(raw)
+    if edits.cluster:
+        raw["cluster"] = edits.cluster
+    ref = raw.get("cluster")
+    path = _find(ref, base, loading.profiles_dir() / "clusters") if isinstance(ref, str) else None
+    _inline(raw, "cluster", base)
+    cluster = raw.get("cluster")
+    if not isinstance(cluster, dict):
+        raise UserError("missing (a job file names its cluster)", "cluster")
+    gpu = cluster.get("gpu")
+    resolved = guarded(loading.resolve_cluster, cluster, base)
+    per_node = int(resolved["node"].get("gpus_per_node", 8))
+    return {"cluster": path.stem if path else None, "gpu": Path(gpu).stem if isinstance(gpu, str) else None,
+            "num_gpus": int(resolved.get("num_nodes", 1)) * per_node, "gpus_per_node": per_node}

@@ -1,0 +1,97 @@
+"""Altair charts (Vega-Lite: zoom, pan and hover in the browser), one function per kind of figure.
+
+Every chart of the dashboard comes from here so colours and encodings stay the same across pages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import altair as alt
+import pandas as pd
+
+CATEGORY_COLORS = {
+    "forward": "#4c78a8", "backward": "#e45756", "backward_input": "#f58518", "backward_weight": "#eeca3b",
+    "overlapped": "#7b4ea3", "optimizer": "#54a24b", "exposed_comm": "#d62728",
+    "exposed communication": "#d62728", "bubble": "#c7c7c7",
+}
+LABELS = {"forward": "forward", "backward": "backward", "backward_input": "backward (input)",
+          "backward_weight": "backward (weights)", "overlapped": "overlapped F&B", "optimizer": "optimizer",
+          "exposed_comm": "exposed communication", "bubble": "bubble"}
+
+
+def _color(domain: Sequence[str], title: str = "") -> alt.Color:
+    dom = [c for c in CATEGORY_COLORS if c in set(domain)]
+    return alt.Color("category:N", title=title or None, scale=alt.Scale(domain=dom,
+                     range=[CATEGORY_COLORS[c] for c in dom]), legend=alt.Legend(orient="bottom"))
+
+
+def breakdown(breakdown_s: dict[str, float]) -> alt.Chart:
+    """The step's seconds by category as one horizontal stacked bar."""
+    total = sum(breakdown_s.values()) or 1.0
+    df = pd.DataFrame([{"category": k, "what": LABELS.get(k, k), "seconds": v, "share": v / total, "row": "step"}
+                       for k, v in breakdown_s.items() if v > 0])
+    order = {c: i for i, c in enumerate(CATEGORY_COLORS)}
+    df["order"] = df["category"].map(order)
+    return alt.Chart(df).mark_bar().encode(
+        x=alt.X("seconds:Q", stack="zero", title="seconds per step (mean over pipeline ranks)"),
+        y=alt.Y("row:N", title=None, axis=None), color=_color(df["category"].tolist()),
+        order=alt.Order("order:Q"),
+        tooltip=[alt.Tooltip("what:N", title="part"), alt.Tooltip("seconds:Q", format=".3f"),
+                 alt.Tooltip("share:Q", format=".1%")],
+    ).properties(height=90)
+
+
+def gantt(df: pd.DataFrame, title: str = "", height: int | None = None, zoom: bool = True) -> alt.Chart:
+    """Bars per rank over time: ``rank, start, end, label, category`` (actions, bubbles, exposed stretches)."""
+    ranks = df["rank"].nunique() if len(df) else 1
+    d = df.assign(duration_ms=(df["end"] - df["start"]) * 1e3)
+    chart = alt.Chart(d).mark_bar(clip=True).encode(
+        x=alt.X("start:Q", title="seconds into the step"), x2="end:Q",
+        y=alt.Y("rank:O", title="pipeline rank"), color=_color(d["category"].unique().tolist()),
+        tooltip=[alt.Tooltip("label:N", title="phase"), alt.Tooltip("category:N"), alt.Tooltip("rank:O"),
+                 alt.Tooltip("start:Q", format=".4f"), alt.Tooltip("duration_ms:Q", format=".2f", title="ms")],
+    ).properties(height=height or max(120, 16 * ranks), title=title)
+    return chart.interactive(bind_y=False) if zoom else chart
+
+
+def lines(df: pd.DataFrame, x: str, y: str, series: str, x_title: str, y_title: str, log_x: bool = False
+          ) -> alt.Chart:
+    scale = alt.Scale(type="log") if log_x else alt.Undefined
+    return alt.Chart(df).mark_line().encode(
+        x=alt.X(f"{x}:Q", title=x_title, scale=scale), y=alt.Y(f"{y}:Q", title=y_title),
+        color=alt.Color(f"{series}:N", title=None, legend=alt.Legend(orient="bottom")),
+        tooltip=[series, alt.Tooltip(x, format=",.4g"), alt.Tooltip(y, format=".3f")],
+    ).interactive(bind_y=False)
+
+
+def heatmap(df: pd.DataFrame) -> alt.Chart:
+    """Relative load per step and expert (log colour scale around 1 = the mean)."""
+    return alt.Chart(df).mark_rect().encode(
+        x=alt.X("step:O", title="training step", axis=alt.Axis(labelOverlap=True)),
+        y=alt.Y("expert:O", title="expert (sorted by load at step 0)", axis=None),
+        color=alt.Color("relative_load:Q", title="load / mean",
+                        scale=alt.Scale(type="log", scheme="redblue", reverse=True, domainMid=1.0)),
+        tooltip=["step", "expert_id", alt.Tooltip("relative_load:Q", format=".2f")],
+    ).properties(height=300)
+
+
+def bars(df: pd.DataFrame, x: str, y: str, x_title: str, y_title: str, color: str | None = None) -> alt.Chart:
+    enc = {"x": alt.X(f"{x}:N", title=x_title, sort=None), "y": alt.Y(f"{y}:Q", title=y_title),
+           "tooltip": list(df.columns)}
+    if color:
+        enc["color"] = alt.Color(f"{color}:N", title=None, legend=None)
+    return alt.Chart(df).mark_bar().encode(**enc)
+
+
+def calibration(measured: pd.DataFrame, curves: pd.DataFrame, y: str, y_title: str) -> alt.LayerChart:
+    """Measured points over modelled curves, per family, on a log size axis."""
+    pts = alt.Chart(measured).mark_point(filled=True, size=70).encode(
+        x=alt.X("size:Q", scale=alt.Scale(type="log"), title="size (rows, sequence length or bytes)"),
+        y=alt.Y(f"{y}:Q", title=y_title), color=alt.Color("family:N", legend=alt.Legend(orient="bottom", columns=2)),
+        tooltip=["family", alt.Tooltip("size:Q", format=",.0f"), alt.Tooltip(f"{y}:Q", format=".3f"), "note"])
+    if curves.empty:
+        return alt.layer(pts).interactive()
+    line = alt.Chart(curves).mark_line(strokeDash=[4, 3]).encode(
+        x="size:Q", y=f"{y}:Q", color="family:N", tooltip=["family", alt.Tooltip(f"{y}:Q", format=".3f")])
+    return alt.layer(line, pts).interactive()
