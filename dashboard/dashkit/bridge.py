@@ -41,6 +41,7 @@ __all__ = ["POLICIES", "SCHEDULE_NAMES", "UserError"]
 
 DEFAULT_WORKLOAD = "deepseek_v3"
 TIER_SPEED = ("analytic", "fast", "detailed")  # fastest first
+TRACE_TIER = "fast"  # the fastest tier that records a timeline of actions
 RECOMPUTE = ("none", "selective", "full", "norm_and_up_proj")
 SKEWS = ("balanced", "zipf", "dirichlet")
 #: DeepSeek-V3 tech report (arXiv 2412.19437) section 1 and Table 1, for the default scenario: 180K H800
@@ -305,6 +306,7 @@ class StepView:
     breakdown_s: dict[str, float]
     wall_time_s: float
     memory: pd.DataFrame
+    per_rank: pd.DataFrame  # rank x breakdown category, seconds
     warnings: list[str]
     notes: list[str]
     actions: pd.DataFrame | None = None
@@ -325,7 +327,8 @@ def step(scenario_key: str, tier: str, trace: bool = False) -> StepView:
                     gpu_hours_per_trillion_tokens=r.gpu_hours_per_trillion_tokens,
                     peak_memory_bytes=r.peak_memory_per_gpu_bytes, memory_capacity_bytes=r.memory_capacity_bytes,
                     oom=r.oom, breakdown_s=dict(r.breakdown_s), wall_time_s=r.wall_time_s,
-                    memory=pd.DataFrame(r.memory_per_rank), warnings=list(r.warnings), notes=list(r.notes))
+                    memory=pd.DataFrame(r.memory_per_rank),
+                    per_rank=pd.DataFrame(r.breakdown_per_rank_s).rename_axis("rank").reset_index(), warnings=list(r.warnings), notes=list(r.notes))
     tr = r.trace
     if trace and tr is not None and tr.actions:
         view.actions = frames.actions(tr.actions)
@@ -338,25 +341,60 @@ def step(scenario_key: str, tier: str, trace: bool = False) -> StepView:
     return view
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def schedules(scenario_key: str, tier: str) -> pd.DataFrame:
-    """The scenario's step under every schedule: step time, bubble fraction, peak memory, or the reason it
-    cannot run (a violated precondition, named)."""
+@st.cache_data(show_spinner=False, max_entries=64)
+def schedule_row(scenario_key: str, name: str, tier: str = "fast") -> dict[str, Any]:
+    """The scenario's step under schedule ``name`` (``vpp`` 2 for interleaved 1F1B): step time, bubble and
+    exposed-communication fractions, peak memory and the actions, or the violated precondition, named."""
     s = restore(scenario_key)
-    rows = []
-    for name in SCHEDULE_NAMES:
-        vpp = max(2, s.parallel.vpp) if name == "interleaved-1f1b" else 1
-        row: dict[str, Any] = {"schedule": name, "vpp": vpp}
-        try:
-            v = step(key(changed(s, {"parallel.schedule": name, "parallel.vpp": vpp})), tier, True)
-        except UserError as e:
-            row["problem"] = str(e)
-        else:
-            row.update(step_time_s=v.step_time_s, bubble_frac=v.breakdown_s["bubble"] / v.step_time_s,
-                       exposed_comm_frac=v.breakdown_s["exposed_comm"] / v.step_time_s,
-                       peak_memory_gib=v.peak_memory_bytes / 2**30, oom=v.oom, actions=v.actions)
-        rows.append(row)
-    return pd.DataFrame(rows)
+    vpp = max(2, s.parallel.vpp) if name == "interleaved-1f1b" else 1
+    row: dict[str, Any] = {"schedule": name, "vpp": vpp}
+    try:
+        v = step(key(changed(s, {"parallel.schedule": name, "parallel.vpp": vpp})), tier, True)
+    except UserError as e:
+        row["problem"] = str(e)
+    else:
+        row.update(step_time_s=v.step_time_s, bubble_frac=v.breakdown_s["bubble"] / v.step_time_s,
+                   exposed_comm_frac=v.breakdown_s["exposed_comm"] / v.step_time_s,
+                   peak_memory_gib=v.peak_memory_bytes / 2**30, oom=v.oom, problem=None, actions=v.actions)
+    return row
+
+
+def network_what_if(s: Scenario, ib_scale: float, nvlink_scale: float, comm_sms: int) -> Scenario:
+    """``s`` with IB and NVLink bandwidth (line rate and achievable together) scaled and ``comm_sms`` set."""
+    n = s.cluster.node
+    changes: dict[str, Any] = {}
+    if ib_scale != 1:
+        changes |= {"cluster.node.nic_gbit_per_s": n.nic_gbit_per_s * ib_scale,
+                    "cluster.node.nic_achievable_gb_per_s": n.nic_achievable_gb_per_s * ib_scale}
+    if nvlink_scale != 1:
+        changes |= {"cluster.node.nvlink_gb_per_s": n.nvlink_gb_per_s * nvlink_scale,
+                    "cluster.node.nvlink_achievable_gb_per_s": n.nvlink_achievable_gb_per_s * nvlink_scale}
+    if comm_sms != s.parallel.comm_sms:
+        changes["parallel.comm_sms"] = comm_sms
+    return changed(s, changes) if changes else s
+
+
+def comm_summary(view: StepView) -> dict[str, Any]:
+    """Per rank, communication seconds (comm and data-parallel streams) split into exposed (the compute
+    stream waits for it, from the breakdown) and hidden (the rest); needs a detailed view."""
+    if view.tasks is None:
+        raise UserError("needs the detailed tier", "tier")
+    t = view.tasks[view.tasks["stream"] != "compute"]
+    comm = (t["end"] - t["start"]).groupby(t["rank"]).sum().reindex(view.per_rank["rank"], fill_value=0.0)
+    exposed = view.per_rank.set_index("rank")["exposed_comm"]
+    hidden = (comm - exposed).clip(lower=0.0)
+    rows = [{"rank": r, "part": part, "seconds": float(v)} for part, ser in (("hidden", hidden), ("exposed", exposed))
+            for r, v in ser.items()]
+    total = float(comm.mean())
+    return {"comm_s": total, "hidden_frac": float(hidden.mean()) / total if total > 0 else 0.0,
+            "per_rank": pd.DataFrame(rows)}
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def comm_sms_step(scenario_key: str, comm_sms: int, tier: str) -> tuple[float, float]:
+    """Step time and exposed communication with ``comm_sms`` SMs held by communication kernels."""
+    v = step(key(changed(restore(scenario_key), {"parallel.comm_sms": comm_sms})), tier)
+    return v.step_time_s, v.breakdown_s["exposed_comm"]
 
 
 @dataclass
@@ -446,8 +484,10 @@ def calibration_frames(table: CalibrationTable, gpu: GpuSpec | None, points: int
         fam = frames.family_label(e.kind, e.dtype, e.name, e.gemm_pass, e.shape)
         families.setdefault(fam, []).append(e)
         peak = _peak(gpu, e) if gpu is not None else None
+        at = guarded(_modelled_seconds, model, e, e.size) if model is not None and peak else None
         measured.append({"family": fam, "kind": e.kind, "dtype": e.dtype, "size": e.size, "rate": e.rate,
-                         "efficiency": e.rate / peak if peak else None, "seconds": e.seconds, "note": e.note})
+                         "efficiency": e.rate / peak if peak else None, "seconds": e.seconds,
+                         "modelled_seconds": at, "note": e.note})
     for fam, es in families.items():
         e = es[0]
         peak = _peak(gpu, e) if gpu is not None else None

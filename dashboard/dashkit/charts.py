@@ -55,6 +55,16 @@ def gantt(df: pd.DataFrame, title: str = "", height: int | None = None, zoom: bo
     return chart.interactive(bind_y=False) if zoom else chart
 
 
+def task_lanes(tasks: pd.DataFrame) -> alt.Chart:
+    """One rank's tasks on its streams (compute, comm, dp), coloured by phase."""
+    d = tasks.assign(ms=(tasks["end"] - tasks["start"]) * 1e3)
+    return alt.Chart(d).mark_bar(clip=True).encode(
+        x=alt.X("start:Q", title="seconds into the step"), x2="end:Q", y=alt.Y("stream:N", title=None),
+        color=alt.Color("name:N", title="phase", legend=alt.Legend(orient="bottom", columns=8)),
+        tooltip=[alt.Tooltip("name:N", title="phase"), "action", "stream", alt.Tooltip("ms:Q", format=".3f")],
+    ).properties(height=150).interactive(bind_y=False)
+
+
 def lines(df: pd.DataFrame, x: str, y: str, series: str, x_title: str, y_title: str, log_x: bool = False
           ) -> alt.Chart:
     scale = alt.Scale(type="log") if log_x else alt.Undefined
@@ -63,6 +73,16 @@ def lines(df: pd.DataFrame, x: str, y: str, series: str, x_title: str, y_title: 
         color=alt.Color(f"{series}:N", title=None, legend=alt.Legend(orient="bottom")),
         tooltip=[series, alt.Tooltip(x, format=",.4g"), alt.Tooltip(y, format=".3f")],
     ).interactive(bind_y=False)
+
+
+def stacked(df: pd.DataFrame, x: str, y: str, part: str, x_title: str, y_title: str) -> alt.Chart:
+    colors = {"exposed": CATEGORY_COLORS["exposed_comm"], "hidden": "#9ecae9"}
+    dom = [p for p in colors if p in set(df[part])] or sorted(set(df[part]))
+    return alt.Chart(df).mark_bar().encode(
+        x=alt.X(f"{x}:O", title=x_title), y=alt.Y(f"{y}:Q", title=y_title, stack="zero"),
+        color=alt.Color(f"{part}:N", title=None, scale=alt.Scale(domain=dom, range=[colors.get(p, "#888") for p in dom]),
+                        legend=alt.Legend(orient="bottom")),
+        tooltip=[x, part, alt.Tooltip(f"{y}:Q", format=".3f")])
 
 
 def heatmap(df: pd.DataFrame) -> alt.Chart:
