@@ -7,7 +7,6 @@ page's widget values are kept across pages (Streamlit forgets the state of widge
 from __future__ import annotations
 
 import streamlit as st
-
 from dashkit.pages import discover
 
 st.set_page_config(page_title="sim: what-if dashboard", page_icon=":material/memory:", layout="wide")

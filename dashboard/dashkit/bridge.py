@@ -15,12 +15,10 @@ field, never as a traceback.
 from __future__ import annotations
 
 import copy
-import re
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pandas as pd
 import streamlit as st
@@ -28,34 +26,44 @@ import yaml
 from pydantic import ValidationError
 
 from dashkit import frames
+from dashkit.results import (
+    DEFAULT_WORKLOAD,
+    PUBLISHED_V3,
+    Balancing,
+    Edits,
+    StepView,
+    UserError,
+    comm_summary,
+    describe,
+    is_published_default,
+    published_v3,
+    split_field,
+)
 from sim import loading
-from sim.calibrate.table import ATTENTION_KINDS, COMPUTE_KINDS, GEMM_KINDS, CalibrationTable, gpu_model_token, load_table, parse_table
-from sim.config import GpuSpec, PrecisionSpec, Scenario, evolve
+from sim.calibrate.table import (
+    ATTENTION_KINDS,
+    COMPUTE_KINDS,
+    GEMM_KINDS,
+    CalibrationTable,
+    gpu_model_token,
+    load_table,
+    parse_table,
+)
+from sim.config import ExpertLoadSpec, GpuSpec, ParallelSpec, PrecisionSpec, Scenario, evolve
 from sim.costs.kernels import CostModel
 from sim.errors import SimInputError, format_validation_error
 from sim.experts import POLICIES, simulate_balancing
 from sim.pipeline import SCHEDULE_NAMES
 from sim.step import MODES, simulate_step, with_policy
 
-__all__ = ["POLICIES", "SCHEDULE_NAMES", "UserError"]
+__all__ = ["DEFAULT_WORKLOAD", "POLICIES", "PUBLISHED_V3", "SCHEDULE_NAMES", "Balancing", "Edits", "StepView",
+           "UserError", "comm_summary", "describe", "is_published_default", "published_v3"]
 
-DEFAULT_WORKLOAD = "deepseek_v3"
 TIER_SPEED = ("analytic", "fast", "detailed")  # fastest first
 TRACE_TIER = "fast"  # the fastest tier that records a timeline of actions
-RECOMPUTE = ("none", "selective", "full", "norm_and_up_proj")
-SKEWS = ("balanced", "zipf", "dirichlet")
-#: DeepSeek-V3 tech report (arXiv 2412.19437) section 1 and Table 1, for the default scenario: 180K H800
-#: GPU-hours per trillion tokens on 2,048 H800; per 62.9M-token step that is about 19.9 s and 1,543 tokens/s/GPU.
-PUBLISHED_V3 = {"name": "deepseek-v3-pretrain", "gpu_hours_per_trillion_tokens": 180e3, "num_gpus": 2048,
-                "source": "DeepSeek-V3 tech report, Table 1 (180K H800 GPU-hours per trillion tokens)"}
+RECOMPUTE: tuple[str, ...] = get_args(ParallelSpec.model_fields["recompute"].annotation)
+SKEWS = tuple(k for k in get_args(ExpertLoadSpec.model_fields["skew"].annotation) if k != "histogram")
 
-
-class UserError(Exception):
-    """A mistake in the user's input: ``field`` names it, ``message`` says what is allowed."""
-
-    def __init__(self, message: str, field: str | None = None) -> None:
-        self.field, self.message = field, message
-        super().__init__(f"{field}: {message}" if field else message)
 
 
 def _user_error(e: Exception) -> UserError:
@@ -63,19 +71,11 @@ def _user_error(e: Exception) -> UserError:
     text = format_validation_error(e, Scenario) if isinstance(e, ValidationError) else str(e)
     if isinstance(e, KeyError) and e.args:
         text = str(e.args[0])
-    lines = [_split_field(line) for line in text.splitlines() if line.strip()]
+    lines = [split_field(line) for line in text.splitlines() if line.strip()]
     fields = list(dict.fromkeys(f for f, _ in lines if f))
     field = getattr(e, "field", None) or (fields[0] if fields else None)
     message = "\n".join(f"{f}: {m}" if f and f != field else m for f, m in lines) or text
     return UserError(message, field)
-
-
-_FIELD = re.compile(r"^([A-Za-z_][\w.\-]*|--[\w-]+): (.*)$")
-
-
-def _split_field(line: str) -> tuple[str | None, str]:
-    m = _FIELD.match(line.strip())
-    return (m.group(1), m.group(2)) if m else (None, line)
 
 
 def guarded(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -136,19 +136,6 @@ def has_library(feature: str) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ scenarios
-
-
-@dataclass(frozen=True)
-class Edits:
-    """A job and what the dashboard changed in it. ``sets`` are dotted YAML keys of the job file (as
-    ``sim run --set``); ``cluster`` and ``gpu`` are profile names, ``num_gpus`` a count."""
-
-    workload: str = DEFAULT_WORKLOAD
-    upload: str | None = None
-    cluster: str | None = None
-    gpu: str | None = None
-    num_gpus: int | None = None
-    sets: tuple[tuple[str, Any], ...] = ()
 
 
 def _base(edits: Edits) -> tuple[dict[str, Any], Path]:
@@ -261,63 +248,6 @@ def with_balancing(scenario: Scenario, policy: str) -> Scenario:
     return guarded(with_policy, scenario, policy)
 
 
-def describe(s: Scenario) -> dict[str, Any]:
-    """The values the Scenario page's widgets start from."""
-    p, pr = s.parallel, s.precision
-    return {"name": s.name, "cluster": s.cluster.name, "gpu": s.cluster.gpu.name, "num_gpus": s.num_gpus,
-            "gpus_per_node": s.cluster.node.gpus_per_node, "tp": p.tp, "pp": p.pp, "ep": p.ep, "dp": s.dp,
-            "schedule": p.schedule, "vpp": p.vpp, "micro_batch_size": p.micro_batch_size,
-            "num_microbatches": s.num_microbatches, "global_batch_size": s.training.global_batch_size,
-            "seq_len": s.training.seq_len, "precision": pr.fprop, "comm_sms": p.comm_sms,
-            "num_sms": s.cluster.gpu.num_sms, "recompute": p.recompute, "policy": s.experts.policy,
-            "skew": s.experts.skew, "is_moe": s.model.is_moe, "model": s.model.name,
-            "nic_gb_per_s": s.cluster.node.nic_achievable_gb_per_s,
-            "nvlink_gb_per_s": s.cluster.node.nvlink_achievable_gb_per_s,
-            "usd_per_gpu_hour": s.cluster.usd_per_gpu_hour}
-
-
-def is_published_default(s: Scenario) -> bool:
-    return s.name == PUBLISHED_V3["name"] and s.num_gpus == PUBLISHED_V3["num_gpus"]
-
-
-def published_v3(s: Scenario) -> dict[str, float]:
-    """DeepSeek-V3's published GPU-hours per trillion tokens and what it implies for this step."""
-    gh = PUBLISHED_V3["gpu_hours_per_trillion_tokens"]
-    tps = 1e12 / (gh * 3600)
-    return {"gpu_hours_per_trillion_tokens": gh, "tokens_per_s_per_gpu": tps,
-            "step_time_s": s.training.tokens_per_step / (tps * s.num_gpus)}
-
-
-# ------------------------------------------------------------------------------------------------ simulation
-
-
-@dataclass
-class StepView:
-    """What the pages show of one simulated step."""
-
-    tier: str
-    step_time_s: float
-    mfu: dict[str, float | None]
-    tokens_per_s_per_gpu: float
-    gpu_hours_per_trillion_tokens: float
-    peak_memory_bytes: float
-    memory_capacity_bytes: float
-    oom: bool
-    breakdown_s: dict[str, float]
-    wall_time_s: float
-    memory: pd.DataFrame
-    per_rank: pd.DataFrame  # rank x breakdown category, seconds
-    warnings: list[str]
-    notes: list[str]
-    actions: pd.DataFrame | None = None
-    bubbles: pd.DataFrame | None = None
-    exposed: pd.DataFrame | None = None
-    tasks: pd.DataFrame | None = None
-    links: pd.DataFrame | None = None
-    link_busy: pd.DataFrame | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 @st.cache_data(show_spinner=False, max_entries=64)
 def step(scenario_key: str, tier: str, trace: bool = False) -> StepView:
     """One step of the scenario at ``tier``; ``trace`` keeps the timeline (actions; tasks and links in detail)."""
@@ -328,7 +258,8 @@ def step(scenario_key: str, tier: str, trace: bool = False) -> StepView:
                     peak_memory_bytes=r.peak_memory_per_gpu_bytes, memory_capacity_bytes=r.memory_capacity_bytes,
                     oom=r.oom, breakdown_s=dict(r.breakdown_s), wall_time_s=r.wall_time_s,
                     memory=pd.DataFrame(r.memory_per_rank),
-                    per_rank=pd.DataFrame(r.breakdown_per_rank_s).rename_axis("rank").reset_index(), warnings=list(r.warnings), notes=list(r.notes))
+                    per_rank=pd.DataFrame(r.breakdown_per_rank_s).rename_axis("rank").reset_index(),
+                    warnings=list(r.warnings), notes=list(r.notes))
     tr = r.trace
     if trace and tr is not None and tr.actions:
         view.actions = frames.actions(tr.actions)
@@ -374,36 +305,11 @@ def network_what_if(s: Scenario, ib_scale: float, nvlink_scale: float, comm_sms:
     return changed(s, changes) if changes else s
 
 
-def comm_summary(view: StepView) -> dict[str, Any]:
-    """Per rank, communication seconds (comm and data-parallel streams) split into exposed (the compute
-    stream waits for it, from the breakdown) and hidden (the rest); needs a detailed view."""
-    if view.tasks is None:
-        raise UserError("needs the detailed tier", "tier")
-    t = view.tasks[view.tasks["stream"] != "compute"]
-    comm = (t["end"] - t["start"]).groupby(t["rank"]).sum().reindex(view.per_rank["rank"], fill_value=0.0)
-    exposed = view.per_rank.set_index("rank")["exposed_comm"]
-    hidden = (comm - exposed).clip(lower=0.0)
-    rows = [{"rank": r, "part": part, "seconds": float(v)} for part, ser in (("hidden", hidden), ("exposed", exposed))
-            for r, v in ser.items()]
-    total = float(comm.mean())
-    return {"comm_s": total, "hidden_frac": float(hidden.mean()) / total if total > 0 else 0.0,
-            "per_rank": pd.DataFrame(rows)}
-
-
 @st.cache_data(show_spinner=False, max_entries=64)
 def comm_sms_step(scenario_key: str, comm_sms: int, tier: str) -> tuple[float, float]:
     """Step time and exposed communication with ``comm_sms`` SMs held by communication kernels."""
     v = step(key(changed(restore(scenario_key), {"parallel.comm_sms": comm_sms})), tier)
     return v.step_time_s, v.breakdown_s["exposed_comm"]
-
-
-@dataclass
-class Balancing:
-    policy: str
-    imbalance: pd.DataFrame   # step, mean, worst
-    heatmap: pd.DataFrame     # step, expert (rank by initial load), relative load
-    heatmap_layer: int
-    final_imbalance: float
 
 
 def balancing_start(s: Scenario, skew: str) -> Scenario:
@@ -485,7 +391,8 @@ def calibration_frames(table: CalibrationTable, gpu: GpuSpec | None, points: int
         families.setdefault(fam, []).append(e)
         peak = _peak(gpu, e) if gpu is not None else None
         at = guarded(_modelled_seconds, model, e, e.size) if model is not None and peak else None
-        measured.append({"family": fam, "kind": e.kind, "dtype": e.dtype, "size": e.size, "rate": e.rate,
+        op = " ".join(x for x in (e.name, e.gemm_pass, e.dtype) if x)
+        measured.append({"family": fam, "op": op, "kind": e.kind, "dtype": e.dtype, "size": e.size, "rate": e.rate,
                          "efficiency": e.rate / peak if peak else None, "seconds": e.seconds,
                          "modelled_seconds": at, "note": e.note})
     for fam, es in families.items():
@@ -498,7 +405,9 @@ def calibration_frames(table: CalibrationTable, gpu: GpuSpec | None, points: int
             secs = guarded(_modelled_seconds, model, e, float(m))
             if secs:
                 work = e.work * (m / e.size) if e.kind not in ATTENTION_KINDS else e.work * (m / e.size) ** 2
-                curves.append({"family": fam, "kind": e.kind, "size": float(m), "efficiency": work / secs / peak})
+                op = " ".join(x for x in (e.name, e.gemm_pass, e.dtype) if x)
+                curves.append({"family": fam, "op": op, "kind": e.kind, "size": float(m),
+                               "efficiency": work / secs / peak})
     return pd.DataFrame(measured), pd.DataFrame(curves)
 
 

@@ -23,23 +23,23 @@ LABELS = {"forward": "forward", "backward": "backward", "backward_input": "backw
 def _color(domain: Sequence[str], title: str = "") -> alt.Color:
     dom = [c for c in CATEGORY_COLORS if c in set(domain)]
     return alt.Color("category:N", title=title or None, scale=alt.Scale(domain=dom,
-                     range=[CATEGORY_COLORS[c] for c in dom]), legend=alt.Legend(orient="bottom"))
+                     range=[CATEGORY_COLORS[c] for c in dom]))
 
 
 def breakdown(breakdown_s: dict[str, float]) -> alt.Chart:
     """The step's seconds by category as one horizontal stacked bar."""
     total = sum(breakdown_s.values()) or 1.0
-    df = pd.DataFrame([{"category": k, "what": LABELS.get(k, k), "seconds": v, "share": v / total, "row": "step"}
+    df = pd.DataFrame([{"category": k, "what": LABELS.get(k, k), "seconds": v, "share": v / total}
                        for k, v in breakdown_s.items() if v > 0])
     order = {c: i for i, c in enumerate(CATEGORY_COLORS)}
     df["order"] = df["category"].map(order)
     return alt.Chart(df).mark_bar().encode(
         x=alt.X("seconds:Q", stack="zero", title="seconds per step (mean over pipeline ranks)"),
-        y=alt.Y("row:N", title=None, axis=None), color=_color(df["category"].tolist()),
+        color=_color(df["category"].tolist()),
         order=alt.Order("order:Q"),
         tooltip=[alt.Tooltip("what:N", title="part"), alt.Tooltip("seconds:Q", format=".3f"),
                  alt.Tooltip("share:Q", format=".1%")],
-    ).properties(height=90)
+    ).properties(height=110)
 
 
 def gantt(df: pd.DataFrame, title: str = "", height: int | None = None, zoom: bool = True) -> alt.Chart:
@@ -51,7 +51,7 @@ def gantt(df: pd.DataFrame, title: str = "", height: int | None = None, zoom: bo
         y=alt.Y("rank:O", title="pipeline rank"), color=_color(d["category"].unique().tolist()),
         tooltip=[alt.Tooltip("label:N", title="phase"), alt.Tooltip("category:N"), alt.Tooltip("rank:O"),
                  alt.Tooltip("start:Q", format=".4f"), alt.Tooltip("duration_ms:Q", format=".2f", title="ms")],
-    ).properties(height=height or max(120, 16 * ranks), title=title)
+    ).properties(height=height or 80 + 18 * ranks, title=title)
     return chart.interactive(bind_y=False) if zoom else chart
 
 
@@ -60,9 +60,9 @@ def task_lanes(tasks: pd.DataFrame) -> alt.Chart:
     d = tasks.assign(ms=(tasks["end"] - tasks["start"]) * 1e3)
     return alt.Chart(d).mark_bar(clip=True).encode(
         x=alt.X("start:Q", title="seconds into the step"), x2="end:Q", y=alt.Y("stream:N", title=None),
-        color=alt.Color("name:N", title="phase", legend=alt.Legend(orient="bottom", columns=8)),
+        color=alt.Color("name:N", title="phase", legend=alt.Legend(columns=2)),
         tooltip=[alt.Tooltip("name:N", title="phase"), "action", "stream", alt.Tooltip("ms:Q", format=".3f")],
-    ).properties(height=150).interactive(bind_y=False)
+    ).properties(height=200).interactive(bind_y=False)
 
 
 def lines(df: pd.DataFrame, x: str, y: str, series: str, x_title: str, y_title: str, log_x: bool = False
@@ -70,7 +70,7 @@ def lines(df: pd.DataFrame, x: str, y: str, series: str, x_title: str, y_title: 
     scale = alt.Scale(type="log") if log_x else alt.Undefined
     return alt.Chart(df).mark_line().encode(
         x=alt.X(f"{x}:Q", title=x_title, scale=scale), y=alt.Y(f"{y}:Q", title=y_title),
-        color=alt.Color(f"{series}:N", title=None, legend=alt.Legend(orient="bottom")),
+        color=alt.Color(f"{series}:N", title=None),
         tooltip=[series, alt.Tooltip(x, format=",.4g"), alt.Tooltip(y, format=".3f")],
     ).interactive(bind_y=False)
 
@@ -80,8 +80,8 @@ def stacked(df: pd.DataFrame, x: str, y: str, part: str, x_title: str, y_title: 
     dom = [p for p in colors if p in set(df[part])] or sorted(set(df[part]))
     return alt.Chart(df).mark_bar().encode(
         x=alt.X(f"{x}:O", title=x_title), y=alt.Y(f"{y}:Q", title=y_title, stack="zero"),
-        color=alt.Color(f"{part}:N", title=None, scale=alt.Scale(domain=dom, range=[colors.get(p, "#888") for p in dom]),
-                        legend=alt.Legend(orient="bottom")),
+        color=alt.Color(f"{part}:N", title=None,
+                        scale=alt.Scale(domain=dom, range=[colors.get(p, "#888") for p in dom])),
         tooltip=[x, part, alt.Tooltip(f"{y}:Q", format=".3f")])
 
 
@@ -93,7 +93,7 @@ def heatmap(df: pd.DataFrame) -> alt.Chart:
         color=alt.Color("relative_load:Q", title="load / mean",
                         scale=alt.Scale(type="log", scheme="redblue", reverse=True, domainMid=1.0)),
         tooltip=["step", "expert_id", alt.Tooltip("relative_load:Q", format=".2f")],
-    ).properties(height=300)
+    ).properties(height=360)
 
 
 def bars(df: pd.DataFrame, x: str, y: str, x_title: str, y_title: str, color: str | None = None) -> alt.Chart:
@@ -105,13 +105,14 @@ def bars(df: pd.DataFrame, x: str, y: str, x_title: str, y_title: str, color: st
 
 
 def calibration(measured: pd.DataFrame, curves: pd.DataFrame, y: str, y_title: str) -> alt.LayerChart:
-    """Measured points over modelled curves, per family, on a log size axis."""
+    """Measured points over modelled curves (one per family, coloured by op), on a log size axis."""
     pts = alt.Chart(measured).mark_point(filled=True, size=70).encode(
         x=alt.X("size:Q", scale=alt.Scale(type="log"), title="size (rows, sequence length or bytes)"),
-        y=alt.Y(f"{y}:Q", title=y_title), color=alt.Color("family:N", legend=alt.Legend(orient="bottom", columns=2)),
+        y=alt.Y(f"{y}:Q", title=y_title), color=alt.Color("op:N", title="op, pass, dtype"),
         tooltip=["family", alt.Tooltip("size:Q", format=",.0f"), alt.Tooltip(f"{y}:Q", format=".3f"), "note"])
     if curves.empty:
-        return alt.layer(pts).interactive()
-    line = alt.Chart(curves).mark_line(strokeDash=[4, 3]).encode(
-        x="size:Q", y=f"{y}:Q", color="family:N", tooltip=["family", alt.Tooltip(f"{y}:Q", format=".3f")])
-    return alt.layer(line, pts).interactive()
+        return alt.layer(pts).properties(height=380).interactive()
+    line = alt.Chart(curves).mark_line(strokeDash=[4, 3], opacity=0.7).encode(
+        x="size:Q", y=f"{y}:Q", color="op:N", detail="family:N",
+        tooltip=["family", alt.Tooltip(f"{y}:Q", format=".3f")])
+    return alt.layer(line, pts).properties(height=380).interactive()

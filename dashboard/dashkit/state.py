@@ -18,6 +18,7 @@ T = TypeVar("T")
 EDITS = "edits"
 TIER = "tier"
 SLOW_S = 0.5  # anything slower gets a spinner or a progress bar
+INFO: dict[str, Any] = {"delta_color": "off", "delta_arrow": "off"}  # a metric's delta that is context, not change
 
 
 def show_error(e: UserError) -> None:

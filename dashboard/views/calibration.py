@@ -8,7 +8,6 @@ what ``sim`` uses where a table does not reach.
 from __future__ import annotations
 
 import streamlit as st
-
 from dashkit import bridge, charts, state
 
 TITLE = "Calibration"
@@ -51,7 +50,7 @@ def main() -> None:
     cv = curves[curves["kind"] == kind] if not curves.empty else curves
     have_eff = m["efficiency"].notna().any()
     c = st.columns(3)
-    c[0].metric("Entries", f"{len(m)}", f"{m['family'].nunique()} families", delta_color="off")
+    c[0].metric("Entries", f"{len(m)}", help=f"{m['family'].nunique()} families (op, dtype and fixed shape)")
     if have_eff:
         c[1].metric("Median measured efficiency", f"{m['efficiency'].median():.1%}")
         ratio = (m["modelled_seconds"] / m["seconds"]).dropna()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
-
 from dashkit import bridge, charts, state
 
 TITLE = "Experts"
@@ -44,7 +43,7 @@ def main() -> None:
         return
     sel = runs[policy]
     c[3].metric(f"Imbalance after {steps} steps ({policy})", f"{sel.final_imbalance:.2f}",
-                f"from {sel.imbalance['mean over layers'].iloc[0]:.2f}", delta_color="off",
+                f"from {sel.imbalance['mean over layers'].iloc[0]:.2f}", **state.INFO,
                 help="max / mean tokens per GPU, mean over MoE layers (1.00 is perfect balance)")
     st.subheader(f"Load per expert of layer {sel.heatmap_layer} under '{policy}'")
     st.altair_chart(charts.heatmap(sel.heatmap), width="stretch")

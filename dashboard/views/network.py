@@ -7,7 +7,6 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
-
 from dashkit import bridge, charts, state
 
 TITLE = "Network"
@@ -45,13 +44,13 @@ def main() -> None:
     c[0].metric("Step time", state.fmt_s(view.step_time_s),
                 f"{view.step_time_s - ref.step_time_s:+.3f} s vs the job" if s != base else None, delta_color="inverse")
     c[1].metric("Exposed communication", state.fmt_s(b["exposed_comm"]), f"{b['exposed_comm'] / view.step_time_s:.1%}"
-                " of the step", delta_color="off")
+                " of the step", **state.INFO)
     detail = state.simulate(s, "detailed", trace=True, what="every transfer")
     if detail is None or detail.links is None:
         return
     comm = bridge.comm_summary(detail)
     c[2].metric("Communication hidden under compute", f"{comm['hidden_frac']:.1%}",
-                f"{state.fmt_s(comm['comm_s'])} of communication per rank", delta_color="off")
+                f"{state.fmt_s(comm['comm_s'])} of communication per rank", **state.INFO)
     st.subheader("Link utilisation over the step")
     st.altair_chart(charts.lines(detail.links, "time_s", "utilisation", "link", "seconds into the step",
                                  "busy fraction (mean over the pipeline's ranks)"), width="stretch")

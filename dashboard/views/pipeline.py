@@ -7,7 +7,6 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
-
 from dashkit import bridge, charts, frames, state
 
 TITLE = "Pipeline"
@@ -56,7 +55,7 @@ def _compare(s: Any) -> None:
     c = st.columns(len(ok) or 1)
     for col, row in zip(c, ok.itertuples(), strict=False):
         col.metric(f"{row.schedule} bubble", f"{row.bubble_frac:.1%}", f"{row.peak_memory_gib:.0f} GiB",
-                   delta_color="off")
+                   **state.INFO)
     st.altair_chart(charts.bars(ok[["schedule", "bubble_frac", "exposed_comm_frac", "peak_memory_gib"]],
                                 "schedule", "bubble_frac", "schedule", "bubble fraction of the step", "schedule"),
                     width="stretch")
@@ -71,7 +70,7 @@ def _compare(s: Any) -> None:
         df = pd.concat([acts[["rank", "start", "end", "label", "category"]], bub], ignore_index=True)
         cols[i % 2].altair_chart(charts.gantt(df, f"{name}: {row['step_time_s']:.2f} s, bubble "
                                               f"{row['bubble_frac']:.1%}, {row['peak_memory_gib']:.0f} GiB",
-                                              height=max(120, 10 * df['rank'].nunique())), width="stretch")
+                                              height=80 + 12 * df['rank'].nunique()), width="stretch")
 
 
 def main() -> None:
@@ -94,9 +93,9 @@ def main() -> None:
     b = view.breakdown_s
     c = st.columns(4)
     c[0].metric("Step time", state.fmt_s(view.step_time_s))
-    c[1].metric("Bubble", f"{b['bubble'] / view.step_time_s:.1%}", state.fmt_s(b["bubble"]), delta_color="off")
+    c[1].metric("Bubble", f"{b['bubble'] / view.step_time_s:.1%}", state.fmt_s(b["bubble"]), **state.INFO)
     c[2].metric("Exposed communication", f"{b['exposed_comm'] / view.step_time_s:.1%}", state.fmt_s(b["exposed_comm"]),
-                delta_color="off")
+                **state.INFO)
     c[3].metric("Peak memory per GPU", state.fmt_bytes(view.peak_memory_bytes))
     _gantt(s, view)
     if not detailed and st.button("Simulate in detail", help="Every task (the DES): exposed communication in red and "

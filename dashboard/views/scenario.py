@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 import streamlit as st
-
 from dashkit import bridge, charts, state
 from dashkit.bridge import Edits, UserError
 
@@ -57,70 +56,84 @@ def _source() -> Edits | None:
     return Edits(upload=text)
 
 
-def _widget(kind: str, label: str, key: str, default: Any, col: Any, **kw: Any) -> Any:
-    k = f"sc_{key}"
-    if k not in st.session_state:
-        st.session_state[k] = default
-    fn = {"num": col.number_input, "select": col.selectbox}[kind]
-    return fn(label, key=k, **kw)
+AS_IN_JOB = "(as in the job)"
 
 
-def _editors(base: Edits, d: dict[str, Any], hw: dict[str, Any]) -> Edits:
-    """Draw the editors; return ``base`` plus every value that differs from the loaded job."""
-    st.subheader("Hardware and layout")
-    c = st.columns(4)
-    cl_options = ["(as in the job)", *bridge.clusters()]
-    cluster = _widget("select", "Cluster profile", "cluster", hw["cluster"] or cl_options[0], c[0],
-                      options=cl_options, on_change=_reset_hardware)
-    cluster = None if cluster == cl_options[0] else cluster
-    hw_now = hw if cluster == hw["cluster"] else state.attempt(bridge.hardware_defaults,
-                                                               Edits(base.workload, base.upload, cluster)) or hw
-    gpu = _widget("select", "GPU type", "gpu", hw_now["gpu"] or bridge.gpus()[0], c[1], options=bridge.gpus(),
-                  help="The node (NVLink, NICs) stays the cluster's.")
-    num_gpus = int(_widget("num", "GPU count", "gpus", hw_now["num_gpus"], c[2], min_value=1, step=hw_now["gpus_per_node"]))
+def _hardware(base: Edits, hw: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """The cluster picked (None: the job's own) and its GPU type and count."""
+    st.session_state.setdefault("sc_cluster", hw["cluster"] or AS_IN_JOB)
+    picked = st.session_state["sc_cluster"]
+    cluster = None if picked == AS_IN_JOB else picked
+    if cluster == hw["cluster"]:
+        return cluster, hw
+    return cluster, state.attempt(bridge.hardware_defaults, Edits(base.workload, base.upload, cluster)) or hw
+
+
+def _values(d: dict[str, Any], hw: dict[str, Any]) -> dict[str, Any]:
+    """The widgets' values: what the user set, else the loaded job's (set once, so widgets start there)."""
+    defaults = {"gpu": hw["gpu"] or bridge.gpus()[0], "gpus": hw["num_gpus"], "tp": d["tp"], "pp": d["pp"],
+                "ep": d["ep"], "schedule": d["schedule"], "vpp": d["vpp"], "mbs": d["micro_batch_size"],
+                "nmb": d["num_microbatches"], "precision": d["precision"], "comm_sms": d["comm_sms"],
+                "recompute": d["recompute"], "policy": d["policy"], "skew": d["skew"]}
+    for k, v in defaults.items():
+        st.session_state.setdefault(f"sc_{k}", v)
+    return {k: st.session_state[f"sc_{k}"] for k in defaults}
+
+
+def _edits(base: Edits, d: dict[str, Any], hw: dict[str, Any], cluster: str | None, v: dict[str, Any]) -> Edits:
+    """``base`` plus every value that differs from the loaded job."""
     sets: dict[str, Any] = {}
-    tp = int(_widget("num", "Tensor parallel (TP)", "tp", d["tp"], c[3], min_value=1, step=1))
-    c = st.columns(4)
-    pp = int(_widget("num", "Pipeline parallel (PP)", "pp", d["pp"], c[0], min_value=1, step=1))
-    ep = int(_widget("num", "Expert parallel (EP)", "ep", d["ep"], c[1], min_value=1, step=1))
-    schedule = _widget("select", "Pipeline schedule", "schedule", d["schedule"], c[2], options=bridge.SCHEDULE_NAMES)
-    vpp = int(_widget("num", "Virtual stages per rank (interleaved)", "vpp", d["vpp"], c[3], min_value=1, step=1))
-    st.subheader("Batch, precision, communication, experts")
-    c = st.columns(4)
-    mbs = int(_widget("num", "Micro-batch size (sequences)", "mbs", d["micro_batch_size"], c[0], min_value=1, step=1))
-    nmb = int(_widget("num", "Micro-batches per pipeline", "nmb", d["num_microbatches"], c[1], min_value=1, step=1))
-    precision = _widget("select", "GEMM and dispatch precision", "precision", d["precision"], c[2], options=PRECISIONS)
-    comm_sms = int(_widget("num", "SMs for communication", "comm_sms", d["comm_sms"], c[3], min_value=0, step=1))
-    c = st.columns(4)
-    recompute = _widget("select", "Activation recompute", "recompute", d["recompute"], c[0], options=bridge.RECOMPUTE)
-    policy = _widget("select", "Expert balancing", "policy", d["policy"], c[1], options=bridge.POLICIES,
-                     disabled=not d["is_moe"])
-    skew = _widget("select", "Routing skew", "skew", d["skew"], c[2], options=bridge.SKEWS, disabled=not d["is_moe"],
-                   help="balanced: every expert equally loaded (DeepSeek's profile); skew makes balancing matter.")
-    for name, value in (("tp", tp), ("pp", pp), ("ep", ep), ("schedule", schedule), ("vpp", vpp),
-                        ("micro_batch_size", mbs), ("comm_sms", comm_sms), ("recompute", recompute)):
-        if value != d[name]:
-            sets[f"parallel.{name}"] = value
-    if precision != d["precision"]:
+    for name, key in (("tp", "tp"), ("pp", "pp"), ("ep", "ep"), ("schedule", "schedule"), ("vpp", "vpp"),
+                      ("micro_batch_size", "mbs"), ("comm_sms", "comm_sms"), ("recompute", "recompute")):
+        if v[key] != d[name]:
+            sets[f"parallel.{name}"] = v[key]
+    if v["precision"] != d["precision"]:
         for f in ("fprop", "dgrad", "wgrad", "dispatch"):
-            sets[f"precision.{f}"] = precision
-        if precision == "bf16":
+            sets[f"precision.{f}"] = v["precision"]
+        if v["precision"] == "bf16":
             sets["precision.attention"] = sets["precision.combine"] = "bf16"
-    if d["is_moe"] and skew != d["skew"]:
-        sets["experts.skew"] = skew
-    if d["is_moe"] and policy != d["policy"]:
-        sets["experts.policy"] = policy
-        if policy == "eplb":
-            sets["experts.num_redundant_experts"] = ep
-    if num_gpus % (tp * pp) == 0:
-        dp = num_gpus // (tp * pp)
-        if nmb * dp * mbs != d["global_batch_size"]:
-            sets["training.global_batch_size"] = nmb * dp * mbs
+    if d["is_moe"] and v["skew"] != d["skew"]:
+        sets["experts.skew"] = v["skew"]
+    if d["is_moe"] and v["policy"] != d["policy"]:
+        sets["experts.policy"] = v["policy"]
+        if v["policy"] == "eplb":
+            sets["experts.num_redundant_experts"] = v["ep"]
+    gpus, tp, pp, nmb, mbs = (int(v[k]) for k in ("gpus", "tp", "pp", "nmb", "mbs"))
+    if gpus % (tp * pp) == 0 and nmb * (gpus // (tp * pp)) * mbs != d["global_batch_size"]:
+        sets["training.global_batch_size"] = nmb * (gpus // (tp * pp)) * mbs
+    return Edits(base.workload, base.upload, cluster, v["gpu"] if v["gpu"] != hw["gpu"] else None,
+                 gpus if gpus != hw["num_gpus"] else None, tuple(sets.items()))
+
+
+def _editors(d: dict[str, Any], hw: dict[str, Any], v: dict[str, Any]) -> None:
+    """The widgets (their values are already in the session, under ``sc_*``)."""
+    st.subheader("Edit the scenario")
+    c = st.columns(4)
+    c[0].selectbox("Cluster profile", [AS_IN_JOB, *bridge.clusters()], key="sc_cluster", on_change=_reset_hardware)
+    c[1].selectbox("GPU type", bridge.gpus(), key="sc_gpu", help="The node (NVLink, NICs) stays the cluster's.")
+    c[2].number_input("GPU count", min_value=1, step=hw["gpus_per_node"], key="sc_gpus")
+    c[3].number_input("Tensor parallel (TP)", min_value=1, step=1, key="sc_tp")
+    c = st.columns(4)
+    c[0].number_input("Pipeline parallel (PP)", min_value=1, step=1, key="sc_pp")
+    c[1].number_input("Expert parallel (EP)", min_value=1, step=1, key="sc_ep")
+    c[2].selectbox("Pipeline schedule", bridge.SCHEDULE_NAMES, key="sc_schedule")
+    c[3].number_input("Virtual stages per rank (interleaved)", min_value=1, step=1, key="sc_vpp")
+    c = st.columns(4)
+    c[0].number_input("Micro-batch size (sequences)", min_value=1, step=1, key="sc_mbs")
+    c[1].number_input("Micro-batches per pipeline", min_value=1, step=1, key="sc_nmb")
+    c[2].selectbox("GEMM and dispatch precision", PRECISIONS, key="sc_precision")
+    c[3].number_input("SMs for communication", min_value=0, step=1, key="sc_comm_sms")
+    c = st.columns(4)
+    c[0].selectbox("Activation recompute", bridge.RECOMPUTE, key="sc_recompute")
+    c[1].selectbox("Expert balancing", bridge.POLICIES, key="sc_policy", disabled=not d["is_moe"])
+    c[2].selectbox("Routing skew", bridge.SKEWS, key="sc_skew", disabled=not d["is_moe"],
+                   help="balanced: every expert equally loaded (DeepSeek's profile); skew makes balancing matter "
+                        "(and each step slower to simulate).")
+    gpus, tp, pp, nmb, mbs = (int(v[k]) for k in ("gpus", "tp", "pp", "nmb", "mbs"))
+    if gpus % (tp * pp) == 0:
+        dp = gpus // (tp * pp)
         c[3].caption(f"dp = {dp:,}; global batch = {nmb} × {dp:,} × {mbs} = {nmb * dp * mbs:,} sequences "
                      f"of {d['seq_len']:,} tokens")
-    return Edits(base.workload, base.upload, cluster, gpu if gpu != hw_now["gpu"] else None,
-                 num_gpus if num_gpus != hw_now["num_gpus"] else None,
-                 tuple(sets.items()))
 
 
 def _headline(s: Any, view: Any) -> None:
@@ -131,15 +144,15 @@ def _headline(s: Any, view: Any) -> None:
     def delta(v: float, key: str) -> str | None:
         return f"{v / pub[key] - 1:+.1%} vs published" if pub else None
 
-    c[0].metric("Step time", state.fmt_s(view.step_time_s), delta(view.step_time_s, "step_time_s"), delta_color="off")
+    c[0].metric("Step time", state.fmt_s(view.step_time_s), delta(view.step_time_s, "step_time_s"), **state.INFO)
     c[1].metric("MFU (BF16 peak, causal)", f"{mfu:.1%}" if mfu is not None else "n/a",
                 help="; ".join(f"{k}: {v:.1%}" for k, v in view.mfu.items() if v is not None))
     c[2].metric("Tokens/s per GPU", f"{view.tokens_per_s_per_gpu:,.0f}",
-                delta(view.tokens_per_s_per_gpu, "tokens_per_s_per_gpu"), delta_color="off")
+                delta(view.tokens_per_s_per_gpu, "tokens_per_s_per_gpu"), **state.INFO)
     c[3].metric("GPU-hours per trillion tokens", f"{view.gpu_hours_per_trillion_tokens / 1e3:,.1f}K",
-                delta(view.gpu_hours_per_trillion_tokens, "gpu_hours_per_trillion_tokens"), delta_color="off")
+                delta(view.gpu_hours_per_trillion_tokens, "gpu_hours_per_trillion_tokens"), **state.INFO)
     c[4].metric("Memory per GPU (peak)", state.fmt_bytes(view.peak_memory_bytes),
-                f"of {state.fmt_bytes(view.memory_capacity_bytes)}", delta_color="off")
+                f"of {state.fmt_bytes(view.memory_capacity_bytes)}", **state.INFO)
     if view.oom:
         st.warning(f"Out of memory: the busiest GPU needs {state.fmt_bytes(view.peak_memory_bytes)} of "
                    f"{state.fmt_bytes(view.memory_capacity_bytes)}.", icon=":material/warning:")
@@ -155,19 +168,25 @@ def main() -> None:
     if base is None:
         return
     loaded = state.attempt(state.build, base)
-    hw = state.attempt(bridge.hardware_defaults, base)
-    if loaded is None or hw is None:
+    hw0 = state.attempt(bridge.hardware_defaults, base)
+    if loaded is None or hw0 is None:
         return
-    edits = _editors(base, bridge.describe(loaded), hw)
+    d = bridge.describe(loaded)
+    cluster, hw = _hardware(base, hw0)
+    values = _values(d, hw)
+    edits = _edits(base, d, hw, cluster, values)
     st.session_state[state.EDITS] = edits
     s = state.attempt(state.build, edits)
     state.sidebar(s)
-    if s is None:
-        return
+    if s is not None:
+        _results(s, edits)
     st.divider()
+    _editors(d, hw, values)
+
+
+def _results(s: Any, edits: Edits) -> None:
     detailed = st.session_state.get("sc_detailed_key") == bridge.key(s)
-    tier = "detailed" if detailed else state.tier()
-    view = state.simulate(s, tier)
+    view = state.simulate(s, "detailed" if detailed else state.tier())
     if view is None:
         return
     _headline(s, view)
