@@ -15,15 +15,19 @@ CATEGORY_COLORS = {
     "overlapped": "#7b4ea3", "optimizer": "#54a24b", "exposed_comm": "#d62728",
     "exposed communication": "#d62728", "bubble": "#c7c7c7",
 }
-LABELS = {"forward": "forward", "backward": "backward", "backward_input": "backward (input)",
+LABELS = {"exposed communication": "exposed communication",
+          "forward": "forward", "backward": "backward", "backward_input": "backward (input)",
           "backward_weight": "backward (weights)", "overlapped": "overlapped F&B", "optimizer": "optimizer",
           "exposed_comm": "exposed communication", "bubble": "bubble"}
 
 
-def _color(domain: Sequence[str], title: str = "") -> alt.Color:
-    dom = [c for c in CATEGORY_COLORS if c in set(domain)]
-    return alt.Color("category:N", title=title or None, scale=alt.Scale(domain=dom,
-                     range=[CATEGORY_COLORS[c] for c in dom]))
+def _color(categories: Sequence[str], columns: int = 1) -> alt.Color:
+    """Colour by category, shown under its readable label (``what``), in a fixed order and palette."""
+    dom = list(dict.fromkeys(c for c in CATEGORY_COLORS if c in set(categories)))
+    labels = list(dict.fromkeys(LABELS.get(c, c) for c in dom))
+    colors = [CATEGORY_COLORS[next(c for c in dom if LABELS.get(c, c) == lab)] for lab in labels]
+    return alt.Color("what:N", title=None, scale=alt.Scale(domain=labels, range=colors),
+                     legend=alt.Legend(columns=columns))
 
 
 def breakdown(breakdown_s: dict[str, float]) -> alt.Chart:
@@ -35,7 +39,7 @@ def breakdown(breakdown_s: dict[str, float]) -> alt.Chart:
     df["order"] = df["category"].map(order)
     return alt.Chart(df).mark_bar().encode(
         x=alt.X("seconds:Q", stack="zero", title="seconds per step (mean over pipeline ranks)"),
-        color=_color(df["category"].tolist()),
+        color=_color(df["category"].tolist(), columns=2),
         order=alt.Order("order:Q"),
         tooltip=[alt.Tooltip("what:N", title="part"), alt.Tooltip("seconds:Q", format=".3f"),
                  alt.Tooltip("share:Q", format=".1%")],
@@ -45,11 +49,11 @@ def breakdown(breakdown_s: dict[str, float]) -> alt.Chart:
 def gantt(df: pd.DataFrame, title: str = "", height: int | None = None, zoom: bool = True) -> alt.Chart:
     """Bars per rank over time: ``rank, start, end, label, category`` (actions, bubbles, exposed stretches)."""
     ranks = df["rank"].nunique() if len(df) else 1
-    d = df.assign(duration_ms=(df["end"] - df["start"]) * 1e3)
+    d = df.assign(duration_ms=(df["end"] - df["start"]) * 1e3, what=df["category"].map(lambda c: LABELS.get(c, c)))
     chart = alt.Chart(d).mark_bar(clip=True).encode(
         x=alt.X("start:Q", title="seconds into the step"), x2="end:Q",
         y=alt.Y("rank:O", title="pipeline rank"), color=_color(d["category"].unique().tolist()),
-        tooltip=[alt.Tooltip("label:N", title="phase"), alt.Tooltip("category:N"), alt.Tooltip("rank:O"),
+        tooltip=[alt.Tooltip("label:N", title="phase"), alt.Tooltip("what:N", title="part"), alt.Tooltip("rank:O"),
                  alt.Tooltip("start:Q", format=".4f"), alt.Tooltip("duration_ms:Q", format=".2f", title="ms")],
     ).properties(height=height or 80 + 18 * ranks, title=title)
     return chart.interactive(bind_y=False) if zoom else chart

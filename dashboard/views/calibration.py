@@ -62,7 +62,9 @@ def main() -> None:
     else:
         st.altair_chart(charts.calibration(m.assign(gb_per_s=m["rate"] / 1e9), cv.iloc[0:0], "gb_per_s", "GB/s"),
                         width="stretch")
-    st.dataframe(m.drop(columns=["kind"]), hide_index=True, width="stretch")
+    unit, scale = ("TFLOP/s", 1e12) if have_eff and kind not in ("memory", "optimizer") else ("GB/s", 1e9)
+    st.dataframe(m.drop(columns=["kind", "rate"]).assign(**{unit: m["rate"] / scale}), hide_index=True,
+                 width="stretch")
     if info["notes"]:
         with st.expander("Notes in the table"):
             st.text(info["notes"])

@@ -46,18 +46,22 @@ def _compare(s: Any) -> None:
     bar.empty()
     table = pd.DataFrame(rows)
     ok = table[table["problem"].isna()] if "problem" in table else table
-    shown = table.drop(columns=["actions"], errors="ignore").rename(columns={
+    shown = ok.drop(columns=["actions", "problem"], errors="ignore").rename(columns={
         "step_time_s": "step time (s)", "bubble_frac": "bubble", "exposed_comm_frac": "exposed comm",
-        "peak_memory_gib": "peak memory (GiB)", "problem": "why it cannot run"})
+        "peak_memory_gib": "peak memory (GiB)", "oom": "out of memory"})
     st.dataframe(shown, hide_index=True, width="stretch", column_config={
         "bubble": st.column_config.NumberColumn(format="percent"),
-        "exposed comm": st.column_config.NumberColumn(format="percent")})
+        "exposed comm": st.column_config.NumberColumn(format="percent"),
+        "step time (s)": st.column_config.NumberColumn(format="%.2f"),
+        "peak memory (GiB)": st.column_config.NumberColumn(format="%.1f")})
+    for row in table[table["problem"].notna()].itertuples() if "problem" in table else ():
+        st.caption(f"{row.schedule} cannot run this job: {row.problem}")
     c = st.columns(len(ok) or 1)
     for col, row in zip(c, ok.itertuples(), strict=False):
         col.metric(f"{row.schedule} bubble", f"{row.bubble_frac:.1%}", f"{row.peak_memory_gib:.0f} GiB",
                    **state.INFO)
     st.altair_chart(charts.bars(ok[["schedule", "bubble_frac", "exposed_comm_frac", "peak_memory_gib"]],
-                                "schedule", "bubble_frac", "schedule", "bubble fraction of the step", "schedule"),
+                                "schedule", "bubble_frac", "schedule", "bubble fraction of the step"),
                     width="stretch")
     names = ok["schedule"].tolist()
     default = [n for n in dict.fromkeys([s.parallel.schedule, "1f1b"]) if n in names]

@@ -38,6 +38,8 @@ PAGES = {"pipeline": ("pipeline.png", ["Simulate in detail"]), "experts": ("expe
          "calibration": ("calibration.png", []), "cost": ("cost.png", []), "plan": ("plan.png", []),
          "validation": ("validation.png", [])}
 
+HEIGHTS = {"pipeline": 3000, "experts": 2000, "network": 2300, "calibration": 1900}  # each page in one shot
+
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium (apt-get install -y chromium chromium-driver)")
 
 
@@ -111,12 +113,13 @@ def test_headline_then_comm_sms_change_moves_step_time(server, tmp_path):
 
 def _all_pages(browser, server: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
-    page = browser.new_page(viewport={"width": 1400, "height": 2000})
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
     page.goto(server)
     page.locator(METRIC).first.wait_for(timeout=60_000)
     page.wait_for_timeout(1500)
     page.screenshot(path=str(SHOTS / "scenario.png"), full_page=True)
     for url, (name, buttons) in PAGES.items():
+        page.set_viewport_size({"width": 1400, "height": HEIGHTS.get(url, 1400)})
         page.goto(f"{server}/{url}")
         page.locator('[data-testid="stMainBlockContainer"] h1').first.wait_for(timeout=60_000)
         for label in buttons:
