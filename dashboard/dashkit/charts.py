@@ -6,6 +6,7 @@ Every chart of the dashboard comes from here so colours and encodings stay the s
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import altair as alt
 import pandas as pd
@@ -115,8 +116,8 @@ def calibration(measured: pd.DataFrame, curves: pd.DataFrame, y: str, y_title: s
         y=alt.Y(f"{y}:Q", title=y_title), color=alt.Color("op:N", title="op, pass, dtype"),
         tooltip=["family", alt.Tooltip("size:Q", format=",.0f"), alt.Tooltip(f"{y}:Q", format=".3f"), "note"])
     if curves.empty:
-        return alt.layer(pts).properties(height=380).interactive()
+        return cast(alt.LayerChart, alt.layer(pts).properties(height=380).interactive())
     line = alt.Chart(curves).mark_line(strokeDash=[4, 3], opacity=0.7).encode(
         x="size:Q", y=f"{y}:Q", color="op:N", detail="family:N",
         tooltip=["family", alt.Tooltip(f"{y}:Q", format=".3f")])
-    return alt.layer(line, pts).properties(height=380).interactive()
+    return cast(alt.LayerChart, alt.layer(line, pts).properties(height=380).interactive())

@@ -99,7 +99,7 @@ def link_series(intervals: Mapping[tuple[Any, Any], Sequence[tuple[float, float]
                 bins: int = 160) -> pd.DataFrame:
     """Utilisation of each link side over the step, averaged over the pipeline's ranks, in ``bins`` bins."""
     edges = np.linspace(0.0, step_s, bins + 1)
-    rows = []
+    rows: list[tuple[float, str, float]] = []
     for side, label in SIDES.items():
         ivs = [iv for (rank, sd), lst in intervals.items() if int(sd) == side for iv in lst]
         if ivs:

@@ -15,8 +15,8 @@ import pandas as pd
 DEFAULT_WORKLOAD = "deepseek_v3"
 #: DeepSeek-V3 tech report (arXiv 2412.19437) section 1 and Table 1, for the default scenario: 180K H800
 #: GPU-hours per trillion tokens on 2,048 H800; per 62.9M-token step that is about 19.9 s and 1,543 tokens/s/GPU.
-PUBLISHED_V3 = {"name": "deepseek-v3-pretrain", "gpu_hours_per_trillion_tokens": 180e3, "num_gpus": 2048,
-                "source": "DeepSeek-V3 tech report, Table 1"}
+PUBLISHED_V3: dict[str, Any] = {"name": "deepseek-v3-pretrain", "gpu_hours_per_trillion_tokens": 180e3,
+                                "num_gpus": 2048, "source": "DeepSeek-V3 tech report, Table 1"}
 
 
 class UserError(Exception):

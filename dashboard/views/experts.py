@@ -34,13 +34,14 @@ def main() -> None:
         return
     k = bridge.key(start)
     bar = st.progress(0.0, text="Balancing under each policy…")
-    runs = {}
+    runs: dict[str, bridge.Balancing] = {}
     for i, p in enumerate(bridge.POLICIES):
-        runs[p] = state.attempt(bridge.balancing, k, p, steps)
+        run = state.attempt(bridge.balancing, k, p, steps)
+        if run is None:
+            return
+        runs[p] = run
         bar.progress((i + 1) / len(bridge.POLICIES), text=f"Balanced under {p}")
     bar.empty()
-    if any(r is None for r in runs.values()):
-        return
     sel = runs[policy]
     c[3].metric(f"Imbalance after {steps} steps ({policy})", f"{sel.final_imbalance:.2f}",
                 f"from {sel.imbalance['mean over layers'].iloc[0]:.2f}", **state.INFO,
