@@ -47,6 +47,18 @@ def test_app_navigation_opens_on_the_scenario_headline():
     assert "vs published" in at.metric[0].delta  # the default is DeepSeek-V3: published figures beside it
 
 
+def test_scenario_edits_carry_to_other_pages_and_back():
+    at = loaded(AppTest.from_file(str(DASHBOARD / "app.py"), default_timeout=TIMEOUT))
+    at.selectbox(key="sc_schedule").set_value("1f1b")
+    loaded(at)
+    at.switch_page("views/pipeline.py")
+    loaded(at)
+    assert at.selectbox(key="pl_schedule").value == "1f1b"
+    at.switch_page("views/scenario.py")
+    loaded(at)
+    assert at.selectbox(key="sc_schedule").value == "1f1b"
+
+
 def test_scenario_dualpipe_beats_1f1b_and_an_impossible_layout_names_its_field():
     at = loaded(page("scenario"))
     dualpipe = number(metric(at, "Step time"))
