@@ -252,7 +252,8 @@ def with_balancing(scenario: Scenario, policy: str) -> Scenario:
 def step(scenario_key: str, tier: str, trace: bool = False) -> StepView:
     """One step of the scenario at ``tier``; ``trace`` keeps the timeline (actions; tasks and links in detail)."""
     s = restore(scenario_key)
-    r = guarded(simulate_step, s, mode=tier, record_trace=trace and tier != "analytic")
+    # As ``sim run``: the job's own calibration table is set aside, with a warning, on another GPU.
+    r = guarded(simulate_step, s, mode=tier, record_trace=trace and tier != "analytic", strict_calibration=False)
     view = StepView(tier=tier, step_time_s=r.step_time_s, mfu=dict(r.mfu), tokens_per_s_per_gpu=r.tokens_per_s_per_gpu,
                     gpu_hours_per_trillion_tokens=r.gpu_hours_per_trillion_tokens,
                     peak_memory_bytes=r.peak_memory_per_gpu_bytes, memory_capacity_bytes=r.memory_capacity_bytes,

@@ -71,7 +71,7 @@ def _hardware(base: Edits, hw: dict[str, Any]) -> tuple[str | None, dict[str, An
 
 def _values(d: dict[str, Any], hw: dict[str, Any]) -> dict[str, Any]:
     """The widgets' values: what the user set, else the loaded job's (set once, so widgets start there)."""
-    defaults = {"gpu": hw["gpu"] or bridge.gpus()[0], "gpus": hw["num_gpus"], "tp": d["tp"], "pp": d["pp"],
+    defaults = {"gpu": hw["gpu"] or AS_IN_JOB, "gpus": hw["num_gpus"], "tp": d["tp"], "pp": d["pp"],
                 "ep": d["ep"], "schedule": d["schedule"], "vpp": d["vpp"], "mbs": d["micro_batch_size"],
                 "nmb": d["num_microbatches"], "precision": d["precision"], "comm_sms": d["comm_sms"],
                 "recompute": d["recompute"], "policy": d["policy"], "skew": d["skew"]}
@@ -101,7 +101,7 @@ def _edits(base: Edits, d: dict[str, Any], hw: dict[str, Any], cluster: str | No
     gpus, tp, pp, nmb, mbs = (int(v[k]) for k in ("gpus", "tp", "pp", "nmb", "mbs"))
     if gpus % (tp * pp) == 0 and nmb * (gpus // (tp * pp)) * mbs != d["global_batch_size"]:
         sets["training.global_batch_size"] = nmb * (gpus // (tp * pp)) * mbs
-    return Edits(base.workload, base.upload, cluster, v["gpu"] if v["gpu"] != hw["gpu"] else None,
+    return Edits(base.workload, base.upload, cluster, v["gpu"] if v["gpu"] not in (hw["gpu"], AS_IN_JOB) else None,
                  gpus if gpus != hw["num_gpus"] else None, tuple(sets.items()))
 
 
@@ -110,7 +110,8 @@ def _editors(d: dict[str, Any], hw: dict[str, Any], v: dict[str, Any]) -> None:
     st.subheader("Edit the scenario")
     c = st.columns(4)
     c[0].selectbox("Cluster profile", [AS_IN_JOB, *bridge.clusters()], key="sc_cluster", on_change=_reset_hardware)
-    c[1].selectbox("GPU type", bridge.gpus(), key="sc_gpu", help="The node (NVLink, NICs) stays the cluster's.")
+    c[1].selectbox("GPU type", [AS_IN_JOB, *bridge.gpus()], key="sc_gpu",
+                   help="The node (NVLink, NICs) stays the cluster's.")
     c[2].number_input("GPU count", min_value=1, step=hw["gpus_per_node"], key="sc_gpus")
     c[3].number_input("Tensor parallel (TP)", min_value=1, step=1, key="sc_tp")
     c = st.columns(4)
@@ -199,10 +200,10 @@ def _results(s: Any, edits: Edits) -> None:
     c[1].download_button("Download job YAML", state.attempt(bridge.job_yaml, edits) or "", file_name="job.yaml",
                          mime="application/x-yaml")
     c[2].caption(f"{view.tier} tier; simulated in {view.wall_time_s:.2f} s (cached afterwards)")
-    if view.warnings or view.notes:
-        with st.expander(f"Warnings ({len(view.warnings)}) and notes ({len(view.notes)})"):
-            for w in view.warnings:
-                st.warning(w)
+    for w in view.warnings:
+        st.warning(w, icon=":material/warning:")
+    if view.notes:
+        with st.expander(f"Notes ({len(view.notes)}): where the cost model fell back to the GPU profile"):
             st.text("\n".join(view.notes))
 
 
