@@ -20,7 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, get_args
 
-import pandas as pd
 import streamlit as st
 import yaml
 from pydantic import ValidationError
@@ -33,7 +32,6 @@ from dashkit.results import (
     Edits,
     StepView,
     UserError,
-    comm_summary,
     describe,
     is_published_default,
     published_v3,
@@ -57,7 +55,7 @@ from sim.pipeline import SCHEDULE_NAMES
 from sim.step import MODES, simulate_step, with_policy
 
 __all__ = ["DEFAULT_WORKLOAD", "POLICIES", "PUBLISHED_V3", "SCHEDULE_NAMES", "Balancing", "Edits", "StepView",
-           "UserError", "comm_summary", "describe", "is_published_default", "published_v3"]
+           "UserError", "describe", "is_published_default", "published_v3"]
 
 TIER_SPEED = ("analytic", "fast", "detailed")  # fastest first
 TRACE_TIER = "fast"  # the fastest tier that records a timeline of actions
@@ -258,8 +256,7 @@ def step(scenario_key: str, tier: str, trace: bool = False) -> StepView:
                     gpu_hours_per_trillion_tokens=r.gpu_hours_per_trillion_tokens,
                     peak_memory_bytes=r.peak_memory_per_gpu_bytes, memory_capacity_bytes=r.memory_capacity_bytes,
                     oom=r.oom, breakdown_s=dict(r.breakdown_s), wall_time_s=r.wall_time_s,
-                    memory=pd.DataFrame(r.memory_per_rank),
-                    per_rank=pd.DataFrame(r.breakdown_per_rank_s).rename_axis("rank").reset_index(),
+                    memory=[dict(m) for m in r.memory_per_rank], per_rank=[dict(b) for b in r.breakdown_per_rank_s],
                     warnings=list(r.warnings), notes=list(r.notes))
     tr = r.trace
     if trace and tr is not None and tr.actions:
@@ -379,7 +376,7 @@ def _modelled_seconds(model: CostModel, e: Any, m: float) -> float | None:
 
 
 def calibration_frames(table: CalibrationTable, gpu: GpuSpec | None, points: int = 24
-                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
+                       ) -> tuple[Any, Any]:
     """Measured points and modelled curves (the GPU profile's roofline without the table): the fraction of the
     peak (tensor FLOP/s, or HBM bandwidth) reached at each size; communication kinds in GB/s, measured only."""
     import numpy as np
@@ -409,7 +406,7 @@ def calibration_frames(table: CalibrationTable, gpu: GpuSpec | None, points: int
                 op = " ".join(x for x in (e.name, e.gemm_pass, e.dtype) if x)
                 curves.append({"family": fam, "op": op, "kind": e.kind, "size": float(m),
                                "efficiency": work / secs / peak})
-    return pd.DataFrame(measured), pd.DataFrame(curves)
+    return frames.table(measured), frames.table(curves)
 
 
 def table_summary(table: CalibrationTable) -> dict[str, Any]:

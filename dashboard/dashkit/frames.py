@@ -141,3 +141,24 @@ def family_label(kind: str, dtype: str, name: str, gemm_pass: str | None, shape:
     dims = "x".join(f"{v:g}" for v in fixed.values())
     op = f"{name} {gemm_pass}" if gemm_pass else name
     return f"{kind} {dtype} {op}" + (f" [{dims}]" if dims else "")
+
+
+def comm_summary(view: Any) -> dict[str, Any]:
+    """Per rank, communication seconds (comm and data-parallel streams) split into exposed (the compute
+    stream waits for it, from the breakdown) and hidden (the rest); needs a detailed view."""
+    if view.tasks is None:
+        raise ValueError("comm_summary needs a detailed view (tasks)")
+    t = view.tasks[view.tasks["stream"] != "compute"]
+    per_rank = pd.DataFrame(view.per_rank).rename_axis("rank")
+    comm = (t["end"] - t["start"]).groupby(t["rank"]).sum().reindex(per_rank.index, fill_value=0.0)
+    exposed = per_rank["exposed_comm"]
+    hidden = (comm - exposed).clip(lower=0.0)
+    rows = [{"rank": r, "part": part, "seconds": float(v)} for part, ser in (("hidden", hidden), ("exposed", exposed))
+            for r, v in ser.items()]
+    total = float(comm.mean())
+    return {"comm_s": total, "hidden_frac": float(hidden.mean()) / total if total > 0 else 0.0,
+            "per_rank": pd.DataFrame(rows)}
+
+
+def table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    return pd.DataFrame(rows)

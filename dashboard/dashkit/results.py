@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 DEFAULT_WORKLOAD = "deepseek_v3"
 #: DeepSeek-V3 tech report (arXiv 2412.19437) section 1 and Table 1, for the default scenario: 180K H800
@@ -92,8 +93,8 @@ class StepView:
     oom: bool
     breakdown_s: dict[str, float]
     wall_time_s: float
-    memory: pd.DataFrame
-    per_rank: pd.DataFrame  # rank x breakdown category, seconds
+    memory: list[dict[str, float]]  # per rank: weights, gradients, optimizer, activations, total (bytes)
+    per_rank: list[dict[str, float]]  # per rank: seconds by breakdown category
     warnings: list[str]
     notes: list[str]
     actions: pd.DataFrame | None = None
@@ -112,19 +113,3 @@ class Balancing:
     heatmap: pd.DataFrame     # step, expert (rank by initial load), relative load
     heatmap_layer: int
     final_imbalance: float
-
-
-def comm_summary(view: StepView) -> dict[str, Any]:
-    """Per rank, communication seconds (comm and data-parallel streams) split into exposed (the compute
-    stream waits for it, from the breakdown) and hidden (the rest); needs a detailed view."""
-    if view.tasks is None:
-        raise UserError("needs the detailed tier", "tier")
-    t = view.tasks[view.tasks["stream"] != "compute"]
-    comm = (t["end"] - t["start"]).groupby(t["rank"]).sum().reindex(view.per_rank["rank"], fill_value=0.0)
-    exposed = view.per_rank.set_index("rank")["exposed_comm"]
-    hidden = (comm - exposed).clip(lower=0.0)
-    rows = [{"rank": r, "part": part, "seconds": float(v)} for part, ser in (("hidden", hidden), ("exposed", exposed))
-            for r, v in ser.items()]
-    total = float(comm.mean())
-    return {"comm_s": total, "hidden_frac": float(hidden.mean()) / total if total > 0 else 0.0,
-            "per_rank": pd.DataFrame(rows)}

@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
-from dashkit import bridge, charts, state
+from dashkit import bridge, charts, frames, state
 
 TITLE = "Network"
 ORDER = 40
@@ -48,7 +48,7 @@ def main() -> None:
     detail = state.simulate(s, "detailed", trace=True, what="every transfer")
     if detail is None or detail.links is None:
         return
-    comm = bridge.comm_summary(detail)
+    comm = frames.comm_summary(detail)
     c[2].metric("Communication hidden under compute", f"{comm['hidden_frac']:.1%}",
                 f"{state.fmt_s(comm['comm_s'])} of communication per rank", **state.INFO)
     st.subheader("Link utilisation over the step")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import streamlit as st
-from dashkit import bridge, charts, state
+from dashkit import bridge, state
 from dashkit.bridge import Edits, UserError
 
 TITLE = "Scenario"
@@ -191,6 +191,8 @@ def _results(s: Any, edits: Edits) -> None:
     if view is None:
         return
     _headline(s, view)
+    from dashkit import charts  # Altair and pandas load after the headline is on its way to the browser
+
     st.altair_chart(charts.breakdown(view.breakdown_s), width="stretch")
     c = st.columns([1, 1, 2])
     if c[0].button("Simulate in detail", help="The discrete-event simulation of every task (slower)",
