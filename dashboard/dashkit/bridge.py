@@ -63,7 +63,6 @@ RECOMPUTE: tuple[str, ...] = get_args(ParallelSpec.model_fields["recompute"].ann
 SKEWS = tuple(k for k in get_args(ExpertLoadSpec.model_fields["skew"].annotation) if k != "histogram")
 
 
-
 def _user_error(e: Exception) -> UserError:
     """The library's message, with the field it names split off (``parallel.pp: ...``)."""
     text = format_validation_error(e, Scenario) if isinstance(e, ValidationError) else str(e)
