@@ -25,28 +25,9 @@ import yaml
 from pydantic import ValidationError
 
 from dashkit import frames
-from dashkit.results import (
-    DEFAULT_WORKLOAD,
-    PUBLISHED_V3,
-    Balancing,
-    Edits,
-    StepView,
-    UserError,
-    describe,
-    is_published_default,
-    published_v3,
-    split_field,
-)
+from dashkit.results import Balancing, Edits, StepView, UserError, split_field
 from sim import loading
-from sim.calibrate.table import (
-    ATTENTION_KINDS,
-    COMPUTE_KINDS,
-    GEMM_KINDS,
-    CalibrationTable,
-    gpu_model_token,
-    load_table,
-    parse_table,
-)
+from sim.calibrate import table as caltable
 from sim.config import ExpertLoadSpec, GpuSpec, ParallelSpec, PrecisionSpec, Scenario, evolve
 from sim.costs.kernels import CostModel
 from sim.errors import SimInputError, format_validation_error
@@ -54,8 +35,7 @@ from sim.experts import POLICIES, simulate_balancing
 from sim.pipeline import SCHEDULE_NAMES
 from sim.step import MODES, simulate_step, with_policy
 
-__all__ = ["DEFAULT_WORKLOAD", "POLICIES", "PUBLISHED_V3", "SCHEDULE_NAMES", "Balancing", "Edits", "StepView",
-           "UserError", "describe", "is_published_default", "published_v3"]
+__all__ = ["POLICIES", "SCHEDULE_NAMES", "Balancing", "Edits", "StepView", "UserError"]
 
 TIER_SPEED = ("analytic", "fast", "detailed")  # fastest first
 TRACE_TIER = "fast"  # the fastest tier that records a timeline of actions
@@ -332,25 +312,25 @@ def policy_step_time(scenario_key: str, policy: str, tier: str) -> float:
 # ------------------------------------------------------------------------------------------------ calibration
 
 
-def read_table(name: str | None = None, text: str | None = None) -> CalibrationTable:
+def read_table(name: str | None = None, text: str | None = None) -> caltable.CalibrationTable:
     """A bundled table by file name, or an uploaded one."""
     if text is not None:
-        return guarded(parse_table, text, "uploaded table")
-    return guarded(load_table, loading.profiles_dir() / "calibrated" / str(name))
+        return guarded(caltable.parse_table, text, "uploaded table")
+    return guarded(caltable.load_table, loading.profiles_dir() / "calibrated" / str(name))
 
 
-def gpu_for(table: CalibrationTable) -> GpuSpec | None:
+def gpu_for(table: caltable.CalibrationTable) -> GpuSpec | None:
     """The GPU profile the table was measured on (by model name), if there is one."""
     for name in gpus():
         spec = guarded(GpuSpec.model_validate, loading.read_yaml(loading.profiles_dir() / "gpus" / f"{name}.yaml"))
-        if gpu_model_token(spec.name) == gpu_model_token(table.device.name):
+        if caltable.gpu_model_token(spec.name) == caltable.gpu_model_token(table.device.name):
             return spec
     return None
 
 
 def _peak(gpu: GpuSpec, e: Any) -> float | None:
     """The peak an entry's rate is a fraction of: the dtype's tensor peak, or HBM bandwidth for memory kinds."""
-    if e.kind in COMPUTE_KINDS:
+    if e.kind in caltable.COMPUTE_KINDS:
         try:
             return gpu.peak_flops_per_s(e.dtype)
         except ValueError:
@@ -361,11 +341,11 @@ def _peak(gpu: GpuSpec, e: Any) -> float | None:
 def _modelled_seconds(model: CostModel, e: Any, m: float) -> float | None:
     """Seconds the profile's roofline (no table) gives an entry's family at size ``m``."""
     sh = e.shape
-    if e.kind in GEMM_KINDS:
+    if e.kind in caltable.GEMM_KINDS:
         groups = int(sh.get("groups", 1))
         rows = (m / groups,) * groups if groups > 1 else None
         return model.gemm_seconds(m, int(sh["n"]), int(sh["k"]), e.dtype if e.dtype != "fp16" else "bf16", rows)
-    if e.kind in ATTENTION_KINDS:
+    if e.kind in caltable.ATTENTION_KINDS:
         passes = {"attention_fwd": "fwd", "attention_bwd": "dgrad"}
         return model.attention_seconds(passes[e.kind], m * sh.get("batch", 1.0), int(m), int(sh["heads"]),
                                        int(sh["qk_dim"]), int(sh["v_dim"]), bool(sh.get("causal", 1.0)))
@@ -374,7 +354,7 @@ def _modelled_seconds(model: CostModel, e: Any, m: float) -> float | None:
     return None
 
 
-def calibration_frames(table: CalibrationTable, gpu: GpuSpec | None, points: int = 24
+def calibration_frames(table: caltable.CalibrationTable, gpu: GpuSpec | None, points: int = 24
                        ) -> tuple[Any, Any]:
     """Measured points and modelled curves (the GPU profile's roofline without the table): the fraction of the
     peak (tensor FLOP/s, or HBM bandwidth) reached at each size; communication kinds in GB/s, measured only."""
@@ -401,14 +381,14 @@ def calibration_frames(table: CalibrationTable, gpu: GpuSpec | None, points: int
         for m in np.geomspace(lo / 2, hi * 2, points):
             secs = guarded(_modelled_seconds, model, e, float(m))
             if secs:
-                work = e.work * (m / e.size) if e.kind not in ATTENTION_KINDS else e.work * (m / e.size) ** 2
+                work = e.work * (m / e.size) if e.kind not in caltable.ATTENTION_KINDS else e.work * (m / e.size) ** 2
                 op = " ".join(x for x in (e.name, e.gemm_pass, e.dtype) if x)
                 curves.append({"family": fam, "op": op, "kind": e.kind, "size": float(m),
                                "efficiency": work / secs / peak})
     return frames.table(measured), frames.table(curves)
 
 
-def table_summary(table: CalibrationTable) -> dict[str, Any]:
+def table_summary(table: caltable.CalibrationTable) -> dict[str, Any]:
     d = table.device
     return {"device": d.name, "kind": d.kind, "source": d.source, "created": d.created,
             "entries": len(table.entries), "notes": table.notes}

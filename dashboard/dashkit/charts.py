@@ -113,7 +113,8 @@ def calibration(measured: pd.DataFrame, curves: pd.DataFrame, y: str, y_title: s
     """Measured points over modelled curves (one per family, coloured by op), on a log size axis."""
     pts = alt.Chart(measured).mark_point(filled=True, size=70).encode(
         x=alt.X("size:Q", scale=alt.Scale(type="log"), title="size (rows, sequence length or bytes)"),
-        y=alt.Y(f"{y}:Q", title=y_title), color=alt.Color("op:N", title="op, pass, dtype"),
+        y=alt.Y(f"{y}:Q", title=y_title),
+        color=alt.Color("op:N", title="op, pass, dtype", scale=alt.Scale(scheme="category20")),
         tooltip=["family", alt.Tooltip("size:Q", format=",.0f"), alt.Tooltip(f"{y}:Q", format=".3f"), "note"])
     if curves.empty:
         return cast(alt.LayerChart, alt.layer(pts).properties(height=380).interactive())

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import streamlit as st
-from dashkit import bridge, state
+from dashkit import bridge, results, state
 from dashkit.bridge import Edits, UserError
 
 TITLE = "Scenario"
@@ -35,7 +35,7 @@ def _reset_hardware() -> None:
 
 def _source() -> Edits | None:
     st.session_state.setdefault("sc_source", "Built-in workload")
-    st.session_state.setdefault("sc_workload", bridge.DEFAULT_WORKLOAD)
+    st.session_state.setdefault("sc_workload", results.DEFAULT_WORKLOAD)
     c1, c2 = st.columns([1, 2])
     source = c1.radio("Job", ["Built-in workload", "Upload a job YAML"], key="sc_source", on_change=_reset)
     if source == "Built-in workload":
@@ -138,7 +138,7 @@ def _editors(d: dict[str, Any], hw: dict[str, Any], v: dict[str, Any]) -> None:
 
 
 def _headline(s: Any, view: Any) -> None:
-    pub = bridge.published_v3(s) if bridge.is_published_default(s) else None
+    pub = results.published_v3(s) if results.is_published_default(s) else None
     mfu = view.mfu.get("bf16_causal")
     c = st.columns(5)
 
@@ -158,7 +158,7 @@ def _headline(s: Any, view: Any) -> None:
         st.warning(f"Out of memory: the busiest GPU needs {state.fmt_bytes(view.peak_memory_bytes)} of "
                    f"{state.fmt_bytes(view.memory_capacity_bytes)}.", icon=":material/warning:")
     if pub:
-        st.caption(f"Published ({bridge.PUBLISHED_V3['source']}): {pub['gpu_hours_per_trillion_tokens'] / 1e3:.0f}K "
+        st.caption(f"Published ({results.PUBLISHED_V3['source']}): {pub['gpu_hours_per_trillion_tokens'] / 1e3:.0f}K "
                    f"GPU-hours per trillion tokens, i.e. {pub['tokens_per_s_per_gpu']:,.0f} tokens/s per GPU and "
                    f"{pub['step_time_s']:.1f} s per step; DeepSeek published no MFU.")
 
@@ -172,7 +172,7 @@ def main() -> None:
     hw0 = state.attempt(bridge.hardware_defaults, base)
     if loaded is None or hw0 is None:
         return
-    d = bridge.describe(loaded)
+    d = results.describe(loaded)
     cluster, hw = _hardware(base, hw0)
     values = _values(d, hw)
     edits = _edits(base, d, hw, cluster, values)

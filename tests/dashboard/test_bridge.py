@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("streamlit", reason="the dashboard extra is not installed (pip install -e '.[dashboard]')")
 
 
-from dashkit import bridge
+from dashkit import bridge, results
 from dashkit.bridge import Edits, UserError
 
 from sim.loading import load_scenario
@@ -46,5 +46,5 @@ def test_interactive_tier_is_the_fastest_the_library_has():
 
 def test_default_is_compared_with_deepseek_v3_published_figures():
     s = bridge.build(Edits())
-    assert bridge.is_published_default(s)
-    assert bridge.published_v3(s)["step_time_s"] == pytest.approx(19.9, rel=0.01)
+    assert results.is_published_default(s)
+    assert results.published_v3(s)["step_time_s"] == pytest.approx(19.9, rel=0.01)
