@@ -123,7 +123,7 @@ def imbalance(mean: np.ndarray, worst: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame({"step": steps, "mean over layers": mean, "worst layer": worst})
 
 
-def heatmap(loads: np.ndarray, max_steps: int = 100) -> pd.DataFrame:
+def heatmap(loads: np.ndarray, max_steps: int = 60) -> pd.DataFrame:
     """Relative load (1 = the mean) per step and expert, experts ordered by their load at step 0, thinned to
     at most ``max_steps`` steps."""
     rel = loads / loads.mean(axis=-1, keepdims=True)
