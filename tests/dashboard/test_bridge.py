@@ -1,0 +1,50 @@
+"""The bridge: the downloaded job loads to the simulated scenario; user errors name their field; tiers."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("streamlit", reason="the dashboard extra is not installed (pip install -e '.[dashboard]')")
+
+
+from dashkit import bridge, results
+from dashkit.bridge import Edits, UserError
+
+from sim.loading import load_scenario
+
+
+def test_downloaded_job_loads_to_the_same_scenario(tmp_path):
+    edits = Edits(gpu="h100_sxm", num_gpus=1024, sets=(("parallel.schedule", "1f1b"), ("parallel.comm_sms", 24),
+                                                         ("cluster.node.nic_achievable_gb_per_s", 45)))
+    path = tmp_path / "job.yaml"
+    path.write_text(bridge.job_yaml(edits))
+    s = load_scenario(str(path))
+    assert s == bridge.build(edits)
+    assert (s.num_gpus, s.parallel.schedule, s.parallel.comm_sms) == (1024, "1f1b", 24)
+    assert s.cluster.gpu.name.startswith("H100") and s.cluster.node.nic_achievable_gb_per_s == 45
+
+
+@pytest.mark.parametrize("edits, field", [
+    (Edits(sets=(("parallel.pp", 7),)), "parallel"),
+    (Edits(sets=(("parallel.comm_sms", 132),)), "parallel.comm_sms"),
+    (Edits(sets=(("parallel.bogus", 1),)), "parallel.bogus"),
+    (Edits(num_gpus=2050), "GPU count"),
+    (Edits(upload="model: ["), "uploaded job"),
+    (Edits(upload="name: x\n"), "model"),
+])
+def test_user_errors_name_the_field(edits, field):
+    with pytest.raises(UserError) as e:
+        bridge.build(edits)
+    assert e.value.field == field and e.value.message
+
+
+def test_interactive_tier_is_the_fastest_the_library_has():
+    assert bridge.interactive_tier() != "detailed"
+    assert bridge.tiers()[-1] == "detailed" or "detailed" not in bridge.tiers()
+    assert bridge.interactive_tier() in bridge.tiers()
+
+
+def test_default_is_compared_with_deepseek_v3_published_figures():
+    s = bridge.build(Edits())
+    assert results.is_published_default(s)
+    assert results.published_v3(s)["step_time_s"] == pytest.approx(19.9, rel=0.01)

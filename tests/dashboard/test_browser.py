@@ -1,0 +1,143 @@
+"""A real browser on the real app: ``streamlit run`` headless on 127.0.0.1, Debian's Chromium through Playwright.
+
+One server start, one page load, one interaction: wait for the headline metrics, change the communication SMs,
+see the step time change, save a screenshot. Skips, with the reason, only when Chromium or Playwright is
+missing (``.ci/run`` installs Chromium).
+
+With ``SIM_DASHBOARD_SCREENSHOTS=1`` it also visits every page and writes the README's screenshots to
+``docs/screenshots/`` (pressing each page's detail buttons; that takes a while longer).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit", reason="the dashboard extra is not installed (pip install -e '.[dashboard]')")
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the dev extra has it)")
+
+from tests.dashboard.conftest import DASHBOARD  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+SHOTS = DASHBOARD.parent / "docs" / "screenshots"
+METRIC = '[data-testid="stMetricValue"]'
+# page url -> (file name, buttons to press before the shot)
+PAGES = {"pipeline": ("pipeline.png", ["Simulate in detail"]), "experts": ("experts.png",
+         ["Simulate the step under each policy"]), "network": ("network.png", ["Sweep communication SMs"]),
+         "calibration": ("calibration.png", []), "cost": ("cost.png", []), "plan": ("plan.png", []),
+         "validation": ("validation.png", [])}
+
+HEIGHTS = {"pipeline": 3000, "experts": 2000, "network": 2300, "calibration": 1900}  # each page in one shot
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium (apt-get install -y chromium chromium-driver)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    port = _free_port()
+    cmd = [sys.executable, "-m", "streamlit", "run", str(DASHBOARD / "app.py"), "--server.headless", "true",
+           "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
+           "--server.fileWatcherType", "none"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=DASHBOARD.parent)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):  # 60 s at most
+            if proc.poll() is not None:
+                out = proc.stdout.read().decode() if proc.stdout else ""
+                pytest.fail(f"streamlit exited: {out[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("streamlit did not answer within 60 s")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _step_time(page) -> str:
+    return page.locator(METRIC).first.inner_text()
+
+
+def test_headline_then_comm_sms_change_moves_step_time(server, tmp_path):
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            t0 = time.perf_counter()
+            page.goto(server)
+            page.locator(METRIC).first.wait_for(timeout=60_000)
+            print(f"headline metrics shown {time.perf_counter() - t0:.2f} s after opening")
+            before = _step_time(page)
+            box = page.get_by_label("SMs for communication")
+            box.fill("60")
+            box.press("Enter")
+            page.wait_for_function(f"""() => {{
+                const m = document.querySelector('{METRIC}');
+                return m && m.innerText !== {before!r};
+            }}""", timeout=60_000)
+            after = _step_time(page)
+            assert after != before
+            shot = tmp_path / "scenario.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+            if os.environ.get("SIM_DASHBOARD_SCREENSHOTS"):
+                _all_pages(browser, server)
+        finally:
+            browser.close()
+
+
+def _all_pages(browser, server: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    page.goto(server)
+    page.locator(METRIC).first.wait_for(timeout=60_000)
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(SHOTS / "scenario.png"), full_page=True)
+    for url, (name, buttons) in PAGES.items():
+        page.set_viewport_size({"width": 1400, "height": HEIGHTS.get(url, 1400)})
+        page.goto(f"{server}/{url}")
+        page.locator('[data-testid="stMainBlockContainer"] h1').first.wait_for(timeout=60_000)
+        for label in buttons:
+            page.get_by_role("button", name=label).click(timeout=120_000)
+            page.wait_for_timeout(1000)
+        _settle(page)
+        page.evaluate("document.querySelectorAll('section, div').forEach(e => { if (e.scrollTop) e.scrollTop = 0; })")
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(SHOTS / name), full_page=True)
+
+
+def _settle(page) -> None:
+    """Wait until the app stops running (no spinner, no progress bar, the status widget idle)."""
+    page.wait_for_timeout(1500)
+    for _ in range(600):
+        busy = page.locator('[data-testid="stSpinner"], [data-testid="stProgress"], '
+                            '[data-testid="stStatusWidget"]').count()
+        if not busy:
+            break
+        page.wait_for_timeout(500)
+    page.wait_for_timeout(2500)  # let the charts draw
