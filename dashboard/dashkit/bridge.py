@@ -29,6 +29,7 @@ from dashkit.results import Balancing, Edits, StepView, UserError, split_field
 from sim import loading
 from sim.calibrate import table as caltable
 from sim.config import ExpertLoadSpec, GpuSpec, ParallelSpec, PrecisionSpec, Scenario, evolve
+from sim.costs.calibration import memory_model_seconds
 from sim.costs.kernels import CostModel
 from sim.errors import SimInputError, format_validation_error
 from sim.experts import POLICIES, simulate_balancing
@@ -321,11 +322,7 @@ def read_table(name: str | None = None, text: str | None = None) -> caltable.Cal
 
 def gpu_for(table: caltable.CalibrationTable) -> GpuSpec | None:
     """The GPU profile the table was measured on (by model name), if there is one."""
-    for name in gpus():
-        spec = guarded(GpuSpec.model_validate, loading.read_yaml(loading.profiles_dir() / "gpus" / f"{name}.yaml"))
-        if caltable.gpu_model_token(spec.name) == caltable.gpu_model_token(table.device.name):
-            return spec
-    return None
+    return guarded(loading.find_gpu_profile, table.device.name)
 
 
 def _peak(gpu: GpuSpec, e: Any) -> float | None:
@@ -350,7 +347,7 @@ def _modelled_seconds(model: CostModel, e: Any, m: float) -> float | None:
         return model.attention_seconds(passes[e.kind], m * sh.get("batch", 1.0), int(m), int(sh["heads"]),
                                        int(sh["qk_dim"]), int(sh["v_dim"]), bool(sh.get("causal", 1.0)))
     if e.kind in ("memory", "optimizer"):
-        return model.memory_seconds_raw(m) + model.gpu.efficiency.kernel_overhead_us * 1e-6
+        return memory_model_seconds(model.gpu, m)
     return None
 
 
