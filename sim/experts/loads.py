@@ -181,6 +181,11 @@ _CACHE: OrderedDict[str, ExpertLoads] = OrderedDict()
 _CACHE_SIZE = 8
 
 
+def clear_caches() -> None:
+    """Forget the cached loads (they are keyed by everything they depend on; this frees their memory)."""
+    _CACHE.clear()
+
+
 def _cache_key(scenario: Scenario, layers: tuple[int, ...], num_microbatches: int, step: int) -> str | None:
     if scenario.experts.skew == "histogram":
         return None  # the file may change between calls
