@@ -24,8 +24,8 @@ from sim.schedules.generators import build_schedule
 __all__ = ["MODES", "StepContext", "StepResult", "build_context", "clear_caches", "num_actions",
            "routing_is_skewed", "simulate_step", "step_time_by_policy", "with_policy"]
 
-Mode = Literal["detailed", "fast"]
-MODES: tuple[str, ...] = ("detailed", "fast")
+Mode = Literal["detailed", "fast", "analytic"]
+MODES: tuple[str, ...] = ("detailed", "fast", "analytic")
 
 
 def simulate_step(scenario: Scenario, *, mode: Mode = "detailed", allow_cpu_calibration: bool = False,
@@ -33,7 +33,9 @@ def simulate_step(scenario: Scenario, *, mode: Mode = "detailed", allow_cpu_cali
                   progress: Callable[[int], None] | None = None) -> StepResult:
     """Simulate one optimizer step of ``scenario`` at its full batch size.
 
-    ``mode``: ``detailed`` simulates every task, ``fast`` each action as one timed event.
+    ``mode``: ``detailed`` simulates every task, ``fast`` each action as one timed event, ``analytic`` combines
+    the same action durations without an event loop (:mod:`sim.analytic`; no trace: ``record_trace`` and
+    ``progress`` do not apply).
     ``allow_cpu_calibration``: accept a CPU-measured table (pipeline validation). ``strict_calibration``:
     refuse a table of another GPU (else set it aside, with a warning). ``imbalance_cost``: when routing is
     skewed, also simulate balanced routing and report the difference. ``record_trace``: keep every task and
@@ -43,11 +45,15 @@ def simulate_step(scenario: Scenario, *, mode: Mode = "detailed", allow_cpu_cali
     if mode not in MODES:
         raise ValueError(f"mode: {mode!r} is not one of {', '.join(MODES)}")
     t0 = time.perf_counter()
-    ctx, plans = _prepared(scenario, allow_cpu_calibration, strict_calibration, mode == "fast")
-    gpu = scenario.cluster.gpu
-    result = run_pipeline(plans, num_sms=gpu.num_sms, comm_sms=scenario.parallel.comm_sms, fast=mode == "fast",
-                          record_tasks=record_trace, progress=progress)
-    out = step_result(ctx, result, mode=mode, wall_s=time.perf_counter() - t0)
+    if mode == "analytic":
+        out = analytic.analytic_step(scenario, allow_cpu_calibration=allow_cpu_calibration,
+                                     strict_calibration=strict_calibration)
+    else:
+        ctx, plans = _prepared(scenario, allow_cpu_calibration, strict_calibration, mode == "fast")
+        gpu = scenario.cluster.gpu
+        result = run_pipeline(plans, num_sms=gpu.num_sms, comm_sms=scenario.parallel.comm_sms,
+                              fast=mode == "fast", record_tasks=record_trace, progress=progress)
+        out = step_result(ctx, result, mode=mode, wall_s=time.perf_counter() - t0)
     if imbalance_cost and routing_is_skewed(scenario):
         even = evolve(scenario, {"experts.skew": "balanced", "experts.drift_per_step": 0.0})
         balanced = simulate_step(even, mode=mode, allow_cpu_calibration=allow_cpu_calibration,
