@@ -33,10 +33,12 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from sim.analytic_eval import Evaluation, Table, build_table, evaluate, gpipe_closed_form
-from sim.config import Scenario
+from sim.assemble import routing_is_skewed, scenario_key
+from sim.config import Scenario, evolve
 from sim.metrics import CATEGORIES, StepResult, flops_per_token
 from sim.pipeline import check_schedule
 from sim.schedules.generators import build_schedule
@@ -58,10 +60,10 @@ class TableCache:
         self.maxsize = maxsize
         self._d: OrderedDict[tuple, Table] = OrderedDict()
 
-    def get(self, key: tuple | None, scenario: Scenario, allow_cpu: bool, strict: bool) -> Table:
+    def get(self, key: tuple | None, build: Callable[[], Table]) -> Table:
         hit = self._d.get(key) if key is not None else None
         if hit is None:
-            hit = build_table(scenario, allow_cpu, strict)
+            hit = build()
             if key is not None:
                 self._d[key] = hit
                 if len(self._d) > self.maxsize:
@@ -86,11 +88,23 @@ def clear_caches() -> None:
 
 
 def _table(scenario: Scenario, allow_cpu: bool, strict: bool) -> Table:
-    from sim.assemble import routing_is_skewed, scenario_key
+    """The scenario's table, from :data:`TABLES` or built. Under balanced routing it is built from the scenario
+    at the fit's smallest micro-batch count (nothing in a table depends on the count; this skips generating
+    the full schedule); skewed routing draws each micro-batch's loads, so its table is the scenario's own."""
+    skewed = routing_is_skewed(scenario)
+    base = scenario_key(scenario, None if skewed else BATCH_FIELDS)
+    key = None if base is None else (*base, allow_cpu, strict)
 
-    # Skewed routing draws each micro-batch's loads: the count of micro-batches shapes the chunks too.
-    base = scenario_key(scenario, None if routing_is_skewed(scenario) else BATCH_FIELDS)
-    return TABLES.get(None if base is None else (*base, allow_cpu, strict), scenario, allow_cpu, strict)
+    def build() -> Table:
+        sample = scenario
+        if not skewed:
+            p = scenario.parallel
+            m0 = _valid(p.schedule, p.pp, 2 * p.pp, p.vpp)
+            sample = evolve(scenario, {"parallel.num_microbatches": None, "training.batch_ramp": None,
+                                       "training.global_batch_size": m0 * scenario.dp * p.micro_batch_size})
+        return build_table(sample, allow_cpu, strict)
+
+    return TABLES.get(key, build)
 
 
 def _valid(name: str, pp: int, n: int, vpp: int) -> int:

@@ -117,20 +117,26 @@ class ScheduleHooks:
 
 
 def _action_hooks(sched: Schedule, a: Action) -> ActionHooks:
+    """The hooks of ``a``. Its inputs are the outputs of its parts' dependencies on other stages
+    (:meth:`Schedule.dependencies`): a forward's on the previous stage, a backward's (B or I) on the next one
+    unless it is the last; a W depends on its own stage only."""
     per_dir = sched.microbatches_per_direction
     last = sched.num_stages - 1
-    parts = tuple((p.stage, "F" if p.phase is Phase.F else p.phase.value, p.direction * per_dir + p.microbatch)
-                  for p in a.parts())
-    inputs = tuple(("F" if dep.phase is Phase.F else "B", dep.direction, dep.stage, dep.microbatch)
-                   for p in a.parts() for dep in sched.dependencies(p) if dep.stage != p.stage)
-    outputs = []
+    parts, inputs, outputs = [], [], []
     for p in a.parts():
-        d, s, m = p.direction, p.stage, p.microbatch
-        if p.phase is Phase.F and s < last:
-            outputs.append((("F", d, s, m), sched.rank_of(s + 1, d)))
-        elif p.phase in (Phase.B, Phase.I) and s > 0:
-            outputs.append((("B", d, s, m), sched.rank_of(s - 1, d)))
-    return ActionHooks(str(a), CATEGORY[a.phase], parts, inputs, tuple(outputs))
+        d, s, m, ph = p.direction, p.stage, p.microbatch, p.phase
+        parts.append((s, "F" if ph is Phase.F else ph.value, d * per_dir + m))
+        if ph is Phase.F:
+            if s > 0:
+                inputs.append(("F", d, s - 1, m))
+            if s < last:
+                outputs.append((("F", d, s, m), sched.rank_of(s + 1, d)))
+        elif ph is not Phase.W:
+            if s < last:
+                inputs.append(("B", d, s + 1, m))
+            if s > 0:
+                outputs.append((("B", d, s, m), sched.rank_of(s - 1, d)))
+    return ActionHooks(str(a), CATEGORY[a.phase], tuple(parts), tuple(inputs), tuple(outputs))
 
 
 def schedule_hooks(sched: Schedule) -> ScheduleHooks:
