@@ -120,6 +120,21 @@ def _after(env: simpy.Environment, delay: float, fn: Callable[[Any], None]) -> _
     return wake
 
 
+class _TaskWake:
+    """A slim event that ends task ``i`` (stream ``s``, started at ``t0``) of a work run; see :class:`_Wake`."""
+
+    __slots__ = ("callbacks", "i", "run", "s", "t0")
+    _ok = True
+
+    def __init__(self, run: _WorkRun, s: int, i: int, t0: float) -> None:
+        self.callbacks: list[Callable[[Any], None]] | None = [_task_done]
+        self.run, self.s, self.i, self.t0 = run, s, i, t0
+
+
+def _task_done(wake: _TaskWake) -> None:
+    wake.run._end(wake.s, wake.i, wake.t0)
+
+
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector while a run allocates its many small, long-lived trace records
@@ -136,8 +151,8 @@ def _gc_paused() -> Iterator[None]:
 class Gpu:
     """One simulated GPU: fluid-rate compute, communication holding SMs, four link sides."""
 
-    __slots__ = ("_last", "_rate", "_remaining", "_run", "_t0", "_task", "_wake", "comm_active", "env", "free_at",
-                 "rank", "slow", "usage")
+    __slots__ = ("_fire_cb", "_last", "_rate", "_remaining", "_run", "_t0", "_task", "_wake", "comm_active", "env",
+                 "free_at", "intervals", "rank", "slow", "usage")
 
     def __init__(self, env: simpy.Environment, rank: int, num_sms: int, comm_sms: int) -> None:
         self.env = env
@@ -146,6 +161,8 @@ class Gpu:
         self.comm_active = 0
         self.free_at = [0.0, 0.0, 0.0, 0.0]  # per LinkSide
         self.usage = [0.0, 0.0, 0.0, 0.0]
+        #: per LinkSide, the trace's list of busy intervals, looked up on first use
+        self.intervals: list[list[tuple[float, float]] | None] = [None, None, None, None]
         self._run: _WorkRun | None = None  # the running compute task: its work run, index and start
         self._task = 0
         self._t0 = 0.0
@@ -153,6 +170,7 @@ class Gpu:
         self._rate = 1.0
         self._last = 0.0
         self._wake: _Wake | None = None
+        self._fire_cb = self._fire
 
     def compute(self, seconds: float, run: _WorkRun, task: int, t0: float) -> None:
         """Start ``seconds`` of full-rate work for ``task`` of ``run`` (started at ``t0``); the run's
@@ -167,7 +185,8 @@ class Gpu:
         old = self._wake
         if old is not None and old.callbacks:
             old.callbacks = []  # superseded: it still leaves the queue at its time, doing nothing
-        self._wake = _after(self.env, self._remaining / self._rate, self._fire)
+        wake = self._wake = _Wake(self._fire_cb)
+        self.env.schedule(wake, NORMAL, self._remaining / self._rate)  # type: ignore[arg-type]
 
     def _fire(self, _event: Any) -> None:
         self._wake = None
@@ -211,8 +230,16 @@ def _reserve_own(gpu: Gpu, sides: tuple[int, ...], seconds: float, now: float, i
         free_at[s] = end
         usage[s] += seconds
         if intervals is not None:
-            intervals.setdefault((gpu.rank, s), []).append((start, end))
+            _interval_list(gpu, s, intervals).append((start, end))
     return end
+
+
+def _interval_list(gpu: Gpu, side: int, intervals: dict) -> list[tuple[float, float]]:
+    """The trace's interval list of ``gpu``'s link ``side`` (created in the trace on first use)."""
+    got = gpu.intervals[side]
+    if got is None:
+        got = gpu.intervals[side] = intervals.setdefault((gpu.rank, side), [])
+    return got
 
 
 _new_tuple = tuple.__new__
@@ -250,13 +277,15 @@ class _Compiled:
 class _WorkRun:
     """Runs one work's tasks on one GPU's streams; calls ``on_done`` when all are done."""
 
-    __slots__ = ("busy", "c", "done", "env", "gpu", "intervals", "label", "left", "on_done", "ptr", "running",
-                 "trace")
+    __slots__ = ("busy", "c", "done", "env", "gpu", "intervals", "label", "left", "on_done", "ptr", "record",
+                 "running", "trace")
 
     def __init__(self, env: simpy.Environment, gpu: Gpu, compiled: _Compiled, label: str, trace: Trace | None,
                  on_done: Callable[[], None]) -> None:
         self.env, self.gpu, self.c, self.label, self.trace, self.on_done = env, gpu, compiled, label, trace, on_done
-        self.intervals = trace.links.intervals if trace is not None and trace.record_tasks else None
+        recording = trace is not None and trace.record_tasks
+        self.intervals = trace.links.intervals if recording else None  # type: ignore[union-attr]
+        self.record = trace.tasks.append if recording else None  # type: ignore[union-attr]
         self.done = [False] * len(compiled.seconds)
         self.ptr = [0, 0, 0]
         self.running = [False, False, False]
@@ -283,33 +312,35 @@ class _WorkRun:
                 self._start(s, i)
 
     def _start(self, s: int, i: int) -> None:
-        c, env, gpu = self.c, self.env, self.gpu
+        c, env = self.c, self.env
         self.running[s] = True
         t0 = env.now
         seconds = c.seconds[i]
         if s == _COMPUTE:
             if seconds > 0:
-                gpu.compute(seconds, self, i, t0)
+                self.gpu.compute(seconds, self, i, t0)
             else:
                 self._end(s, i, t0)
             return
-        end = _reserve_own(gpu, c.sides[i], seconds, t0, self.intervals)
+        end = _reserve_own(self.gpu, c.sides[i], seconds, t0, self.intervals)
         if s == _DP:
-            # A data-parallel collective queues for its links, then holds SMs while it transfers.
-            begin = end - seconds
-            if begin > t0:
-                _after(env, begin - t0, lambda _e: self._transfer(s, i, begin, end))
-            else:
-                self._transfer(s, i, t0, end)
+            self._queue(i, t0, end - seconds, end)
             return
         if c.holds[i]:
-            gpu.comm_started()
-        _after(env, end - t0, lambda _e: self._end(s, i, t0))
+            self.gpu.comm_started()
+        env.schedule(_TaskWake(self, s, i, t0), NORMAL, end - t0)  # type: ignore[arg-type]
+
+    def _queue(self, i: int, t0: float, begin: float, end: float) -> None:
+        """A data-parallel collective queues for its links, then holds SMs while it transfers."""
+        if begin > t0:
+            _after(self.env, begin - t0, lambda _e: self._transfer(_DP, i, begin, end))
+        else:
+            self._transfer(_DP, i, t0, end)
 
     def _transfer(self, s: int, i: int, begin: float, end: float) -> None:
         if self.c.holds[i]:
             self.gpu.comm_started()
-        _after(self.env, end - begin, lambda _e: self._end(s, i, begin))
+        self.env.schedule(_TaskWake(self, s, i, begin), NORMAL, end - begin)  # type: ignore[arg-type]
 
     def _end(self, s: int, i: int, t0: float) -> None:
         c = self.c
@@ -320,17 +351,16 @@ class _WorkRun:
                 self.busy[slot] += now - t0
         elif c.holds[i]:
             self.gpu.comm_ended()
-        trace = self.trace
-        if trace is not None:
-            trace.num_tasks += 1
-            if trace.record_tasks:  # TaskEvent(...) without the namedtuple's Python-level __new__
-                trace.tasks.append(_new_tuple(TaskEvent, (self.gpu.rank, c.streams[i], c.names[i], t0, now,
-                                                          self.label)))
+        record = self.record
+        if record is not None:  # TaskEvent(...) without the namedtuple's Python-level __new__
+            record(_new_tuple(TaskEvent, (self.gpu.rank, c.streams[i], c.names[i], t0, now, self.label)))
         self.done[i] = True
         self.running[s] = False
         self.ptr[s] += 1
         self.left -= 1
         if self.left == 0:
+            if self.trace is not None:
+                self.trace.num_tasks += len(c.seconds)
             self.on_done()
         else:
             self._pump(c.wakes[i])
@@ -489,8 +519,8 @@ class _Engine:
         trace = self.trace
         if trace.record_tasks:
             intervals = trace.links.intervals
-            intervals.setdefault((src, tx), []).append((start, end))
-            intervals.setdefault((send.dst, rx), []).append((start, end))
+            _interval_list(a, tx, intervals).append((start, end))
+            _interval_list(b, rx, intervals).append((start, end))
             key = send.key
             trace.transfers.append(TransferEvent(src, send.dst, start, end, f"{key[0]}{key[2]}.{key[3]}"))
         _after(self.env, end - now, lambda _e: self._arrive(send.key))
