@@ -135,6 +135,21 @@ def _task_done(wake: _TaskWake) -> None:
     wake.run._end(wake.s, wake.i, wake.t0)
 
 
+class _Arrival:
+    """A slim event: a stage-boundary transfer's ``key`` arrives; see :class:`_Wake`."""
+
+    __slots__ = ("callbacks", "engine", "key")
+    _ok = True
+
+    def __init__(self, engine: _Engine, key: ArrivalKey) -> None:
+        self.callbacks: list[Callable[[Any], None]] | None = [_arrived]
+        self.engine, self.key = engine, key
+
+
+def _arrived(wake: _Arrival) -> None:
+    wake.engine._arrive(wake.key)
+
+
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector while a run allocates its many small, long-lived trace records
@@ -523,7 +538,7 @@ class _Engine:
             _interval_list(b, rx, intervals).append((start, end))
             key = send.key
             trace.transfers.append(TransferEvent(src, send.dst, start, end, f"{key[0]}{key[2]}.{key[3]}"))
-        _after(self.env, end - now, lambda _e: self._arrive(send.key))
+        self.env.schedule(_Arrival(self, send.key), NORMAL, end - now)  # type: ignore[arg-type]
 
     def _arrive(self, key: ArrivalKey) -> None:
         self.arrived.add(key)
