@@ -15,10 +15,11 @@ from typing import Literal
 from sim import analytic, assemble
 from sim.assemble import rank_plans, routing_is_skewed, scenario_key
 from sim.config import Scenario, evolve
-from sim.context import StepContext, build_context
+from sim.context import StepContext, build_context, stage_partition
 from sim.engine import RankPlan, run_pipeline
 from sim.experts.loads import clear_caches as clear_load_caches
 from sim.metrics import StepResult, flops_per_token, step_result
+from sim.model.stages import model_units
 from sim.schedules.generators import build_schedule
 
 __all__ = ["MODES", "StepContext", "StepResult", "build_context", "clear_caches", "num_actions",
@@ -90,15 +91,17 @@ def _prepared(scenario: Scenario, allow_cpu: bool, strict: bool, fast: bool) -> 
 
 def clear_caches() -> None:
     """Empty every cache the step simulation keeps between calls: prepared contexts and plans, isolated work
-    timings, the analytic tier's tables, expert loads, schedules and model FLOPs. Results never depend on
-    them (each is keyed by everything its value depends on); this frees their memory, and lets tests start
-    cold."""
+    timings, the analytic tier's tables, expert loads, schedules, stage partitions, model units and FLOPs.
+    Results never depend on them (each is keyed by everything its value depends on); this frees their memory,
+    and lets tests start cold."""
     _PREPARED.clear()
     assemble.clear_caches()
     analytic.clear_caches()
     clear_load_caches()
     build_schedule.cache_clear()
     flops_per_token.cache_clear()
+    stage_partition.cache_clear()
+    model_units.cache_clear()
 
 
 def num_actions(scenario: Scenario) -> int:
