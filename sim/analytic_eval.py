@@ -122,16 +122,32 @@ def compiled(sched: Schedule) -> Compiled:
         return hit
     hooks = schedule_hooks(sched)
     ids: dict[tuple, int] = {}
+    classes: dict[tuple, ClassKey] = {}
     ranks = []
     for r, actions in enumerate(hooks.ranks):
-        last = hooks.last_backward[r]
-        trig: dict[int, list[int]] = {}
-        for stage, i in last.items():
-            trig.setdefault(i, []).append(stage)
-        ranks.append(tuple(
-            Slot(tuple((s, k) for s, k, _ in h.parts), h.parts, tuple(ids.setdefault(k, len(ids)) for k in h.inputs),
-                 tuple((ids.setdefault(k, len(ids)), dst) for k, dst in h.outputs), len(h.parts) == 2,
-                 tuple(trig.get(i, ()))) for i, h in enumerate(actions)))
+        trig: dict[int, tuple[int, ...]] = {}
+        for stage, i in hooks.last_backward[r].items():
+            trig[i] = (*trig.get(i, ()), stage)
+        slots = []
+        for i, h in enumerate(actions):
+            parts = h.parts
+            cls = classes.get(parts)
+            if cls is None:
+                cls = classes[parts] = tuple([(p[0], p[1]) for p in parts])
+            inputs = []
+            for k in h.inputs:
+                kid = ids.get(k)
+                if kid is None:
+                    kid = ids[k] = len(ids)
+                inputs.append(kid)
+            outputs = []
+            for k, dst in h.outputs:
+                kid = ids.get(k)
+                if kid is None:
+                    kid = ids[k] = len(ids)
+                outputs.append((kid, dst))
+            slots.append(Slot(cls, parts, tuple(inputs), tuple(outputs), len(parts) == 2, trig.get(i, ())))
+        ranks.append(tuple(slots))
     out = Compiled(tuple(ranks), len(ids))
     sched._cache["analytic.compiled"] = out
     return out
@@ -166,7 +182,7 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
     sums = [[0.0] * 5 for _ in range(n_ranks)]
     trig: list[dict[int, float]] = [{} for _ in range(n_ranks)]
     key_of = (lambda s: s.parts) if table.skewed else (lambda s: s.cls)
-    timings, timing, send = table.timings, table.timing, table.send
+    timings, timing, sends, send = table.timings, table.timing, table.sends, table.send
     ready = list(range(n_ranks - 1, -1, -1))
     while ready:
         r = ready.pop()
@@ -195,7 +211,7 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
                 acc[2] += bi
                 acc[3] += bw
             for k, dst in slot.outputs:
-                seconds, links = send(r, dst)
+                seconds, links = sends.get((r, dst)) or send(r, dst)
                 if dst == r or seconds <= 0:
                     arrive[k] = t
                 else:

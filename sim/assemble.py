@@ -116,26 +116,29 @@ class ScheduleHooks:
     last_backward: tuple[dict[int, int], ...]
 
 
-def _action_hooks(sched: Schedule, a: Action) -> ActionHooks:
+_F, _W = Phase.F, Phase.W  # enum members looked up once (class attribute access is slow on 3.11)
+
+
+def _action_hooks(sched: Schedule, a: Action, rank_of: dict[tuple[int, int], int]) -> ActionHooks:
     """The hooks of ``a``. Its inputs are the outputs of its parts' dependencies on other stages
     (:meth:`Schedule.dependencies`): a forward's on the previous stage, a backward's (B or I) on the next one
-    unless it is the last; a W depends on its own stage only."""
+    unless it is the last; a W depends on its own stage only. ``rank_of``: (stage, direction) -> rank."""
     per_dir = sched.microbatches_per_direction
     last = sched.num_stages - 1
     parts, inputs, outputs = [], [], []
     for p in a.parts():
         d, s, m, ph = p.direction, p.stage, p.microbatch, p.phase
-        parts.append((s, "F" if ph is Phase.F else ph.value, d * per_dir + m))
-        if ph is Phase.F:
+        parts.append((s, "F" if ph is _F else ph.value, d * per_dir + m))
+        if ph is _F:
             if s > 0:
                 inputs.append(("F", d, s - 1, m))
             if s < last:
-                outputs.append((("F", d, s, m), sched.rank_of(s + 1, d)))
-        elif ph is not Phase.W:
+                outputs.append((("F", d, s, m), rank_of[s + 1, d]))
+        elif ph is not _W:
             if s < last:
                 inputs.append(("B", d, s + 1, m))
             if s > 0:
-                outputs.append((("B", d, s, m), sched.rank_of(s - 1, d)))
+                outputs.append((("B", d, s, m), rank_of[s - 1, d]))
     return ActionHooks(str(a), CATEGORY[a.phase], tuple(parts), tuple(inputs), tuple(outputs))
 
 
@@ -146,8 +149,9 @@ def schedule_hooks(sched: Schedule) -> ScheduleHooks:
         return hit
     ranks = []
     lasts = []
+    rank_of = {(s, d): sched.rank_of(s, d) for s in range(sched.num_stages) for d in range(sched.num_directions)}
     for actions in sched.ranks:
-        ranks.append(tuple(_action_hooks(sched, a) for a in actions))
+        ranks.append(tuple(_action_hooks(sched, a, rank_of) for a in actions))
         last_backward: dict[int, int] = {}
         for i, a in enumerate(actions):
             for part in a.parts():
