@@ -3,11 +3,12 @@
 Same model as the engine's fast mode: every action takes the isolated duration of its work
 (:func:`sim.engine.isolated_run` via :class:`sim.assemble.Assembler`, memoized by content), an action starts when
 its rank is free and its inputs have arrived, a stage-boundary transfer takes the network's point-to-point time
-and leaves when its action ends (transfers of one rank and link queue behind each other, and behind an
-overlapped parameter gather), and each rank ends with its tail: waiting for its gradient synchronizations
-(started after the last backward of each stage, one after the other on the rank's links), the optimizer and an
-exposed parameter gather. What it leaves out: contention between different ranks' transfers and with
-gradient synchronizations on the receiving side, and the slow-down of compute while those hold SMs.
+and leaves when its action ends (transfers of one rank and link queue behind each other, behind an overlapped
+parameter gather and behind the rank's gradient synchronizations, which start after the last backward of each
+stage and hold the rank's links), and each rank ends with its tail: waiting for those synchronizations, the
+optimizer and an exposed parameter gather. What it leaves out: transfers of different ranks queueing for one
+receiving side, a receiver's synchronization seen only when it was asked for first in evaluation order, and
+compute slowed while data-parallel collectives hold SMs (fast mode leaves that out too).
 
 How the pipeline is combined (:mod:`sim.analytic_eval`), per schedule, under balanced routing (every
 micro-batch of a stage has the same chunks):
@@ -54,9 +55,9 @@ Fit = tuple[list[float], list[float], int]  # intercepts, slopes (per micro-batc
 
 
 class TableCache:
-    """:class:`~sim.analytic_forms.Table` per scenario key, least recently used first out."""
+    """:class:`~sim.analytic_eval.Table` per scenario key, least recently used first out."""
 
-    def __init__(self, maxsize: int = 256) -> None:
+    def __init__(self, maxsize: int = 128) -> None:
         self.maxsize = maxsize
         self._d: OrderedDict[tuple, Table] = OrderedDict()
 
@@ -156,7 +157,10 @@ def _per_rank(table: Table, n: int) -> list[list[float]]:
             flat = [x + s * n for x, s in zip(a, b, strict=True)]
             width = len(flat) // pp
             return [flat[r * width:(r + 1) * width] for r in range(pp)]
-    return evaluate(table, build_schedule(name, pp, n, vpp)).per_rank
+    hit = table.evaluated.get(n)
+    if hit is None:
+        hit = table.evaluated[n] = evaluate(table, build_schedule(name, pp, n, vpp)).per_rank
+    return hit
 
 
 def _tail(table: Table, r: int, finish: float, syncs: list[float]) -> tuple[float, float]:
@@ -183,13 +187,13 @@ def analytic_step(scenario: Scenario, *, allow_cpu_calibration: bool = False,
     rows = _per_rank(table, n)
     ends, waits = [], []
     for r, row in enumerate(rows):
-        end, wait = _tail(table, r, row[0], row[Evaluation.TRIGGERS:Evaluation.TRIGGERS + len(table.stages[r])])
+        end, wait = _tail(table, r, row[0], row[Evaluation.SYNCS:Evaluation.SYNCS + len(table.stages[r])])
         ends.append(end)
         waits.append(wait)
     step = max(ends)
     per_rank = []
     for r, row in enumerate(rows):
-        dur, bf, bi, bw, ov, _peak = row[1:Evaluation.TRIGGERS]
+        dur, bf, bi, bw, ov, _peak = row[1:Evaluation.SYNCS]
         b = dict.fromkeys(CATEGORIES, 0.0)
         b["forward"], b["backward_input"], b["backward_weight"], b["overlapped"] = bf, bi, bw, ov
         b["exposed_comm"] = (dur - bf - bi - bw - ov) + waits[r] + table.exposed_gather_s[r]
@@ -197,7 +201,7 @@ def analytic_step(scenario: Scenario, *, allow_cpu_calibration: bool = False,
         b["bubble"] = max(0.0, step - sum(v for k, v in b.items() if k != "bubble"))
         per_rank.append(b)
     return _result(scenario, table, step, per_rank, [row[0] for row in rows],
-                   [row[Evaluation.TRIGGERS - 1] for row in rows], time.perf_counter() - t0)
+                   [row[Evaluation.SYNCS - 1] for row in rows], time.perf_counter() - t0)
 
 
 def _result(s: Scenario, table: Table, step: float, per_rank: list[dict[str, float]], finish: list[float],

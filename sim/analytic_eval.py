@@ -51,6 +51,7 @@ class Table:
     notes: tuple[str, ...]
     warnings: tuple[str, ...]
     fit: tuple[list[float], list[float], int] | None = None  # see sim.analytic._fit
+    evaluated: dict[int, list[list[float]]] = field(default_factory=dict)  # rows of direct evaluations, by count
 
     def timing(self, key: Any, parts: tuple[tuple[int, str, int], ...]) -> Timing:
         hit = self.timings.get(key)
@@ -161,7 +162,7 @@ class Evaluation:
     Its links stay held until then: later sends of the rank, and sends to it asked for after it started,
     wait."""
 
-    FINISH, DURATION, BUSY_F, BUSY_I, BUSY_W, OVERLAPPED, PEAK, TRIGGERS = range(8)
+    FINISH, DURATION, BUSY_F, BUSY_I, BUSY_W, OVERLAPPED, PEAK, SYNCS = range(8)
 
     def __init__(self, per_rank: list[list[float]]) -> None:
         self.per_rank = per_rank
