@@ -167,7 +167,7 @@ def _scale() -> None:
         row = []
         for mode in ("analytic", "fast", "detailed"):
             r = _run(CASE, mode, "-", "3", *over)
-            row.append("n/a" if "error" in r else f"{mode} {r['wall'] * 1e3:7.1f} ms")
+            row.append("n/a" if "error" in r else f"{mode} {r['wall'] * 1e3:7.1f} ms (cpu {r['cpu'] * 1e3:6.1f})")
         print(f"  {gpus:6d} GPUs (120 micro-batches): " + ", ".join(row))
 
 
