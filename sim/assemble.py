@@ -8,15 +8,22 @@ rank's last action). The parameter gather runs beside the first forwards when ``
 (Megatron-LM gathers each bucket ahead of its first use; nothing waits for it here), or after the optimizer,
 exposed. In fast mode every action also carries its isolated duration (:func:`sim.engine.isolated_run`),
 computed once per distinct work.
+
+What depends on the schedule alone (labels, chunk keys, arrivals, send destinations, the last backward of each
+stage: :class:`ScheduleHooks`) is derived once per schedule and kept on the (immutable, cached) schedule. The
+isolated timing of a work is memoized by the work's content in :data:`TIMINGS`, an explicit cache shared
+across scenarios (a sweep re-times only works it has not seen); :func:`clear_caches` empties it.
 """
 
 from __future__ import annotations
 
+import os
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from sim.config import Scenario
-from sim.engine import PlannedAction, RankPlan, Send, TailItem, isolated_run
+from sim.engine import ArrivalKey, PlannedAction, RankPlan, Send, TailItem, isolated_run
 from sim.network import Network
 from sim.pipeline import all_stages_of
 from sim.program.chunks import ChunkKind, Program
@@ -28,6 +35,132 @@ from sim.timeline import Category
 
 CATEGORY = {Phase.F: Category.FORWARD, Phase.B: Category.BACKWARD, Phase.I: Category.BACKWARD_INPUT,
             Phase.W: Category.BACKWARD_WEIGHT, Phase.FB: Category.OVERLAPPED}
+
+Timing = tuple[float, tuple[float, float, float]]  # seconds, compute-busy seconds of F, I and W tasks
+PartKey = tuple[int, str, int]  # (stage, chunk kind, global micro-batch) of one part of an action
+
+
+def routing_is_skewed(scenario: Scenario) -> bool:
+    """Whether routing in ``scenario`` can load experts unevenly (else every micro-batch's chunk of a stage is
+    the same work: :class:`sim.program.moe.LoadModel` gives balanced routing one load for all)."""
+    e = scenario.experts
+    return scenario.model.is_moe and (e.skew != "balanced" or e.drift_per_step > 0)
+
+
+class TimingCache:
+    """Isolated timings of works, keyed by the work's content and the GPU's SM split (everything
+    :func:`~sim.engine.isolated_run` reads), least recently used first out."""
+
+    def __init__(self, maxsize: int = 8192) -> None:
+        self.maxsize = maxsize
+        self._d: OrderedDict[tuple[Work, int, int, bool], Timing] = OrderedDict()
+
+    def get(self, work: Work, num_sms: int, comm_sms: int, static_sms: bool = False) -> Timing:
+        key = (work, num_sms, comm_sms, static_sms)
+        hit = self._d.get(key)
+        if hit is None:
+            hit = self._d[key] = isolated_run(work, num_sms, comm_sms, static_sms)
+            if len(self._d) > self.maxsize:
+                self._d.popitem(last=False)
+        return hit
+
+    def clear(self) -> None:
+        self._d.clear()
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+
+#: Isolated timings of works seen so far (fast mode and the analytic tier); see :func:`clear_caches`.
+TIMINGS = TimingCache()
+
+
+def scenario_key(scenario: Scenario, exclude: dict[str, Any] | None = None) -> tuple | None:
+    """A cache key for what is built from ``scenario``: every field (but those in ``exclude``, pydantic's
+    ``model_dump`` form) and the identity (path, size, modification time) of its calibration file. ``None``
+    when the scenario reads a file that may change unseen (a routing histogram) or a file that is missing:
+    such scenarios are not cached."""
+    if scenario.experts.skew == "histogram":
+        return None
+    stamp = None
+    if scenario.calibration:
+        try:
+            st = os.stat(scenario.calibration)
+        except OSError:
+            return None
+        stamp = (os.path.abspath(scenario.calibration), st.st_size, st.st_mtime_ns)
+    return (scenario.model_dump_json(exclude=exclude), stamp)
+
+
+def clear_caches() -> None:
+    """Empty this module's caches (the per-schedule hooks live and die with their schedule)."""
+    TIMINGS.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class ActionHooks:
+    """What one action needs that depends on the schedule alone."""
+
+    label: str
+    category: str
+    parts: tuple[PartKey, ...]                       # the chunk(s) it runs
+    inputs: tuple[ArrivalKey, ...]                   # arrivals it waits for
+    outputs: tuple[tuple[ArrivalKey, int], ...]      # (what it sends, destination rank), in send order
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleHooks:
+    """Per rank, each action's hooks, and the index of the action holding each stage's last backward."""
+
+    ranks: tuple[tuple[ActionHooks, ...], ...]
+    last_backward: tuple[dict[int, int], ...]
+
+
+_F, _W = Phase.F, Phase.W  # enum members looked up once (class attribute access is slow on 3.11)
+
+
+def _action_hooks(sched: Schedule, a: Action, rank_of: dict[tuple[int, int], int]) -> ActionHooks:
+    """The hooks of ``a``. Its inputs are the outputs of its parts' dependencies on other stages
+    (:meth:`Schedule.dependencies`): a forward's on the previous stage, a backward's (B or I) on the next one
+    unless it is the last; a W depends on its own stage only. ``rank_of``: (stage, direction) -> rank."""
+    per_dir = sched.microbatches_per_direction
+    last = sched.num_stages - 1
+    parts, inputs, outputs = [], [], []
+    for p in a.parts():
+        d, s, m, ph = p.direction, p.stage, p.microbatch, p.phase
+        parts.append((s, "F" if ph is _F else ph.value, d * per_dir + m))
+        if ph is _F:
+            if s > 0:
+                inputs.append(("F", d, s - 1, m))
+            if s < last:
+                outputs.append((("F", d, s, m), rank_of[s + 1, d]))
+        elif ph is not _W:
+            if s < last:
+                inputs.append(("B", d, s + 1, m))
+            if s > 0:
+                outputs.append((("B", d, s, m), rank_of[s - 1, d]))
+    return ActionHooks(str(a), CATEGORY[a.phase], tuple(parts), tuple(inputs), tuple(outputs))
+
+
+def schedule_hooks(sched: Schedule) -> ScheduleHooks:
+    """The schedule's :class:`ScheduleHooks`, derived once and kept on the schedule."""
+    hit = sched._cache.get("assemble.hooks")
+    if isinstance(hit, ScheduleHooks):
+        return hit
+    ranks = []
+    lasts = []
+    rank_of = {(s, d): sched.rank_of(s, d) for s in range(sched.num_stages) for d in range(sched.num_directions)}
+    for actions in sched.ranks:
+        ranks.append(tuple(_action_hooks(sched, a, rank_of) for a in actions))
+        last_backward: dict[int, int] = {}
+        for i, a in enumerate(actions):
+            for part in a.parts():
+                if part.phase in (Phase.B, Phase.W):
+                    last_backward[part.stage] = i
+        lasts.append(last_backward)
+    hooks = ScheduleHooks(tuple(ranks), tuple(lasts))
+    sched._cache["assemble.hooks"] = hooks
+    return hooks
 
 
 @dataclass(frozen=True)
@@ -41,32 +174,34 @@ class StepInputs:
     tail: StepTail
 
 
-class _Assembler:
-    def __init__(self, inp: StepInputs, fast: bool) -> None:
+class Assembler:
+    """Works, isolated timings and stage-boundary sends of one scenario's actions, memoized per call."""
+
+    def __init__(self, inp: StepInputs, timings: TimingCache | None = None) -> None:
         self.inp = inp
-        self.fast = fast
-        self.sched = inp.schedule
-        self.per_dir = self.sched.microbatches_per_direction
+        self.timings = TIMINGS if timings is None else timings
         self.p2p_bytes = inp.program.p2p_bytes()
+        #: balanced routing: a stage's chunk of a kind is the same work for every micro-batch
+        self.uniform = not routing_is_skewed(inp.scenario)
+        self._keys: dict[tuple[int, str, int], tuple] = {}
         self._works: dict[tuple, Work] = {}
-        self._timed: dict[tuple, tuple[float, tuple[float, float, float]]] = {}
+        self._timed: dict[tuple, Timing] = {}
+        self._sends: dict[tuple[int, int], tuple[float, int]] = {}
         gpu = inp.scenario.cluster.gpu
         self.num_sms, self.comm_sms = gpu.num_sms, inp.scenario.parallel.comm_sms
         self.static_sms = inp.scenario.sm_partition == "static"
 
-    def global_mb(self, a: Action) -> int:
-        return a.direction * self.per_dir + a.microbatch
+    def _chunk_key(self, part: PartKey) -> tuple:
+        stage, kind, _ = part
+        memo = (stage, kind, 0) if self.uniform else part
+        hit = self._keys.get(memo)
+        if hit is None:
+            hit = self._keys[memo] = self.inp.program.chunk_key(stage, cast(ChunkKind, kind), memo[2])
+        return hit
 
-    def _key(self, a: Action) -> tuple:
-        prog = self.inp.program
-        if a.phase is Phase.FB:
-            fa, ba = a.parts()
-            return (prog.chunk_key(fa.stage, "F", self.global_mb(fa)),
-                    prog.chunk_key(ba.stage, cast(ChunkKind, ba.phase.value), self.global_mb(ba)))
-        return (prog.chunk_key(a.stage, cast(ChunkKind, a.phase.value), self.global_mb(a)),)
-
-    def work(self, a: Action) -> tuple[Work, tuple]:
-        key = self._key(a)
+    def work(self, parts: tuple[PartKey, ...]) -> tuple[Work, tuple]:
+        """The work of an action with these parts, and its key (the parts' chunk keys)."""
+        key = tuple(self._chunk_key(p) for p in parts)
         hit = self._works.get(key)
         if hit is None:
             prog = self.inp.program
@@ -79,54 +214,41 @@ class _Assembler:
             self._works[key] = hit
         return hit, key
 
-    def timed(self, work: Work, key: tuple) -> tuple[float, tuple[float, float, float]]:
+    def timed(self, work: Work, key: tuple) -> Timing:
         hit = self._timed.get(key)
         if hit is None:
-            hit = self._timed[key] = isolated_run(work, self.num_sms, self.comm_sms, self.static_sms)
+            hit = self._timed[key] = self.timings.get(work, self.num_sms, self.comm_sms, self.static_sms)
         return hit
 
-    def inputs(self, a: Action) -> tuple[tuple[str, int, int, int], ...]:
-        """Arrivals an action waits for: the outputs of its dependencies on other stages."""
-        return tuple(("F" if dep.phase is Phase.F else "B", dep.direction, dep.stage, dep.microbatch)
-                     for p in a.parts() for dep in self.sched.dependencies(p) if dep.stage != p.stage)
+    def timing(self, parts: tuple[PartKey, ...]) -> Timing:
+        """Isolated seconds and busy F/I/W seconds of an action with these parts."""
+        return self.timed(*self.work(parts))
 
-    def outputs(self, a: Action) -> tuple[Send, ...]:
-        out = []
-        last = self.sched.num_stages - 1
-        net = self.inp.network
-        src = self.sched.rank_of(a.stage, a.direction)
-        for p in a.parts():
-            d, s, m = p.direction, p.stage, p.microbatch
-            if p.phase is Phase.F and s < last:
-                key, dst = ("F", d, s, m), self.sched.rank_of(s + 1, d)
-            elif p.phase in (Phase.B, Phase.I) and s > 0:
-                key, dst = ("B", d, s, m), self.sched.rank_of(s - 1, d)
-            else:
-                continue
+    def send(self, src: int, dst: int) -> tuple[float, int]:
+        """Seconds and link mask of one stage-boundary transfer from rank ``src`` to ``dst``."""
+        hit = self._sends.get((src, dst))
+        if hit is None:
+            net = self.inp.network
             same = net.same_node(src, dst)
-            out.append(Send(key, dst, net.p2p_seconds(self.p2p_bytes, same), NVLINK if same else NIC))
-        return tuple(out)
+            hit = self._sends[(src, dst)] = (net.p2p_seconds(self.p2p_bytes, same), NVLINK if same else NIC)
+        return hit
 
-    def rank_plan(self, r: int) -> RankPlan:
+    def rank_plan(self, r: int, fast: bool) -> RankPlan:
         s = self.inp.scenario
         p = s.parallel
         tail = self.inp.tail
+        hooks = schedule_hooks(self.inp.schedule)
         stages = all_stages_of(p.schedule, p.pp, p.vpp)[r]
-        actions = self.sched.ranks[r]
-        last_backward: dict[int, int] = {}
-        for i, a in enumerate(actions):
-            for part in a.parts():
-                if part.phase in (Phase.B, Phase.W):
-                    last_backward[part.stage] = i
         triggers: dict[int, list[Work]] = {}
         if p.overlap_grad_reduce:
-            for stage, i in last_backward.items():
+            for stage, i in hooks.last_backward[r].items():
                 triggers.setdefault(i, []).append(tail.grad_sync_work(stage))
         planned = []
-        for i, a in enumerate(actions):
-            work, key = self.work(a)
-            planned.append(PlannedAction(work, str(a), CATEGORY[a.phase], self.inputs(a), self.outputs(a),
-                                         tuple(triggers.get(i, ())), self.timed(work, key) if self.fast else None))
+        for i, h in enumerate(hooks.ranks[r]):
+            work, key = self.work(h.parts)
+            outputs = tuple(Send(k, dst, *self.send(r, dst)) for k, dst in h.outputs)
+            planned.append(PlannedAction(work, h.label, h.category, h.inputs, outputs, tuple(triggers.get(i, ())),
+                                         self.timed(work, key) if fast else None))
         late = () if p.overlap_grad_reduce else tuple(tail.grad_sync_work(stage) for stage in stages)
         items = [TailItem(tail.optimizer_work(stages), "optimizer", Category.OPTIMIZER)]
         prologue: tuple[Work, ...] = ()
@@ -139,5 +261,5 @@ class _Assembler:
 
 def rank_plans(inp: StepInputs, *, fast: bool) -> list[RankPlan]:
     """One plan per pipeline rank of ``inp.schedule``."""
-    asm = _Assembler(inp, fast)
-    return [asm.rank_plan(r) for r in range(inp.schedule.num_ranks)]
+    asm = Assembler(inp)
+    return [asm.rank_plan(r, fast) for r in range(inp.schedule.num_ranks)]

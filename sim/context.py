@@ -5,9 +5,10 @@ the step's tail, once per scenario."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from sim.assemble import StepInputs
-from sim.config import Scenario
+from sim.config import ModelSpec, Scenario
 from sim.costs.calibration import resolve_calibration
 from sim.costs.kernels import CostModel
 from sim.costs.ops import OpCoster
@@ -40,10 +41,19 @@ class StepContext:
         return StepInputs(self.scenario, self.program, self.schedule, self.network, self.tail)
 
 
+@lru_cache(maxsize=64)
+def stage_partition(model: ModelSpec, num_stages: int, stage_layers: tuple[int, ...] | None, split: str,
+                    seq_len: int) -> StagePartition:
+    """:func:`sim.model.stages.partition`, memoized (a pure function of its hashable arguments; its balanced
+    split is a dynamic program worth caching across scenarios; cleared by :func:`sim.step.clear_caches`)."""
+    return partition(model, num_stages, stage_layers, split, seq_len)  # type: ignore[arg-type]
+
+
 def build_context(scenario: Scenario, *, allow_cpu_calibration: bool = False,
                   strict_calibration: bool = True) -> StepContext:
     p = scenario.parallel
-    parts = partition(scenario.model, scenario.num_stages, p.stage_layers, p.stage_split, scenario.training.seq_len)
+    parts = stage_partition(scenario.model, scenario.num_stages, p.stage_layers, p.stage_split,
+                            scenario.training.seq_len)
     cal = resolve_calibration(scenario, allow_cpu=allow_cpu_calibration, strict=strict_calibration)
     costs = CostModel(scenario.cluster.gpu, scenario.precision, cal.table, cal.source)
     loads = LoadModel(scenario, parts)

@@ -23,16 +23,22 @@ DeepSeek's trace, so compute always runs at that rate).
 
 Detailed mode runs every task as an event. Fast mode runs each action as one timed event whose duration is
 the makespan of its work simulated once in isolation (:func:`isolated_run`, memoized per distinct work).
-The engine is callback-driven: no generator process per task, no ``AllOf`` per stream.
+The engine is callback-driven: no generator process per task, no ``AllOf`` per stream. Its events are
+slim (:class:`_Wake`: one callback, scheduled with the priority and delay a ``simpy.Timeout`` would have, so
+the event order is SimPy's), a superseded compute completion is disarmed rather than left to fire, and the
+cyclic garbage collector pauses while a run allocates its trace.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import gc
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import simpy
+from simpy.events import NORMAL
 
 from sim.program.tasks import NIC, NVLINK, Work
 from sim.timeline import ActionEvent, LinkSide, Stream, TaskEvent, Trace, TransferEvent
@@ -98,11 +104,73 @@ class EngineResult:
     trace: Trace = field(repr=False)
 
 
+class _Wake:
+    """A slim SimPy event: ``fn(event)`` runs when the environment reaches it. Scheduled like a
+    ``simpy.Timeout`` (``env.schedule(event, NORMAL, delay)``: time ``now + delay``, then FIFO among equal times),
+    so runs order events exactly as timeouts would; it only skips the timeout's bookkeeping."""
+
+    __slots__ = ("callbacks",)
+    _ok = True  # SimPy's step() checks this: a wake never fails
+
+    def __init__(self, fn: Callable[[Any], None]) -> None:
+        self.callbacks: list[Callable[[Any], None]] | None = [fn]
+
+
+def _after(env: simpy.Environment, delay: float, fn: Callable[[Any], None]) -> _Wake:
+    """Run ``fn(event)`` ``delay`` seconds from now (``delay >= 0``)."""
+    wake = _Wake(fn)
+    env.schedule(wake, NORMAL, delay)  # type: ignore[arg-type]  # duck-typed event, see _Wake
+    return wake
+
+
+class _TaskWake:
+    """A slim event that ends task ``i`` (stream ``s``, started at ``t0``) of a work run; see :class:`_Wake`."""
+
+    __slots__ = ("callbacks", "i", "run", "s", "t0")
+    _ok = True
+
+    def __init__(self, run: _WorkRun, s: int, i: int, t0: float) -> None:
+        self.callbacks: list[Callable[[Any], None]] | None = [_task_done]
+        self.run, self.s, self.i, self.t0 = run, s, i, t0
+
+
+def _task_done(wake: _TaskWake) -> None:
+    wake.run._end(wake.s, wake.i, wake.t0)
+
+
+class _Arrival:
+    """A slim event: a stage-boundary transfer's ``key`` arrives; see :class:`_Wake`."""
+
+    __slots__ = ("callbacks", "engine", "key")
+    _ok = True
+
+    def __init__(self, engine: _Engine, key: ArrivalKey) -> None:
+        self.callbacks: list[Callable[[Any], None]] | None = [_arrived]
+        self.engine, self.key = engine, key
+
+
+def _arrived(wake: _Arrival) -> None:
+    wake.engine._arrive(wake.key)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a run allocates its many small, long-lived trace records
+    (generation-2 passes over them cost more than the run itself); restored afterwards, as it was."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 class Gpu:
     """One simulated GPU: fluid-rate compute, communication holding SMs, four link sides."""
 
-    __slots__ = ("_cb", "_last", "_rate", "_remaining", "_version", "comm_active", "env", "free_at", "rank",
-                 "slow", "static", "usage")
+    __slots__ = ("_fire_cb", "_last", "_rate", "_remaining", "_run", "_t0", "_task", "_wake", "comm_active", "env",
+                 "free_at", "intervals", "rank", "slow", "static", "usage")
 
     def __init__(self, env: simpy.Environment, rank: int, num_sms: int, comm_sms: int, static: bool = False) -> None:
         self.env = env
@@ -112,32 +180,41 @@ class Gpu:
         self.comm_active = 0
         self.free_at = [0.0, 0.0, 0.0, 0.0]  # per LinkSide
         self.usage = [0.0, 0.0, 0.0, 0.0]
-        self._cb: Callable[[], None] | None = None
+        #: per LinkSide, the trace's list of busy intervals, looked up on first use
+        self.intervals: list[list[tuple[float, float]] | None] = [None, None, None, None]
+        self._run: _WorkRun | None = None  # the running compute task: its work run, index and start
+        self._task = 0
+        self._t0 = 0.0
         self._remaining = 0.0
         self._rate = 1.0
         self._last = 0.0
-        self._version = 0
+        self._wake: _Wake | None = None
+        self._fire_cb = self._fire
 
-    def compute(self, seconds: float, done: Callable[[], None]) -> None:
-        """Start ``seconds`` of full-rate work; ``done()`` runs when it is finished at the varying rate."""
-        self._cb = done
+    def compute(self, seconds: float, run: _WorkRun, task: int, t0: float) -> None:
+        """Start ``seconds`` of full-rate work for ``task`` of ``run`` (started at ``t0``); the run's
+        ``_end`` is called when it is finished at the varying rate."""
+        self._run, self._task, self._t0 = run, task, t0
         self._remaining = seconds
         self._rate = self.slow if self.comm_active or self.static else 1.0
         self._last = self.env.now
         self._arm()
 
     def _arm(self) -> None:
-        self._version += 1
-        version = self._version
-        self.env.timeout(self._remaining / self._rate).callbacks.append(lambda _e: self._fire(version))
+        old = self._wake
+        if old is not None and old.callbacks:
+            old.callbacks = []  # superseded: it still leaves the queue at its time, doing nothing
+        wake = self._wake = _Wake(self._fire_cb)
+        self.env.schedule(wake, NORMAL, self._remaining / self._rate)  # type: ignore[arg-type]
 
-    def _fire(self, version: int) -> None:
-        if version == self._version and self._cb is not None:
-            cb, self._cb = self._cb, None
-            cb()
+    def _fire(self, _event: Any) -> None:
+        self._wake = None
+        run, self._run = self._run, None
+        if run is not None:
+            run._end(_COMPUTE, self._task, self._t0)
 
     def _retime(self) -> None:
-        if self._cb is None:
+        if self._run is None:
             return
         rate = self.slow if self.comm_active else 1.0
         if rate == self._rate:
@@ -158,21 +235,34 @@ class Gpu:
             self._retime()
 
 
-def _reserve(sides: Sequence[tuple[Gpu, int]], seconds: float, now: float, intervals: dict | None) -> float:
-    """Hold link sides ``(gpu, side)`` for a transfer of ``seconds``; returns its end time."""
+def _reserve_own(gpu: Gpu, sides: tuple[int, ...], seconds: float, now: float, intervals: dict | None) -> float:
+    """Hold ``sides`` of ``gpu`` for a transfer of ``seconds`` from when all are free (first come, first
+    served); returns its end time."""
+    free_at = gpu.free_at
     start = now
-    for g, s in sides:
-        if g.free_at[s] > start:
-            start = g.free_at[s]
+    for s in sides:
+        if free_at[s] > start:
+            start = free_at[s]
     end = start + seconds
-    for g, s in sides:
-        g.free_at[s] = end
-        g.usage[s] += seconds
+    usage = gpu.usage
+    for s in sides:
+        free_at[s] = end
+        usage[s] += seconds
         if intervals is not None:
-            intervals.setdefault((g.rank, s), []).append((start, end))
+            _interval_list(gpu, s, intervals).append((start, end))
     return end
 
 
+def _interval_list(gpu: Gpu, side: int, intervals: dict) -> list[tuple[float, float]]:
+    """The trace's interval list of ``gpu``'s link ``side`` (created in the trace on first use)."""
+    got = gpu.intervals[side]
+    if got is None:
+        got = gpu.intervals[side] = intervals.setdefault((gpu.rank, side), [])
+    return got
+
+
+_new_tuple = tuple.__new__
+_NIC_TX, _NIC_RX, _NVLINK_TX, _NVLINK_RX = (int(s) for s in LinkSide)
 _COMPUTE, _COMM, _DP = int(Stream.COMPUTE), int(Stream.COMM), int(Stream.DP)
 #: Streams are tried in this order when a task ends: communication first, so that compute starting at the same
 #: instant starts at the rate the new communication leaves it (no re-timing at zero elapsed time).
@@ -206,13 +296,15 @@ class _Compiled:
 class _WorkRun:
     """Runs one work's tasks on one GPU's streams; calls ``on_done`` when all are done."""
 
-    __slots__ = ("busy", "c", "done", "env", "gpu", "intervals", "label", "left", "on_done", "ptr", "running",
-                 "trace")
+    __slots__ = ("busy", "c", "done", "env", "gpu", "intervals", "label", "left", "on_done", "ptr", "record",
+                 "running", "trace")
 
     def __init__(self, env: simpy.Environment, gpu: Gpu, compiled: _Compiled, label: str, trace: Trace | None,
                  on_done: Callable[[], None]) -> None:
         self.env, self.gpu, self.c, self.label, self.trace, self.on_done = env, gpu, compiled, label, trace, on_done
-        self.intervals = trace.links.intervals if trace is not None and trace.record_tasks else None
+        recording = trace is not None and trace.record_tasks
+        self.intervals = trace.links.intervals if recording else None  # type: ignore[union-attr]
+        self.record = trace.tasks.append if recording else None  # type: ignore[union-attr]
         self.done = [False] * len(compiled.seconds)
         self.ptr = [0, 0, 0]
         self.running = [False, False, False]
@@ -239,33 +331,35 @@ class _WorkRun:
                 self._start(s, i)
 
     def _start(self, s: int, i: int) -> None:
-        c, env, gpu = self.c, self.env, self.gpu
+        c, env = self.c, self.env
         self.running[s] = True
         t0 = env.now
         seconds = c.seconds[i]
         if s == _COMPUTE:
             if seconds > 0:
-                gpu.compute(seconds, lambda: self._end(s, i, t0))
+                self.gpu.compute(seconds, self, i, t0)
             else:
                 self._end(s, i, t0)
             return
-        end = _reserve([(gpu, side) for side in c.sides[i]], seconds, t0, self.intervals)
+        end = _reserve_own(self.gpu, c.sides[i], seconds, t0, self.intervals)
         if s == _DP:
-            # A data-parallel collective queues for its links, then holds SMs while it transfers.
-            begin = end - seconds
-            if begin > t0:
-                env.timeout(begin - t0).callbacks.append(lambda _e: self._transfer(s, i, begin, end))
-            else:
-                self._transfer(s, i, t0, end)
+            self._queue(i, t0, end - seconds, end)
             return
         if c.holds[i]:
-            gpu.comm_started()
-        env.timeout(end - t0).callbacks.append(lambda _e: self._end(s, i, t0))
+            self.gpu.comm_started()
+        env.schedule(_TaskWake(self, s, i, t0), NORMAL, end - t0)  # type: ignore[arg-type]
+
+    def _queue(self, i: int, t0: float, begin: float, end: float) -> None:
+        """A data-parallel collective queues for its links, then holds SMs while it transfers."""
+        if begin > t0:
+            _after(self.env, begin - t0, lambda _e: self._transfer(_DP, i, begin, end))
+        else:
+            self._transfer(_DP, i, t0, end)
 
     def _transfer(self, s: int, i: int, begin: float, end: float) -> None:
         if self.c.holds[i]:
             self.gpu.comm_started()
-        self.env.timeout(end - begin).callbacks.append(lambda _e: self._end(s, i, begin))
+        self.env.schedule(_TaskWake(self, s, i, begin), NORMAL, end - begin)  # type: ignore[arg-type]
 
     def _end(self, s: int, i: int, t0: float) -> None:
         c = self.c
@@ -276,16 +370,16 @@ class _WorkRun:
                 self.busy[slot] += now - t0
         elif c.holds[i]:
             self.gpu.comm_ended()
-        trace = self.trace
-        if trace is not None:
-            trace.num_tasks += 1
-            if trace.record_tasks:
-                trace.tasks.append(TaskEvent(self.gpu.rank, c.streams[i], c.names[i], t0, now, self.label))
+        record = self.record
+        if record is not None:  # TaskEvent(...) without the namedtuple's Python-level __new__
+            record(_new_tuple(TaskEvent, (self.gpu.rank, c.streams[i], c.names[i], t0, now, self.label)))
         self.done[i] = True
         self.running[s] = False
         self.ptr[s] += 1
         self.left -= 1
         if self.left == 0:
+            if self.trace is not None:
+                self.trace.num_tasks += len(c.seconds)
             self.on_done()
         else:
             self._pump(c.wakes[i])
@@ -351,7 +445,7 @@ class _RankRun:
             if action.timed is None:
                 raise SimulationError(f"fast mode needs every action timed ({action.label} is not)")
             seconds, busy = action.timed
-            eng.env.timeout(seconds).callbacks.append(lambda _e: self._action_end(action, start, busy))
+            _after(eng.env, seconds, lambda _e: self._action_end(action, start, busy))
         else:
             run = _WorkRun(eng.env, self.gpu, eng.compiled(action.work), action.label, eng.trace,
                            lambda: self._action_end(action, start, tuple(run.busy)))  # type: ignore[arg-type]
@@ -360,7 +454,8 @@ class _RankRun:
     def _action_end(self, action: PlannedAction, start: float, busy: tuple[float, float, float]) -> None:
         eng = self.eng
         now = eng.env.now
-        eng.trace.actions.append(ActionEvent(self.rank, start, now, action.label, action.category, *busy))
+        eng.trace.actions.append(_new_tuple(ActionEvent, (self.rank, start, now, action.label, action.category,
+                                                          *busy)))
         if eng.progress is not None:
             eng.progress(1)
         for send in action.outputs:
@@ -427,15 +522,28 @@ class _Engine:
         if send.dst == src or send.seconds <= 0:
             self._arrive(send.key)
             return
-        tx, rx = (LinkSide.NIC_TX, LinkSide.NIC_RX) if send.links & NIC else (LinkSide.NVLINK_TX, LinkSide.NVLINK_RX)
+        tx, rx = (_NIC_TX, _NIC_RX) if send.links & NIC else (_NVLINK_TX, _NVLINK_RX)
         now = self.env.now
-        sides = [(self.gpus[src], tx), (self.gpus[send.dst], rx)]
-        start = max(now, *(g.free_at[s] for g, s in sides))
-        end = _reserve(sides, send.seconds, now, self.trace.links.intervals if self.trace.record_tasks else None)
-        if self.trace.record_tasks:
+        a, b = self.gpus[src], self.gpus[send.dst]
+        # _reserve over (a, tx) and (b, rx), unrolled: the transfer starts when both sides are free.
+        start = now
+        if a.free_at[tx] > start:
+            start = a.free_at[tx]
+        if b.free_at[rx] > start:
+            start = b.free_at[rx]
+        seconds = send.seconds
+        end = start + seconds
+        a.free_at[tx] = b.free_at[rx] = end
+        a.usage[tx] += seconds
+        b.usage[rx] += seconds
+        trace = self.trace
+        if trace.record_tasks:
+            intervals = trace.links.intervals
+            _interval_list(a, tx, intervals).append((start, end))
+            _interval_list(b, rx, intervals).append((start, end))
             key = send.key
-            self.trace.transfers.append(TransferEvent(src, send.dst, start, end, f"{key[0]}{key[2]}.{key[3]}"))
-        self.env.timeout(end - now).callbacks.append(lambda _e: self._arrive(send.key))
+            trace.transfers.append(TransferEvent(src, send.dst, start, end, f"{key[0]}{key[2]}.{key[3]}"))
+        self.env.schedule(_Arrival(self, send.key), NORMAL, end - now)  # type: ignore[arg-type]
 
     def _arrive(self, key: ArrivalKey) -> None:
         self.arrived.add(key)
@@ -453,11 +561,12 @@ def run_pipeline(plans: Sequence[RankPlan], *, num_sms: int, comm_sms: int, stat
     trace = Trace(record_tasks=record_tasks)
     eng = _Engine(len(plans), num_sms, comm_sms, static_sms, trace, fast, progress)
     runs = [_RankRun(eng, r, plan) for r, plan in enumerate(plans)]
-    for run in runs:
-        run.begin()
-    for run in runs:
-        run.advance()
-    eng.env.run()
+    with _gc_paused():
+        for run in runs:
+            run.begin()
+        for run in runs:
+            run.advance()
+        eng.env.run()
     if not all(r.completed for r in runs):
         stuck = [f"rank {r.rank} at action {r.i} waiting for {r.waiting_for}" for r in runs if not r.completed]
         raise SimulationError("pipeline deadlocked: " + "; ".join(stuck[:5]))

@@ -46,7 +46,20 @@ class MemoryBreakdown:
 
 def peak_activation_bytes(schedule: Schedule, stage_bytes: Sequence[float]) -> list[float]:
     """Per rank, the most activation bytes held at once: each forward adds its stage's bytes when it starts,
-    each full backward (B) or deferred weight gradient (W) frees them when it ends."""
+    each full backward (B) or deferred weight gradient (W) frees them when it ends. Memoized on the
+    (immutable) schedule by the stage bytes, for the last few of them."""
+    key = tuple(stage_bytes)
+    memo = schedule._cache.setdefault("memory.peaks", {})
+    assert isinstance(memo, dict)
+    hit = memo.get(key)
+    if hit is None:
+        hit = memo[key] = _peaks(schedule, key)
+        while len(memo) > 8:
+            del memo[next(iter(memo))]
+    return list(hit)
+
+
+def _peaks(schedule: Schedule, stage_bytes: Sequence[float]) -> list[float]:
     peaks = []
     for actions in schedule.ranks:
         held = peak = 0.0

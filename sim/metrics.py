@@ -20,8 +20,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from typing import Any
 
+from sim.config import ModelSpec
 from sim.context import StepContext
 from sim.engine import EngineResult
 from sim.memory import memory_per_rank
@@ -84,12 +86,17 @@ def rank_breakdown(actions: Sequence[ActionEvent], step_s: float, num_ranks: int
     return out
 
 
+@lru_cache(maxsize=64)
+def flops_per_token(model: ModelSpec, seq_len: int, causal: bool) -> float:
+    """Training FLOPs per token of the main model and the MTP modules (memoized: a pure function of its
+    arguments, cleared by :func:`sim.step.clear_caches`)."""
+    return counts.train_flops_per_token(model, seq_len, causal) + counts.train_flops_per_token_mtp(
+        model, seq_len, causal)
+
+
 def model_flops_per_step(ctx: StepContext, causal: bool) -> float:
     s = ctx.scenario
-    seq = s.training.seq_len
-    per_token = counts.train_flops_per_token(s.model, seq, causal) + counts.train_flops_per_token_mtp(
-        s.model, seq, causal)
-    return s.training.tokens_per_step * per_token
+    return s.training.tokens_per_step * flops_per_token(s.model, s.training.seq_len, causal)
 
 
 def step_result(ctx: StepContext, result: EngineResult, *, mode: str, wall_s: float) -> StepResult:

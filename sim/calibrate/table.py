@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from sim.calibrate.interp import interp_loglog, log_distance, merge_points
 from sim.config.hardware import gpu_model_token
 from sim.errors import SimInputError, format_validation_error
+from sim.loading import parse_yaml
 
 SCHEMA_VERSION = 1
 NEAREST_FAMILY_MAX_LOG_DISTANCE = math.log(2.0)
@@ -356,7 +357,7 @@ _LOADED: dict[tuple[str, int, int, int], CalibrationTable] = {}
 
 def parse_table(text: str, label: str = "<text>") -> CalibrationTable:
     try:
-        data = yaml.safe_load(text)
+        data = parse_yaml(text)
     except yaml.YAMLError as e:
         raise SimInputError(f"{label} is not valid YAML (corrupt calibration file?): {e}",
                             field="calibration") from None

@@ -2,10 +2,15 @@
 
 Bad input (``SimInputError``, click usage errors) exits with status 2 and a message naming the field;
 ``--json`` prints exactly one JSON object on stdout.
+
+Subcommands load lazily: ``sim --help`` and ``sim run`` import only what they use (no pandas, matplotlib or
+torch unless the command needs them). :data:`COMMANDS` names each command's module and its one-line help, so
+listing the commands imports none of them (``tests/test_speed_invariants.py`` checks the lines match).
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Any
 
@@ -13,9 +18,50 @@ import click
 
 from sim.errors import SimInputError
 
+#: name -> (module under ``sim.cli``, attribute, the command's help text: its docstring's first paragraph)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "calibrate": ("calibrate_cmd", "calibrate", "Write a calibration table that `sim run --calibration FILE` reads."),
+    "estimate": ("estimate_cmd", "estimate",
+                 "Estimate a whole training run of WORKLOAD: GPU-hours, days, dollars, energy and CO2 per phase."),
+    "experts": ("experts_cmd", "experts", "Expert load and its balancing over training steps for WORKLOAD."),
+    "model": ("model_cmd", "model",
+              "Architecture arithmetic for WORKLOAD (a job file, or a model file under workloads/models)."),
+    "run": ("run_cmd", "run", "Simulate one training step of WORKLOAD and report where the time goes."),
+    "schedule": ("schedule_cmd", "schedule",
+                 "Build pipeline schedule NAME and run it with uniform chunk durations and no communication."),
+    "validate": ("validate_cmd", "validate",
+                 "Run published cases (all, or CASES: families, file stems, case names, globs or case files) and "
+                 "report\n    predicted, measured and the signed error predicted / measured - 1."),
+}
+
 
 class SimGroup(click.Group):
-    """Turns input errors raised anywhere below into a message and exit status 2."""
+    """Loads a subcommand's module only when that command runs (or its own help is asked for), and turns input
+    errors raised anywhere below into a message and exit status 2."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands:
+            return self.commands[cmd_name]
+        spec = COMMANDS.get(cmd_name)
+        if spec is None:
+            return None
+        module, attr, _ = spec
+        cmd = getattr(importlib.import_module(f"sim.cli.{module}"), attr)
+        self.commands[cmd_name] = cmd
+        return cmd
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from :data:`COMMANDS`, without importing the commands."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max((len(n) for n in names), default=0)
+        rows = [(name, self.commands[name].get_short_help_str(limit) if name in self.commands
+                 else click.utils.make_default_short_help(COMMANDS[name][2], limit)) for name in names]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -30,20 +76,6 @@ class SimGroup(click.Group):
 def main() -> None:
     """Simulate LLM training on GPU clusters: step time, where it goes, and what a run costs."""
 
-
-def _register() -> None:
-    from sim.cli import calibrate_cmd, estimate_cmd, experts_cmd, model_cmd, run_cmd, schedule_cmd
-
-    main.add_command(calibrate_cmd.calibrate)
-    main.add_command(estimate_cmd.estimate)
-    main.add_command(experts_cmd.experts)
-    main.add_command(model_cmd.model)
-    main.add_command(run_cmd.run)
-    main.add_command(schedule_cmd.schedule)
-    main.add_command(__import__("sim.cli.validate_cmd", fromlist=["validate"]).validate)
-
-
-_register()
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

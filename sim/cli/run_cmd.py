@@ -7,6 +7,7 @@ import sys
 import click
 
 from sim.cli.common import echo_json, human_bytes, write_atomic
+from sim.errors import SimInputError
 from sim.loading import load_scenario
 
 BREAKDOWN_KEYS = ("forward", "backward_input", "backward_weight", "overlapped", "bubble", "exposed_comm",
@@ -26,8 +27,9 @@ def scenario_options(f):
 @scenario_options
 @click.option("--calibration", type=click.Path(dir_okay=False), default=None,
               help="calibration table (from `sim calibrate`) replacing the scenario's")
-@click.option("--mode", type=click.Choice(["detailed", "fast"]), default="detailed", show_default=True,
-              help="detailed: per-layer phases; fast: per-action durations, for sweeps")
+@click.option("--mode", type=click.Choice(["detailed", "fast", "analytic"]), default="detailed", show_default=True,
+              help="detailed: per-layer phases; fast: per-action durations, for sweeps; analytic: the same "
+                   "durations combined without an event loop (no trace or Gantt chart)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @click.option("--verbose", "-v", is_flag=True, help="list every op that fell back to profile efficiencies")
 @click.option("--trace", "trace_out", type=click.Path(dir_okay=False), default=None,
@@ -39,10 +41,12 @@ def run(workload: str | None, hardware: str | None, gpus: int | None, overrides:
     """Simulate one training step of WORKLOAD and report where the time goes."""
     from sim.step import num_actions, simulate_step
 
+    if mode == "analytic" and (trace_out or gantt_out):
+        raise SimInputError("--trace and --gantt need a timeline: use --mode detailed or fast", field="--mode")
     extra = (f"calibration={calibration}",) if calibration else ()
     scenario = load_scenario(workload, hardware=hardware, gpus=gpus, overrides=(*overrides, *extra))
     named = calibration is not None  # a table the user names must fit; the job's own may be set aside
-    if sys.stderr.isatty():
+    if sys.stderr.isatty() and mode != "analytic":
         with click.progressbar(length=num_actions(scenario), label="simulating", file=sys.stderr) as bar:
             result = simulate_step(scenario, mode=mode, allow_cpu_calibration=named, imbalance_cost=True,
                                    progress=bar.update, strict_calibration=named)
@@ -99,4 +103,5 @@ def _print_human(scenario, r) -> None:
         cost = f"; costs {r.imbalance_cost_s:.3f} s over balanced routing" if r.imbalance_cost_s is not None else ""
         click.echo(f"  expert imbalance     {r.imbalance:.3f} (max/mean tokens per GPU{cost})")
     if sys.stdout.isatty():
-        click.echo(f"  simulated in {r.wall_time_s:.2f} s ({r.num_events} events)")
+        events = f" ({r.num_events} events)" if r.num_events else ""
+        click.echo(f"  simulated in {r.wall_time_s:.2f} s{events}")

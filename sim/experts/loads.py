@@ -30,7 +30,7 @@ Link bytes follow the drawn rows of each micro-batch, so they are consistent wit
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from math import ceil
 
@@ -72,11 +72,11 @@ class ExpertLoads:
     @property
     def max_rank_tokens(self) -> IntArray:
         """[layer, micro-batch]: rows on the busiest rank; it paces the expert GEMMs and the all-to-all."""
-        return self.rank_tokens.max(axis=-1)
+        return _per_microbatch(self.rank_tokens, lambda a: a.max(axis=-1))
 
     @property
     def mean_rank_tokens(self) -> FloatArray:
-        return self.rank_tokens.mean(axis=-1)
+        return _per_microbatch(self.rank_tokens, lambda a: a.mean(axis=-1))
 
     @property
     def imbalance(self) -> FloatArray:
@@ -92,12 +92,33 @@ class ExpertLoads:
         """[layer, micro-batch]: bytes on the busiest rank's ``link`` ('ib' or 'nvlink', the larger direction)
         for ``phase`` ('dispatch' or 'combine')."""
         table = self.dispatch_bytes if phase == "dispatch" else self.combine_bytes
-        return np.maximum(table[f"{link}_send"], table[f"{link}_recv"]).max(axis=-1)
+        send, recv = table[f"{link}_send"], table[f"{link}_recv"]
+        if _is_broadcast(send) and _is_broadcast(recv):
+            return _expand(np.maximum(send[:, :1], recv[:, :1]).max(axis=-1), send.shape[1])
+        return np.maximum(send, recv).max(axis=-1)
 
     @property
     def remote_nodes_per_token(self) -> FloatArray:
         """[layer, micro-batch, ep_rank]: distinct remote nodes per token sent by each rank."""
         return self.dispatch_bytes["ib_send"] / (self.tokens_per_rank * self.dispatch_token_bytes)
+
+
+def _is_broadcast(a: np.ndarray) -> bool:
+    """Whether ``a`` ([layer, micro-batch, ...]) repeats one micro-batch (a broadcast view, see ``_compute``)."""
+    return a.ndim >= 2 and a.shape[1] > 1 and a.strides[1] == 0
+
+
+def _expand(a: np.ndarray, num_microbatches: int) -> np.ndarray:
+    """``a`` ([layer, 1]) repeated over ``num_microbatches`` as a plain (contiguous) array."""
+    return np.ascontiguousarray(np.broadcast_to(a, (a.shape[0], num_microbatches)))
+
+
+def _per_microbatch(a: np.ndarray, reduce: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``reduce`` over the last axis of ``a`` ([layer, micro-batch, x]) as a [layer, micro-batch] array: once
+    and repeated when ``a`` repeats one micro-batch (the same values, computed once)."""
+    if _is_broadcast(a):
+        return _expand(reduce(a[:, :1]), a.shape[1])
+    return reduce(a)
 
 
 def token_bytes(scenario: Scenario, phase: str) -> float:
@@ -181,6 +202,11 @@ _CACHE: OrderedDict[str, ExpertLoads] = OrderedDict()
 _CACHE_SIZE = 8
 
 
+def clear_caches() -> None:
+    """Forget the cached loads (they are keyed by everything they depend on; this frees their memory)."""
+    _CACHE.clear()
+
+
 def _cache_key(scenario: Scenario, layers: tuple[int, ...], num_microbatches: int, step: int) -> str | None:
     if scenario.experts.skew == "histogram":
         return None  # the file may change between calls
@@ -203,15 +229,26 @@ def _compute(scenario: Scenario, layers: tuple[int, ...], num_microbatches: int,
     check_layout(m, p.ep, gpn, scenario.experts.num_redundant_experts)
     history = simulate_balancing(scenario, scenario.experts.balancing_steps + step, layers, record_bias=False)
     t, k = scenario.tokens_per_microbatch, m.n_activated_experts
-    rows = expert_rows(history.final_loads, p.ep * t * k, num_microbatches, scenario, layers, step)
+    # Balanced routing gives every micro-batch the same rows: compute one, then repeat it as read-only views
+    # (memory flat in the number of micro-batches; every value as if each micro-batch were computed).
+    spec = scenario.experts
+    draws = 1 if spec.skew == "balanced" and spec.drift_per_step == 0 else num_microbatches
+    rows = expert_rows(history.final_loads, p.ep * t * k, draws, scenario, layers, step)
     where = history.final_placement
     slots = where.slot_counts(rows)
-    local = slots.reshape(len(layers), num_microbatches, p.ep, where.slots_per_rank)
+    local = slots.reshape(len(layers), draws, p.ep, where.slots_per_rank)
     rank_rows = local.sum(axis=-1)
     reach = fanout(m, p.ep, gpn)
     bd, bc = token_bytes(scenario, "dispatch"), token_bytes(scenario, "combine")
     dispatch = link_bytes(rank_rows, scenario, reach, bd)
     combine = _mirror(dispatch, bc / bd)
+    if draws != num_microbatches:
+        def repeat(a: np.ndarray) -> np.ndarray:
+            return np.broadcast_to(a, (a.shape[0], num_microbatches, *a.shape[2:]))
+
+        rank_rows, local = repeat(rank_rows), repeat(local)
+        dispatch = {name: repeat(a) for name, a in dispatch.items()}
+        combine = {name: repeat(a) for name, a in combine.items()}
     for array in (rank_rows, local, *dispatch.values(), *combine.values()):
         array.setflags(write=False)
     return ExpertLoads(layers=layers, tokens_per_rank=t, top_k=k, shared_tokens_per_rank=t * m.n_shared_experts,

@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from numpy.typing import NDArray
 
 from sim.config import ExpertLoadSpec
@@ -87,6 +86,8 @@ def read_histogram(path: str, layers: Sequence[int], moe_layers: Sequence[int], 
     if not file.is_file():
         raise SimInputError(f"no such file: {path}", field="experts.histogram")
     try:
+        import pandas as pd  # heavy; only histogram skew reads a CSV
+
         frame = pd.read_csv(file)
     except (ValueError, OSError) as e:
         raise SimInputError(f"cannot read {path}: {e}", field="experts.histogram") from None

@@ -1,0 +1,235 @@
+"""The analytic tier: one step's time and breakdown without an event loop.
+
+Same model as the engine's fast mode: every action takes the isolated duration of its work
+(:func:`sim.engine.isolated_run` via :class:`sim.assemble.Assembler`, memoized by content), an action starts when
+its rank is free and its inputs have arrived, a stage-boundary transfer takes the network's point-to-point time
+and leaves when its action ends (transfers of one rank and link queue behind each other, behind an overlapped
+parameter gather and behind the rank's gradient synchronizations, which start after the last backward of each
+stage and hold the rank's links), and each rank ends with its tail: waiting for those synchronizations, the
+optimizer and an exposed parameter gather. What it leaves out: transfers of different ranks queueing for one
+receiving side, a receiver's synchronization seen only when it was asked for first in evaluation order, and
+compute slowed while data-parallel collectives hold SMs (fast mode leaves that out too).
+
+How the pipeline is combined (:mod:`sim.analytic_eval`), per schedule, under balanced routing (every
+micro-batch of a stage has the same chunks):
+
+- ``gpipe``: closed form. With identical micro-batches a stage pipeline is a flow shop whose longest path
+  takes ``n - 1`` repeats on its slowest stage; forward and backward sweeps join on every rank.
+- ``1f1b``, ``interleaved-1f1b``, ``zb1p``, ``dualpipe``, ``dualpipev``: the schedule's max-plus recurrence is
+  evaluated exactly at two small micro-batch counts (``2 pp`` and ``6 pp``, see :func:`_fit`) and every
+  per-rank quantity (end of the last action, end of each stage's last backward, busy sums, activation peak)
+  is extended linearly to the scenario's count: once the pipeline is full these periodic schedules add the
+  same time per micro-batch (on average over a short cycle). Below ``2 pp`` micro-batches the schedule itself
+  is evaluated.
+
+Skewed routing (chunks differ per micro-batch) evaluates the full schedule with each action's own duration.
+
+Caches, all explicit and keyed by everything their value depends on (:func:`clear_caches` empties them):
+:data:`TABLES` holds what does not depend on the micro-batch count (durations, transfers, tail seconds,
+memory per rank) per scenario minus its batch-size fields, together with the per-rank linear fits, so a sweep
+over batch sizes or data-parallel degrees of one layout costs a few dictionary look-ups and sums per config.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from sim.analytic_eval import Evaluation, Table, build_table, evaluate, gpipe_closed_form
+from sim.assemble import routing_is_skewed, scenario_key
+from sim.config import Scenario, evolve
+from sim.metrics import CATEGORIES, StepResult, flops_per_token
+from sim.pipeline import check_schedule
+from sim.schedules.generators import build_schedule
+from sim.units import SECONDS_PER_HOUR, TERA
+
+__all__ = ["TABLES", "analytic_step", "clear_caches"]
+
+#: Fields that change only how many micro-batches a step runs (or nothing a step computes).
+BATCH_FIELDS: dict[str, Any] = {"name": True, "notes": True, "parallel": {"num_microbatches"},
+                                "training": {"global_batch_size", "total_tokens", "batch_ramp", "phases"}}
+
+Fit = tuple[list[float], list[float], int]  # intercepts, slopes (per micro-batch), smallest count it holds for
+
+
+class TableCache:
+    """:class:`~sim.analytic_eval.Table` per scenario key, least recently used first out."""
+
+    def __init__(self, maxsize: int = 128) -> None:
+        self.maxsize = maxsize
+        self._d: OrderedDict[tuple, Table] = OrderedDict()
+
+    def get(self, key: tuple | None, build: Callable[[], Table]) -> Table:
+        hit = self._d.get(key) if key is not None else None
+        if hit is None:
+            hit = build()
+            if key is not None:
+                self._d[key] = hit
+                if len(self._d) > self.maxsize:
+                    self._d.popitem(last=False)
+        else:
+            self._d.move_to_end(key)
+        return hit
+
+    def clear(self) -> None:
+        self._d.clear()
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+
+TABLES = TableCache()
+
+
+def clear_caches() -> None:
+    """Empty the analytic tier's tables (and the linear fits they carry)."""
+    TABLES.clear()
+
+
+def _table(scenario: Scenario, allow_cpu: bool, strict: bool) -> Table:
+    """The scenario's table, from :data:`TABLES` or built. Under balanced routing it is built from the scenario
+    at the fit's smallest micro-batch count (nothing in a table depends on the count; this skips generating
+    the full schedule); skewed routing draws each micro-batch's loads, so its table is the scenario's own."""
+    skewed = routing_is_skewed(scenario)
+    base = scenario_key(scenario, None if skewed else BATCH_FIELDS)
+    key = None if base is None else (*base, allow_cpu, strict)
+
+    def build() -> Table:
+        sample = scenario
+        if not skewed:
+            p = scenario.parallel
+            m0 = _valid(p.schedule, p.pp, 2 * p.pp, p.vpp)
+            sample = evolve(scenario, {"parallel.num_microbatches": None, "training.batch_ramp": None,
+                                       "training.global_batch_size": m0 * scenario.dp * p.micro_batch_size})
+        return build_table(sample, allow_cpu, strict)
+
+    return TABLES.get(key, build)
+
+
+def _valid(name: str, pp: int, n: int, vpp: int) -> int:
+    """The smallest micro-batch count >= ``n`` the schedule accepts."""
+    while check_schedule(name, pp, n, vpp) is not None:
+        n += 1
+    return n
+
+
+def _step_of(name: str, pp: int) -> int:
+    return pp if name == "interleaved-1f1b" else 2 if name == "dualpipe" else 1
+
+
+def _flat(ev: Evaluation) -> list[float]:
+    return [x for row in ev.per_rank for x in row]
+
+
+#: Width of the fit's window, in micro-batches per pipeline rank.
+FIT_WINDOW = 4
+
+
+def _fit(table: Table) -> Fit:
+    """Per-rank quantities as ``a + b * n``: the secant through exact evaluations at ``m0`` (the smallest
+    count >= 2 pp the schedule accepts: the pipeline is full) and ``m1 = m0 + FIT_WINDOW * pp``. Exact when
+    the schedule adds the same time per micro-batch from ``m0`` on; where the added time cycles over a few
+    micro-batches (transfers queueing behind each other in a repeating pattern), the secant follows the mean
+    and misses by less than one cycle's ripple (measured: 1e-4 of the step at most, ``tests/test_analytic.py``).
+    Depends on the table alone, never on the count asked for, so results do not depend on call order."""
+    name, pp, vpp = table.schedule, table.pp, table.vpp
+    m0 = _valid(name, pp, 2 * pp, vpp)
+    m1 = _valid(name, pp, m0 + FIT_WINDOW * pp, vpp)
+    e0, e1 = (_flat(evaluate(table, build_schedule(name, pp, m, vpp))) for m in (m0, m1))
+    slopes = [(b - a) / (m1 - m0) for a, b in zip(e0, e1, strict=True)]
+    return [b - s * m1 for b, s in zip(e1, slopes, strict=True)], slopes, m0
+
+
+def _per_rank(table: Table, n: int) -> list[list[float]]:
+    """Per rank: the row of :class:`~sim.analytic_eval.Evaluation` at ``n`` micro-batches."""
+    name, pp, vpp = table.schedule, table.pp, table.vpp
+    if name == "gpipe":
+        rows = gpipe_closed_form(table, n)
+        if rows is not None:
+            return rows
+    if not table.skewed:
+        if table.fit is None:
+            table.fit = _fit(table)
+        if n >= table.fit[2]:
+            a, b, _ = table.fit
+            flat = [x + s * n for x, s in zip(a, b, strict=True)]
+            width = len(flat) // pp
+            return [flat[r * width:(r + 1) * width] for r in range(pp)]
+    hit = table.evaluated.get(n)
+    if hit is None:
+        hit = table.evaluated[n] = evaluate(table, build_schedule(name, pp, n, vpp)).per_rank
+    return hit
+
+
+def _tail(table: Table, r: int, finish: float, syncs: list[float]) -> tuple[float, float]:
+    """When rank ``r``'s step ends, and how long it waits for gradient synchronization after its last action
+    (``syncs``: when each of its stages' synchronization ends, with ``overlap_grad_reduce``)."""
+    end_bg = table.prologue_s[r]  # the overlapped parameter gather holds the links from the start
+    if table.overlap_grad_reduce:
+        end_bg = max(end_bg, *syncs)
+    else:  # started after the rank's last action, one after the other
+        t = max(end_bg, finish)
+        for stage in table.stages[r]:
+            t += table.grad_sync_s[stage]
+        end_bg = t
+    waited = max(finish, end_bg)
+    return waited + table.optimizer_s[r] + table.exposed_gather_s[r], waited - finish
+
+
+def analytic_step(scenario: Scenario, *, allow_cpu_calibration: bool = False,
+                  strict_calibration: bool = True) -> StepResult:
+    """One step of ``scenario`` by the analytic tier (see the module docstring); no trace."""
+    t0 = time.perf_counter()
+    table = _table(scenario, allow_cpu_calibration, strict_calibration)
+    n = scenario.num_microbatches
+    rows = _per_rank(table, n)
+    ends, waits = [], []
+    for r, row in enumerate(rows):
+        end, wait = _tail(table, r, row[0], row[Evaluation.SYNCS:Evaluation.SYNCS + len(table.stages[r])])
+        ends.append(end)
+        waits.append(wait)
+    step = max(ends)
+    per_rank = []
+    for r, row in enumerate(rows):
+        dur, bf, bi, bw, ov, _peak = row[1:Evaluation.SYNCS]
+        b = dict.fromkeys(CATEGORIES, 0.0)
+        b["forward"], b["backward_input"], b["backward_weight"], b["overlapped"] = bf, bi, bw, ov
+        b["exposed_comm"] = (dur - bf - bi - bw - ov) + waits[r] + table.exposed_gather_s[r]
+        b["optimizer"] = table.optimizer_s[r]
+        b["bubble"] = max(0.0, step - sum(v for k, v in b.items() if k != "bubble"))
+        per_rank.append(b)
+    return _result(scenario, table, step, per_rank, [row[0] for row in rows],
+                   [row[Evaluation.SYNCS - 1] for row in rows], time.perf_counter() - t0)
+
+
+def _result(s: Scenario, table: Table, step: float, per_rank: list[dict[str, float]], finish: list[float],
+            peaks: list[float], wall_s: float) -> StepResult:
+    gpu = s.cluster.gpu
+    nranks = len(per_rank)
+    tokens = s.training.tokens_per_step
+    mean = {k: sum(b[k] for b in per_rank) / nranks for k in CATEGORIES}
+    busy = [sum(b[k] for k in ("forward", "backward_input", "backward_weight", "overlapped", "optimizer"))
+            for b in per_rank]
+
+    def mfu(causal: bool, dtype: str) -> float | None:
+        if dtype == "fp8" and not gpu.supports_fp8:
+            return None
+        flops = tokens * flops_per_token(s.model, s.training.seq_len, causal)
+        return flops / (step * s.num_gpus * gpu.peak_flops_per_s(dtype))
+
+    rows = [{"rank": r, "weights_bytes": w, "gradients_bytes": g, "optimizer_bytes": o,
+             "activations_bytes": peaks[r], "total_bytes": w + g + o + peaks[r]}
+            for r, (w, g, o) in enumerate(table.model_states)]
+    peak = max(row["total_bytes"] for row in rows)
+    tps = tokens / step / s.num_gpus
+    return StepResult(
+        scenario=s.name, mode="analytic", step_time_s=step, tokens_per_step=tokens, tokens_per_s_per_gpu=tps,
+        gpu_hours_per_trillion_tokens=TERA / tps / SECONDS_PER_HOUR,
+        mfu={"bf16_causal": mfu(True, "bf16"), "bf16_noncausal": mfu(False, "bf16"),
+             "fp8_causal": mfu(True, "fp8")},
+        breakdown_s=mean, breakdown_per_rank_s=per_rank, busy_per_rank_s=busy, finish_per_rank_s=finish,
+        peak_memory_per_gpu_bytes=peak, memory_per_rank=rows, memory_capacity_bytes=gpu.hbm_bytes,
+        oom=peak > gpu.hbm_bytes, imbalance=table.imbalance, num_events=0, wall_time_s=wall_s,
+        notes=list(table.notes), warnings=list(table.warnings), trace=None)
