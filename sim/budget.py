@@ -265,7 +265,8 @@ def step_estimate(s: Scenario, mode: str, *, record_trace: bool = False, trace_e
     if mode == "analytic":
         est.add("schedule", parts * SCHEDULE_PART_BYTES, f, parts / ACTIONS_PER_S / 10)
     else:
-        est.add(f"{parts:,} schedule actions", parts * (ACTION_BYTES + SCHEDULE_PART_BYTES), f, seconds)
+        est.add(f"{parts:,} schedule actions ({n:,} micro-batches x {s.num_stages} stages)",
+                parts * (ACTION_BYTES + SCHEDULE_PART_BYTES), f, seconds)
     if tasks and record_trace:
         est.add(f"{tasks:,} recorded tasks (for --trace/--gantt)", tasks * TASK_BYTES, f)
     if trace_events:

@@ -58,9 +58,12 @@ def max_seq_len(model: ModelSpec) -> tuple[int, str]:
 
 def check_seq_len(model: ModelSpec, seq_len: int, field: str, override: str = "--set model.max_seq_len=N") -> None:
     limit, why = max_seq_len(model)
-    if seq_len > limit:
-        raise SimInputError(f"{seq_len:,} exceeds {why}; to simulate beyond the model's positions, raise it "
-                            f"explicitly ({override})", field=field)
+    if seq_len <= limit:
+        return
+    if limit == MAX_SEQ_LEN_ANY:
+        raise SimInputError(f"{seq_len:,} exceeds the longest sequence the simulator takes, {why}", field=field)
+    raise SimInputError(f"{seq_len:,} exceeds {why}; to simulate beyond the model's positions, raise it "
+                        f"explicitly ({override}, at most {MAX_SEQ_LEN_ANY:,})", field=field)
 
 
 def check_scenario(s: Scenario) -> None:

@@ -6,9 +6,11 @@ commands show nothing); elsewhere (a pipe, a log file, CI) it writes a plain lin
 last one when done, only if the command ran longer than ``delay_s``; ``quiet`` silences both.
 
 The ETA is honest: none before a warm-up (``warmup_s`` of measuring and ``warmup_frac`` of the work done), then
-the remaining units over the rate measured since the warm-up began, so a slow start (building the step
-before its first action) never inflates it. ``stage(label)`` names what runs now; a background refresher
-keeps the elapsed time moving while a stage runs without reporting units (a library call with no callback).
+the remaining units over the rate measured so far. A command whose stages differ in kind counts estimated
+seconds (:mod:`sim.budget`) as units and credits a stage's units when it completes, so a slow start (building
+the step before its first action) is measured, not guessed: the ETA never starts at hours.
+``stage(label)`` names what runs now; a background refresher keeps the elapsed time moving while a stage runs
+without reporting units (a library call with no callback).
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ class Progress:
         self.done = 0.0
         self.stage_label = ""
         self._t0 = time.perf_counter()
-        self._anchor: tuple[float, float] | None = None  # (time, units) when the first unit arrived
         self._lines = 0
         self._last_line = self._t0
         self._lock = threading.Lock()
@@ -63,8 +64,6 @@ class Progress:
     def update(self, units: float = 1.0) -> None:
         with self._lock:
             now = time.perf_counter()
-            if self._anchor is None:
-                self._anchor = (now, self.done)
             self.done = min(self.total, self.done + units)
             self._show(now)
 
@@ -82,13 +81,10 @@ class Progress:
     def eta_s(self, now: float | None = None) -> float | None:
         """Seconds left at the measured rate, or None during the warm-up."""
         now = time.perf_counter() if now is None else now
-        if self._anchor is None:
+        elapsed = now - self._t0
+        if elapsed < self.warmup_s or self.done < self.warmup_frac * self.total or self.done <= 0:
             return None
-        t_a, u_a = self._anchor
-        elapsed, units = now - t_a, self.done - u_a
-        if elapsed < self.warmup_s or self.done < self.warmup_frac * self.total or units <= 0:
-            return None
-        return (self.total - self.done) * elapsed / units
+        return (self.total - self.done) * elapsed / self.done
 
     def close(self, ok: bool = True) -> None:
         self._stop.set()

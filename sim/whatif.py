@@ -14,6 +14,7 @@ measured GPU's profile with what the rule does to each.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sim.config import GpuSpec, Scenario
@@ -82,13 +83,20 @@ def calibration_report(scenario: Scenario, base: Scenario | None = None) -> dict
 
 
 def calibration_lines(report: dict[str, Any] | None) -> list[str]:
-    """Human notes for :func:`calibration_report`: one line, plus one per overridden field it corrects."""
+    """Human notes for :func:`calibration_report`: the table and what it corrects, then each overridden field
+    it corrects and, once, the rule applied to them."""
     if report is None:
         return []
-    lines = [f"calibration table active (measured on {report['measured_on']}): corrects "
+    lines = [f"table {Path(report['table']).name} (measured on {report['measured_on']}) corrects "
              f"{', '.join(report['corrects'])}"]
+    verb = "has no effect on" if report["rule"] == "pinned" else "scales"
     for f, change in report["overridden"].items():
-        verb = ("has no effect on" if report["rule"] == "pinned" else "scales")
-        lines.append(f"cluster.gpu.{f} = {change['to']} (measured GPU's profile: {change['from']}) {verb} the "
-                     f"calibrated {', '.join(change['corrects'])}; {report['rule_text']}")
+        lines.append(f"cluster.gpu.{f} = {_num(change['to'])} (measured GPU's profile: {_num(change['from'])}) "
+                     f"{verb} the calibrated {', '.join(change['corrects'])}")
+    if report["overridden"]:
+        lines.append(report["rule_text"])
     return lines
+
+
+def _num(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, int | float) and not isinstance(v, bool) else str(v)
