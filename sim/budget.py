@@ -3,7 +3,8 @@
 Every command that can grow without bound (``sim run``, ``model``, ``schedule``, ``experts``, ``estimate``,
 ``validate``) first turns its validated inputs into an :class:`Estimate`: named parts, each with its bytes, the
 input field that drives it and a rough time. :func:`check` refuses (exit 2, naming that field and the figures)
-an estimate above the memory budget (``--max-memory``; default :func:`default_max_memory`).
+an estimate above the memory budget (``--max-memory``; default :func:`default_max_memory`), or whose rough
+time exceeds the time budget (``--max-time``, default one hour, ``0`` for none).
 
 The formulas count what the code allocates, per unit that scales (constants measured on CPython 3.11 with the
 default workloads and rounded up; the estimate is meant to be at or above the real peak, within about 2x):
@@ -60,6 +61,7 @@ LOAD_CELLS_PER_S = 20e6       # (layer, micro-batch, expert) cells of the expert
 BALANCING_S_PER_STEP = 3e-4   # plus BALANCING_S_PER_LAYER_STEP per MoE layer
 BALANCING_S_PER_LAYER_STEP = 3e-5
 LISTSCHED_ACTIONS_PER_S = 120_000
+SKEWED_CHUNK_S = 5e-3         # skewed routing: each (stage, micro-batch) chunk costed on its own loads
 LOADS_CACHE = 8
 
 
@@ -184,33 +186,69 @@ def parse_size(text: str, field_: str = "--max-memory") -> int:
     return int(out)
 
 
+#: The default time budget (seconds of estimated work; the rates above are rough and on the slow side).
+DEFAULT_MAX_SECONDS = 3600.0
+TIME_ENV_VAR = "SIM_MAX_TIME"
+
+
+def parse_seconds(text: str, field_: str = "--max-time") -> float | None:
+    """``90``, ``90s``, ``15m``, ``2h``; ``0`` or ``none`` for no limit."""
+    raw = str(text).strip().lower()
+    if raw in ("0", "none", "inf", "unlimited"):
+        return None
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*(s|m|min|h)?", raw)
+    if not m:
+        raise SimInputError(f"expected seconds such as 90, 90s, 15m, 2h, or 0 for no limit (got {text!r})",
+                            field=field_)
+    value = float(m.group(1)) * {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600}[m.group(2) or ""]
+    if not math.isfinite(value):
+        raise SimInputError(f"must be finite (got {text!r})", field=field_)
+    return value
+
+
 @dataclass(frozen=True)
 class Budget:
     max_bytes: int
     source: str  # how it was chosen, for messages
+    max_seconds: float | None = DEFAULT_MAX_SECONDS
+    time_source: str = f"default {DEFAULT_MAX_SECONDS:.0f} s"
 
     @classmethod
-    def from_option(cls, text: str | None) -> Budget:
+    def from_option(cls, text: str | None, max_time: str | None = None) -> Budget:
         if text is None:
             limit, why = default_max_memory()
-            return cls(limit, why)
-        return cls(parse_size(text), "--max-memory")
+        else:
+            limit, why = parse_size(text), "--max-memory"
+        env = os.environ.get(TIME_ENV_VAR)
+        if max_time is not None:
+            seconds, twhy = parse_seconds(max_time), "--max-time"
+        elif env:
+            seconds, twhy = parse_seconds(env, TIME_ENV_VAR), f"${TIME_ENV_VAR}"
+        else:
+            seconds, twhy = DEFAULT_MAX_SECONDS, f"default: {human_seconds(DEFAULT_MAX_SECONDS)}"
+        return cls(limit, why, seconds, twhy)
 
     def fits(self, est: Estimate) -> bool:
-        return est.bytes <= self.max_bytes
+        return est.bytes <= self.max_bytes and (self.max_seconds is None or est.seconds <= self.max_seconds)
 
 
 def check(est: Estimate, budget: Budget, hint: str = "") -> None:
     """Refuse ``est`` (SimInputError, exit 2) when it exceeds ``budget``; the message names the field that
     drives the largest part, the estimate and the budget."""
-    if budget.fits(est):
-        return
-    top = est.dominant
     tail = f" {hint}" if hint else ""
-    raise SimInputError(
-        f"`sim {est.command}` would need an estimated {human(est.bytes)} of memory ({est.describe()}), over "
-        f"the budget of {human(budget.max_bytes)} ({budget.source}).{tail} Reduce {top.field}, or raise the "
-        f"budget with --max-memory (or ${ENV_VAR}) if this machine has the memory.", field=top.field)
+    if est.bytes > budget.max_bytes:
+        top = est.dominant
+        raise SimInputError(
+            f"`sim {est.command}` would need an estimated {human(est.bytes)} of memory ({est.describe()}), over "
+            f"the budget of {human(budget.max_bytes)} ({budget.source}).{tail} Reduce {top.field}, or raise the "
+            f"budget with --max-memory (or ${ENV_VAR}) if this machine has the memory.", field=top.field)
+    if budget.max_seconds is not None and est.seconds > budget.max_seconds:
+        top = max(est.parts, key=lambda p: p.seconds)
+        raise SimInputError(
+            f"`sim {est.command}` would run for an estimated {human_seconds(est.seconds)} (rough; {top.what}: "
+            f"{human_seconds(top.seconds)}), over the time budget of {human_seconds(budget.max_seconds)} "
+            f"({budget.time_source}).{tail} Reduce {top.field}, or allow it with --max-time (0: no limit).",
+            field=top.field)
 
 
 # --------------------------------------------------------------------------------------------- the estimates
@@ -262,6 +300,9 @@ def step_estimate(s: Scenario, mode: str, *, record_trace: bool = False, trace_e
     est = Estimate("run", actions=parts, events=parts + tasks)
     f = _mb_field(s)
     seconds = parts / ACTIONS_PER_S if mode != "detailed" else tasks / TASKS_PER_S
+    e = s.experts
+    if m.is_moe and (e.skew != "balanced" or e.drift_per_step > 0):
+        seconds += parts * SKEWED_CHUNK_S  # every micro-batch's chunk is costed anew
     if mode == "analytic":
         est.add("schedule", parts * SCHEDULE_PART_BYTES, f, parts / ACTIONS_PER_S / 10)
     else:
@@ -318,7 +359,7 @@ def experts_estimate(s: Scenario, steps: int, *, plot: bool, step_time: bool,
     """``sim experts``: the balancing history over ``steps``, its report and plot, and one fast step per
     policy (their expert loads stay cached together)."""
     m = s.model
-    layers = moe_layers(s)
+    layers = m.n_layers - m.n_dense_layers if m.is_moe else 0  # MTP layers are not balanced here
     est = Estimate("experts")
     per_step = (layers + m.n_routed_experts) * 8 + 2 * 60  # arrays, then two JSON series (floats and text)
     est.add(f"balancing history ({steps:,} steps x {layers} MoE layers x {m.n_routed_experts} experts)",
@@ -338,20 +379,22 @@ def experts_estimate(s: Scenario, steps: int, *, plot: bool, step_time: bool,
     return est
 
 
-def many_steps_estimate(command: str, scenarios: Iterable[Scenario], mode: str) -> Estimate:
-    """Several step simulations one after another (``sim estimate``, ``sim validate``): the largest run plus
-    the expert loads that the cache keeps of the others."""
-    sims = [step_estimate(q, mode) for q in scenarios]
+def many_steps_estimate(command: str, sims: list[Estimate]) -> Estimate:
+    """Several step simulations one after another (``sim estimate``, ``sim validate``): the largest one, the
+    results of the others (kept for the report: their schedule actions) and the expert loads that the cache
+    keeps of up to seven others; times add up."""
     est = Estimate(command)
     if not sims:
         return est
     worst = max(sims, key=lambda e: e.bytes)
     est.extend(worst)
-    others = sorted((sum(p.bytes for p in e.parts if p.what.startswith("expert loads")) for e in sims
-                     if e is not worst), reverse=True)[: LOADS_CACHE - 1]
+    others = [e for e in sims if e is not worst]
+    field_ = worst.dominant.field
     if others:
-        est.add(f"expert loads cached from {len(others)} other simulations", sum(others), worst.dominant.field)
-    for e in sims:
-        if e is not worst:
-            est.parts.append(Part("other simulations (time)", 0.0, worst.dominant.field, e.seconds))
+        kept = sum(p.bytes for e in others for p in e.parts if "schedule actions" in p.what)
+        est.add(f"results of {len(others)} other simulations", kept, field_, sum(e.seconds for e in others))
+        loads = sorted((sum(p.bytes for p in e.parts if p.what.startswith("expert loads")) for e in others),
+                       reverse=True)[: LOADS_CACHE - 1]
+        if any(loads):
+            est.add(f"expert loads cached from {len(loads)} other simulations", sum(loads), field_)
     return est

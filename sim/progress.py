@@ -69,8 +69,9 @@ class Progress:
 
     def stage(self, label: str) -> None:
         with self._lock:
-            self.stage_label = label
-            self._show(time.perf_counter(), force=True)
+            if label != self.stage_label:
+                self.stage_label = label
+                self._show(time.perf_counter(), force=True)
 
     def set_total(self, total: float) -> None:
         with self._lock:

@@ -49,16 +49,19 @@ def human_bytes(x: float) -> str:
 
 
 def work_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """``--max-memory`` (the work budget) and ``--quiet`` (no progress)."""
+    """``--max-memory`` and ``--max-time`` (the work budget) and ``--quiet`` (no progress)."""
     f = click.option("--quiet", "-q", is_flag=True, help="no progress on stderr")(f)
+    f = click.option("--max-time", "max_time", metavar="SECONDS", default=None,
+                     help="refuse work estimated (roughly) to run longer: 90, 15m, 2h; 0 for no limit "
+                     "[default: $SIM_MAX_TIME, else 1 hour]")(f)
     return click.option("--max-memory", "max_memory", metavar="SIZE", default=None,
                         help="refuse work estimated to need more memory: 4G, 4GiB, 512M or 30% of the RAM "
                         "[default: $SIM_MAX_MEMORY, else 25% of the RAM, at most half of what is free]")(f)
 
 
-def budget_check(est: Estimate, max_memory: str | None, hint: str = "") -> Budget:
-    """The budget of ``--max-memory``; refuses ``est`` (exit 2) when it does not fit."""
-    budget = Budget.from_option(max_memory)
+def budget_check(est: Estimate, max_memory: str | None, max_time: str | None, hint: str = "") -> Budget:
+    """The budget of ``--max-memory`` and ``--max-time``; refuses ``est`` (exit 2) when it does not fit."""
+    budget = Budget.from_option(max_memory, max_time)
     check(est, budget, hint)
     return budget
 

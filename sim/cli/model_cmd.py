@@ -23,14 +23,14 @@ from sim.model_report import model_report
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @work_options
 def model(workload: str, seq_len: int | None, overrides: tuple[str, ...], as_json: bool, max_memory: str | None,
-          quiet: bool) -> None:
+          max_time: str | None, quiet: bool) -> None:
     """Architecture arithmetic for WORKLOAD (a job file, or a model file under workloads/models)."""
     m, scenario = load_model(workload, overrides)
     seq = seq_len or (scenario.training.seq_len if scenario else m.max_seq_len)
     if seq_len is not None:
         check_seq_len(m, seq_len, "--seq-len")
     if scenario is not None:
-        budget_check(model_estimate(scenario), max_memory)
+        budget_check(model_estimate(scenario), max_memory, max_time)
     report = model_report(m, scenario, seq)
     if as_json:
         echo_json(report)

@@ -47,7 +47,7 @@ def scenario_options(f):
 @work_options
 def run(workload: str | None, hardware: str | None, gpus: int | None, overrides: tuple[str, ...],
         calibration: str | None, mode: str, as_json: bool, verbose: bool, trace_out: str | None,
-        gantt_out: str | None, max_memory: str | None, quiet: bool) -> None:
+        gantt_out: str | None, max_memory: str | None, max_time: str | None, quiet: bool) -> None:
     """Simulate one training step of WORKLOAD and report where the time goes."""
     from sim.step import num_actions, routing_is_skewed, simulate_step
     from sim.whatif import calibration_report
@@ -57,7 +57,8 @@ def run(workload: str | None, hardware: str | None, gpus: int | None, overrides:
     scenario = load_scenario(workload, hardware=hardware, gpus=gpus, overrides=(*overrides, *extra))
     named = calibration is not None  # a table the user names must fit; the job's own may be set aside
     explicit = click.get_current_context().get_parameter_source("mode") is not ParameterSource.DEFAULT
-    mode, est, switched = choose_mode(scenario, mode, explicit, max_memory, bool(trace_out), bool(gantt_out))
+    mode, est, switched = choose_mode(scenario, mode, explicit, Budget.from_option(max_memory, max_time),
+                                      bool(trace_out), bool(gantt_out))
     record = bool(trace_out or gantt_out)
     ctx_units = sum(p.seconds for p in est.parts if p.what.startswith("expert") or p.what.startswith("cost"))
     main_units = sum(p.seconds for p in est.parts if not p.what.startswith("balanced")) - ctx_units
@@ -88,11 +89,11 @@ def run(workload: str | None, hardware: str | None, gpus: int | None, overrides:
         write_atomic(trace_out, lambda p: write_chrome_trace(p, result.trace, nranks, scenario.name,
                                                              {"step_time_s": result.step_time_s}), "--trace")
     if gantt_out:
-        from sim.plots import write_gantt
+        from sim.plots import gantt_figure
 
-        write_atomic(gantt_out, lambda p: write_gantt(p, result.trace, nranks,
-                                                      f"{scenario.name}: {result.step_time_s:.2f} s per step"),
-                     "--gantt")
+        fig = gantt_figure(result.trace, nranks, f"{scenario.name}: {result.step_time_s:.2f} s per step")
+        fmt = gantt_out.rsplit(".", 1)[-1].lower()
+        write_atomic(gantt_out, lambda p: fig.savefig(p, format=fmt), "--gantt")
     if switched:
         result.warnings.append(switched)
     for warning in result.warnings:
@@ -113,15 +114,13 @@ def run(workload: str | None, hardware: str | None, gpus: int | None, overrides:
     _print_human(scenario, result, cal)
 
 
-def choose_mode(scenario: Scenario, mode: str, explicit: bool, max_memory: str | None, trace_out: bool,
+def choose_mode(scenario: Scenario, mode: str, explicit: bool, budget: Budget, trace_out: bool,
                 gantt_out: bool) -> tuple[str, Estimate, str | None]:
     """The mode to run in, its work estimate, and a note when the default mode stepped down to fit the budget.
 
     Tiers, most detailed first: detailed, fast, then analytic once ``sim.step`` offers it. A mode the user
     chose is never changed: it runs or is refused, naming the tier that would fit."""
     from sim.step import MODES
-
-    budget = Budget.from_option(max_memory)
 
     def estimate(m: str) -> Estimate:
         return run_estimate(scenario, m, record_trace=trace_out or gantt_out, trace_out=trace_out,

@@ -95,7 +95,7 @@ def _plot(s: Schedule, res: ScheduleResult, out: str) -> None:
 @work_options
 def schedule(name: str, pp: int, microbatches: int, vpp: int, layers: int | None, f: float, b: float,
              w: float | None, fb: float | None, as_json: bool, plot: str | None, as_text: bool,
-             max_memory: str | None, quiet: bool) -> None:
+             max_memory: str | None, max_time: str | None, quiet: bool) -> None:
     """Build pipeline schedule NAME and run it with uniform chunk durations and no communication."""
     if plot:
         check_output(plot, "--plot", IMAGE_FORMATS)
@@ -103,7 +103,7 @@ def schedule(name: str, pp: int, microbatches: int, vpp: int, layers: int | None
     if layers is not None and (problem := check_layer_split(name, pp, layers, vpp)):
         raise SimInputError(problem, field="--layers")
     est = schedule_estimate(name, pp, microbatches, vpp, plot=plot is not None, text=as_text)
-    budget_check(est, max_memory)
+    budget_check(est, max_memory, max_time)
     with new_progress("sim schedule", 3 * est.actions + (2 * est.actions if plot else 0), quiet) as bar:
         bar.stage(f"building {est.actions:,} actions")  # measured: building costs twice the list scheduling
         sched = build_schedule(name, pp, microbatches, vpp)
