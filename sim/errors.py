@@ -73,7 +73,6 @@ def format_validation_error(err: ValidationError, model: type[BaseModel] | None 
         msg = e.get("msg", "invalid")
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
-            path, msg = _merge_field(model, loc, path, msg)
         if e.get("type") == "extra_forbidden":
             allowed = _allowed_keys(model, loc) if model else None
             msg = "unknown key" + (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
@@ -82,15 +81,3 @@ def format_validation_error(err: ValidationError, model: type[BaseModel] | None 
             msg = f"got {e.get('input')!r}; allowed: {expected}"
         lines.append(f"{path}: {msg}" if path else msg)
     return "\n".join(lines)
-
-
-def _merge_field(model: type[BaseModel] | None, loc: tuple[Any, ...], path: str, msg: str) -> tuple[str, str]:
-    """A validator's ``field: problem`` message at ``loc`` becomes ``loc.field: problem`` when ``field`` is a
-    field of the model there (``cluster: num_nodes: ...`` -> ``cluster.num_nodes: ...``)."""
-    head, sep, rest = msg.partition(": ")
-    if not sep or not path or model is None or not head.replace("_", "a").replace(".", "a").isalnum():
-        return path, msg
-    allowed = _allowed_keys(model, (*loc, "_"))
-    if allowed and head.split(".", 1)[0] in allowed:
-        return f"{path}.{head}", rest
-    return path, msg

@@ -46,8 +46,9 @@ def check_output(path: str | os.PathLike[str], option: str, formats: Iterable[st
                             "(room for the temporary file written beside it)", field=option)
     suffix = target.suffix.lower().lstrip(".")
     if formats and suffix not in formats:
+        kind = "image" if formats == IMAGE_FORMATS else "file"
         got = f"extension .{suffix}" if suffix else "no extension"
-        raise SimInputError(f"{got} does not name a format this writes; use {', '.join('.' + f for f in formats)}",
+        raise SimInputError(f"unsupported {kind} type ({got}); use {', '.join('.' + f for f in formats)}",
                             field=option)
     folder = target.parent if str(target.parent) else Path(".")
     if target.is_dir():

@@ -28,7 +28,8 @@ from sim.schedules.listsched import Durations, ScheduleResult, simulate
 
 #: Largest --pp or --microbatches (the work budget bounds their product).
 MAX_COUNT = 10**9
-DURATION = click.FloatRange(0, 1e12)
+#: Longest chunk duration (any unit): beyond it sums of durations lose precision or overflow.
+MAX_DURATION = 1e12
 LEGEND = ("F forward, B backward, I backward-for-input, W backward-for-weights, X overlapped F&B; "
           "lower case: direction 1; '-' continues the action on the left; '.' idle")
 
@@ -85,10 +86,10 @@ def _plot(s: Schedule, res: ScheduleResult, out: str) -> None:
               help="virtual stages per rank (interleaved-1f1b)")
 @click.option("--layers", type=click.IntRange(1, 1_000_000), default=None,
               help="transformer layers: checks they split into the stages")
-@click.option("--f", "f", type=DURATION, default=1.0, show_default=True, help="forward chunk time")
-@click.option("--b", "b", type=DURATION, default=2.0, show_default=True, help="full backward chunk time")
-@click.option("--w", "w", type=DURATION, default=None, help="backward-for-weights time [default: B/2]")
-@click.option("--fb", "fb", type=DURATION, default=None, help="overlapped F&B pair time [default: F+B]")
+@click.option("--f", "f", type=float, default=1.0, show_default=True, help="forward chunk time")
+@click.option("--b", "b", type=float, default=2.0, show_default=True, help="full backward chunk time")
+@click.option("--w", "w", type=float, default=None, help="backward-for-weights time [default: B/2]")
+@click.option("--fb", "fb", type=float, default=None, help="overlapped F&B pair time [default: F+B]")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @click.option("--plot", "plot", type=click.Path(dir_okay=False), default=None, help="write a Gantt chart (png/svg/pdf)")
 @click.option("--text", "as_text", is_flag=True, help="also print every rank's actions (compact text form)")
@@ -99,6 +100,9 @@ def schedule(name: str, pp: int, microbatches: int, vpp: int, layers: int | None
     """Build pipeline schedule NAME and run it with uniform chunk durations and no communication."""
     if plot:
         check_output(plot, "--plot", IMAGE_FORMATS)
+    for option, value in (("--f", f), ("--b", b), ("--w", w), ("--fb", fb)):
+        if value is not None and abs(value) > MAX_DURATION:
+            raise SimInputError(f"{value:g} is beyond the largest duration, {MAX_DURATION:g}", field=option)
     d = _durations(f, b, w, fb)
     if layers is not None and (problem := check_layer_split(name, pp, layers, vpp)):
         raise SimInputError(problem, field="--layers")
