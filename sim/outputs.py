@@ -44,6 +44,8 @@ def check_output(path: str | os.PathLike[str], option: str, formats: Iterable[st
     if len(target.name.encode()) + TEMP_EXTRA > NAME_MAX:
         raise SimInputError(f"file name of {len(target.name.encode())} bytes; at most {NAME_MAX - TEMP_EXTRA} "
                             "(room for the temporary file written beside it)", field=option)
+    if is_dir(target):
+        raise SimInputError(f"{text} is a folder; give a file name", field=option)
     suffix = target.suffix.lower().lstrip(".")
     if formats and suffix not in formats:
         kind = "image" if formats == IMAGE_FORMATS else "file"
@@ -51,9 +53,7 @@ def check_output(path: str | os.PathLike[str], option: str, formats: Iterable[st
         raise SimInputError(f"unsupported {kind} type ({got}); use {', '.join('.' + f for f in formats)}",
                             field=option)
     folder = target.parent if str(target.parent) else Path(".")
-    if target.is_dir():
-        raise SimInputError(f"{text} is a folder; give a file name", field=option)
-    if not folder.is_dir():
+    if not is_dir(folder):
         raise SimInputError(f"folder {folder} does not exist", field=option)
     try:
         fd, probe = tempfile.mkstemp(prefix=".sim-write-check.", dir=folder)
@@ -104,12 +104,19 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], None], op
         raise
 
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+def is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
+_UNSAFE = re.compile(r"\.\.+|[^A-Za-z0-9._+-]+")
 
 
 def safe_filename(name: str, max_length: int = 100, default: str = "sim") -> str:
     """``name`` as a portable file name: runs of other characters than letters, digits, ``._+-`` become ``_``,
     no leading dot or dash, at most ``max_length`` characters (``deepseek-v3 / 2048 GPUs`` ->
     ``deepseek-v3_2048_GPUs``)."""
-    out = _UNSAFE.sub("_", name).strip("_").lstrip(".-")[:max_length].rstrip("_")
+    out = _UNSAFE.sub("_", name).lstrip("_.-")[:max_length].rstrip("_")
     return out or default
