@@ -167,7 +167,8 @@ def test_a_peak_override_under_calibration_scales_the_measured_rate_and_says_so(
     assert cal["measured_on"] == "NVIDIA H800" and cal["rule"] == "scaled"
     assert set(cal["overridden"]) == {"peak_tflops.bf16", "peak_tflops.fp8"}
     assert "gemm fp8" in cal["overridden"]["peak_tflops.fp8"]["corrects"]
-    human = runner.invoke(main, ["run", *[a for a in base if a != "--json"], "--set", "cluster.gpu.peak_tflops.bf16=1978.8",
+    human = runner.invoke(main, ["run", *[a for a in base if a != "--json"],
+                                 "--set", "cluster.gpu.peak_tflops.bf16=1978.8",
                                  "--set", "cluster.gpu.peak_tflops.fp8=3957.8"]).stdout
     assert "calibration" in human and "peak_tflops.fp8 = 3957.8" in human and "measured rate" in human
 

@@ -19,7 +19,7 @@ from sim.cli.common import budget_check, echo_json, new_progress, work_options, 
 from sim.errors import SimInputError
 from sim.guards import check_numbers
 from sim.outputs import IMAGE_FORMATS, check_output
-from sim.pipeline import SCHEDULE_NAMES, check_layer_split
+from sim.pipeline import SCHEDULE_NAMES, check_layer_split, check_schedule
 from sim.schedules.actions import Schedule, to_text
 from sim.schedules.formulas import FORMULAS, published_bubble
 from sim.schedules.generators import build_schedule
@@ -101,8 +101,11 @@ def schedule(name: str, pp: int, microbatches: int, vpp: int, layers: int | None
     if plot:
         check_output(plot, "--plot", IMAGE_FORMATS)
     for option, value in (("--f", f), ("--b", b), ("--w", w), ("--fb", fb)):
-        if value is not None and abs(value) > MAX_DURATION:
-            raise SimInputError(f"{value:g} is beyond the largest duration, {MAX_DURATION:g}", field=option)
+        if value is not None and not 0 <= value <= MAX_DURATION:
+            raise SimInputError(f"must be >= 0, finite and at most {MAX_DURATION:g} (got {value:g})", field=option)
+    if (problem := check_schedule(name, pp, microbatches, vpp)) is not None:
+        option = "--vpp" if "vpp" in problem else "--microbatches" if "micro" in problem else "--pp"
+        raise SimInputError(problem, field=option)
     d = _durations(f, b, w, fb)
     if layers is not None and (problem := check_layer_split(name, pp, layers, vpp)):
         raise SimInputError(problem, field="--layers")
