@@ -32,7 +32,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from sim.config import Scenario
+from sim.config import Scenario, evolve
 from sim.errors import SimInputError
 
 GiB = 2**30
@@ -301,8 +301,7 @@ def step_estimate(s: Scenario, mode: str, *, record_trace: bool = False, trace_e
     f = _mb_field(s)
     seconds = parts / ACTIONS_PER_S if mode != "detailed" else tasks / TASKS_PER_S
     e = s.experts
-    if m.is_moe and (e.skew != "balanced" or e.drift_per_step > 0):
-        seconds += parts * SKEWED_CHUNK_S  # every micro-batch's chunk is costed anew
+    skewed = m.is_moe and (e.skew != "balanced" or e.drift_per_step > 0)
     if mode == "analytic":
         est.add("schedule", parts * SCHEDULE_PART_BYTES, f, parts / ACTIONS_PER_S / 10)
     else:
@@ -315,6 +314,8 @@ def step_estimate(s: Scenario, mode: str, *, record_trace: bool = False, trace_e
     if gantt:
         est.add("the Gantt chart", parts * PLOT_BYTES, f)
     est.add("cost tables and caches", STEP_BASE_BYTES, "model.n_layers")
+    if skewed:  # every micro-batch's chunks are costed on their own loads before the first action runs
+        est.add("costing each micro-batch's chunks (skewed routing)", 0.0, f, parts * SKEWED_CHUNK_S)
     est.extend(loads_estimate(s, n))
     return est
 
@@ -325,7 +326,7 @@ def run_estimate(s: Scenario, mode: str, *, record_trace: bool, trace_out: bool,
     est = step_estimate(s, mode, record_trace=record_trace, trace_events=trace_out, gantt=gantt_out)
     e = s.experts
     if imbalance_cost and s.model.is_moe and (e.skew != "balanced" or e.drift_per_step > 0):
-        again = step_estimate(s, mode)
+        again = step_estimate(evolve(s, {"experts.skew": "balanced", "experts.drift_per_step": 0.0}), mode)
         for part in again.parts:  # the first run's result and its loads stay while the second runs
             est.add(f"balanced-routing comparison: {part.what}", part.bytes, part.field, part.seconds)
     return est

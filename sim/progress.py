@@ -25,6 +25,18 @@ from tqdm import tqdm
 from sim.budget import human_seconds
 
 
+class _Bar(tqdm):  # type: ignore[misc]
+    """tqdm with one more format field, ``{info}``: the stage, counts, elapsed time and the ETA."""
+
+    info = ""
+
+    @property
+    def format_dict(self) -> dict[str, Any]:
+        d = super().format_dict
+        d["info"] = self.info
+        return d
+
+
 class Progress:
     """Units done out of ``total``; use as a context manager, call :meth:`update` and :meth:`stage`."""
 
@@ -47,9 +59,9 @@ class Progress:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if not quiet and self.tty:
-            self._bar = tqdm(total=self.total, desc=label, file=self.file, delay=delay_s, leave=False,
-                             dynamic_ncols=True, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
-            self._bar.set_postfix_str(self._postfix(), refresh=False)
+            self._bar = _Bar(total=self.total, desc=label, file=self.file, delay=delay_s, leave=False,
+                             dynamic_ncols=True, bar_format="{desc}: {percentage:3.0f}%|{bar}| {info}")
+            self._bar.info = self._postfix()
         if not quiet:
             self._thread = threading.Thread(target=self._refresh_loop, daemon=True)
             self._thread.start()
@@ -96,6 +108,8 @@ class Progress:
             if self._bar is not None:
                 self._bar.close()
                 self._bar = None
+                if self._lines:  # the bar was drawn: leave a clean line for what follows
+                    self._write_raw("\r\x1b[2K")
             if not self.quiet and not self.tty and self._lines:
                 word = "done" if ok else "stopped"
                 self._write(f"[{self.label}] {word} in {human_seconds(elapsed)}")
@@ -117,10 +131,11 @@ class Progress:
         if now - self._t0 < self.delay_s:
             return
         if self._bar is not None:
-            self._bar.set_postfix_str(self._postfix(now), refresh=False)
+            self._bar.info = self._postfix(now)
             self._bar.n = self.done
             if force or now - self._last_line >= 0.2:
                 self._last_line = now
+                self._lines += 1
                 self._bar.refresh()
             return
         due = self._last_line + (self.interval_s if self._lines else 0.0)
@@ -130,8 +145,11 @@ class Progress:
             self._write(f"[{self.label}] {100 * self.done / self.total:3.0f}%  {self._postfix(now)}")
 
     def _write(self, line: str) -> None:
+        self._write_raw(line + "\n")
+
+    def _write_raw(self, text: str) -> None:
         try:
-            self.file.write(line + "\n")
+            self.file.write(text)
             self.file.flush()
         except (OSError, ValueError):  # a closed or broken stderr never stops the work
             self.quiet = True
