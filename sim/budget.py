@@ -63,6 +63,8 @@ BALANCING_S_PER_LAYER_STEP = 3e-5
 LISTSCHED_ACTIONS_PER_S = 120_000
 SKEWED_CHUNK_S = 5e-3         # skewed routing: each (stage, micro-batch) chunk costed on its own loads
 LOADS_CACHE = 8
+#: The field of a part no input sizes.
+FIXED = "(fixed)"
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,9 @@ class Estimate:
 
     @property
     def dominant(self) -> Part:
-        return max(self.parts, key=lambda p: p.bytes)
+        """The largest part that an input sizes (a fixed part names no field to reduce)."""
+        scaling = [p for p in self.parts if p.field != FIXED] or self.parts
+        return max(scaling, key=lambda p: p.bytes)
 
     def describe(self, limit: int = 3) -> str:
         parts = sorted(self.parts, key=lambda p: -p.bytes)[:limit]
@@ -313,7 +317,7 @@ def step_estimate(s: Scenario, mode: str, *, record_trace: bool = False, trace_e
         est.add("the trace file's events", (parts + (tasks if mode == "detailed" else 0)) * TRACE_EVENT_BYTES, f)
     if gantt:
         est.add("the Gantt chart", parts * PLOT_BYTES, f)
-    est.add("cost tables and caches", STEP_BASE_BYTES, "model.n_layers")
+    est.add("cost tables and caches", STEP_BASE_BYTES, FIXED)
     if skewed:  # every micro-batch's chunks are costed on their own loads before the first action runs
         est.add("costing each micro-batch's chunks (skewed routing)", 0.0, f, parts * SKEWED_CHUNK_S)
     est.extend(loads_estimate(s, n))

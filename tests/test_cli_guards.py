@@ -278,3 +278,29 @@ def test_progress_goes_to_stderr_as_lines_and_quiet_silences_it(runner, monkeypa
     assert "[sim schedule]" in r.stderr and "done in" in r.stderr and "\r" not in r.stderr
     r = runner.invoke(main, [*args, "--quiet"])
     assert r.exit_code == 0 and r.stderr == ""
+
+
+# ------------------------------------------------------------------------------- the other commands' budgets
+
+
+def test_validate_reports_a_case_over_the_budget_without_running_it(runner):
+    r = runner.invoke(main, ["validate", "bloom_176b/gbs2048", "--max-memory", "1M", "--json", "--quiet"])
+    assert r.exit_code == 0, r.output
+    (case,) = json.loads(r.stdout)["cases"]
+    assert case["status"] == "not_expressible" and "training.global_batch_size" in case["reason"]
+
+
+def test_estimate_prices_every_phase_before_the_first_simulation(runner, tmp_path):
+    r = runner.invoke(main, ["estimate", "--set", "training.global_batch_size=128000000", "--plot",
+                             str(tmp_path / "e.png")])
+    refused(r, "training.global_batch_size")
+    assert not (tmp_path / "e.png").exists()
+    r = runner.invoke(main, ["estimate", "--plot", str(tmp_path / "e.txt")])
+    refused(r, "--plot")
+
+
+def test_named_models_and_clusters_replace_the_jobs(runner):
+    r = runner.invoke(main, ["model", TINY, "--set", "model=llama3_70b", "--json"])
+    assert r.exit_code == 2 and "parallel.ep" in r.stderr  # a dense model refuses the job's EP4
+    r = runner.invoke(main, ["run", LLAMA, "--mode", "fast", "--set", "cluster=h100_ib_1024", "--json", "--quiet"])
+    assert r.exit_code == 0, r.output

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import ValidationError
 
 from sim.budget import experts_estimate, human_seconds, step_estimate
 from sim.cli.common import budget_check, echo_json, new_progress, work_options, write_atomic
@@ -25,6 +26,7 @@ from sim.config import Scenario
 from sim.config.limits import BALANCING_STEPS_MAX
 from sim.experts import POLICIES, simulate_balancing
 from sim.experts.balancing import BalancingHistory
+from sim.errors import SimInputError, format_validation_error
 from sim.guards import check_numbers
 from sim.loading import load_scenario
 from sim.outputs import IMAGE_FORMATS, check_output
@@ -122,7 +124,11 @@ def experts(workload: str, steps: int, skew: str | None, zipf_exponent: float | 
     base = load_scenario(workload, overrides=list(sets))
     scenario = load_scenario(workload, overrides=[*sets, *_overrides(base, skew, zipf_exponent, policy, seed,
                                                                      redundant)])
-    variants = [with_policy(scenario, p) for p in POLICIES] if step_time and scenario.model.is_moe else []
+    try:
+        variants = [with_policy(scenario, p) for p in POLICIES] if step_time and scenario.model.is_moe else []
+    except ValidationError as e:
+        raise SimInputError(f"a balancing policy does not fit this job: {format_validation_error(e)}",
+                            field="--step-time") from None
     est = experts_estimate(scenario, steps, plot=plot_path is not None, step_time=step_time, policies=variants)
     budget_check(est, max_memory, max_time)
     sims = [step_estimate(v, "fast") for v in variants]
