@@ -24,9 +24,9 @@ from sim.budget import experts_estimate, human_seconds, step_estimate
 from sim.cli.common import budget_check, echo_json, new_progress, work_options, write_atomic
 from sim.config import Scenario
 from sim.config.limits import BALANCING_STEPS_MAX
+from sim.errors import SimInputError, format_validation_error
 from sim.experts import POLICIES, simulate_balancing
 from sim.experts.balancing import BalancingHistory
-from sim.errors import SimInputError, format_validation_error
 from sim.guards import check_numbers
 from sim.loading import load_scenario
 from sim.outputs import IMAGE_FORMATS, check_output
