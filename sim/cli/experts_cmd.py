@@ -142,9 +142,10 @@ def experts(workload: str, steps: int, skew: str | None, zipf_exponent: float | 
                        ("final_imbalance", report["final_imbalance"])], f"{scenario.name} balancing", low=1.0)
         if variants:
             times: dict[str, float] = {}
-            for p, v, e in zip(POLICIES, variants, sims, strict=True):
+            for p, v, sim_est in zip(POLICIES, variants, sims, strict=True):
                 bar.stage(f"step time under policy {p}")
-                result = simulate_step(v, mode="fast", record_trace=False, progress=_credit(bar, e.seconds, v))
+                result = simulate_step(v, mode="fast", record_trace=False,
+                                       progress=_credit(bar, sim_est.seconds, v))
                 check_numbers([(f"step time under {p}", result.step_time_s)], v.name)
                 times[p] = result.step_time_s
             report["step_time_s_by_policy"] = times

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from click.core import ParameterSource
@@ -11,9 +11,13 @@ from click.core import ParameterSource
 from sim.budget import Budget, Estimate, check, human, run_estimate
 from sim.cli.common import echo_json, human_bytes, new_progress, work_options, write_atomic
 from sim.config import Scenario
+from sim.errors import SimBugError
 from sim.guards import check_step_result
 from sim.loading import load_scenario
 from sim.outputs import IMAGE_FORMATS, JSON_FORMATS, check_outputs
+
+if TYPE_CHECKING:
+    from sim.timeline import Trace
 
 #: Fidelity tiers, most detailed first; a tier missing from ``sim.step.MODES`` is skipped.
 TIERS = ("detailed", "fast", "analytic")
@@ -82,18 +86,10 @@ def run(workload: str | None, hardware: str | None, gpus: int | None, overrides:
     cal = calibration_report(scenario)
     if cal is not None and cal["rule"] == "pinned" and overrides:
         cal = calibration_report(scenario, load_scenario(workload, hardware=hardware, gpus=gpus, overrides=extra))
-    nranks = scenario.parallel.pp
-    if trace_out:
-        from sim.perfetto import write_chrome_trace
-
-        write_atomic(trace_out, lambda p: write_chrome_trace(p, result.trace, nranks, scenario.name,
-                                                             {"step_time_s": result.step_time_s}), "--trace")
-    if gantt_out:
-        from sim.plots import gantt_figure
-
-        fig = gantt_figure(result.trace, nranks, f"{scenario.name}: {result.step_time_s:.2f} s per step")
-        fmt = gantt_out.rsplit(".", 1)[-1].lower()
-        write_atomic(gantt_out, lambda p: fig.savefig(p, format=fmt), "--gantt")
+    if trace_out or gantt_out:
+        if result.trace is None:
+            raise SimBugError("the simulation kept no trace for --trace/--gantt", scenario.name)
+        _write_outputs(scenario, result.trace, result.step_time_s, trace_out, gantt_out)
     if switched:
         result.warnings.append(switched)
     for warning in result.warnings:
@@ -112,6 +108,22 @@ def run(workload: str | None, hardware: str | None, gpus: int | None, overrides:
         echo_json(out)
         return
     _print_human(scenario, result, cal)
+
+
+def _write_outputs(scenario: Scenario, trace: Trace, step_time_s: float, trace_out: str | None,
+                   gantt_out: str | None) -> None:
+    nranks = scenario.parallel.pp
+    if trace_out:
+        from sim.perfetto import write_chrome_trace
+
+        write_atomic(trace_out, lambda p: write_chrome_trace(p, trace, nranks, scenario.name,
+                                                             {"step_time_s": step_time_s}), "--trace")
+    if gantt_out:
+        from sim.plots import gantt_figure
+
+        fig = gantt_figure(trace, nranks, f"{scenario.name}: {step_time_s:.2f} s per step")
+        fmt = gantt_out.rsplit(".", 1)[-1].lower()
+        write_atomic(gantt_out, lambda p: fig.savefig(p, format=fmt), "--gantt")
 
 
 def choose_mode(scenario: Scenario, mode: str, explicit: bool, budget: Budget, trace_out: bool,
