@@ -1,4 +1,9 @@
-"""Errors that reach the user as a message and exit status 2, never as a traceback."""
+"""Errors that reach the user as a message, never as a traceback.
+
+``SimInputError``: bad input, exit status 2, the message names the field. ``SimBugError``: the simulator
+produced something impossible (an MFU above 100 %, a NaN or negative time); exit status 1 with a message that
+asks for a bug report, never a result.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,17 @@ class SimInputError(Exception):
     def __init__(self, message: str, field: str | None = None) -> None:
         self.field = field
         super().__init__(f"{field}: {message}" if field else message)
+
+
+class SimBugError(Exception):
+    """An impossible result: a bug in the simulator, not in the input. The CLI exits 1 and asks for a report."""
+
+    def __init__(self, message: str, context: str | None = None) -> None:
+        self.context = context
+        text = f"internal error (a simulator bug, not your input): {message}"
+        if context:
+            text += f"\n  while simulating {context}"
+        super().__init__(text + "\n  please report it with the command line that produced it")
 
 
 def _allowed_keys(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str] | None:

@@ -5,12 +5,20 @@ or by profile name (``hardware_profiles/clusters/<name>.yaml``, ``hardware_profi
 ``hardware_profiles/nodes/<name>.yaml``, ``workloads/models/<name>.yaml``); each may also be inlined as a
 mapping. Overrides (``--set parallel.pp=8``) apply to the resolved mapping before validation, so every
 problem is reported by the same validators with the field's dotted path.
+
+Guards (:mod:`sim.guards`): a key repeated in a YAML mapping is refused where it is (PyYAML would keep the last
+one silently), strings are bounded before validation, references that no file system could hold are refused
+as such, and a validated scenario passes :func:`sim.guards.check_scenario`; :func:`scenario_guard` lets a
+command check every scenario it loads (``sim validate`` prices each case against the work budget).
 """
 
 from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +28,7 @@ from pydantic import BaseModel, ValidationError
 from sim.config import ClusterSpec, GpuSpec, ModelSpec, Scenario
 from sim.config.hardware import gpu_model_token
 from sim.errors import SimInputError, format_validation_error
+from sim.guards import check_raw, check_scenario
 
 DEFAULT_WORKLOAD = "deepseek_v3.yaml"
 #: libyaml's C loader when PyYAML was built with it (about 6x faster than the pure-Python one), else Python's.
@@ -47,24 +56,70 @@ def profiles_dir() -> Path:
     return data_root() / "hardware_profiles"
 
 
+class _UniqueKeyLoader(_SAFE_LOADER):  # type: ignore[misc,valid-type]
+    """A safe loader (libyaml's C parser when available) that refuses a key repeated in one mapping, naming it
+    and its lines."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        line = key_node.start_mark.line + 1
+        try:
+            first = seen.setdefault(key, line)
+        except TypeError:  # an unhashable key: the constructor below reports it
+            continue
+        if first != line:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (lines {first} and {line}); a key may appear once per mapping",
+                key_node.start_mark)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text()
-    except OSError as e:
-        raise SimInputError(f"cannot read {path}: {e.strerror or e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SimInputError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
     try:
-        data = parse_yaml(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         raise SimInputError(f"{path}: not valid YAML: {e}") from None
+    except RecursionError:
+        raise SimInputError(f"{path}: nested too deeply") from None
     if not isinstance(data, dict):
         raise SimInputError(f"{path}: expected a mapping at the top level")
+    check_raw(data)
     return data
 
 
+#: A reference (a profile name or a path) longer than this cannot name a file on any POSIX file system.
+MAX_REF_LENGTH = 4096
+
+
+def is_file(path: Path) -> bool:
+    """``path.is_file()``, False (not an exception) for names no file system holds (too long, a NUL)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _check_ref(ref: str, kind: str) -> None:
+    if len(ref) > MAX_REF_LENGTH or any(len(part.encode()) > 255 for part in Path(ref).parts) or "\x00" in ref:
+        raise SimInputError(f"a reference of {len(ref):,} characters is neither a profile name nor a path a file "
+                            "system can hold (names up to 255 bytes)", field=kind)
+
+
 def _resolve_file(ref: str, base: Path, named_dir: Path, kind: str) -> Path:
+    _check_ref(ref, kind)
     candidates = [base / ref, Path(ref), named_dir / ref, named_dir / f"{ref}.yaml"]
     for c in candidates:
-        if c.is_file():
+        if is_file(c):
             return c.resolve()
     known = sorted(p.stem for p in named_dir.glob("*.yaml")) if named_dir.is_dir() else []
     raise SimInputError(f"{ref!r} is neither a file nor a known {kind}; known: {', '.join(known)}", field=kind)
@@ -115,15 +170,18 @@ def resolve_workload(path: Path) -> dict[str, Any]:
 def parse_override(text: str) -> tuple[str, Any]:
     """``key.path=value`` with the value read as YAML (numbers, booleans, lists)."""
     if "=" not in text:
-        raise SimInputError(f"expected key=value (got {text!r})", field="--set")
+        raise SimInputError(f"expected key=value (got {text[:80]!r})", field="--set")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key:
-        raise SimInputError(f"empty key in {text!r}", field="--set")
+        raise SimInputError(f"empty key in {text[:80]!r}", field="--set")
+    if len(key) > 200 or any(not part for part in key.split(".")):
+        raise SimInputError(f"not a dotted field path: {key[:80]!r}", field="--set")
     try:
-        value = parse_yaml(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = yaml.load(raw, Loader=_UniqueKeyLoader) if raw.strip() else ""
+    except (yaml.YAMLError, RecursionError):
         value = raw
+    check_raw({key: value})
     return key, value
 
 
@@ -151,9 +209,10 @@ def validate(cls: type[BaseModel], data: dict[str, Any], prefix: str = "") -> An
 def find_workload(ref: str | None) -> Path:
     """A workload path, or a name under ``workloads/``; None means the default DeepSeek-V3 job."""
     ref = ref or DEFAULT_WORKLOAD
+    _check_ref(ref, "WORKLOAD")
     for c in (Path(ref), workloads_dir() / ref, workloads_dir() / f"{ref}.yaml",
               workloads_dir() / "models" / ref, workloads_dir() / "models" / f"{ref}.yaml"):
-        if c.is_file():
+        if is_file(c):
             return c.resolve()
     raise SimInputError(f"no such workload file or name: {ref!r}", field="WORKLOAD")
 
@@ -173,6 +232,10 @@ def load_scenario(ref: str | None = None, *, hardware: str | None = None, gpus: 
         key, value = parse_override(text)
         if key == "software" and isinstance(value, str):  # a named stack replaces the job's
             value, _ = _load_ref(value, path.parent, profiles_dir() / "software", "software")
+        elif key == "model" and isinstance(value, str):  # a named model replaces the job's
+            value, _ = _load_ref(value, path.parent, workloads_dir() / "models", "model")
+        elif key == "cluster" and isinstance(value, str):
+            value = resolve_cluster(value, Path.cwd())
         apply_override(data, key, value)
     if gpus is not None:
         per_node = data["cluster"]["node"].get("gpus_per_node", 8)
@@ -181,16 +244,39 @@ def load_scenario(ref: str | None = None, *, hardware: str | None = None, gpus: 
                                 field="--gpus")
         data["cluster"]["num_nodes"] = gpus // per_node
         data.setdefault("parallel", {})["dp"] = None
-    return validate(Scenario, data)
+    scenario = validate(Scenario, data)
+    check_scenario(scenario)
+    guard = _SCENARIO_GUARD.get()
+    if guard is not None:
+        guard(scenario)
+    return scenario
 
 
-def load_model(ref: str) -> tuple[ModelSpec, Scenario | None]:
-    """A model from a bare architecture file, or a model plus its scenario from a job file."""
+_SCENARIO_GUARD: ContextVar[Callable[[Scenario], None] | None] = ContextVar("scenario_guard", default=None)
+
+
+@contextmanager
+def scenario_guard(check: Callable[[Scenario], None]) -> Iterator[None]:
+    """Within the block, :func:`load_scenario` passes every scenario it returns to ``check`` (which raises a
+    :class:`SimInputError` to refuse it)."""
+    token = _SCENARIO_GUARD.set(check)
+    try:
+        yield
+    finally:
+        _SCENARIO_GUARD.reset(token)
+
+
+def load_model(ref: str, overrides: tuple[str, ...] | list[str] = ()) -> tuple[ModelSpec, Scenario | None]:
+    """A model from a bare architecture file, or a model plus its scenario from a job file. ``overrides``
+    (``model.max_seq_len=131072``; on a bare model file the ``model.`` prefix is optional) apply first."""
     path = find_workload(ref)
     raw = read_yaml(path)
     if is_model_file(raw):
+        for text in overrides:
+            key, value = parse_override(text)
+            apply_override(raw, key.removeprefix("model."), value)
         return validate(ModelSpec, raw), None
-    scenario = load_scenario(str(path))
+    scenario = load_scenario(str(path), overrides=overrides)
     return scenario.model, scenario
 
 

@@ -24,6 +24,11 @@ COMM_COLOR = "#C44E52"
 DP_COLOR = "#937860"
 
 
+#: Categories of schedule actions (the rest are the step's tail).
+SCHEDULE_CATEGORIES = (Category.FORWARD, Category.BACKWARD, Category.BACKWARD_INPUT, Category.BACKWARD_WEIGHT,
+                       Category.OVERLAPPED)
+
+
 def gantt_figure(trace: Trace, num_ranks: int, title: str = "") -> Figure:
     category = {(a.rank, a.label): a.category for a in trace.actions}
     compute: dict[tuple[int, str], list[tuple[float, float]]] = {}
@@ -39,8 +44,9 @@ def gantt_figure(trace: Trace, num_ranks: int, title: str = "") -> Figure:
             comm.setdefault(t.rank, []).append((t.start, t.end - t.start))
         else:
             dp.setdefault(t.rank, []).append((t.start, t.end - t.start))
-    if not trace.tasks:  # fast mode records actions only: draw them whole
-        for a in trace.actions:
+    drawn = {(t.rank, t.action) for t in trace.tasks if t.stream == Stream.COMPUTE}
+    for a in trace.actions:  # fast mode runs a schedule action as one event, without tasks: draw it whole
+        if a.category in SCHEDULE_CATEGORIES and (a.rank, a.label) not in drawn:
             end_time = max(end_time, a.end)
             compute.setdefault((a.rank, a.category), []).append((a.start, a.end - a.start))
     fig = Figure(figsize=(14, 0.45 * num_ranks + 1.6), dpi=110)

@@ -1,6 +1,7 @@
 """The ``sim`` command: a thin layer over the library. One module per subcommand.
 
-Bad input (``SimInputError``, click usage errors) exits with status 2 and a message naming the field;
+Bad input (``SimInputError``, click usage errors) exits with status 2 and a message naming the field; an
+impossible result (``SimBugError``) or running out of memory exits with status 1 and asks for a bug report;
 ``--json`` prints exactly one JSON object on stdout.
 
 Subcommands load lazily: ``sim --help`` and ``sim run`` import only what they use (no pandas, matplotlib or
@@ -16,7 +17,7 @@ from typing import Any
 
 import click
 
-from sim.errors import SimInputError
+from sim.errors import SimBugError, SimInputError
 
 #: name -> (module under ``sim.cli``, attribute, the command's help text: its docstring's first paragraph)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -36,8 +37,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 
 
 class SimGroup(click.Group):
-    """Loads a subcommand's module only when that command runs (or its own help is asked for), and turns input
-    errors raised anywhere below into a message and exit status 2."""
+    """Loads a subcommand's module only when that command runs (or its own help is asked for); turns input
+    errors raised anywhere below into a message and exit status 2, bugs into exit status 1."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*COMMANDS, *self.commands})
@@ -69,6 +70,14 @@ class SimGroup(click.Group):
         except SimInputError as e:
             click.echo(f"error: {e}", err=True)
             ctx.exit(2)
+        except SimBugError as e:
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(1)
+        except MemoryError:
+            click.echo("error: internal error (a simulator bug): out of memory although the work budget "
+                       "(--max-memory) allowed this work; its estimate is wrong, please report the command line",
+                       err=True)
+            ctx.exit(1)
 
 
 @click.group(cls=SimGroup, context_settings={"help_option_names": ["-h", "--help"]})

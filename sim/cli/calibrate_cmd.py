@@ -18,6 +18,7 @@ import click
 
 from sim.cli.common import echo_json, write_atomic
 from sim.errors import SimInputError
+from sim.outputs import CSV_FORMATS, YAML_FORMATS, check_outputs
 
 if TYPE_CHECKING:
     from sim.calibrate.table import CalibrationTable
@@ -54,6 +55,8 @@ def calibrate(device: str | None, trace: str | None, quick: bool, workload: str 
     """Write a calibration table that `sim run --calibration FILE` reads."""
     if (device is None) == (trace is None):
         raise SimInputError("give exactly one of --device cpu|cuda or --from-trace TRACE.json", field="--device")
+    check_outputs([(out, "--out", YAML_FORMATS), (regions_csv, "--regions-csv", CSV_FORMATS),
+                   (kernels_csv, "--kernels-csv", CSV_FORMATS)])
     from sim.calibrate.table import table_to_yaml
     from sim.loading import load_model
 
@@ -72,7 +75,7 @@ def calibrate(device: str | None, trace: str | None, quick: bool, workload: str 
         table, header = run_calibration(device, quick, model, scenario, _say)
         extras = {}
     for path, content in {out: table_to_yaml(table, header), **extras}.items():
-        write_atomic(path, partial(_write_text, content))
+        write_atomic(path, partial(_write_text, content), "--out")
     elapsed = time.perf_counter() - start
     summary = {"out": str(out), "device": table.device.name, "device_kind": table.device.kind,
                "entries": len(table.entries), "kinds": sorted({e.kind for e in table.entries}),

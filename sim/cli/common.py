@@ -1,18 +1,21 @@
-"""Shared pieces of the subcommands: JSON output, atomic file writes, human formatting."""
+"""Shared pieces of the subcommands: JSON output, atomic file writes, human formatting, and the options every
+command that does work shares (``--max-memory``, ``--quiet``)."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import click
 
-from sim.errors import SimInputError
+from sim.budget import Budget, Estimate, check
+from sim.outputs import write_atomic
+from sim.progress import Progress
+
+__all__ = ["budget_check", "echo_json", "human_bytes", "human_count", "new_progress", "work_options",
+           "write_atomic"]
 
 
 def _jsonable(x: Any) -> Any:
@@ -31,25 +34,6 @@ def echo_json(obj: dict[str, Any]) -> None:
     click.echo(json.dumps(_jsonable(obj), indent=2, sort_keys=False))
 
 
-def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Write via a temporary file in the same folder, renamed into place only when complete."""
-    target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise SimInputError(f"folder {folder} does not exist", field=str(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=folder)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def human_count(x: float) -> str:
     for unit, f in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(x) >= f:
@@ -62,3 +46,25 @@ def human_bytes(x: float) -> str:
         if abs(x) >= f:
             return f"{x / f:.2f} {unit}"
     return f"{x:.0f} B"
+
+
+def work_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--max-memory`` and ``--max-time`` (the work budget) and ``--quiet`` (no progress)."""
+    f = click.option("--quiet", "-q", is_flag=True, help="no progress on stderr")(f)
+    f = click.option("--max-time", "max_time", metavar="SECONDS", default=None,
+                     help="refuse work estimated (roughly) to run longer: 90, 15m, 2h; 0 for no limit "
+                     "[default: $SIM_MAX_TIME, else 1 hour]")(f)
+    return click.option("--max-memory", "max_memory", metavar="SIZE", default=None,
+                        help="refuse work estimated to need more memory: 4G, 4GiB, 512M or 30% of the RAM "
+                        "[default: $SIM_MAX_MEMORY, else 25% of the RAM, at most half of what is free]")(f)
+
+
+def budget_check(est: Estimate, max_memory: str | None, max_time: str | None, hint: str = "") -> Budget:
+    """The budget of ``--max-memory`` and ``--max-time``; refuses ``est`` (exit 2) when it does not fit."""
+    budget = Budget.from_option(max_memory, max_time)
+    check(est, budget, hint)
+    return budget
+
+
+def new_progress(label: str, total: float, quiet: bool, unit: str = "") -> Progress:
+    return Progress(label, total, unit=unit, quiet=quiet)

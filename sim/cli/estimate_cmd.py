@@ -3,35 +3,44 @@
 A table per phase (steps, tokens, step time, GPU-hours, days, dollars, energy, CO2, layout) and the total,
 the layouts the search chose where the job's was illegal, the published figures when the job has them and
 what more GPUs, a longer deadline or another price change. ``--json`` prints one object on stdout and
-nothing else there; progress goes to stderr on a terminal.
+nothing else there; progress goes to stderr (``sim.progress``). The phases' step simulations are priced against
+``--max-memory`` and ``--max-time`` before the first one runs.
 """
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
 
-from sim.cli.common import echo_json, human_count, write_atomic
+from sim.budget import Estimate, many_steps_estimate, step_estimate
+from sim.cli.common import budget_check, echo_json, human_count, new_progress, work_options, write_atomic
 from sim.cli.run_cmd import scenario_options
+from sim.config import Scenario
 from sim.loading import load_scenario
+from sim.outputs import IMAGE_FORMATS, check_output
 
 
-class _Bar:
-    """A progress bar on stderr, redrawn after each step simulation (the total grows when a layout search
-    starts)."""
+def _work(scenario: Scenario, mode: str, max_search: int = 2) -> Estimate:
+    """The step simulations of the run's phases: each phase's points (its batch and the ramp's), each point
+    counted with the layout searches it may need when the job's layout is illegal there."""
+    from sim.estimate.phases import phase_data, run_spec, validate_phase
 
-    def __init__(self) -> None:
-        self.width = 30
-
-    def __call__(self, label: str, done: int, planned: int) -> None:
-        filled = int(self.width * done / max(planned, 1))
-        click.echo(f"\r  simulating [{'#' * filled}{'.' * (self.width - filled)}] {done}/{planned} {label:<16}",
-                   err=True, nl=False)
-
-    def close(self) -> None:
-        click.echo("\r" + " " * (self.width + 50) + "\r", err=True, nl=False)
+    sims: list[Estimate] = []
+    t = scenario.training
+    for spec in run_spec(scenario).phases:
+        if spec.gpu_hours is not None:
+            continue
+        seq, batch = spec.seq_len or t.seq_len, spec.global_batch_size or t.global_batch_size
+        points = spec.batch_ramp.points if spec.batch_ramp is not None else 1
+        q, _ = validate_phase(phase_data(scenario, spec, seq, batch))
+        if q is not None:
+            sims += [step_estimate(q, mode)] * points
+        else:  # the layout will be searched: price the job's layout at this batch, for each candidate
+            per_step = scenario.dp * scenario.parallel.micro_batch_size
+            n = max(1, -(-batch // per_step))
+            sims += [step_estimate(scenario, mode, n=n)] * (points * (1 + max_search))
+    return many_steps_estimate("estimate", sims)
 
 
 @click.command()
@@ -43,22 +52,31 @@ class _Bar:
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False), default=None,
               help="write GPU-hours by phase (next to published figures) as a PNG")
+@work_options
 def estimate(workload: str | None, hardware: str | None, gpus: int | None, overrides: tuple[str, ...],
-             price: float | None, mode: str, as_json: bool, plot_out: str | None) -> None:
+             price: float | None, mode: str, as_json: bool, plot_out: str | None, max_memory: str | None,
+             max_time: str | None, quiet: bool) -> None:
     """Estimate a whole training run of WORKLOAD: GPU-hours, days, dollars, energy and CO2 per phase."""
     from sim.estimate import estimate_run
 
-    scenario = load_scenario(workload, hardware=hardware, gpus=gpus, overrides=overrides)
-    bar = _Bar() if sys.stderr.isatty() else None
-    try:
-        est = estimate_run(scenario, mode=mode, price=price, progress=bar)
-    finally:
-        if bar is not None:
-            bar.close()
     if plot_out:
-        from sim.estimate.plot import write_estimate_plot
+        check_output(plot_out, "--plot", IMAGE_FORMATS)
+    scenario = load_scenario(workload, hardware=hardware, gpus=gpus, overrides=overrides)
+    work = _work(scenario, mode)
+    budget_check(work, max_memory, max_time)
+    with new_progress("sim estimate", 1, quiet, unit="step simulations") as bar:
+        def progress(label: str, done: int, planned: int) -> None:
+            bar.set_total(planned)
+            bar.stage(label)
+            bar.update(done - bar.done)
 
-        write_atomic(plot_out, lambda p: write_estimate_plot(p, est))
+        est = estimate_run(scenario, mode=mode, price=price, progress=progress)
+    if plot_out:
+        from sim.estimate.plot import estimate_figure
+
+        fig = estimate_figure(est)
+        fmt = plot_out.rsplit(".", 1)[-1].lower()
+        write_atomic(plot_out, lambda p: fig.savefig(p, dpi=120, format=fmt), "--plot")
     for w in est.warnings:
         click.echo(f"WARNING: {w}", err=True)
     out = est.to_dict()

@@ -5,22 +5,31 @@ routing) and ``--skew`` is not given, the dynamics start from Zipf skew with exp
 changes it): balancing balanced loads shows nothing. Policy ``eplb`` with no redundant experts in the workload
 gets one spare slot per GPU (``ep`` of them), DeepSeek's prefill deployment ratio (EP32 with 32 redundant
 experts); ``--redundant`` overrides.
+
+The balancing history (steps x layers and the heatmap layer's loads) and the four fast step simulations are
+priced against ``--max-memory`` first; the per-step bias is not recorded (the report does not use it); progress
+shows the balancing run, then each policy's simulation.
 """
 
 from __future__ import annotations
 
-import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import ValidationError
 
-from sim.cli.common import echo_json, write_atomic
+from sim.budget import experts_estimate, human_seconds, step_estimate
+from sim.cli.common import budget_check, echo_json, new_progress, work_options, write_atomic
 from sim.config import Scenario
+from sim.config.limits import BALANCING_STEPS_MAX
+from sim.errors import SimInputError, format_validation_error
 from sim.experts import POLICIES, simulate_balancing
 from sim.experts.balancing import BalancingHistory
+from sim.guards import check_numbers
 from sim.loading import load_scenario
-from sim.step import step_time_by_policy
+from sim.outputs import IMAGE_FORMATS, check_output
 
 DEFAULT_START_SKEW = "zipf"
 
@@ -87,10 +96,11 @@ def _print(r: dict[str, Any], step_time: bool) -> None:
 
 @click.command()
 @click.argument("workload")
-@click.option("--steps", type=click.IntRange(min=0), default=300, show_default=True, help="training steps")
+@click.option("--steps", type=click.IntRange(0, BALANCING_STEPS_MAX), default=300, show_default=True,
+              help="training steps")
 @click.option("--skew", type=click.Choice(["balanced", "zipf", "dirichlet", "histogram"]), default=None,
               help="starting skew (default: the workload's; zipf when the workload is balanced)")
-@click.option("--zipf-exponent", type=click.FloatRange(min=0), default=None, help="Zipf exponent of the skew")
+@click.option("--zipf-exponent", type=click.FloatRange(0, 100), default=None, help="Zipf exponent of the skew")
 @click.option("--policy", type=click.Choice(list(POLICIES)), default=None,
               help="balancing policy (default: the workload's)")
 @click.option("--seed", type=int, default=None, help="seed of the skew and drift")
@@ -102,26 +112,75 @@ def _print(r: dict[str, Any], step_time: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="write a PNG: load per expert over steps and the imbalance curve")
+@work_options
 def experts(workload: str, steps: int, skew: str | None, zipf_exponent: float | None, policy: str | None,
             seed: int | None, redundant: int | None, sets: tuple[str, ...], step_time: bool, as_json: bool,
-            plot_path: str | None) -> None:
+            plot_path: str | None, max_memory: str | None, max_time: str | None, quiet: bool) -> None:
     """Expert load and its balancing over training steps for WORKLOAD."""
+    from sim.step import simulate_step, with_policy
+
+    if plot_path:
+        check_output(plot_path, "--plot", IMAGE_FORMATS)
     base = load_scenario(workload, overrides=list(sets))
     scenario = load_scenario(workload, overrides=[*sets, *_overrides(base, skew, zipf_exponent, policy, seed,
                                                                      redundant)])
-    history = simulate_balancing(scenario, steps)
-    report = _report(scenario, history)
-    if step_time:
-        with click.progressbar(POLICIES, label="step time under each policy", file=sys.stderr) as bar:
-            report["step_time_s_by_policy"] = {p: step_time_by_policy(scenario, [p])[p] for p in bar}
+    try:
+        variants = [with_policy(scenario, p) for p in POLICIES] if step_time and scenario.model.is_moe else []
+    except ValidationError as e:
+        raise SimInputError(f"a balancing policy does not fit this job: {format_validation_error(e)}",
+                            field="--step-time") from None
+    est = experts_estimate(scenario, steps, plot=plot_path is not None, step_time=step_time, policies=variants)
+    budget_check(est, max_memory, max_time)
+    sims = [step_estimate(v, "fast") for v in variants]
+    balancing_units = est.parts[0].seconds
+    with new_progress("sim experts", balancing_units + sum(e.seconds for e in sims), quiet) as bar:
+        bar.stage(_balancing_label(scenario, steps))
+        history = simulate_balancing(scenario, steps, record_bias=False)
+        bar.update(balancing_units)
+        report = _report(scenario, history)
+        check_numbers([("initial_imbalance", report["initial_imbalance"]),
+                       ("final_imbalance", report["final_imbalance"])], f"{scenario.name} balancing", low=1.0)
+        if variants:
+            times: dict[str, float] = {}
+            for p, v, sim_est in zip(POLICIES, variants, sims, strict=True):
+                bar.stage(f"step time under policy {p}")
+                result = simulate_step(v, mode="fast", record_trace=False,
+                                       progress=_credit(bar, sim_est.seconds, v))
+                check_numbers([(f"step time under {p}", result.step_time_s)], v.name)
+                times[p] = result.step_time_s
+            report["step_time_s_by_policy"] = times
     if plot_path:
         from sim.experts.plot import balancing_figure
 
         fig = balancing_figure(history, f"{scenario.name}: policy {history.policy}, skew {scenario.experts.skew}")
-        write_atomic(plot_path, lambda p: fig.savefig(p, format=Path(plot_path).suffix.lstrip(".") or "png",
-                                                      dpi=120))
+        fmt = Path(plot_path).suffix.lstrip(".").lower()
+        write_atomic(plot_path, lambda p: fig.savefig(p, format=fmt, dpi=120), "--plot")
     if as_json:
         echo_json(report)
     else:
         _print(report, step_time)
 
+
+#: Steps of the pilot that measures the balancing rate before a long run (its time is shown, not guessed).
+PILOT_STEPS = 20
+PILOT_ABOVE = 1_000
+
+
+def _balancing_label(scenario: Scenario, steps: int) -> str:
+    """What the balancing stage does and, for a long run, how long it takes at the rate a short pilot measured
+    (the balancing library reports no progress of its own)."""
+    label = f"balancing over {steps:,} steps"
+    if steps < PILOT_ABOVE or not scenario.model.is_moe:
+        return label
+    t0 = time.perf_counter()
+    simulate_balancing(scenario, PILOT_STEPS, record_bias=False)
+    per_step = (time.perf_counter() - t0) / PILOT_STEPS
+    return f"{label}, about {human_seconds(per_step * steps)} at the {per_step * 1e3:.2g} ms per step of a pilot"
+
+
+def _credit(bar: Any, units: float, scenario: Scenario) -> Any:
+    """A ``simulate_step`` progress callback that credits ``units`` over the scenario's actions."""
+    from sim.step import num_actions
+
+    total = max(1, num_actions(scenario))
+    return lambda n: bar.update(units * n / total)

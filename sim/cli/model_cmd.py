@@ -1,10 +1,15 @@
-"""``sim model WORKLOAD``: parameters, FLOPs per token, KV cache and memory per GPU."""
+"""``sim model WORKLOAD``: parameters, FLOPs per token, KV cache and memory per GPU.
+
+Memory comes from :func:`sim.memory.memory_per_rank`, the function ``sim run`` reports (a test pins that the
+two agree). ``--seq-len`` is held to the model's maximum position like a job's (``sim.guards``)."""
 
 from __future__ import annotations
 
 import click
 
-from sim.cli.common import echo_json, human_bytes, human_count
+from sim.budget import model_estimate
+from sim.cli.common import budget_check, echo_json, human_bytes, human_count, work_options
+from sim.guards import check_seq_len
 from sim.loading import load_model
 from sim.model_report import model_report
 
@@ -13,11 +18,19 @@ from sim.model_report import model_report
 @click.argument("workload")
 @click.option("--seq-len", type=click.IntRange(min=1), default=None,
               help="sequence length for attention FLOPs (default: the job's, else the model's max_seq_len)")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="override a field, e.g. --set model.max_seq_len=131072 (repeatable)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
-def model(workload: str, seq_len: int | None, as_json: bool) -> None:
+@work_options
+def model(workload: str, seq_len: int | None, overrides: tuple[str, ...], as_json: bool, max_memory: str | None,
+          max_time: str | None, quiet: bool) -> None:
     """Architecture arithmetic for WORKLOAD (a job file, or a model file under workloads/models)."""
-    m, scenario = load_model(workload)
+    m, scenario = load_model(workload, overrides)
     seq = seq_len or (scenario.training.seq_len if scenario else m.max_seq_len)
+    if seq_len is not None:
+        check_seq_len(m, seq_len, "--seq-len")
+    if scenario is not None:
+        budget_check(model_estimate(scenario), max_memory, max_time)
     report = model_report(m, scenario, seq)
     if as_json:
         echo_json(report)

@@ -2,7 +2,8 @@
 
 Errors are results: the command exits 0 when the run completed, whatever the errors; 2 on a malformed case file
 (the message names the file and the field). ``--json`` prints one JSON object on stdout and nothing else there;
-progress and timing go to stderr.
+progress and timing go to stderr. Every case's simulation is priced against ``--max-memory`` and ``--max-time``
+as it loads; a case over the budget is reported (not_expressible, with the estimate), never run.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,10 @@ from typing import Any
 import click
 
 import sim
-from sim.errors import SimInputError
+from sim.budget import Budget, check, step_estimate
+from sim.cli.common import new_progress, work_options, write_atomic
+from sim.config import Scenario
+from sim.outputs import IMAGE_FORMATS, check_output
 
 
 def _published_dir() -> Path:
@@ -47,37 +50,40 @@ def _clean(x: Any) -> Any:
               help="the simulator's fidelity for every case")
 @click.option("--dir", "cases_dir", type=click.Path(file_okay=False), default=None,
               help="folder of case files [default: workloads/published]")
-def validate(cases: tuple[str, ...], as_json: bool, plot_out: str | None, mode: str, cases_dir: str | None) -> None:
+@work_options
+def validate(cases: tuple[str, ...], as_json: bool, plot_out: str | None, mode: str, cases_dir: str | None,
+             max_memory: str | None, max_time: str | None, quiet: bool) -> None:
     """Run published cases (all, or CASES: families, file stems, case names, globs or case files) and report
     predicted, measured and the signed error predicted / measured - 1."""
+    from sim.loading import scenario_guard
     from sim.validation import load_cases, run_cases, select, summarize
-    from sim.validation.report import json_object, table_lines, write_figure
+    from sim.validation.report import json_object, table_lines, validation_figure
 
     if plot_out:
-        folder = Path(plot_out).parent if str(Path(plot_out).parent) else Path(".")
-        if not folder.is_dir():
-            raise SimInputError(f"folder {folder} does not exist", field="--plot")
+        check_output(plot_out, "--plot", IMAGE_FORMATS)
+    budget = Budget.from_option(max_memory, max_time)
     folder = Path(cases_dir) if cases_dir else _published_dir()
     only_files = bool(cases) and all(Path(c).suffix in (".yaml", ".yml") and Path(c).is_file() for c in cases)
     chosen = select([] if only_files else load_cases(folder), cases)
     t0 = time.perf_counter()
-    if sys.stderr.isatty():
-        bar: Any
-        with click.progressbar(length=len(chosen), label="validating", file=sys.stderr,
-                               item_show_func=lambda c: c.name if c else "") as bar:
-            def step(case: Any) -> None:
-                bar.current_item = case
-                bar.update(1)
 
-            results = run_cases(chosen, mode, step)
-    else:
-        results = run_cases(chosen, mode)
+    def within_budget(s: Scenario) -> None:
+        est = step_estimate(s, mode)
+        est.command = "validate"
+        check(est, budget)
+
+    with new_progress("sim validate", len(chosen), quiet, unit="cases") as bar, scenario_guard(within_budget):
+        def step(case: Any) -> None:
+            bar.stage(case.name)
+            bar.update(1)
+
+        results = run_cases(chosen, mode, step)
     wall = time.perf_counter() - t0
     summary = summarize(results)
     if plot_out:
-        tmp = Path(plot_out).with_name(f".{Path(plot_out).name}.tmp")
-        write_figure(tmp, results)
-        tmp.replace(plot_out)
+        fig = validation_figure(results)
+        fmt = plot_out.rsplit(".", 1)[-1].lower()
+        write_atomic(plot_out, lambda tmp: fig.savefig(tmp, dpi=130, format=fmt), "--plot")
     if as_json:
         click.echo(json.dumps(_clean(json_object(results, summary, mode, wall)), indent=2))
         click.echo(f"validated {len(results)} cases in {wall:.1f} s (mode {mode})", err=True)

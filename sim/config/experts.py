@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from sim.config import limits as L
 from sim.config.base import Frozen
 
 
@@ -19,19 +20,21 @@ class ExpertLoadSpec(Frozen):
     """
 
     skew: Literal["balanced", "zipf", "dirichlet", "histogram"] = "balanced"
-    zipf_exponent: float = Field(default=1.0, ge=0)
-    dirichlet_concentration: float = Field(default=1.0, gt=0)
-    drift_per_step: float = Field(default=0.0, ge=0, description="random-walk step of log popularity")
-    histogram: str | None = Field(default=None, description="CSV of loads per layer and expert")
+    zipf_exponent: float = Field(default=1.0, ge=0, le=100)
+    dirichlet_concentration: float = Field(default=1.0, gt=0, le=1e6)
+    drift_per_step: float = Field(default=0.0, ge=0, le=10, description="random-walk step of log popularity")
+    histogram: str | None = Field(default=None, max_length=4096, description="CSV of loads per layer and expert")
     policy: Literal["none", "bias", "aux", "eplb"] = "bias"
-    bias_update_speed: float = Field(default=0.001, ge=0, description="gamma (tech report 4.2: 0.001)")
-    balancing_steps: int = Field(default=300, ge=0, description="steps of balancing before the measured step")
-    aux_loss_alpha: float = Field(default=0.0001, ge=0, description="sequence-wise balance loss weight")
-    num_redundant_experts: int = Field(default=0, ge=0, description="extra expert slots for eplb")
-    seed: int = 0
+    bias_update_speed: float = Field(default=0.001, ge=0, le=10, description="gamma (tech report 4.2: 0.001)")
+    balancing_steps: int = Field(default=300, ge=0, le=L.BALANCING_STEPS_MAX, description="steps of balancing "
+                                 "before the measured step")
+    aux_loss_alpha: float = Field(default=0.0001, ge=0, le=10, description="sequence-wise balance loss weight")
+    num_redundant_experts: int = Field(default=0, ge=0, le=L.EXPERTS_MAX, description="extra expert slots for eplb")
+    seed: int = Field(default=0, ge=0, le=2**63 - 1, description="numpy seeds are non-negative")
     aux_skew_reduction: float = Field(default=0.5, ge=0, le=1, description="policy aux: fraction by which "
                                       "the auxiliary loss shrinks log-popularity towards uniform (assumption)")
-    eplb_interval_steps: int = Field(default=10, ge=1, description="policy eplb: steps between rearrangements, "
+    eplb_interval_steps: int = Field(default=10, ge=1, le=L.BALANCING_STEPS_MAX,
+                                     description="policy eplb: steps between rearrangements, "
                                      "each from the mean load since the previous one")
 
     @model_validator(mode="after")

@@ -38,6 +38,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from sim import units
+from sim.config import limits as L
 from sim.config.base import Frozen
 
 FabricKind = Literal["fat_tree", "rail_optimized", "multi_plane_fat_tree", "nvlink_domain_only"]
@@ -54,16 +55,22 @@ class FabricSpec(Frozen):
 
     kind: FabricKind = "rail_optimized"
     tiers: Literal[2, 3] = Field(default=2, description="2: leaf-spine; 3: leaf-aggregation-core (pods)")
-    switch_radix: int = Field(default=64, ge=4, description="ports per switch")
-    planes: int = Field(default=1, ge=1, description="independent fabrics, one per NIC rail (multi-plane only)")
-    leaf_oversubscription: float = Field(default=1.0, ge=1.0, description="leaf endpoint ports : uplinks")
-    spine_oversubscription: float = Field(default=1.0, ge=1.0, description="3 tiers: aggregation down : up")
-    leaf_endpoints: int | None = Field(default=None, ge=1, description="endpoint ports per leaf, if the "
+    switch_radix: int = Field(default=64, ge=4, le=L.SWITCH_RADIX_MAX, description="ports per switch")
+    planes: int = Field(default=1, ge=1, le=L.PLANES_MAX,
+                        description="independent fabrics, one per NIC rail (multi-plane only)")
+    leaf_oversubscription: float = Field(default=1.0, ge=1.0, le=L.OVERSUBSCRIPTION_MAX,
+                                         description="leaf endpoint ports : uplinks")
+    spine_oversubscription: float = Field(default=1.0, ge=1.0, le=L.OVERSUBSCRIPTION_MAX,
+                                          description="3 tiers: aggregation down : up")
+    leaf_endpoints: int | None = Field(default=None, ge=1, le=L.SWITCH_RADIX_MAX,
+                                       description="endpoint ports per leaf, if the "
                                        "built fabric states it; default from the radix and oversubscription")
-    pod_endpoints: int | None = Field(default=None, ge=1, description="3 tiers: endpoint ports per pod, if "
+    pod_endpoints: int | None = Field(default=None, ge=1, le=L.SWITCH_RADIX_MAX**2,
+                                      description="3 tiers: endpoint ports per pod, if "
                                       "stated; default from the radix")
-    endpoint_latency_us: float = Field(default=2.35, ge=0, description="NICs and software, both ends")
-    switch_hop_latency_us: float = Field(default=0.45, ge=0)
+    endpoint_latency_us: float = Field(default=2.35, ge=0, le=L.LATENCY_US_MAX,
+                                       description="NICs and software, both ends")
+    switch_hop_latency_us: float = Field(default=0.45, ge=0, le=L.LATENCY_US_MAX)
     sources: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")

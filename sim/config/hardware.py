@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from sim import units
+from sim.config import limits as L
 from sim.config.base import Frozen
 from sim.config.fabric import PRESETS, FabricSpec, check_fits, default_fabric
 
@@ -17,10 +18,24 @@ from sim.config.fabric import PRESETS, FabricSpec, check_fits, default_fabric
 class PeakTflops(Frozen):
     """Dense (no 2:4 sparsity) tensor-core peaks; fp32 is the vector rate. ``fp8`` is None without FP8."""
 
-    fp8: float | None = Field(default=None, gt=0)
-    bf16: float = Field(gt=0)
-    tf32: float = Field(gt=0)
-    fp32: float = Field(gt=0)
+    fp8: float | None = Field(default=None, gt=0, le=L.PEAK_TFLOPS_MAX)
+    bf16: float = Field(gt=0, le=L.PEAK_TFLOPS_MAX)
+    tf32: float = Field(gt=0, le=L.PEAK_TFLOPS_MAX)
+    fp32: float = Field(gt=0, le=L.PEAK_TFLOPS_MAX)
+
+    @model_validator(mode="after")
+    def _order(self) -> PeakTflops:
+        # Every tensor core known runs FP8 at least as fast as BF16, and BF16 at least as fast as TF32 and
+        # the FP32 vector units; a lower FP8 peak is a typo, and it would make FP8 MFU exceed 100 %
+        # (FP8 GEMMs never run slower than BF16 ones in the cost model).
+        if self.fp8 is not None and self.fp8 < self.bf16:
+            raise ValueError(f"fp8: {self.fp8:g} is below bf16 {self.bf16:g}; an FP8 tensor-core peak is at least "
+                             "the BF16 one on every GPU (set both to model a slower GPU)")
+        for name in ("tf32", "fp32"):
+            if getattr(self, name) > self.bf16:
+                raise ValueError(f"{name}: {getattr(self, name):g} exceeds bf16 {self.bf16:g}; the BF16 tensor-core "
+                                 "peak is the higher one on every GPU")
+        return self
 
 
 class GpuEfficiency(Frozen):
@@ -37,8 +52,8 @@ class GpuEfficiency(Frozen):
                                       "FlashAttention reaches half its asymptotic efficiency")
     attention_causal_waste: float = Field(default=0.0, ge=0, le=1e6, description="causal masks waste about "
                                           "this many keys' work per query block row (partly masked tiles)")
-    gemm_tile_m: int = Field(default=128, ge=1, description="output tile rows for wave quantization")
-    gemm_tile_n: int = Field(default=128, ge=1)
+    gemm_tile_m: int = Field(default=128, ge=1, le=4096, description="output tile rows for wave quantization")
+    gemm_tile_n: int = Field(default=128, ge=1, le=4096)
     gemm_k_fill: float = Field(default=0.0, ge=0, le=65536, description="K elements of main-loop fill and "
                                "drain per tile: math efficiency scales by k / (k + gemm_k_fill)")
     gemm_k_fill_fp8: float | None = Field(default=None, ge=0, le=65536, description="gemm_k_fill of FP8 GEMMs "
@@ -52,16 +67,16 @@ class GpuEfficiency(Frozen):
 
 
 class GpuSpec(Frozen):
-    name: str
+    name: str = Field(min_length=1, max_length=200)
     arch: Literal["sm80", "sm90", "sm100"] | None = Field(default=None, description="CUDA architecture (per-SM "
                                                            "communication throughput is looked up by it)")
     silicon: str | None = Field(default=None, max_length=200, description="compute silicon (die and SM "
                                 "configuration); GPUs that share it share calibration tables, e.g. 'GH100 132 SMs'")
     peak_tflops: PeakTflops
-    hbm_gb: float = Field(gt=0)
-    hbm_bandwidth_tb_per_s: float = Field(gt=0)
-    num_sms: int = Field(ge=1)
-    tdp_w: float = Field(gt=0)
+    hbm_gb: float = Field(gt=0, le=L.HBM_GB_MAX)
+    hbm_bandwidth_tb_per_s: float = Field(gt=0, le=L.HBM_TB_PER_S_MAX)
+    num_sms: int = Field(ge=1, le=L.NUM_SMS_MAX)
+    tdp_w: float = Field(gt=0, le=L.TDP_W_MAX)
     idle_w: float | None = Field(default=None, ge=0, description="board power with no kernels running: the floor "
                                  "of the power model (sim.estimate); None: the estimate assumes TDP throughout")
     efficiency: GpuEfficiency
@@ -102,18 +117,19 @@ class GpuSpec(Frozen):
 class NodeSpec(Frozen):
     """GPUs sharing one NVLink domain and their network interfaces. Bandwidths are per GPU, per direction."""
 
-    name: str
-    gpus_per_node: int = Field(ge=1)
-    nvlink_gb_per_s: float = Field(gt=0, description="nominal, per direction")
-    nvlink_achievable_gb_per_s: float = Field(gt=0)
-    nvlink_latency_us: float = Field(default=3.33, ge=0)
-    nics_per_node: int = Field(ge=0)
-    nic_gbit_per_s: float = Field(gt=0, description="line rate of one NIC")
-    nic_achievable_gb_per_s: float = Field(gt=0)
-    pcie_gb_per_s: float = Field(gt=0, description="host link, per direction")
+    name: str = Field(min_length=1, max_length=200)
+    gpus_per_node: int = Field(ge=1, le=L.GPUS_PER_NODE_MAX)
+    nvlink_gb_per_s: float = Field(gt=0, le=L.NVLINK_GB_PER_S_MAX, description="nominal, per direction")
+    nvlink_achievable_gb_per_s: float = Field(gt=0, le=L.NVLINK_GB_PER_S_MAX)
+    nvlink_latency_us: float = Field(default=3.33, ge=0, le=L.LATENCY_US_MAX)
+    nics_per_node: int = Field(ge=0, le=L.NICS_PER_NODE_MAX)
+    nic_gbit_per_s: float = Field(gt=0, le=L.NIC_GBIT_PER_S_MAX, description="line rate of one NIC")
+    nic_achievable_gb_per_s: float = Field(gt=0, le=L.NIC_GB_PER_S_MAX)
+    pcie_gb_per_s: float = Field(gt=0, le=L.PCIE_GB_PER_S_MAX, description="host link, per direction")
     nvlink_sharp: bool = Field(default=False, description="NVSwitch reduces in the switch (NVLS): NCCL all-reduce "
                                "inside the node can use it (NVSwitch gen3 and later)")
-    node_overhead_w: float = Field(default=0.0, ge=0, description="CPUs, NICs, fans: node power beyond GPUs")
+    node_overhead_w: float = Field(default=0.0, ge=0, le=L.NODE_W_MAX,
+                                   description="CPUs, NICs, fans: node power beyond GPUs")
     sources: dict[str, str] = Field(default_factory=dict)
 
     @property
@@ -135,16 +151,17 @@ class NodeSpec(Frozen):
 
 
 class ClusterSpec(Frozen):
-    name: str
+    name: str = Field(min_length=1, max_length=200)
     gpu: GpuSpec
     node: NodeSpec
-    num_nodes: int = Field(ge=1)
+    num_nodes: int = Field(ge=1, le=L.NUM_NODES_MAX)
     topology: Literal["fat_tree", "rail_optimized", "multi_plane_fat_tree", "nvlink_domain_only"] = "fat_tree"
     fabric: FabricSpec | None = Field(default=None, description="the scale-out fabric (a preset name or a "
                                       "mapping); default: the smallest non-blocking tree of the topology")
-    usd_per_gpu_hour: float = Field(default=2.0, ge=0)
-    pue: float = Field(default=1.2, ge=1.0, description="facility power / IT power")
-    network_w_per_gpu: float = Field(default=0.0, ge=0, description="scale-out switches and their optics, per GPU")
+    usd_per_gpu_hour: float = Field(default=2.0, ge=0, le=L.USD_PER_GPU_HOUR_MAX)
+    pue: float = Field(default=1.2, ge=1.0, le=L.PUE_MAX, description="facility power / IT power")
+    network_w_per_gpu: float = Field(default=0.0, ge=0, le=L.TDP_W_MAX,
+                                     description="scale-out switches and their optics, per GPU")
     sources: dict[str, str] = Field(default_factory=dict)
 
     @property

@@ -10,46 +10,52 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from sim.config import limits as L
 from sim.config.base import Frozen
 
 
 class ModelSpec(Frozen):
     """A dense or MoE decoder-only transformer."""
 
-    name: str
-    n_layers: int = Field(ge=1)
-    dim: int = Field(ge=1)
-    n_heads: int = Field(ge=1)
-    vocab_size: int = Field(ge=1)
+    name: str = Field(min_length=1, max_length=200)
+    n_layers: int = Field(ge=1, le=L.N_LAYERS_MAX)
+    dim: int = Field(ge=1, le=L.DIM_MAX)
+    n_heads: int = Field(ge=1, le=L.HEADS_MAX)
+    vocab_size: int = Field(ge=1, le=L.VOCAB_MAX)
     attention: Literal["mha", "gqa", "mla"] = "mha"
-    n_kv_heads: int | None = Field(default=None, ge=1, description="GQA key/value heads; MHA uses n_heads")
-    head_dim: int | None = Field(default=None, ge=1, description="MHA/GQA head size; default dim / n_heads")
+    n_kv_heads: int | None = Field(default=None, ge=1, le=L.HEADS_MAX,
+                                   description="GQA key/value heads; MHA uses n_heads")
+    head_dim: int | None = Field(default=None, ge=1, le=L.HEAD_DIM_MAX,
+                                 description="MHA/GQA head size; default dim / n_heads")
     # MLA (DeepSeek-V2/V3); q_lora_rank 0 means no query compression (DeepSeek-V2-Lite).
-    q_lora_rank: int = Field(default=0, ge=0)
-    kv_lora_rank: int = Field(default=0, ge=0)
-    qk_nope_head_dim: int = Field(default=0, ge=0)
-    qk_rope_head_dim: int = Field(default=0, ge=0)
-    v_head_dim: int = Field(default=0, ge=0)
+    q_lora_rank: int = Field(default=0, ge=0, le=L.LORA_RANK_MAX)
+    kv_lora_rank: int = Field(default=0, ge=0, le=L.LORA_RANK_MAX)
+    qk_nope_head_dim: int = Field(default=0, ge=0, le=L.HEAD_DIM_MAX)
+    qk_rope_head_dim: int = Field(default=0, ge=0, le=L.HEAD_DIM_MAX)
+    v_head_dim: int = Field(default=0, ge=0, le=L.HEAD_DIM_MAX)
     # Feed-forward.
-    inter_dim: int = Field(ge=1, description="dense FFN intermediate size")
+    inter_dim: int = Field(ge=1, le=L.INTER_DIM_MAX, description="dense FFN intermediate size")
     ffn_activation: Literal["swiglu", "gelu"] = "swiglu"
     # Mixture of experts: layers [0, n_dense_layers) are dense, the rest MoE, when n_routed_experts > 0.
-    n_dense_layers: int = Field(default=0, ge=0)
-    moe_inter_dim: int = Field(default=0, ge=0)
-    n_routed_experts: int = Field(default=0, ge=0)
-    n_shared_experts: int = Field(default=0, ge=0)
-    n_activated_experts: int = Field(default=0, ge=0, description="routed experts per token (top-k)")
-    n_expert_groups: int = Field(default=1, ge=1)
-    n_limited_groups: int = Field(default=1, ge=1, description="groups (nodes) a token may reach")
+    n_dense_layers: int = Field(default=0, ge=0, le=L.N_LAYERS_MAX)
+    moe_inter_dim: int = Field(default=0, ge=0, le=L.INTER_DIM_MAX)
+    n_routed_experts: int = Field(default=0, ge=0, le=L.EXPERTS_MAX)
+    n_shared_experts: int = Field(default=0, ge=0, le=L.SHARED_EXPERTS_MAX)
+    n_activated_experts: int = Field(default=0, ge=0, le=L.EXPERTS_MAX, description="routed experts per token "
+                                     "(top-k)")
+    n_expert_groups: int = Field(default=1, ge=1, le=L.EXPERTS_MAX)
+    n_limited_groups: int = Field(default=1, ge=1, le=L.EXPERTS_MAX, description="groups (nodes) a token may reach")
     score_func: Literal["softmax", "sigmoid"] = "softmax"
-    route_scale: float = 1.0
+    route_scale: float = Field(default=1.0, gt=0, le=L.ROUTE_SCALE_MAX)
     # Embeddings, norms, positions, multi-token prediction.
     tie_word_embeddings: bool = False
     norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
     bias: bool = Field(default=False, description="linear layers carry biases (GPT-2/3 style)")
     position_embedding: Literal["rope", "learned", "alibi"] = "rope"
-    max_seq_len: int = Field(default=4096, ge=1, description="rows of a learned position table")
-    n_mtp_layers: int = Field(default=0, ge=0, description="MTP depth (HF num_nextn_predict_layers)")
+    max_seq_len: int = Field(default=4096, ge=1, le=L.SEQ_LEN_MAX, description="rows of a learned position "
+                             "table; when stated (or positions are learned), the longest sequence a job may use")
+    n_mtp_layers: int = Field(default=0, ge=0, le=L.MTP_LAYERS_MAX,
+                              description="MTP depth (HF num_nextn_predict_layers)")
 
     @property
     def is_moe(self) -> bool:

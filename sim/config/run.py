@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from sim.config import limits as L
 from sim.config.base import Frozen
 
 #: Scenario sections a phase may override (the layout, the dtypes, the routing); not the model or cluster.
@@ -31,8 +32,8 @@ class RampSpec(Frozen):
     across the ramp, both ends included; step time is interpolated linearly in batch size between them.
     """
 
-    start_global_batch_size: int = Field(ge=1)
-    ramp_tokens: float = Field(gt=0)
+    start_global_batch_size: int = Field(ge=1, le=L.GLOBAL_BATCH_MAX)
+    ramp_tokens: float = Field(gt=0, le=L.TOKENS_MAX)
     shape: Literal["linear_tokens", "linear_steps"] = "linear_tokens"
     points: int = Field(default=3, ge=2, le=16)
 
@@ -40,13 +41,15 @@ class RampSpec(Frozen):
 class PhaseSpec(Frozen):
     """One phase of a run: simulated (``tokens`` or ``steps``) or given (``gpu_hours``)."""
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=200)
     kind: Literal["pre_training", "context_extension", "post_training", "other"] = "other"
-    seq_len: int | None = Field(default=None, ge=1, description="default: training.seq_len")
-    global_batch_size: int | None = Field(default=None, ge=1, description="default: training.global_batch_size")
-    tokens: float | None = Field(default=None, gt=0, description="tokens of the phase, ramp included")
-    steps: int | None = Field(default=None, ge=1)
-    gpu_hours: float | None = Field(default=None, ge=0, description="given, not simulated")
+    seq_len: int | None = Field(default=None, ge=1, le=L.SEQ_LEN_MAX, description="default: training.seq_len")
+    global_batch_size: int | None = Field(default=None, ge=1, le=L.GLOBAL_BATCH_MAX,
+                                          description="default: training.global_batch_size")
+    tokens: float | None = Field(default=None, gt=0, le=L.TOKENS_MAX, description="tokens of the phase, ramp "
+                                 "included")
+    steps: int | None = Field(default=None, ge=1, le=L.STEPS_MAX)
+    gpu_hours: float | None = Field(default=None, ge=0, le=L.GPU_HOURS_MAX, description="given, not simulated")
     utilization: float | None = Field(default=None, ge=0, le=1, description="GPU busy fraction of a given "
                                       "phase, for its energy; default: that of the simulated phases")
     batch_ramp: RampSpec | None = None
@@ -91,12 +94,13 @@ class OverheadSpec(Frozen):
     checkpoint, half an interval on average.
     """
 
-    checkpoint_interval_s: float = Field(default=0.0, ge=0, description="training seconds between "
+    checkpoint_interval_s: float = Field(default=0.0, ge=0, le=L.SECONDS_MAX, description="training seconds between "
                                          "checkpoints; 0: none")
-    checkpoint_write_s: float = Field(default=0.0, ge=0, description="stall per checkpoint")
-    mtbf_node_hours: float | None = Field(default=None, gt=0, description="mean time between failures of one "
+    checkpoint_write_s: float = Field(default=0.0, ge=0, le=L.SECONDS_MAX, description="stall per checkpoint")
+    mtbf_node_hours: float | None = Field(default=None, gt=0, le=L.GPU_HOURS_MAX,
+                                          description="mean time between failures of one "
                                           "node; none: no failures")
-    restart_s: float = Field(default=0.0, ge=0, description="from a failure to training again")
+    restart_s: float = Field(default=0.0, ge=0, le=L.SECONDS_MAX, description="from a failure to training again")
 
     @model_validator(mode="after")
     def _check(self) -> OverheadSpec:
@@ -109,7 +113,7 @@ class OverheadSpec(Frozen):
 
 
 class EnergySpec(Frozen):
-    grid_kg_co2_per_kwh: float | None = Field(default=None, ge=0, description="grid carbon intensity; "
+    grid_kg_co2_per_kwh: float | None = Field(default=None, ge=0, le=10, description="grid carbon intensity; "
                                               "none: CO2 is not estimated")
     source: str = ""
 
@@ -117,17 +121,18 @@ class EnergySpec(Frozen):
 class MeasuredStage(Frozen):
     """A published figure for one or more phases (Table 1 groups both context-extension phases)."""
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=200)
     phases: tuple[str, ...] = Field(min_length=1)
-    gpu_hours: float = Field(ge=0)
+    gpu_hours: float = Field(ge=0, le=L.GPU_HOURS_MAX)
 
 
 class MeasuredSpec(Frozen):
     source: str = Field(min_length=1)
     stages: tuple[MeasuredStage, ...] = ()
-    total_gpu_hours: float | None = Field(default=None, ge=0)
-    total_usd: float | None = Field(default=None, ge=0)
-    usd_per_gpu_hour: float | None = Field(default=None, ge=0, description="the price the published $ assume")
+    total_gpu_hours: float | None = Field(default=None, ge=0, le=L.GPU_HOURS_MAX)
+    total_usd: float | None = Field(default=None, ge=0, le=L.USD_MAX)
+    usd_per_gpu_hour: float | None = Field(default=None, ge=0, le=L.USD_PER_GPU_HOUR_MAX,
+                                           description="the price the published $ assume")
 
 
 class RunSpec(Frozen):
