@@ -125,6 +125,7 @@ def calibration(measured: pd.DataFrame, curves: pd.DataFrame, y: str, y_title: s
 
 
 SOURCE_COLORS = {"sim estimate": "#4c78a8", "published": "#9d9d9d"}
+BAND_COLOR = "#d9d9d9"
 
 
 def _sig(x: float) -> str:
@@ -175,7 +176,7 @@ def predicted_vs_measured(df: pd.DataFrame, families: Sequence[str], band: float
     xs = np.geomspace(lo, hi, 60)
     guide = pd.DataFrame({"x": xs, "low": xs * (1 - band), "high": xs * (1 + band)})
     scale = alt.Scale(type="log", domain=[lo, hi])
-    area = alt.Chart(guide).mark_area(opacity=0.35, color="#c7c7c7").encode(
+    area = alt.Chart(guide).mark_area(opacity=0.6, color=BAND_COLOR).encode(
         x=alt.X("x:Q", scale=scale, title="measured (each case in its own metric)"),
         y=alt.Y("low:Q", scale=scale, title="predicted"), y2="high:Q")
     diagonal = alt.Chart(guide).mark_line(color="#777", strokeDash=[4, 3]).encode(x="x:Q", y="x:Q")
@@ -187,3 +188,19 @@ def predicted_vs_measured(df: pd.DataFrame, families: Sequence[str], band: float
         tooltip=["case", "metric", "unit", alt.Tooltip("measured:Q", format=",.4g"),
                  alt.Tooltip("predicted:Q", format=",.4g"), alt.Tooltip("error:Q", format="+.1%"), "layout"])
     return cast(alt.LayerChart, alt.layer(area, diagonal, points).properties(height=460).interactive())
+
+
+def signed_errors(df: pd.DataFrame, families: Sequence[str], band: float = 0.10) -> alt.LayerChart:
+    """Signed error (predicted / measured - 1) per case as horizontal bars, the ``band`` shaded around zero."""
+    d = df.assign(error_pct=df["error"] * 100)
+    fam = list(families)
+    shade = alt.Chart(pd.DataFrame({"low": [-band * 100], "high": [band * 100]})).mark_rect(
+        color=BAND_COLOR, opacity=0.6).encode(x="low:Q", x2="high:Q")
+    bars = alt.Chart(d).mark_bar().encode(
+        x=alt.X("error_pct:Q", title="error, % (predicted / measured − 1)"),
+        y=alt.Y("case:N", sort=None, title=None, axis=alt.Axis(labelLimit=260, labelOverlap=False)),
+        color=alt.Color("family:N", scale=alt.Scale(domain=fam, scheme="category10"), legend=None),
+        tooltip=["case", "metric", alt.Tooltip("measured:Q", format=",.4g"), alt.Tooltip("predicted:Q", format=",.4g"),
+                 alt.Tooltip("error:Q", format="+.1%"), "layout"])
+    zero = alt.Chart(pd.DataFrame({"x": [0.0]})).mark_rule(color="#777").encode(x="x:Q")
+    return cast(alt.LayerChart, alt.layer(shade, bars, zero).properties(height=20 * len(d) + 40))

@@ -31,6 +31,22 @@ def money(x: float, signed: bool = False) -> str:
     return ("-" if x < 0 else "+" if signed else "") + "$" + sig(abs(x))
 
 
+def days(d: float) -> str:
+    return f"{d:,.1f}" if d >= 10 else f"{d:.3g}"
+
+
+def energy(kwh: float) -> str:
+    return f"{kwh / 1e3:,.0f} MWh" if kwh >= 1e4 else f"{kwh:.3g} kWh"
+
+
+def tokens(n: float) -> str:
+    """1.493e13 -> 14.93T (as ``sim estimate``)."""
+    for unit, f in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= f:
+            return f"{n / f:.4g}{unit}"
+    return f"{n:.4g}"
+
+
 def price_range(base: float) -> float:
     """The slider's top: $10 per GPU-hour, or three times the cluster's price."""
     return float(max(10, math.ceil(base * 3)))
@@ -52,15 +68,15 @@ def _headline(v: Any, price: float) -> None:
     c[0].metric("GPU-hours", sig(t["gpu_hours"]),
                 f"{pub['error']:+.1%} vs published {sig(pub['measured_gpu_hours'])}" if pub else None, **state.INFO,
                 help="Wall-clock GPU-hours: the whole cluster held for every phase, overheads included")
-    c[1].metric("Days", f"{t['days']:.1f}", f"on {v.num_gpus:,} GPUs", **state.INFO)
+    c[1].metric("Days", days(t["days"]), f"on {v.num_gpus:,} GPUs", **state.INFO)
     c[2].metric("Dollars", money(v.usd(price)), f"at ${price:.2f} per GPU-hour", **state.INFO)
-    c[3].metric("Energy", f"{t['kwh'] / 1e3:,.0f} MWh", help="Facility energy: GPUs at their utilisation, nodes, "
+    c[3].metric("Energy", energy(t["kwh"]), help="Facility energy: GPUs at their utilisation, nodes, "
                 "network, times PUE")
-    c[4].metric("CO2", "n/a" if t["co2_kg"] is None else f"{t['co2_kg'] / 1e3:,.0f} t",
+    c[4].metric("CO2", "n/a" if t["co2_kg"] is None else f"{t['co2_kg'] / 1e3:,.4g} t",
                 help="Energy × the grid's carbon intensity (run.energy.grid_kg_co2_per_kwh)")
 
 
-def _table1(v: Any) -> None:
+def _table1(v: Any, edited: bool) -> None:
     if v.published is None:
         st.subheader("GPU-hours by phase")
         st.altair_chart(charts.gpu_hours_by_stage(v.by_stage, v.gpu), width="stretch")
@@ -68,14 +84,18 @@ def _table1(v: Any) -> None:
         return
     st.subheader("GPU-hours by stage: the estimate beside the published figures")
     st.altair_chart(charts.gpu_hours_by_stage(v.by_stage, v.gpu), width="stretch")
-    st.caption(f"Published: {v.source}. Labels: the estimate and its error (predicted / published − 1).")
+    st.caption(f"Published: {v.source}. Labels: the estimate and its error (predicted / published − 1)."
+               + (" The scenario is edited from the job: the published figures are the job's own run, so this is a "
+                  "what-if, not a check." if edited else ""))
     df = v.published
     if v.published_total:
         tt = v.published_total
         total = {"stage": "total", "phases": "", "predicted GPU-hours": tt["gpu_hours"],
                  "published GPU-hours": tt["measured_gpu_hours"], "error": tt["error"]}
         df = pd.concat([df, pd.DataFrame([total])], ignore_index=True)
-    st.dataframe(df.assign(error=df["error"] * 100), hide_index=True, width="stretch", column_config={
+    hours = ["predicted GPU-hours", "published GPU-hours"]
+    shown = df.assign(error=df["error"] * 100, **{h: df[h].round() for h in hours})
+    st.dataframe(shown, hide_index=True, width="stretch", column_config={
         "predicted GPU-hours": st.column_config.NumberColumn(format="localized"),
         "published GPU-hours": st.column_config.NumberColumn(format="localized"),
         "error": st.column_config.NumberColumn("error", format="%+.1f%%")})
@@ -88,6 +108,7 @@ def _table1(v: Any) -> None:
 def _phases(v: Any, price: float) -> None:
     st.subheader("Phases")
     df = v.priced(price).drop(columns=["simulated"])
+    df["GPU-hours"] = df["GPU-hours"].round()  # dollars are priced from the unrounded hours
     if df["t CO2"].isna().all():
         df = df.drop(columns=["t CO2"])
     num = st.column_config.NumberColumn
@@ -97,9 +118,9 @@ def _phases(v: Any, price: float) -> None:
         "t CO2": num(format="%.1f"), "GPU busy": num(format="percent"),
         "why the layout changed": st.column_config.TextColumn(width="large")})
     t = v.total
-    st.caption(f"Total: {t['steps']:,} steps, {t['tokens']:.4g} tokens, {sig(t['gpu_hours'])} GPU-hours, "
-               f"{t['days']:.1f} days, {money(v.usd(price))}, {t['kwh'] / 1e3:,.0f} MWh"
-               + ("" if t["co2_kg"] is None else f", {t['co2_kg'] / 1e3:,.0f} t CO2") + ".")
+    st.caption(f"Total: {t['steps']:,} steps, {tokens(t['tokens'])} tokens, {sig(t['gpu_hours'])} GPU-hours, "
+               f"{days(t['days'])} days, {money(v.usd(price))}, {energy(t['kwh'])}"
+               + ("" if t["co2_kg"] is None else f", {t['co2_kg'] / 1e3:,.4g} t CO2") + ".")
     changed = df[df["why the layout changed"] != ""]
     if len(changed):
         st.markdown("**Layouts changed where the job's does not work:**\n" + "\n".join(
@@ -146,7 +167,8 @@ def main() -> None:
     _headline(v, price)
     for w in v.warnings:
         st.warning(w, icon=":material/warning:")
-    _table1(v)
+    e = state.edits()
+    _table1(v, bool(e.cluster or e.gpu or e.num_gpus is not None or e.sets))
     _phases(v, price)
     _sensitivities(v, price, price_range(v.usd_per_gpu_hour))
     st.caption(f"{v.name}: {v.num_gpus:,} × {v.gpu}; {v.simulations} step simulations ({v.tier} tier) in "

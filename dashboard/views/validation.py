@@ -37,11 +37,14 @@ def _run(names: list[str], tier: str) -> list[dict[str, Any]] | None:
     missing = [n for n in names if (n, tier) not in done]
     if missing:
         note = f" ({len(missing)} not run yet)" if len(missing) < len(names) else ""
-        pressed = st.button(f"Run {len(names)} cases{note}", key=RUN, type="primary",
-                            help="Simulates one step per case; a full run takes about a minute in the fast tier.")
-        if not pressed:
+        slot = st.empty()
+        with slot.container():
+            pressed = st.button(f"Run {len(names)} cases{note}", key=RUN, type="primary",
+                                help="Simulates one step per case; a full run takes about a minute in the fast tier.")
             st.caption(f"{len(names)} cases selected, {tier} tier: press the button to simulate them.")
+        if not pressed:
             return None
+        slot.empty()
     bar = st.progress(0.0, text="Validating…")
     out = []
     for i, name in enumerate(names):
@@ -69,7 +72,7 @@ def _summary(v: Any) -> None:
                 "measured − 1 in each source's own metric and accounting")
     c[2].metric("Max |error|", _pct(o["max_abs_error"]))
     w = o["worst"]
-    c[3].metric("Worst case", w["name"] if w else "–", f"{w['error']:+.1%}" if w else None, **state.INFO)
+    c[3].metric("Worst case", f"{w['error']:+.1%}" if w else "–", w["name"] if w else None, **state.INFO)
 
 
 def main() -> None:
@@ -100,6 +103,8 @@ def main() -> None:
                         width="stretch")
         st.caption(f"Log-log; the grey band is ±{BAND:.0%} around predicted = measured (dashed). Each case is in its "
                    "source's metric (step time, tokens/s, TFLOP/s, MFU, GPU-hours per trillion tokens).")
+        st.altair_chart(charts.signed_errors(ok, list(dict.fromkeys(catalog["family"])), BAND), width="stretch")
+        st.caption(f"The same cases by signed error; the grey band is ±{BAND:.0%}.")
     st.subheader("Per family")
     num = st.column_config.NumberColumn
     st.dataframe(v.families.assign(**{k: v.families[k] * 100 for k in ("mean |error|", "max |error|", "worst error")}),
@@ -115,6 +120,20 @@ def main() -> None:
     st.caption("error = predicted / measured − 1 (positive: the simulator's number is larger). Cases that cannot be "
                "expressed are counted and excluded from the statistics; [planned: …] names the keys the "
                "simulator will gain.")
+    _reasons(v.cases)
+
+
+def _reasons(cases: pd.DataFrame) -> None:
+    """The cases the simulator cannot express (or that failed), grouped by the first clause of their reason."""
+    out = cases[cases["status"] != "ok"]
+    if out.empty:
+        return
+    groups: dict[str, list[str]] = {}
+    for case, reason in zip(out["case"], out["reason"], strict=True):
+        groups.setdefault(reason.split("; allowed")[0].split(";")[0], []).append(case)
+    with st.expander(f"Why {len(out)} cases cannot be expressed yet ({len(groups)} reasons)"):
+        st.markdown("\n".join(f"- `{why}`: {len(names)} cases ({', '.join(names)})"
+                               for why, names in sorted(groups.items(), key=lambda kv: -len(kv[1]))))
 
 
 main()
