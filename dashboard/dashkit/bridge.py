@@ -54,6 +54,7 @@ def _user_error(e: Exception) -> UserError:
     fields = list(dict.fromkeys(f for f, _ in lines if f))
     field = getattr(e, "field", None) or (fields[0] if fields else None)
     message = "\n".join(f"{f}: {m}" if f and f != field else m for f, m in lines) or text
+    message = message.removeprefix(f"{field}: ")  # a field the regex cannot split off ("run.phases.0 (p)")
     return UserError(message, field)
 
 
