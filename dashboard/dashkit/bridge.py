@@ -1,6 +1,7 @@
-"""The dashboard's only caller of ``sim``: scenarios from edits, cached simulations, plain views of the results.
+"""The dashboard's caller of ``sim`` (with :mod:`dashkit.bridge_run` for whole runs and validation): scenarios
+from edits, cached simulations, plain views of the results.
 
-Pages never import ``sim``; they call this module and draw what it returns (dataclasses of numbers and pandas
+Pages never import ``sim``; they call the bridge and draw what it returns (dataclasses of numbers and pandas
 frames, cheap to pickle into Streamlit's cache). Every user mistake surfaces as :class:`UserError` naming the
 field, never as a traceback.
 
@@ -53,6 +54,7 @@ def _user_error(e: Exception) -> UserError:
     fields = list(dict.fromkeys(f for f, _ in lines if f))
     field = getattr(e, "field", None) or (fields[0] if fields else None)
     message = "\n".join(f"{f}: {m}" if f and f != field else m for f, m in lines) or text
+    message = message.removeprefix(f"{field}: ")  # a field the regex cannot split off ("run.phases.0 (p)")
     return UserError(message, field)
 
 
@@ -389,8 +391,6 @@ def table_summary(table: caltable.CalibrationTable) -> dict[str, Any]:
     d = table.device
     return {"device": d.name, "kind": d.kind, "source": d.source, "created": d.created,
             "entries": len(table.entries), "notes": table.notes}
-
-
 
 
 def hardware_defaults(edits: Edits) -> dict[str, Any]:

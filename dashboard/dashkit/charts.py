@@ -122,3 +122,85 @@ def calibration(measured: pd.DataFrame, curves: pd.DataFrame, y: str, y_title: s
         x="size:Q", y=f"{y}:Q", color="op:N", detail="family:N",
         tooltip=["family", alt.Tooltip(f"{y}:Q", format=".3f")])
     return cast(alt.LayerChart, alt.layer(line, pts).properties(height=380).interactive())
+
+
+SOURCE_COLORS = {"sim estimate": "#4c78a8", "published": "#9d9d9d"}
+BAND_COLOR = "#d9d9d9"
+
+
+def _sig(x: float) -> str:
+    for unit, f in (("M", 1e6), ("K", 1e3)):
+        if abs(x) >= f:
+            return f"{x / f:.4g}{unit}"
+    return f"{x:.4g}"
+
+
+def gpu_hours_by_stage(df: pd.DataFrame, gpu: str) -> alt.LayerChart:
+    """Per stage (or phase) the estimate's GPU-hours beside the published figure, labelled with the error."""
+    d = df.assign(label=[_sig(v) + (f" ({e:+.1%})" if e is not None and e == e else "")
+                         for v, e in zip(df["gpu_hours"], df["error"], strict=True)])
+    sources = [s for s in SOURCE_COLORS if s in set(d["source"])]
+    base = alt.Chart(d).encode(
+        x=alt.X("stage:N", sort=None, title=None, axis=alt.Axis(labelAngle=0)),
+        xOffset=alt.XOffset("source:N", sort=sources),
+        y=alt.Y("gpu_hours:Q", title=f"{gpu} GPU-hours"))
+    bars = base.mark_bar().encode(
+        color=alt.Color("source:N", title=None, scale=alt.Scale(domain=sources,
+                                                                range=[SOURCE_COLORS[s] for s in sources])),
+        tooltip=["stage", "source", alt.Tooltip("gpu_hours:Q", format=",.0f", title="GPU-hours"),
+                 alt.Tooltip("error:Q", format="+.1%", title="error vs published")])
+    text = base.mark_text(dy=-7, fontSize=11).encode(text="label:N")
+    return cast(alt.LayerChart, alt.layer(bars, text).properties(height=340))
+
+
+def price_line(gpu_hours: float, price: float, max_price: float) -> alt.LayerChart:
+    """The run's dollars against the price per GPU-hour (a line through the origin), the chosen price marked."""
+    df = pd.DataFrame({"price": [0.0, max_price], "usd": [0.0, gpu_hours * max_price]})
+    here = pd.DataFrame({"price": [price], "usd": [gpu_hours * price], "label": [f"${_sig(gpu_hours * price)}"]})
+    line = alt.Chart(df).mark_line(color=SOURCE_COLORS["sim estimate"]).encode(
+        x=alt.X("price:Q", title="USD per GPU-hour"), y=alt.Y("usd:Q", title="USD for the whole run"))
+    point = alt.Chart(here).mark_point(filled=True, size=90, color="#e45756").encode(
+        x="price:Q", y="usd:Q", tooltip=[alt.Tooltip("price:Q", format="$.2f"), alt.Tooltip("usd:Q", format="$,.0f")])
+    text = alt.Chart(here).mark_text(dx=8, align="left", color="#e45756").encode(x="price:Q", y="usd:Q",
+                                                                                text="label:N")
+    return cast(alt.LayerChart, alt.layer(line, point, text).properties(height=300))
+
+
+def predicted_vs_measured(df: pd.DataFrame, families: Sequence[str], band: float = 0.10) -> alt.LayerChart:
+    """Predicted against measured on log-log axes (each case in its own metric), the ``band`` shaded around
+    predicted = measured; one colour and shape per family (``families`` fixes the colours across selections)."""
+    import numpy as np
+
+    values = pd.concat([df["measured"], df["predicted"]])
+    lo, hi = float(values.min()) / 1.6, float(values.max()) * 1.6
+    xs = np.geomspace(lo, hi, 60)
+    guide = pd.DataFrame({"x": xs, "low": xs * (1 - band), "high": xs * (1 + band)})
+    scale = alt.Scale(type="log", domain=[lo, hi])
+    area = alt.Chart(guide).mark_area(opacity=0.6, color=BAND_COLOR).encode(
+        x=alt.X("x:Q", scale=scale, title="measured (each case in its own metric)"),
+        y=alt.Y("low:Q", scale=scale, title="predicted"), y2="high:Q")
+    diagonal = alt.Chart(guide).mark_line(color="#777", strokeDash=[4, 3]).encode(x="x:Q", y="x:Q")
+    fam = list(families)
+    points = alt.Chart(df).mark_point(filled=True, size=80, opacity=0.85).encode(
+        x=alt.X("measured:Q", scale=scale), y=alt.Y("predicted:Q", scale=scale),
+        color=alt.Color("family:N", scale=alt.Scale(domain=fam, scheme="category10"), title="family"),
+        shape=alt.Shape("family:N", scale=alt.Scale(domain=fam)),
+        tooltip=["case", "metric", "unit", alt.Tooltip("measured:Q", format=",.4g"),
+                 alt.Tooltip("predicted:Q", format=",.4g"), alt.Tooltip("error:Q", format="+.1%"), "layout"])
+    return cast(alt.LayerChart, alt.layer(area, diagonal, points).properties(height=460).interactive())
+
+
+def signed_errors(df: pd.DataFrame, families: Sequence[str], band: float = 0.10) -> alt.LayerChart:
+    """Signed error (predicted / measured - 1) per case as horizontal bars, the ``band`` shaded around zero."""
+    d = df.assign(error_pct=df["error"] * 100)
+    fam = list(families)
+    shade = alt.Chart(pd.DataFrame({"low": [-band * 100], "high": [band * 100]})).mark_rect(
+        color=BAND_COLOR, opacity=0.6).encode(x="low:Q", x2="high:Q")
+    bars = alt.Chart(d).mark_bar().encode(
+        x=alt.X("error_pct:Q", title="error, % (predicted / measured − 1)"),
+        y=alt.Y("case:N", sort=None, title=None, axis=alt.Axis(labelLimit=260, labelOverlap=False)),
+        color=alt.Color("family:N", scale=alt.Scale(domain=fam, scheme="category10"), legend=None),
+        tooltip=["case", "metric", alt.Tooltip("measured:Q", format=",.4g"), alt.Tooltip("predicted:Q", format=",.4g"),
+                 alt.Tooltip("error:Q", format="+.1%"), "layout"])
+    zero = alt.Chart(pd.DataFrame({"x": [0.0]})).mark_rule(color="#777").encode(x="x:Q")
+    return cast(alt.LayerChart, alt.layer(shade, bars, zero).properties(height=20 * len(d) + 40))

@@ -1,7 +1,8 @@
 """What the bridge hands the pages: plain dataclasses and frames, no ``sim`` objects (cheap to cache).
 
 Also the user-error type every page shows as a message naming the field, the values the Scenario page's
-widgets start from (read off a scenario's fields), and DeepSeek-V3's published figures put beside the default.
+widgets start from (read off a scenario's fields), DeepSeek-V3's published figures put beside the default, a
+whole run's estimate (Cost page) and validation results (Validation page).
 """
 
 from __future__ import annotations
@@ -113,3 +114,65 @@ class Balancing:
     heatmap: pd.DataFrame     # step, expert (rank by initial load), relative load
     heatmap_layer: int
     final_imbalance: float
+
+
+# ------------------------------------------------------------------------------------------------ whole runs
+
+
+@dataclass
+class RunView:
+    """What the Cost page shows of a whole run's estimate (``sim estimate``).
+
+    Dollars are GPU-hours x price (the library prices every phase so, overheads included), so the page re-prices
+    with :meth:`usd` and :meth:`priced` without simulating again; ``usd_per_gpu_hour`` is the cluster's price.
+    """
+
+    name: str
+    num_gpus: int
+    gpu: str
+    tier: str
+    usd_per_gpu_hour: float
+    phases: pd.DataFrame  # one row per phase: steps, tokens, step time, GPU-hours, days, MWh, t CO2, layout, why
+    total: dict[str, Any]  # steps, tokens, gpu_hours, days, kwh, co2_kg (None when the job has no grid intensity)
+    by_stage: pd.DataFrame  # stage, source ("sim estimate" | "published"), gpu_hours, error: the chart's bars
+    published: pd.DataFrame | None  # per published stage: phases, predicted and published GPU-hours, error
+    published_total: dict[str, Any] | None  # gpu_hours, measured_gpu_hours, error
+    published_usd: dict[str, Any] | None  # usd_per_gpu_hour, usd, measured_usd, error (at the published price)
+    source: str | None
+    sensitivities: dict[str, Any]
+    simulations: int
+    wall_time_s: float
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def usd(self, price: float) -> float:
+        """The whole run's dollars at ``price`` per GPU-hour."""
+        return float(self.total["gpu_hours"]) * price
+
+    def priced(self, price: float) -> pd.DataFrame:
+        """The phase table with its dollars at ``price`` per GPU-hour."""
+        df = self.phases.copy()
+        df.insert(df.columns.get_loc("days") + 1, "USD", df["GPU-hours"] * price)
+        return df
+
+    def what_ifs(self, price: float) -> dict[str, dict[str, Any]]:
+        """The estimate's sensitivities (10 % more GPUs, one more day) with dollars at ``price``."""
+        out = {}
+        for k in ("gpus_plus_10pct", "deadline_plus_1_day"):
+            s = self.sensitivities.get(k)
+            if s:
+                out[k] = {**s, "usd": s["gpu_hours"] * price, "delta_usd": s["delta_gpu_hours"] * price}
+        return out
+
+
+# ------------------------------------------------------------------------------------------------ validation
+
+
+@dataclass
+class ValidationView:
+    """Validation results of the selected cases: one row per case, and the statistics per family and overall
+    (mean and max absolute error over the cases the simulator can express, and the worst of them)."""
+
+    cases: pd.DataFrame  # case, family, metric, unit, predicted, measured, error, status, layout, reason
+    families: pd.DataFrame  # family (and "overall"): cases, expressible, ..., mean |error|, max |error|, worst
+    overall: dict[str, Any]

@@ -48,3 +48,14 @@ def test_default_is_compared_with_deepseek_v3_published_figures():
     s = bridge.build(Edits())
     assert results.is_published_default(s)
     assert results.published_v3(s)["step_time_s"] == pytest.approx(19.9, rel=0.01)
+
+
+def test_an_estimate_that_cannot_lay_out_a_phase_names_the_phase_once():
+    from dashkit import bridge_run
+
+    phases = [{"name": "p", "tokens": 1e6, "global_batch_size": 3, "layout_search": False}]
+    s = bridge.build(Edits(workload="tiny_moe_job", sets=(("run", {"phases": phases}),)))
+    with pytest.raises(UserError) as e:
+        bridge_run.run_view(bridge.key(s), "fast")
+    assert e.value.field == "run.phases.0 (p)"
+    assert e.value.message.startswith("the job's layout is illegal") and "layout_search is off" in e.value.message

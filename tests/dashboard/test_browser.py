@@ -11,6 +11,7 @@ With ``SIM_DASHBOARD_SCREENSHOTS=1`` it also visits every page and writes the RE
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -32,13 +33,17 @@ ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-background
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 SHOTS = DASHBOARD.parent / "docs" / "screenshots"
 METRIC = '[data-testid="stMetricValue"]'
-# page url -> (file name, buttons to press before the shot)
-PAGES = {"pipeline": ("pipeline.png", ["Simulate in detail"]), "experts": ("experts.png",
-         ["Simulate the step under each policy"]), "network": ("network.png", ["Sweep communication SMs"]),
-         "calibration": ("calibration.png", []), "cost": ("cost.png", []), "plan": ("plan.png", []),
-         "validation": ("validation.png", [])}
+# page url -> (file name, buttons to press before the shot: their names, or patterns)
+PAGES: dict[str, tuple[str, list[str | re.Pattern[str]]]] = {
+    "pipeline": ("pipeline.png", ["Simulate in detail"]),
+    "experts": ("experts.png", ["Simulate the step under each policy"]),
+    "network": ("network.png", ["Sweep communication SMs"]),
+    "calibration": ("calibration.png", []), "cost": ("cost.png", []), "plan": ("plan.png", []),
+    "validation": ("validation.png", [re.compile(r"^Run \d+ cases")]),  # every case: about a minute
+}
 
-HEIGHTS = {"pipeline": 3000, "experts": 2000, "network": 2300, "calibration": 1900}  # each page in one shot
+HEIGHTS = {"pipeline": 3000, "experts": 2000, "network": 2300, "calibration": 1900, "cost": 2250,
+           "validation": 2950}  # each page in one shot
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium (apt-get install -y chromium chromium-driver)")
 

@@ -10,6 +10,7 @@ import pytest
 
 pytest.importorskip("streamlit", reason="the dashboard extra is not installed (pip install -e '.[dashboard]')")
 
+import math
 import re
 
 from streamlit.testing.v1 import AppTest
@@ -118,9 +119,38 @@ def test_calibration_rejects_an_invalid_upload_by_field():
     assert at.error and at.error[0].value.startswith("**calibration**")
 
 
-@pytest.mark.parametrize("name, command", [("cost", "sim estimate"), ("plan", "sim plan"),
-                                           ("validation", "sim validate")])
-def test_placeholder_pages_name_their_command_and_show_no_numbers(name, command):
-    at = loaded(page(name))
-    assert command in at.info[0].value
+def test_cost_doubling_the_price_doubles_the_dollars_and_keeps_the_gpu_hours():
+    at = loaded(page("cost"))
+    assert "vs published" in next(m for m in at.metric if m.label == "GPU-hours").delta  # DeepSeek-V3's Table 1
+    price = at.slider(key="co_price").value
+    hours, dollars = number(metric(at, "GPU-hours")), number(metric(at, "Dollars"))
+    table = at.dataframe[1].value
+    at.slider(key="co_price").set_value(2 * price)
+    loaded(at)
+    assert number(metric(at, "GPU-hours")) == hours
+    assert number(metric(at, "Dollars")) == pytest.approx(2 * dollars, rel=2e-3)
+    doubled = at.dataframe[1].value
+    assert list(doubled["GPU-hours"]) == list(table["GPU-hours"])
+    assert list(doubled["USD"]) == pytest.approx(list(2 * table["USD"]))
+
+
+def test_validation_runs_only_the_selected_family_each_with_an_error_or_a_reason():
+    at = loaded(page("validation"))
+    assert not at.dataframe  # nothing runs before the button
+    at.multiselect(key="va_families").set_value(["mcore_h100"])
+    loaded(at)
+    at.button(key="va_run").click()
+    loaded(at)
+    cases = at.dataframe[1].value
+    assert len(cases) and set(cases["family"]) == {"mcore_h100"}
+    assert number(metric(at, "Cases")) == len(cases)
+    for row in cases.itertuples():
+        assert math.isfinite(row.error) if row.status == "ok" else row.reason, row.case
+    assert {"ok", "not expressible"} <= set(cases["status"])  # this family has both kinds
+    assert list(at.dataframe[0].value["family"]) == ["mcore_h100", "overall"]
+
+
+def test_plan_placeholder_names_its_command_and_shows_no_numbers():
+    at = loaded(page("plan"))
+    assert "sim plan" in at.info[0].value
     assert not at.metric
