@@ -23,10 +23,10 @@ import streamlit as st
 
 from dashkit.bridge import guarded, restore
 from dashkit.results import RunView, UserError, ValidationView
-from sim import loading
 from sim.errors import SimInputError
 from sim.estimate import estimate_run
 from sim.validation import Case, CaseResult, load_cases, run_cases, summarize
+from sim.validation.cases import published_dir
 from sim.validation.metrics import LABELS
 
 PREDICTED, PUBLISHED = "sim estimate", "published"
@@ -120,11 +120,6 @@ def _estimate(scenario_key: str, tier: str) -> tuple[RunView | None, UserError |
 
 
 # ------------------------------------------------------------------------------------------------ validation
-
-
-def published_dir() -> Path:
-    """The case files ``sim validate`` reads by default (``workloads/published``)."""
-    return loading.workloads_dir() / "published"
 
 
 def _fingerprint(paths: list[Path]) -> str:

@@ -10,25 +10,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import click
 
-import sim
 from sim.budget import Budget, check, step_estimate
 from sim.cli.common import new_progress, work_options, write_atomic
 from sim.config import Scenario
 from sim.outputs import IMAGE_FORMATS, check_output
-
-
-def _published_dir() -> Path:
-    """``workloads/published`` under the project root (``SIM_HOME`` overrides, as for every workload)."""
-    env = os.environ.get("SIM_HOME")
-    root = Path(env) if env else Path(sim.__file__).resolve().parent.parent
-    return root / "workloads" / "published"
+from sim.validation.cases import published_dir
 
 
 def _clean(x: Any) -> Any:
@@ -62,7 +54,7 @@ def validate(cases: tuple[str, ...], as_json: bool, plot_out: str | None, mode: 
     if plot_out:
         check_output(plot_out, "--plot", IMAGE_FORMATS)
     budget = Budget.from_option(max_memory, max_time)
-    folder = Path(cases_dir) if cases_dir else _published_dir()
+    folder = Path(cases_dir) if cases_dir else published_dir()
     only_files = bool(cases) and all(Path(c).suffix in (".yaml", ".yml") and Path(c).is_file() for c in cases)
     chosen = select([] if only_files else load_cases(folder), cases)
     t0 = time.perf_counter()

@@ -33,7 +33,14 @@ from pydantic import Field, ValidationError, model_validator
 
 from sim.config.base import Frozen
 from sim.errors import SimInputError
+from sim.loading import workloads_dir
 from sim.validation.metrics import UNITS, MetricName
+
+
+def published_dir() -> Path:
+    """The published cases installed with the package (``workloads/published``; ``SIM_HOME`` overrides)."""
+    return workloads_dir() / "published"
+
 
 CASE_KEYS = ("family", "title", "job", "set", "measured", "variants")
 _FIELD_MSG_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*): ")
