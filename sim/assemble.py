@@ -2,12 +2,14 @@
 
 For every action of a rank: its work (a chunk, or an overlapped pair merged by :mod:`sim.program.pairs`), the
 arrivals it waits for (its dependencies on other stages), the stage-boundary sends it makes when it ends
-(NVLink when both ranks share a node, else the NIC), and, after the last backward of a stage on the rank, that
-stage's gradient synchronization as a background work (``overlap_grad_reduce``; otherwise it starts after the
-rank's last action). The parameter gather runs beside the first forwards when ``overlap_param_gather``
-(Megatron-LM gathers each bucket ahead of its first use; nothing waits for it here), or after the optimizer,
-exposed. In fast mode every action also carries its isolated duration (:func:`sim.engine.isolated_run`),
-computed once per distinct work.
+(NVLink when both ranks share a node, else the NIC), and its gradient reduction: with ``overlap_grad_reduce``
+the buckets of the backward that completes a stage's gradients (its last backward, or every backward when the
+ZeRO stage reduces per micro-batch, :mod:`sim.program.sharding`) start with that backward as a background work
+(:meth:`~sim.program.tail.StepTail.reduction_work`); without it, the whole stage's reduction starts after the
+rank's last action (or after each backward, for per-micro-batch reductions). The once-per-step parameter
+gather runs beside the first forwards when ``overlap_param_gather`` (Megatron-LM gathers each bucket ahead of
+its first use; nothing waits for it here), or after the optimizer, exposed. In fast mode every action also
+carries its isolated duration (:func:`sim.engine.isolated_run`), computed once per distinct work.
 """
 
 from __future__ import annotations
@@ -107,33 +109,59 @@ class _Assembler:
             out.append(Send(key, dst, net.p2p_seconds(self.p2p_bytes, same), NVLINK if same else NIC))
         return tuple(out)
 
+    def _backward_chunk(self, a: Action) -> tuple[int, tuple] | None:
+        """(stage, chunk key) of the part of ``a`` that completes weight gradients (a B or W), if any."""
+        prog = self.inp.program
+        for p in a.parts():
+            if p.phase in (Phase.B, Phase.W):
+                return p.stage, prog.chunk_key(p.stage, cast(ChunkKind, p.phase.value), self.global_mb(p))
+        return None
+
+    def _reductions(self, actions: tuple[Action, ...]) -> tuple[dict[int, list[Work]], dict[int, list[Work]],
+                                                                 list[int]]:
+        """Gradient reductions of a rank: works started with an action, after an action, and the stages
+        reduced after the last action."""
+        p = self.inp.scenario.parallel
+        tail, prog = self.inp.tail, self.inp.program
+        every = tail.plan.reduce_every_microbatch
+        found = [(i, self._backward_chunk(a)) for i, a in enumerate(actions)]
+        last: dict[int, int] = {hit[0]: i for i, hit in found if hit is not None}
+        starts: dict[int, list[Work]] = {}
+        ends: dict[int, list[Work]] = {}
+        late: list[int] = []
+        for i, hit in found:
+            if hit is None or not (every or last[hit[0]] == i):
+                continue
+            stage, key = hit
+            if p.overlap_grad_reduce:
+                starts.setdefault(i, []).append(tail.reduction_work(stage, prog.chunk_at(key).grads_ready_s))
+            elif every:
+                ends.setdefault(i, []).append(tail.grad_sync_work(stage))
+            else:
+                late.append(stage)
+        return starts, ends, late
+
     def rank_plan(self, r: int) -> RankPlan:
         s = self.inp.scenario
         p = s.parallel
         tail = self.inp.tail
         stages = all_stages_of(p.schedule, p.pp, p.vpp)[r]
         actions = self.sched.ranks[r]
-        last_backward: dict[int, int] = {}
-        for i, a in enumerate(actions):
-            for part in a.parts():
-                if part.phase in (Phase.B, Phase.W):
-                    last_backward[part.stage] = i
-        triggers: dict[int, list[Work]] = {}
-        if p.overlap_grad_reduce:
-            for stage, i in last_backward.items():
-                triggers.setdefault(i, []).append(tail.grad_sync_work(stage))
+        starts, ends, late_stages = self._reductions(actions)
         planned = []
         for i, a in enumerate(actions):
             work, key = self.work(a)
             planned.append(PlannedAction(work, str(a), CATEGORY[a.phase], self.inputs(a), self.outputs(a),
-                                         tuple(triggers.get(i, ())), self.timed(work, key) if self.fast else None))
-        late = () if p.overlap_grad_reduce else tuple(tail.grad_sync_work(stage) for stage in stages)
+                                         triggers=tuple(ends.get(i, ())), starts=tuple(starts.get(i, ())),
+                                         timed=self.timed(work, key) if self.fast else None))
+        late = tuple(tail.grad_sync_work(stage) for stage in late_stages)
         items = [TailItem(tail.optimizer_work(stages), "optimizer", Category.OPTIMIZER)]
         prologue: tuple[Work, ...] = ()
-        if p.overlap_param_gather:
-            prologue = (tail.param_gather_work(stages),)
-        else:
-            items.append(TailItem(tail.param_gather_work(stages), "param_gather", Category.EXPOSED_COMM))
+        if tail.param_gather_seconds(stages) > 0:
+            if p.overlap_param_gather or tail.plan.zero_stage == 3:
+                prologue = (tail.param_gather_work(stages),)
+            else:
+                items.append(TailItem(tail.param_gather_work(stages), "param_gather", Category.EXPOSED_COMM))
         return RankPlan(tuple(planned), prologue, late, tuple(items))
 
 

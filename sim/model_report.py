@@ -10,7 +10,7 @@ from typing import Any
 from sim.config import ModelSpec, Scenario
 from sim.memory import memory_per_rank
 from sim.model import counts
-from sim.model.activations import DROPPED_BY_POLICY, kv_cache_bytes_per_token, unit_activation_bytes_per_token
+from sim.model.activations import POLICIES, kv_cache_bytes_per_token, unit_activation_bytes_per_token
 from sim.model.stages import model_units, partition
 from sim.schedules.generators import build_schedule
 
@@ -42,8 +42,11 @@ def _activations(scenario: Scenario) -> dict[str, dict[str, float]]:
     for u in model_units(scenario.model):
         if u.kind == "layer":
             kinds.setdefault("moe" if u.moe else "dense", u)
-    return {policy: {kind: unit_activation_bytes_per_token(u, policy, scenario.precision)  # type: ignore[arg-type]
-                     for kind, u in kinds.items()} for policy in (*DROPPED_BY_POLICY, "full")}
+    p = scenario.parallel
+    sp = p.sequence_parallel and p.tp > 1
+    return {policy: {kind: unit_activation_bytes_per_token(u, policy, scenario.precision, scenario.model,  # type: ignore[arg-type]
+                                                           p.tp, sp)
+                     for kind, u in kinds.items()} for policy in POLICIES}
 
 
 def model_report(m: ModelSpec, scenario: Scenario | None, seq_len: int) -> dict[str, Any]:
