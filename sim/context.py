@@ -11,7 +11,7 @@ from sim.config import Scenario
 from sim.costs.calibration import resolve_calibration
 from sim.costs.kernels import CostModel
 from sim.costs.ops import OpCoster
-from sim.model.stages import StagePartition, partition
+from sim.model.stages import StagePartition, scenario_partition
 from sim.network import Network
 from sim.program.chunks import Program
 from sim.program.moe import LoadModel
@@ -43,13 +43,13 @@ class StepContext:
 def build_context(scenario: Scenario, *, allow_cpu_calibration: bool = False,
                   strict_calibration: bool = True) -> StepContext:
     p = scenario.parallel
-    parts = partition(scenario.model, scenario.num_stages, p.stage_layers, p.stage_split, scenario.training.seq_len)
+    parts = scenario_partition(scenario)
     cal = resolve_calibration(scenario, allow_cpu=allow_cpu_calibration, strict=strict_calibration)
     costs = CostModel(scenario.cluster.gpu, scenario.precision, cal.table, cal.source)
     loads = LoadModel(scenario, parts)
     network = Network(scenario)
     program = Program(scenario, OpCoster(scenario, costs), network, parts, loads.moe_load)
-    schedule = build_schedule(p.schedule, p.pp, scenario.num_microbatches, p.vpp)
+    schedule = build_schedule(p.schedule, p.pp, scenario.num_microbatches, p.vpp, p.ep_overlap)
     tail = StepTail(scenario, parts, network, costs)
     return StepContext(scenario, parts, costs, network, loads, program, schedule, tail,
                        (cal.warning,) if cal.warning else (), (cal.note,) if cal.note else ())

@@ -11,7 +11,7 @@ from sim.config import ModelSpec, Scenario
 from sim.memory import memory_per_rank
 from sim.model import counts
 from sim.model.activations import POLICIES, kv_cache_bytes_per_token, unit_activation_bytes_per_token
-from sim.model.stages import model_units, partition
+from sim.model.stages import model_units, scenario_partition
 from sim.schedules.generators import build_schedule
 
 
@@ -73,9 +73,10 @@ def model_report(m: ModelSpec, scenario: Scenario | None, seq_len: int) -> dict[
         out["memory_note"] = "a bare architecture file has no parallel layout; run on a job file for memory"
         return out
     p = scenario.parallel
-    layout = partition(m, scenario.num_stages, p.stage_layers, p.stage_split, seq_len)
+    layout = scenario_partition(scenario)
     out["activation_bytes_per_token_per_layer"] = _activations(scenario)
-    ranks = memory_per_rank(scenario, layout, build_schedule(p.schedule, p.pp, scenario.num_microbatches, p.vpp))
+    ranks = memory_per_rank(scenario, layout, build_schedule(p.schedule, p.pp, scenario.num_microbatches, p.vpp,
+                                                             p.ep_overlap))
     worst = max(ranks, key=lambda r: r.total)
     out.update({
         "scenario": scenario.name,

@@ -71,9 +71,9 @@ class ParallelSpec(Frozen):
     tp_comm_overlap: bool = Field(default=False, description="overlap tensor-parallel all-gathers and "
                                   "reduce-scatters with the GEMMs next to them, chunk by chunk (TE userbuffers, "
                                   "PyTorch async TP); needs tp >= 2 and sequence parallelism")
-    ep_overlap: bool = Field(default=False, description="1f1b and interleaved-1f1b: run each backward "
-                             "together with the next forward, layer by layer, so one's expert all-to-all hides "
-                             "behind the other's compute (Megatron-Core combined 1F1B)")
+    ep_overlap: bool = Field(default=False, description="interleaved-1f1b, or 1f1b without a pipeline: run each "
+                             "backward together with the next forward, layer by layer, so one's expert "
+                             "all-to-all hides behind the other's compute (Megatron-Core combined 1F1B)")
 
     @field_validator("recompute", mode="before")
     @classmethod

@@ -160,6 +160,10 @@ class Scenario(Frozen):
         if p.tp > 1 and not p.sequence_parallel:
             raise ValueError("parallel.sequence_parallel: an MoE model with tp > 1 needs sequence parallelism "
                              "(each TP rank dispatches its share of the tokens; Megatron-LM MoE README)")
+        redundant = self.experts.num_redundant_experts
+        if redundant is not None and redundant % p.ep:
+            raise ValueError(f"experts.num_redundant_experts: must be a multiple of the EP size {p.ep} (every GPU "
+                             f"gets the same number of slots; got {redundant})")
 
     def _check_stages(self) -> None:
         p, m = self.parallel, self.model
@@ -209,6 +213,10 @@ class Scenario(Frozen):
             if p.schedule not in ("1f1b", "interleaved-1f1b"):
                 raise ValueError(f"parallel.ep_overlap: applies to 1f1b and interleaved-1f1b (got {p.schedule}; "
                                  "dualpipe and dualpipev overlap their own F&B pairs)")
+            if p.schedule == "1f1b" and p.pp > 1:
+                raise ValueError(f"parallel.ep_overlap: with pipeline parallelism (pp {p.pp}) needs "
+                                 "interleaved-1f1b (Megatron-Core's combined 1F1B requires virtual stages when "
+                                 "pp > 1: a pair's backward output would wait for the next forward's)")
 
     def _check_batch(self, dp: int) -> None:
         p, t = self.parallel, self.training

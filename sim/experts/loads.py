@@ -44,7 +44,7 @@ from sim.config import Scenario
 from sim.errors import SimInputError
 from sim.experts.balancing import moe_layers, simulate_balancing
 from sim.experts.fanout import FanOut, fanout
-from sim.experts.placement import ExpertPlacement, check_layout
+from sim.experts.placement import ExpertPlacement, check_layout, redundant_experts
 from sim.experts.popularity import layer_rng
 
 IntArray = NDArray[np.int64]
@@ -202,7 +202,7 @@ def _compute(scenario: Scenario, layers: tuple[int, ...], num_microbatches: int,
     if num_microbatches < 1:
         raise SimInputError(f"must be >= 1 (got {num_microbatches})", field="num_microbatches")
     gpn = scenario.cluster.node.gpus_per_node
-    check_layout(m, p.ep, gpn, scenario.experts.num_redundant_experts)
+    check_layout(m, p.ep, gpn, redundant_experts(scenario))
     history = simulate_balancing(scenario, scenario.experts.balancing_steps + step, layers, record_bias=False)
     t, k = scenario.expert_tokens_per_gpu, m.n_activated_experts
     rows = expert_rows(history.final_loads, p.ep * t * k, num_microbatches, scenario, layers, step)
