@@ -29,82 +29,30 @@ are done.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Literal
 
 from sim.config import Scenario
 from sim.costs.ops import OpCoster
 from sim.model.ops import Op
 from sim.model.stages import StagePartition, Unit
-from sim.network import Collective, Network
-from sim.program.blocks import BlockPlan, Piece, plan_block, region_pieces
+from sim.network import Network
+from sim.program.block_tasks import BlockTasks
+from sim.program.blocks import BlockPlan, plan_block
+from sim.program.builder import Chunk, ChunkBuilder, ChunkKind
 from sim.program.moe import MoeLoad
 from sim.program.sharding import DpTraffic, ShardingPlan, group_links, unit_param_counts
-from sim.program.tasks import NIC, NVLINK, Part, Task, Work
+from sim.program.tasks import NIC, NVLINK, Part, Task
 from sim.timeline import Stream
 from sim.units import dtype_bytes
 
-ChunkKind = Literal["F", "B", "I", "W"]
+__all__ = ["Chunk", "ChunkKind", "LoadFn", "Program"]
+
 LoadFn = Callable[[Unit, int], MoeLoad]  # (MoE unit, micro-batch) -> load
 #: The cost-model part of each chunk part: forward, input gradient (with recompute), weight gradient.
 _COST_PART = {"F": "fwd", "I": "input", "W": "weight"}
 
 
-@dataclass(frozen=True, slots=True)
-class Chunk:
-    """One chunk's tasks, its per-layer groups of task indices (forward order for F, backward order for B/I/W),
-    the work the engine runs when the chunk is an action on its own, and, for backward chunks, when (seconds
-    into the chunk, compute alone) each unit's weight gradients are complete, in the chunk's unit order."""
-
-    kind: ChunkKind
-    tasks: tuple[Task, ...]
-    groups: tuple[tuple[int, ...], ...]
-    work: Work
-    grads_ready_s: tuple[float, ...] = ()
-
-
-@dataclass
-class _ChunkBuilder:
-    """Accumulates tasks with dependencies; ``last`` is the task the next one on the chain depends on."""
-
-    kind: ChunkKind
-    tasks: list[Task] = field(default_factory=list)
-    groups: list[tuple[int, ...]] = field(default_factory=list)
-    last: int | None = None
-    last_compute_s: float = 0.0   # the compute task just before (sets the in-situ wait of an all-to-all)
-    gate: int | None = None       # a task the next compute task must wait for (an FSDP gather)
-    unit_ends: list[int] = field(default_factory=list)  # last compute task of each unit built so far
-    grads_done: list[int] = field(default_factory=list)  # per unit: the task completing its weight gradients
-    windows: dict[int, float] = field(default_factory=dict)  # inline W task -> communication beside it
-    window_keys: dict[int, tuple[str, str]] = field(default_factory=dict)
-    open_window: int | None = None
-
-    def add(self, name: str, part: Part, stream: Stream, seconds: float, deps: tuple[int | None, ...],
-            layer: int, links: int = 0, holds_sms: bool = False) -> int:
-        if stream == Stream.COMPUTE:
-            if self.gate is not None:
-                deps, self.gate = (*deps, self.gate), None
-            self.last_compute_s = seconds
-        self.tasks.append(Task(name, part, stream, seconds, tuple(d for d in deps if d is not None), layer, links,
-                               holds_sms))
-        return len(self.tasks) - 1
-
-    def chain(self, name: str, part: Part, stream: Stream, seconds: float, layer: int, links: int = 0,
-              holds_sms: bool = False, also: tuple[int | None, ...] = ()) -> int:
-        """Add a task that depends on the previous task of the chain (and ``also``) and becomes its new end."""
-        if stream == Stream.COMPUTE:
-            self.open_window = None
-        elif self.open_window is not None:
-            self.windows[self.open_window] += seconds
-        self.last = self.add(name, part, stream, seconds, (self.last, *also), layer, links, holds_sms)
-        return self.last
-
-    def build(self, grads_ready_s: tuple[float, ...] = ()) -> Chunk:
-        tasks = tuple(self.tasks)
-        return Chunk(self.kind, tasks, tuple(self.groups), Work.of(tasks), grads_ready_s)
-
-
-class Program:
+class Program(BlockTasks):
     """Builds (and memoizes) the chunks of every stage for one scenario."""
 
     def __init__(self, scenario: Scenario, coster: OpCoster, network: Network, partition: StagePartition,
@@ -167,7 +115,7 @@ class Program:
     # --------------------------------------------------------------- building
     def _build(self, units: tuple[Unit, ...], kind: ChunkKind, loads: tuple[MoeLoad | None, ...], key: tuple
                ) -> Chunk:
-        b = _ChunkBuilder(kind)
+        b = ChunkBuilder(kind)
         inline = self._inline.setdefault(key, {})
         order = range(len(units)) if kind == "F" else range(len(units) - 1, -1, -1)
         for i in order:
@@ -184,7 +132,7 @@ class Program:
                 b.tasks[t] = Task(task.name, task.part, task.stream, keep, task.deps, task.layer)
         return b.build(self._ready_times(b) if kind in ("B", "W") else ())
 
-    def _ready_times(self, b: _ChunkBuilder) -> tuple[float, ...]:
+    def _ready_times(self, b: ChunkBuilder) -> tuple[float, ...]:
         """Seconds into the chunk at which each unit's weight gradients are complete, from the compute stream's
         order alone (at the reduced rate when communication holds SMs all step)."""
         rate = self.comm_rate if self.static else 1.0
@@ -231,15 +179,7 @@ class Program:
         return hit
 
     # --------------------------------------------------------------- communication
-    def _tp_seconds(self, kind: Collective, width: int) -> float:
-        """A tensor-parallel collective over the GPU's tokens x ``width`` in BF16 (the full, unsharded buffer)."""
-        return self.net.collective_seconds(kind, self.tokens * width * dtype_bytes("bf16"), self.net.tp_group())
-
-    def _kv_bytes(self, op: Op) -> float:
-        """Keys and values of the GPU's tokens (one CP chunk pair), BF16, for the heads of one TP rank."""
-        return self.tokens * self.kv_heads * (op.qk_dim + op.v_dim) * dtype_bytes("bf16")
-
-    def _a2a(self, b: _ChunkBuilder, load: MoeLoad, payload: Literal["dispatch", "combine"], notify: bool
+    def _a2a(self, b: ChunkBuilder, load: MoeLoad, payload: Literal["dispatch", "combine"], notify: bool
              ) -> tuple[float, int]:
         """An expert all-to-all moving the dispatch's or the combine's payload. ``notify``: a forward dispatch
         exchanges token counts first; the combine and both backward transfers reuse the layout (cached)."""
@@ -248,11 +188,7 @@ class Program:
         links = (NIC if ib > 0 else 0) | (NVLINK if nvl > 0 else 0)
         return self.net.alltoall_seconds(ib, nvl, notify=notify, preceding_compute_s=b.last_compute_s), links
 
-    def _comm(self, b: _ChunkBuilder, name: str, part: Part, seconds: float, layer: int) -> None:
-        if seconds > 0:
-            b.chain(name, part, Stream.COMM, seconds, layer, NVLINK, True)
-
-    def _gather(self, b: _ChunkBuilder, unit: Unit, part: Part) -> None:
+    def _gather(self, b: ChunkBuilder, unit: Unit, part: Part) -> None:
         """ZeRO-3: all-gather the unit's parameters once the unit ``fsdp_prefetch`` + 1 back has computed."""
         plan = self.sharding
         if not (plan.gather_forward if part == "F" else plan.gather_backward):
@@ -264,176 +200,8 @@ class Program:
         after = b.unit_ends[-back] if len(b.unit_ends) >= back else None
         b.gate = b.add("fsdp_gather", part, Stream.DP, secs, (after,), unit.index, self.dp.gather_links, True)
 
-    # --------------------------------------------------------------- tasks of one block
-    def _uses_tp(self, plan: BlockPlan) -> bool:
-        return self.tp > 1 and (plan.has_col or plan.has_row)
-
-    def _pieces(self, plan: BlockPlan) -> tuple[Piece, ...]:
-        return region_pieces(plan.region, self.cp > 1, self.tp_overlap and plan.has_col,
-                             self.tp_overlap and plan.has_row)
-
-    def _compute(self, b: _ChunkBuilder, unit: Unit, name: str, key: str, ops: tuple[Op, ...], part: Part,
-                 load: MoeLoad | None) -> None:
-        secs = self._secs(unit, key, ops, part, load) if ops else 0.0
-        if secs > 0:
-            b.chain(name, part, Stream.COMPUTE, secs, unit.index)
-
-    def _fwd_block(self, b: _ChunkBuilder, unit: Unit, plan: BlockPlan, load: MoeLoad | None) -> None:
-        name, layer = plan.name, unit.index
-        tp = self._uses_tp(plan)
-        if not tp and (self.cp == 1 or not plan.region):
-            self._compute(b, unit, name, name, plan.ops, "F", load)
-            return
-        self._compute(b, unit, name, f"{name}.pre", plan.pre, "F", load)
-        pieces = list(self._pieces(plan))
-        if tp and self.sp and plan.has_col:
-            secs = self._tp_seconds("all_gather", plan.gather_width)
-            if self.tp_overlap and pieces and pieces[0].kind == "ops":
-                self._gather_then(b, unit, name, f"{name}.0", pieces.pop(0).ops, "F", load, secs, f"tp_ag_{name}")
-            else:
-                self._comm(b, f"tp_ag_{name}", "F", secs, layer)
-        last = pieces.pop() if tp and plan.has_row and self.tp_overlap and len(pieces) > 1 else None
-        for i, piece in enumerate(pieces):
-            if piece.kind == "core":
-                self._core(b, unit, piece.ops[0], "F", load)
-            else:
-                self._compute(b, unit, name, f"{name}.{i + 1}", piece.ops, "F", load)
-        if tp and plan.has_row:
-            kind: Collective = "reduce_scatter" if self.sp else "all_reduce"
-            secs = self._tp_seconds(kind, plan.reduce_width)
-            if last is not None:
-                self._then_scatter(b, unit, name, f"{name}.last", last.ops, "F", load, secs, f"tp_rs_{name}")
-            else:
-                self._comm(b, f"tp_rs_{name}" if self.sp else f"tp_{name}", "F", secs, layer)
-        self._compute(b, unit, name, f"{name}.post", plan.post, "F", load)
-
-    def _bwd_block(self, b: _ChunkBuilder, unit: Unit, plan: BlockPlan, load: MoeLoad | None,
-                   emit_w: Callable[[int | None], None]) -> None:
-        """The block's input-gradient tasks (recompute included), with its weight-gradient work emitted (by
-        ``emit_w``, given the task re-gathering the region's input under sequence parallelism) once the region's
-        input gradient is computed, beside the collective of that gradient (Megatron-LM runs the weight-gradient
-        GEMM while the input gradient's all-reduce or reduce-scatter is in flight)."""
-        name, layer = plan.name, unit.index
-        tp = self._uses_tp(plan)
-        if not tp and (self.cp == 1 or not plan.region):
-            self._compute(b, unit, f"{name}_b", name, plan.ops, "I", load)
-            emit_w(None)
-            return
-        self._compute(b, unit, f"{name}_b", f"{name}.post", plan.post, "I", load)
-        pieces = list(self._pieces(plan))
-        if tp and self.sp and plan.has_row:
-            secs = self._tp_seconds("all_gather", plan.reduce_width)
-            if self.tp_overlap and len(pieces) > 1 and pieces[-1].kind == "ops":
-                self._gather_then(b, unit, f"{name}_b", f"{name}.last", pieces.pop().ops, "I", load, secs,
-                                  f"tp_ag_{name}_b")
-            else:
-                self._comm(b, f"tp_ag_{name}_b", "I", secs, layer)
-        remat = None
-        if tp and self.sp and plan.has_col:
-            secs = self._tp_seconds("all_gather", plan.gather_width)
-            remat = b.add(f"tp_ag_{name}_input", "I", Stream.COMM, secs, (b.last,), layer, NVLINK, True)
-        first = pieces.pop(0) if tp and plan.has_col and self.tp_overlap and len(pieces) > 1 else None
-        for i in range(len(pieces) - 1, -1, -1):
-            piece = pieces[i]
-            if piece.kind == "core":
-                self._core(b, unit, piece.ops[0], "I", load)
-            else:
-                self._compute(b, unit, f"{name}_b", f"{name}.{i + 1 + (first is not None)}", piece.ops, "I", load)
-        if first is None:
-            emit_w(remat)
-        if tp and plan.has_col:
-            kind: Collective = "reduce_scatter" if self.sp else "all_reduce"
-            secs = self._tp_seconds(kind, plan.gather_width if self.sp else plan.reduce_width)
-            if first is not None:
-                self._then_scatter(b, unit, f"{name}_b", f"{name}.0", first.ops, "I", load, secs,
-                                   f"tp_rs_{name}_b", lambda: emit_w(remat))
-            else:
-                self._comm(b, f"tp_rs_{name}_b" if self.sp else f"tp_{name}_b", "I", secs, layer)
-        elif first is not None:
-            self._compute(b, unit, f"{name}_b", f"{name}.0", first.ops, "I", load)
-            emit_w(remat)
-        self._compute(b, unit, f"{name}_b", f"{name}.pre", plan.pre, "I", load)
-
-    def _gather_then(self, b: _ChunkBuilder, unit: Unit, name: str, key: str, ops: tuple[Op, ...], part: Part,
-                     load: MoeLoad | None, comm_s: float, comm: str) -> None:
-        """An all-gather pipelined with the GEMM reading it, ``tp`` chunks: the local chunk first, then each
-        arriving chunk (ring exchange)."""
-        n = self.tp
-        g = self._secs(unit, key, ops, part, load, div=n)
-        before, prev = b.last, None
-        b.chain(name, part, Stream.COMPUTE, g, unit.index)
-        for _ in range(1, n):
-            gemm = b.last
-            prev = b.add(comm, part, Stream.COMM, comm_s / (n - 1), (prev if prev is not None else before,),
-                         unit.index, NVLINK, True)
-            b.last = gemm
-            b.chain(name, part, Stream.COMPUTE, g, unit.index, also=(prev,))
-
-    def _then_scatter(self, b: _ChunkBuilder, unit: Unit, name: str, key: str, ops: tuple[Op, ...], part: Part,
-                      load: MoeLoad | None, comm_s: float, comm: str,
-                      after_compute: Callable[[], None] | None = None) -> None:
-        """A GEMM pipelined with the reduce-scatter of its output, ``tp`` chunks (the first one stays local);
-        ``after_compute`` adds work beside the scatter's tail once the GEMM chunks are issued."""
-        n = self.tp
-        g = self._secs(unit, key, ops, part, load, div=n)
-        b.chain(name, part, Stream.COMPUTE, g, unit.index)
-        sends = []
-        for _ in range(1, n):
-            gemm = b.chain(name, part, Stream.COMPUTE, g, unit.index)
-            sends.append(b.add(comm, part, Stream.COMM, comm_s / (n - 1), (gemm, sends[-1] if sends else None),
-                               unit.index, NVLINK, True))
-        if after_compute is not None:
-            after_compute()
-        b.last = sends[-1]
-
-    def _core(self, b: _ChunkBuilder, unit: Unit, op: Op, part: Part, load: MoeLoad | None) -> None:
-        """The attention core over ``cp`` ring steps or after an all-gather of K and V (see the docstring)."""
-        name = "attn" if part == "F" else "attn_b"
-        secs = self._secs(unit, "core", (op,), part, load)
-        kv = self._kv_bytes(op)
-        if self.cp_mode == "all_gather":
-            full = kv * self.cp
-            gather = self.net.collective_seconds("all_gather", full, self.net.cp_group())
-            b.chain("cp_kv_gather", part, Stream.COMM, gather, unit.index, self.cp_links, True)
-            b.chain(name, part, Stream.COMPUTE, secs, unit.index)
-            if part != "F":
-                scatter = self.net.collective_seconds("reduce_scatter", full, self.net.cp_group())
-                b.chain("cp_dkv_scatter", part, Stream.COMM, scatter, unit.index, self.cp_links, True)
-            return
-        # Ring: forward passes K, V blocks; backward passes them and their gradients (and, when the core is
-        # recomputed, the forward's blocks once more).
-        per_step = kv if part == "F" else kv * (2 + self.coster.is_recomputed(op))
-        step_s = self.net.cp_ring_step_seconds(per_step)
-        start, comm = b.last, None
-        b.chain(name, part, Stream.COMPUTE, secs / self.cp, unit.index)
-        for _ in range(1, self.cp):
-            computed = b.last
-            deps = (comm if comm is not None else start,) if part == "F" else (comm, computed)
-            comm = b.add("cp_kv", part, Stream.COMM, step_s, deps, unit.index, self.cp_links, True)
-            b.last = computed
-            b.chain(name, part, Stream.COMPUTE, secs / self.cp, unit.index, also=(comm,))
-        if part != "F":
-            b.chain("cp_dkv", part, Stream.COMM, self.net.cp_ring_step_seconds(kv), unit.index, self.cp_links, True,
-                    also=(comm,))
-
-    def _recompute_comm(self, b: _ChunkBuilder, unit: Unit, plan: BlockPlan, ep: bool, load: MoeLoad | None) -> None:
-        """Full recompute re-runs a block's forward, its communication included: the TP collectives, or the
-        expert dispatch and combine of a MoE block (context-parallel exchanges are costed in the core)."""
-        if self._uses_tp(plan):
-            if self.sp and plan.has_col:
-                self._comm(b, f"tp_ag_{plan.name}_recompute", "I", self._tp_seconds("all_gather", plan.gather_width),
-                           unit.index)
-            if plan.has_row:
-                kind: Collective = "reduce_scatter" if self.sp else "all_reduce"
-                self._comm(b, f"tp_{plan.name}_recompute", "I", self._tp_seconds(kind, plan.reduce_width),
-                           unit.index)
-        if ep and load is not None and plan.name == "mlp":
-            for which in ("dispatch", "combine"):
-                secs, links = self._a2a(b, load, which, notify=which == "dispatch")  # type: ignore[arg-type]
-                b.chain(f"{which}_recompute", "I", Stream.COMM, secs, unit.index, links, True)
-
     # --------------------------------------------------------------- units
-    def _forward(self, b: _ChunkBuilder, unit: Unit, load: MoeLoad | None) -> None:
+    def _forward(self, b: ChunkBuilder, unit: Unit, load: MoeLoad | None) -> None:
         ep = unit.moe and self.ep_comm and load is not None
         self._gather(b, unit, "F")
         for name, ops in self._blocks(unit):
@@ -444,7 +212,7 @@ class Program:
                 b.chain(which, "F", Stream.COMM, secs, unit.index, links, True)
         b.unit_ends.append(b.last if b.last is not None else 0)
 
-    def _backward(self, b: _ChunkBuilder, unit: Unit, load: MoeLoad | None, kind: ChunkKind,
+    def _backward(self, b: ChunkBuilder, unit: Unit, load: MoeLoad | None, kind: ChunkKind,
                   inline: dict[tuple[str, str], float]) -> None:
         ep = unit.moe and self.ep_comm and load is not None
         want_i = kind in ("B", "I")
