@@ -146,3 +146,11 @@ def dropped(unit_ops: tuple[Op, ...], i: int, saved: Saved, spec: tuple[frozense
     if saved.tag == "other" and is_core(op):
         return recomputed(spec, op)
     return i > 0 and recomputed(spec, unit_ops[i - 1])
+
+
+def recompute_fwd_flops_per_token(unit_ops: tuple[Op, ...], spec: tuple[frozenset[str], bool],
+                                  keys_per_query: float) -> float:
+    """Forward FLOPs per token a policy re-runs in one unit's backward (the hardware FLOPs recompute adds; GEMMs
+    ``2 n k`` per row, the attention core ``2 heads (d_qk + d_v)`` per key, memory-bound ops none)."""
+    return sum(op.gemm_flops_per_token() + op.attention_fwd_flops_per_token(keys_per_query)
+               for op in unit_ops if recomputed(spec, op))
