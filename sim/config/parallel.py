@@ -56,8 +56,9 @@ class ParallelSpec(Frozen):
         default="none", description="none; selective (the attention core, Korthikanti et al. 2022); "
         "activations (activation functions); norm_and_up_proj (DeepSeek-V3); full; or a list of op and module "
         "names")
-    grad_bucket_mb: float = Field(default=25.0, gt=0, le=1e5, description="gradient bucket size in MB (1e6 "
-                                  "bytes) for overlapped gradient reduction (PyTorch DDP bucket_cap_mb)")
+    grad_bucket_mb: float | None = Field(default=None, gt=0, le=1e5, description="gradient bucket size in MB "
+                                         "(1e6 bytes) for overlapped gradient reduction; default Megatron-Core's "
+                                         "max(40M, 1M x data-parallel size) gradients (PyTorch DDP: 25)")
     comm_sms: int = Field(default=0, ge=0, description="SMs held by communication kernels")
     stage_layers: tuple[int, ...] | None = Field(default=None, description="transformer layers per "
                                                  "stage (MTP layers last); overrides stage_split")

@@ -68,8 +68,11 @@ class ShardingPlan:
     @classmethod
     def of(cls, s: Scenario) -> ShardingPlan:
         p = s.parallel
-        return cls(p.zero_stage, p.pp, s.fsdp_reshard, p.fsdp_prefetch, p.overlap_grad_reduce,
-                   p.grad_bucket_mb * 1e6)
+        if p.grad_bucket_mb is not None:
+            bucket = p.grad_bucket_mb * 1e6
+        else:  # Megatron-Core DistributedDataParallelConfig: max(40M, 1M x DP) elements per bucket
+            bucket = max(40e6, 1e6 * s.grad_replicas) * dtype_bytes(s.precision.grad_reduce)
+        return cls(p.zero_stage, p.pp, s.fsdp_reshard, p.fsdp_prefetch, p.overlap_grad_reduce, bucket)
 
     @property
     def gather_forward(self) -> bool:
@@ -143,10 +146,13 @@ class DpTraffic:
         """Gradient buckets in the order units finish their weight gradients: ``grads`` gives (dense, expert)
         parameters per unit; returns, per bucket, (index of the unit that completes it, seconds of its
         reduction). Units accumulate into a bucket until it holds ``grad_bucket_mb``; a unit larger than a bucket
-        fills several, each a collective of its own (as DDP issues them). ``gather``: the parameter all-gathers
+        fills several, each a collective of its own (as DDP issues them). ZeRO-3 reduces each unit (FSDP's layer
+        group) as one collective. ``gather``: the parameter all-gathers
         of the same buckets instead (Megatron-LM's overlapped parameter gather)."""
         cost = self.gather_seconds if gather else self.reduce_seconds
         out: list[tuple[int, float]] = []
+        if self.plan.zero_stage == 3:
+            return [(i, cost(d, e)) for i, (d, e) in enumerate(grads) if d + e > 0]
         cap = self.plan.bucket_bytes / self.grad_b  # parameters per bucket
         acc_d = acc_e = 0.0
         last = -1
