@@ -303,3 +303,31 @@ def test_ep_overlap_never_slows_unpipelined_1f1b(moe):
     combined = simulate_step(moe(*ov, "parallel.ep_overlap=true"), mode="fast", record_trace=False)
     assert combined.step_time_s <= plain.step_time_s
     assert combined.breakdown_s["overlapped"] > 0
+
+
+@pytest.mark.parametrize(("schedule", "extra"), [
+    ("gpipe", ()), ("1f1b", ()), ("zb1p", ()), ("interleaved-1f1b", ("parallel.vpp=2",)),
+])
+def test_full_recompute_runs_with_every_pipeline_schedule(gpt, schedule, extra):
+    ov = ("parallel.pp=2", f"parallel.schedule={schedule}", *extra, "training.global_batch_size=32")
+    for mode in ("fast", "detailed"):
+        full = simulate_step(gpt(*ov, "parallel.recompute=full"), mode=mode, record_trace=False)
+        none = simulate_step(gpt(*ov), mode=mode, record_trace=False)
+        assert full.step_time_s > none.step_time_s
+
+
+def test_full_recompute_runs_with_dualpipev(moe):
+    s = moe("parallel.schedule=dualpipev", "parallel.pp=2", "parallel.recompute=full")
+    for mode in ("fast", "detailed"):
+        assert simulate_step(s, mode=mode, record_trace=False).breakdown_s["overlapped"] > 0
+
+
+def test_run_and_experts_share_one_default_of_redundant_experts(moe):
+    from sim.experts.placement import redundant_experts
+    from sim.step import with_policy
+
+    s = moe()
+    assert redundant_experts(s) == 0                       # not EPLB: no spare slots
+    assert redundant_experts(with_policy(s, "eplb")) == s.parallel.ep  # one per GPU of the EP group
+    assert redundant_experts(moe("experts.policy=eplb")) == s.parallel.ep
+    assert redundant_experts(moe("experts.policy=eplb", "experts.num_redundant_experts=8")) == 8
