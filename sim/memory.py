@@ -80,7 +80,7 @@ def model_state_bytes(params: float, expert_params: float, scenario: Scenario, l
     experts = expert_params / p.ep
     e = scenario.model.n_routed_experts
     slots = (e + redundant_experts(scenario)) / e if e else 1.0
-    dp_dense = scenario.fsdp_shard_size if p.zero_stage == 3 else scenario.grad_replicas
+    dp_dense = scenario.fsdp_shard_size
     dp_expert = max(1, scenario.grad_replicas * p.tp // p.ep)
     w, g = dtype_bytes(prec.weights), dtype_bytes(prec.grads)
     opt = dtype_bytes(prec.master_weights) + 2 * dtype_bytes(prec.optimizer_states)

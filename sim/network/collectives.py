@@ -78,13 +78,12 @@ class Network:
     def shard_group(self) -> CommGroup:
         """ZeRO's shard group for dense parameters: ``fsdp_shard_group`` ranks (hybrid sharding), else all of
         :meth:`dp_group`."""
-        return self._group(self.scenario.fsdp_shard_size if self.scenario.parallel.zero_stage == 3
-                           else self.dp * self.cp, self.tp)
+        return self._group(self.scenario.fsdp_shard_size, self.tp)
 
     def replica_group(self) -> CommGroup:
         """Hybrid sharding: the shard groups holding the same shard (size 1 without hybrid sharding)."""
-        g = self.scenario.fsdp_shard_size if self.scenario.parallel.zero_stage == 3 else self.dp * self.cp
-        return self._group(max(1, self.dp * self.cp // g), self.tp * g)
+        g = self.scenario.fsdp_shard_size
+        return self._group(self.dp * self.cp // g, self.tp * g)
 
     def expert_dp_group(self) -> CommGroup:
         """Replicas of one expert shard: the ranks of the stage outside its EP group, ``ep`` apart."""

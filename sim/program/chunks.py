@@ -108,10 +108,6 @@ class Program(BlockTasks):
         tokens (1/CP of each sequence), split by TP under sequence parallelism."""
         return self.tokens * self.s.model.dim * dtype_bytes("bf16") / (self.tp if self.sp else 1)
 
-    def unit_grads(self, stage: int) -> list[tuple[float, float]]:
-        """(dense, expert) parameters per GPU of each unit of ``stage``, in backward order."""
-        return [unit_param_counts(u, self.tp, self.s.parallel.ep) for u in reversed(self.partition.stages[stage])]
-
     # --------------------------------------------------------------- building
     def _build(self, units: tuple[Unit, ...], kind: ChunkKind, loads: tuple[MoeLoad | None, ...], key: tuple
                ) -> Chunk:

@@ -62,7 +62,6 @@ class ShardingPlan:
     pp: int
     reshard: bool
     prefetch: int
-    overlap_grad_reduce: bool
     bucket_bytes: float
 
     @classmethod
@@ -72,7 +71,7 @@ class ShardingPlan:
             bucket = p.grad_bucket_mb * 1e6
         else:  # Megatron-Core DistributedDataParallelConfig: max(40M, 1M x DP) elements per bucket
             bucket = max(40e6, 1e6 * s.grad_replicas) * dtype_bytes(s.precision.grad_reduce)
-        return cls(p.zero_stage, p.pp, s.fsdp_reshard, p.fsdp_prefetch, p.overlap_grad_reduce, bucket)
+        return cls(p.zero_stage, p.pp, s.fsdp_reshard, p.fsdp_prefetch, bucket)
 
     @property
     def gather_forward(self) -> bool:
@@ -114,29 +113,25 @@ class DpTraffic:
         self.plan = ShardingPlan.of(scenario)
         p = scenario.parallel
         self.tp, self.ep = p.tp, p.ep
-        self.shard = network.shard_group()
+        self.shard = network.shard_group()  # every data x context-parallel rank unless hybrid-sharded
         self.replicas = network.replica_group()
-        self.grads = network.dp_group()
         self.experts = network.expert_dp_group()
         self.grad_b = dtype_bytes(scenario.precision.grad_reduce)
         self.weight_b = dtype_bytes(scenario.precision.weights)
         expert = (self.experts,) if scenario.model.is_moe else ()
         self.gather_links = group_links(self.shard, *expert)
-        self.reduce_links = group_links(self.shard if self.plan.zero_stage == 3 else self.grads, self.replicas,
-                                        *expert)
+        self.reduce_links = group_links(self.shard, self.replicas, *expert)
 
     def gather_seconds(self, dense: float, expert: float) -> float:
         """All-gather ``dense`` and ``expert`` parameters (per GPU, unsharded) over their shard groups."""
-        shard = self.shard if self.plan.zero_stage == 3 else self.grads
-        return (self.net.collective_seconds("all_gather", dense * self.weight_b, shard)
+        return (self.net.collective_seconds("all_gather", dense * self.weight_b, self.shard)
                 + self.net.collective_seconds("all_gather", expert * self.weight_b, self.experts))
 
     def reduce_seconds(self, dense: float, expert: float) -> float:
         """Reduce the gradients of ``dense`` and ``expert`` parameters: all-reduce (ZeRO-0), else reduce-scatter
         in the shard group, plus the all-reduce of the shard across replicas under hybrid sharding."""
         kind = self.plan.grad_kind
-        group = self.shard if self.plan.zero_stage == 3 else self.grads
-        secs = (self.net.collective_seconds(kind, dense * self.grad_b, group)
+        secs = (self.net.collective_seconds(kind, dense * self.grad_b, self.shard)
                 + self.net.collective_seconds(kind, expert * self.grad_b, self.experts))
         if self.plan.zero_stage == 3 and self.replicas.size > 1:
             secs += self.net.collective_seconds("all_reduce", dense * self.grad_b / self.shard.size, self.replicas)

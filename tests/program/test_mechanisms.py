@@ -175,7 +175,7 @@ def test_unknown_recompute_names_are_refused(gpt):
     (3, 2, True, True, True, False, False),
 ])
 def test_zero_stage_traffic_pattern(zero, pp, reshard, fwd, bwd, per_step, every):
-    plan = ShardingPlan(zero, pp, reshard, 1, True, 25e6)
+    plan = ShardingPlan(zero, pp, reshard, 1, 25e6)
     assert (plan.gather_forward, plan.gather_backward, plan.gather_per_step, plan.reduce_every_microbatch) == (
         fwd, bwd, per_step, every)
 
