@@ -11,6 +11,8 @@ Python loops, like :mod:`sim.schedules.listsched`.
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +23,7 @@ from sim.memory import model_state_bytes, peak_activation_bytes
 from sim.model.activations import stage_activation_bytes
 from sim.model.counts import stage_expert_params, stage_params
 from sim.pipeline import all_stages_of
-from sim.program.tasks import NIC
+from sim.program.tasks import NIC, NVLINK
 from sim.schedules.actions import Schedule
 
 ClassKey = tuple[tuple[int, str], ...]  # per part of an action: (stage, chunk kind)
@@ -41,10 +43,14 @@ class Table:
     timings: dict[Any, Timing]                   # ClassKey (balanced) or the action's part keys (skewed)
     sends: dict[tuple[int, int], tuple[float, int]]
     prologue_s: list[float]                      # overlapped parameter gather, per rank
+    prologue_buckets: list[tuple[float, ...]]    # its buckets' seconds, per rank
+    gather_sides: tuple[int, ...]                # link sides (0 NIC, 1 NVLink) a parameter gather holds
+    reduce_sides: tuple[int, ...]                # link sides a gradient reduction holds
     exposed_gather_s: list[float]                # parameter gather after the optimizer, per rank
     grad_sync_s: list[float]                     # per stage
     optimizer_s: list[float]                     # per rank
     overlap_grad_reduce: bool
+    reduce_every: bool                           # gradients reduced after every micro-batch's backward
     model_states: list[tuple[float, float, float]]  # per rank: weights, gradients, optimizer states bytes
     stage_bytes: tuple[float, ...]               # activations one micro-batch leaves on each stage
     imbalance: float
@@ -52,11 +58,21 @@ class Table:
     warnings: tuple[str, ...]
     fit: tuple[list[float], list[float], int] | None = None  # see sim.analytic._fit
     evaluated: dict[int, list[list[float]]] = field(default_factory=dict)  # rows of direct evaluations, by count
+    reductions: dict[Any, tuple[float, tuple[float, ...]]] = field(default_factory=dict)  # see reduction()
 
     def timing(self, key: Any, parts: tuple[tuple[int, str, int], ...]) -> Timing:
         hit = self.timings.get(key)
         if hit is None:
             hit = self.timings[key] = self.asm.timing(parts)
+        return hit
+
+    def reduction(self, key: Any, part: tuple[int, str, int]) -> tuple[float, tuple[float, ...]]:
+        """(delay after the action starts, seconds of each bucket) of the overlapped gradient reduction the
+        backward ``part`` completes (:meth:`sim.assemble.Assembler.reduction`)."""
+        hit = self.reductions.get(key)
+        if hit is None:
+            delay, work = self.asm.reduction(part)
+            hit = self.reductions[key] = (delay, tuple(t.seconds for t in work.tasks))
         return hit
 
     def send(self, src: int, dst: int) -> tuple[float, int]:
@@ -76,15 +92,20 @@ def build_table(scenario: Scenario, allow_cpu: bool, strict: bool) -> Table:
     stages = all_stages_of(p.schedule, p.pp, p.vpp)
     tail = ctx.tail
     gather = [tail.param_gather_seconds(st) for st in stages]
+    overlapped_gather = p.overlap_param_gather or tail.plan.zero_stage == 3  # as sim.assemble runs it
+    traffic = tail.traffic
     sp, se = stage_params(ctx.partition, scenario.model), stage_expert_params(ctx.partition)
     table = Table(
         schedule=p.schedule, pp=p.pp, vpp=p.vpp, skewed=skewed, stages=stages, asm=asm, timings={}, sends={},
-        prologue_s=gather if p.overlap_param_gather else [0.0] * p.pp,
-        exposed_gather_s=[0.0] * p.pp if p.overlap_param_gather else gather,
+        prologue_s=gather if overlapped_gather else [0.0] * p.pp,
+        prologue_buckets=[tuple(t.seconds for t in tail.param_gather_work(st).tasks) if overlapped_gather and g > 0
+                          else () for st, g in zip(stages, gather, strict=True)],
+        gather_sides=_sides(traffic.gather_links), reduce_sides=_sides(traffic.reduce_links),
+        exposed_gather_s=[0.0] * p.pp if overlapped_gather else gather,
         grad_sync_s=[tail.grad_sync_seconds(s) for s in range(scenario.num_stages)],
         optimizer_s=[asm.timings.get(tail.optimizer_work(st), asm.num_sms, asm.comm_sms, asm.static_sms)[0]
                      for st in stages],  # as the engine runs it: at the compute rate a static SM split leaves
-        overlap_grad_reduce=p.overlap_grad_reduce,
+        overlap_grad_reduce=p.overlap_grad_reduce, reduce_every=tail.plan.reduce_every_microbatch,
         model_states=[model_state_bytes(sum(sp[s] for s in st), sum(se[s] for s in st), scenario)
                       for st in stages],
         stage_bytes=tuple(stage_activation_bytes(ctx.partition, scenario)), imbalance=ctx.loads.imbalance,
@@ -95,9 +116,19 @@ def build_table(scenario: Scenario, allow_cpu: bool, strict: bool) -> Table:
             table.timing(slot.parts if skewed else slot.cls, slot.parts)
             for _key, dst in slot.outputs:
                 table.send(r, dst)
+            if p.overlap_grad_reduce and slot.backward is not None:
+                table.reduction(_reduction_key(slot.backward, skewed), slot.backward)
     table.notes = (*ctx.notes, *ctx.costs.notes)
     table.warnings = tuple(ctx.warnings)
     return table
+
+
+def _sides(links: int) -> tuple[int, ...]:
+    return tuple(side for side, bit in enumerate((NIC, NVLINK)) if links & bit)
+
+
+def _reduction_key(part: tuple[int, str, int], skewed: bool) -> Any:
+    return part if skewed else part[:2]
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +141,7 @@ class Slot:
     outputs: tuple[tuple[int, int], ...]  # (arrival key id, destination rank)
     pair: bool
     triggers: tuple[int, ...]             # stages whose last backward this action runs
+    backward: tuple[int, str, int] | None  # its part that completes weight gradients (a B or W)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +181,8 @@ def compiled(sched: Schedule) -> Compiled:
                 if kid is None:
                     kid = ids[k] = len(ids)
                 outputs.append((kid, dst))
-            slots.append(Slot(cls, parts, tuple(inputs), tuple(outputs), len(parts) == 2, trig.get(i, ())))
+            slots.append(Slot(cls, parts, tuple(inputs), tuple(outputs), len(parts) == 2, trig.get(i, ()),
+                              h.backward))
         ranks.append(tuple(slots))
     out = Compiled(tuple(ranks), len(ids))
     sched._cache["analytic.compiled"] = out
@@ -159,8 +192,9 @@ def compiled(sched: Schedule) -> Compiled:
 class Evaluation:
     """Per rank, a row: end of its last action, then the sums over its actions of duration and of compute-busy
     F, I, W seconds in plain actions and of busy seconds in overlapped pairs, its activation peak (bytes), then
-    (with ``overlap_grad_reduce``) when each of its stages' gradient synchronization ends, in ``Table.stages``
-    order; it starts when the action holding the stage's last backward ends and the rank's links are free.
+    (reductions beside the actions) when each of its stages' last gradient reduction ends, in ``Table.stages``
+    order; an overlapped one asks for the links its bucket delay after the backward that fills it starts,
+    another when that backward ends, and it starts once the rank's links are free.
     Its links stay held until then: later sends of the rank, and sends to it asked for after it started,
     wait."""
 
@@ -171,21 +205,59 @@ class Evaluation:
 
 
 def evaluate(table: Table, sched: Schedule) -> Evaluation:
-    """Exact evaluation of ``sched`` over the table's durations (see the module docstring)."""
+    """Exact evaluation of ``sched`` over the table's durations (see the module docstring).
+
+    Links are reserved as the engine reserves them: a transfer from the later of its request and when both of
+    its sides are free. Each rank's data-parallel collectives (an overlapped parameter gather from the start,
+    gradient reductions) queue on its data-parallel stream bucket by bucket, each bucket holding the rank's
+    transmit and receive sides of its links; a bucket asked for before a send is placed first, so sends slip
+    in between buckets as they do in the engine. Sends of different ranks do not queue for one receiving side
+    (ranks are evaluated one after another, not in time order)."""
     comp = compiled(sched)
     n_ranks = len(comp.ranks)
     arrive = [-1.0] * comp.num_keys
     parked: dict[int, list[int]] = {}
     ptr = [0] * n_ranks
     free = [0.0] * n_ranks
-    tx = [[g, g] for g in table.prologue_s]  # per rank: when its NIC and NVLink transmit sides are free
-    rx = table.prologue_s  # receive sides: held by an overlapped gather from the start
-    syncs: list[list[tuple[float, float]]] = [[] for _ in range(n_ranks)]  # per rank: (requested, end)
-    sync_s, overlap = table.grad_sync_s, table.overlap_grad_reduce
+    tx = [[0.0, 0.0] for _ in range(n_ranks)]  # per rank: when its NIC and NVLink transmit sides are free
+    rx = [[0.0, 0.0] for _ in range(n_ranks)]  # and its receive sides (held by its own collectives only)
+    # per rank and side: when each placed bucket was asked for and when it ends (both nondecreasing), so a send
+    # to the rank sees the receive side as the engine would at the send's request time
+    held_req: list[list[list[float]]] = [[[], []] for _ in range(n_ranks)]
+    held_end: list[list[list[float]]] = [[[], []] for _ in range(n_ranks)]
+    # per rank: data-parallel buckets not placed yet, (asked at, seconds, stage or -1, sides), in stream order
+    pending: list[deque[tuple[float, float, int, tuple[int, ...]]]] = [
+        deque((0.0, b, -1, table.gather_sides) for b in buckets) for buckets in table.prologue_buckets]
+    dp_free = [0.0] * n_ranks  # when each rank's data-parallel stream is free
+    sync_s, overlap, every, skewed = table.grad_sync_s, table.overlap_grad_reduce, table.reduce_every, table.skewed
+    reduce_sides = table.reduce_sides
     sums = [[0.0] * 5 for _ in range(n_ranks)]
     trig: list[dict[int, float]] = [{} for _ in range(n_ranks)]
+
+    def place(r: int, until: float) -> None:
+        """Place rank ``r``'s data-parallel buckets asked for before ``until``."""
+        q = pending[r]
+        while q:
+            asked, secs, stage, sides = q[0]
+            req = asked if asked > dp_free[r] else dp_free[r]
+            if req >= until:
+                return
+            q.popleft()
+            txr, rxr = tx[r], rx[r]
+            start = req
+            for side in sides:
+                start = max(start, txr[side], rxr[side])
+            end = dp_free[r] = start + secs
+            for side in sides:
+                txr[side] = rxr[side] = end
+                held_req[r][side].append(req)
+                held_end[r][side].append(end)
+            if stage >= 0:
+                trig[r][stage] = end
+
     key_of = (lambda s: s.parts) if table.skewed else (lambda s: s.cls)
     timings, timing, sends, send = table.timings, table.timing, table.sends, table.send
+    inf = float("inf")
     ready = list(range(n_ranks - 1, -1, -1))
     while ready:
         r = ready.pop()
@@ -206,6 +278,13 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
             key = key_of(slot)
             secs, (bf, bi, bw) = timings.get(key) or timing(key, slot.parts)
             t += secs
+            part = slot.backward
+            reduces = part is not None and (overlap or every) and (every or bool(slot.triggers))
+            if reduces and overlap:  # its buckets, asked for their delay after the action starts
+                delay, buckets = table.reduction(_reduction_key(part, skewed), part)
+                first = t - secs + delay
+                pending[r].extend((first if j == 0 else 0.0, b, part[0], reduce_sides)
+                                  for j, b in enumerate(buckets))
             acc[0] += secs
             if slot.pair:
                 acc[4] += bf + bi + bw
@@ -219,21 +298,19 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
                     arrive[k] = t
                 else:
                     side = 0 if links & NIC else 1
-                    start = max(t, txr[side], rx[dst])
-                    for asked, end in syncs[dst]:  # a synchronization the receiver started before holds its links
-                        if asked <= t and end > start:
-                            start = end
+                    place(r, t)
+                    place(dst, t)
+                    j = bisect_left(held_req[dst][side], t)  # the receiver's buckets asked for before t
+                    start = max(t, txr[side], held_end[dst][side][j - 1] if j else 0.0)
                     arrive[k] = txr[side] = start + seconds
                 if parked and k in parked:
                     ready.extend(parked.pop(k))
-            if overlap:
-                for stage in slot.triggers:  # the stage's gradient synchronization holds the rank's links
-                    start = max(t, txr[0], txr[1], rx[r], syncs[r][-1][1] if syncs[r] else 0.0)
-                    end = txr[0] = txr[1] = start + sync_s[stage]
-                    syncs[r].append((t, end))
-                    trig[r][stage] = end
+            if reduces and not overlap:  # the whole reduction, asked for when the action ends
+                pending[r].append((t, sync_s[part[0]], part[0], reduce_sides))  # type: ignore[index]
             i += 1
         ptr[r], free[r] = i, t
+    for r in range(n_ranks):
+        place(r, inf)
     if any(p < len(slots) for p, slots in zip(ptr, comp.ranks, strict=True)):
         raise RuntimeError(f"schedule {sched.name} deadlocked in the analytic evaluation")  # a generator bug
     peaks = peak_activation_bytes(sched, table.stage_bytes)
@@ -241,55 +318,3 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
     for r in range(n_ranks):
         rows.append([free[r], *sums[r], peaks[r], *(trig[r].get(s, free[r]) for s in table.stages[r])])
     return Evaluation(rows)
-
-
-def gpipe_closed_form(table: Table, n: int) -> list[list[float]] | None:
-    """GPipe's rows of :class:`Evaluation` at ``n`` micro-batches in closed form, or ``None`` outside its
-    preconditions (transfers no longer than the chunks they follow, so they never queue on their own; the
-    overlapped parameter gather over before the backward sweep's transfers).
-
-    With identical micro-batches the forward sweep is a flow shop: the longest path to micro-batch ``n - 1``
-    on stage ``s`` repeats the slowest stage of the run ``[e, s]`` it crosses, ``(n - 1) max F[e..s]`` (the
-    identical-jobs argument). Paths enter at stage 0 at time 0, or at stage ``e + 1`` when the gather holds
-    rank ``e``'s sends: the j-th leaves at ``H_e + j Lf_e`` at the earliest (``H_e``: the later of the two
-    ranks' gathers; held sends then leave back to back), entering micro-batch ``j`` (0 or ``n - 1`` is the
-    longest). Each rank starts its backwards after its last forward; the backward sweep runs the other way:
-    ``finish(s) = max_{e >= s} (F_end(e) + sum B[s..e] + sum Lb[s+1..e] + (n - 1) max B[s..e])``.
-    """
-    if table.skewed or not table.overlap_grad_reduce:
-        return None
-    pp, hold = table.pp, table.prologue_s
-    f = [table.timing(((s, "F"),), ((s, "F", 0),)) for s in range(pp)]
-    b = [table.timing(((s, "B"),), ((s, "B", 0),)) for s in range(pp)]
-    lf = [table.send(s, s + 1)[0] if s + 1 < pp else 0.0 for s in range(pp)]
-    lb = [table.send(s, s - 1)[0] if s > 0 else 0.0 for s in range(pp)]
-    if any(lf[s] > f[s][0] or lb[s] > b[s][0] for s in range(pp)):
-        return None
-    f_end = []
-    for s in range(pp):
-        best = 0.0
-        run_sum, run_max = 0.0, 0.0
-        for e in range(s, -1, -1):  # the run [e, s], entered at stage e
-            run_sum += f[e][0] + (lf[e] if e < s else 0.0)
-            run_max = max(run_max, f[e][0])
-            if e == 0:
-                best = max(best, run_sum + (n - 1) * run_max)
-            else:  # a send of rank e - 1 held by the gather
-                h = max(hold[e - 1], hold[e]) + lf[e - 1]
-                best = max(best, h + run_sum + (n - 1) * run_max, h + (n - 1) * lf[e - 1] + run_sum)
-        f_end.append(best)
-    for s in range(pp):  # held sends must be gone before the rank's backward sends, the gather before them
-        if (s + 1 < pp and max(hold[s], hold[s + 1]) + n * lf[s] > f_end[s] + b[s][0]) or hold[s] > f_end[s]:
-            return None
-    rows = []
-    for s in range(pp):
-        finish = 0.0
-        run_sum, run_max = 0.0, 0.0
-        for e in range(s, pp):
-            run_sum += b[e][0] + (lb[e] if e > s else 0.0)
-            run_max = max(run_max, b[e][0])
-            finish = max(finish, f_end[e] + run_sum + (n - 1) * run_max)
-        (fs, (ff, _, _)), (bs, (_, bi, bw)) = f[s], b[s]
-        sync = max(finish + lb[s], hold[s]) + table.grad_sync_s[s]
-        rows.append([finish, n * (fs + bs), n * ff, n * bi, n * bw, 0.0, n * table.stage_bytes[s], sync])
-    return rows

@@ -2,17 +2,20 @@
 
 For every action of a rank: its work (a chunk, or an overlapped pair merged by :mod:`sim.program.pairs`), the
 arrivals it waits for (its dependencies on other stages), the stage-boundary sends it makes when it ends
-(NVLink when both ranks share a node, else the NIC), and, after the last backward of a stage on the rank, that
-stage's gradient synchronization as a background work (``overlap_grad_reduce``; otherwise it starts after the
-rank's last action). The parameter gather runs beside the first forwards when ``overlap_param_gather``
-(Megatron-LM gathers each bucket ahead of its first use; nothing waits for it here), or after the optimizer,
-exposed. In fast mode every action also carries its isolated duration (:func:`sim.engine.isolated_run`),
-computed once per distinct work.
+(NVLink when both ranks share a node, else the NIC), and its gradient reduction: with ``overlap_grad_reduce``
+the buckets of the backward that completes a stage's gradients (its last backward, or every backward when the
+ZeRO stage reduces per micro-batch, :mod:`sim.program.sharding`) start with that backward as a background work
+(:meth:`~sim.program.tail.StepTail.reduction_work`); without it, the whole stage's reduction starts after the
+rank's last action (or after each backward, for per-micro-batch reductions). The once-per-step parameter
+gather runs beside the first forwards when ``overlap_param_gather`` (Megatron-LM gathers each bucket ahead of
+its first use; nothing waits for it here), or after the optimizer, exposed. In fast mode every action also
+carries its isolated duration (:func:`sim.engine.isolated_run`), computed once per distinct work.
 
-What depends on the schedule alone (labels, chunk keys, arrivals, send destinations, the last backward of each
-stage: :class:`ScheduleHooks`) is derived once per schedule and kept on the (immutable, cached) schedule. The
-isolated timing of a work is memoized by the work's content in :data:`TIMINGS`, an explicit cache shared
-across scenarios (a sweep re-times only works it has not seen); :func:`clear_caches` empties it.
+What depends on the schedule alone (labels, chunk keys, arrivals, send destinations, the backward of each
+action and the last backward of each stage: :class:`ScheduleHooks`) is derived once per schedule and kept on
+the (immutable, cached) schedule. The isolated timing of a work is memoized by the work's content in
+:data:`TIMINGS`, an explicit cache shared across scenarios (a sweep re-times only works it has not seen);
+:func:`clear_caches` empties it.
 """
 
 from __future__ import annotations
@@ -106,6 +109,7 @@ class ActionHooks:
     parts: tuple[PartKey, ...]                       # the chunk(s) it runs
     inputs: tuple[ArrivalKey, ...]                   # arrivals it waits for
     outputs: tuple[tuple[ArrivalKey, int], ...]      # (what it sends, destination rank), in send order
+    backward: PartKey | None                         # its part that completes weight gradients (a B or W)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +120,7 @@ class ScheduleHooks:
     last_backward: tuple[dict[int, int], ...]
 
 
-_F, _W = Phase.F, Phase.W  # enum members looked up once (class attribute access is slow on 3.11)
+_F, _B, _W = Phase.F, Phase.B, Phase.W  # enum members looked up once (class attribute access is slow on 3.11)
 
 
 def _action_hooks(sched: Schedule, a: Action, rank_of: dict[tuple[int, int], int]) -> ActionHooks:
@@ -126,6 +130,7 @@ def _action_hooks(sched: Schedule, a: Action, rank_of: dict[tuple[int, int], int
     per_dir = sched.microbatches_per_direction
     last = sched.num_stages - 1
     parts, inputs, outputs = [], [], []
+    backward = None
     for p in a.parts():
         d, s, m, ph = p.direction, p.stage, p.microbatch, p.phase
         parts.append((s, "F" if ph is _F else ph.value, d * per_dir + m))
@@ -134,12 +139,15 @@ def _action_hooks(sched: Schedule, a: Action, rank_of: dict[tuple[int, int], int
                 inputs.append(("F", d, s - 1, m))
             if s < last:
                 outputs.append((("F", d, s, m), rank_of[s + 1, d]))
-        elif ph is not _W:
+            continue
+        if backward is None and (ph is _B or ph is _W):
+            backward = parts[-1]
+        if ph is not _W:
             if s < last:
                 inputs.append(("B", d, s + 1, m))
             if s > 0:
                 outputs.append((("B", d, s, m), rank_of[s - 1, d]))
-    return ActionHooks(str(a), CATEGORY[a.phase], tuple(parts), tuple(inputs), tuple(outputs))
+    return ActionHooks(str(a), CATEGORY[a.phase], tuple(parts), tuple(inputs), tuple(outputs), backward)
 
 
 def schedule_hooks(sched: Schedule) -> ScheduleHooks:
@@ -233,29 +241,55 @@ class Assembler:
             hit = self._sends[(src, dst)] = (net.p2p_seconds(self.p2p_bytes, same), NVLINK if same else NIC)
         return hit
 
+    def reduction(self, part: PartKey) -> tuple[float, Work]:
+        """(delay, bucketed work) of the gradient reduction the backward ``part`` completes."""
+        chunk = self.inp.program.chunk_at(self._chunk_key(part))
+        return self.inp.tail.reduction_work(part[0], chunk.grads_ready_s)
+
+    def reductions(self, r: int) -> tuple[dict[int, list[tuple[float, Work]]], dict[int, list[Work]], list[int]]:
+        """Gradient reductions of rank ``r``: (delay, work) started with an action, works started when an action
+        ends, and the stages reduced after the rank's last action."""
+        hooks = schedule_hooks(self.inp.schedule)
+        overlap = self.inp.scenario.parallel.overlap_grad_reduce
+        tail = self.inp.tail
+        every = tail.plan.reduce_every_microbatch
+        last = hooks.last_backward[r]
+        starts: dict[int, list[tuple[float, Work]]] = {}
+        ends: dict[int, list[Work]] = {}
+        late: list[int] = []
+        for i, h in enumerate(hooks.ranks[r]):
+            part = h.backward
+            if part is None or not (every or last[part[0]] == i):
+                continue
+            if overlap:
+                starts.setdefault(i, []).append(self.reduction(part))
+            elif every:
+                ends.setdefault(i, []).append(tail.grad_sync_work(part[0]))
+            else:
+                late.append(part[0])
+        return starts, ends, late
+
     def rank_plan(self, r: int, fast: bool) -> RankPlan:
         s = self.inp.scenario
         p = s.parallel
         tail = self.inp.tail
         hooks = schedule_hooks(self.inp.schedule)
         stages = all_stages_of(p.schedule, p.pp, p.vpp)[r]
-        triggers: dict[int, list[Work]] = {}
-        if p.overlap_grad_reduce:
-            for stage, i in hooks.last_backward[r].items():
-                triggers.setdefault(i, []).append(tail.grad_sync_work(stage))
+        starts, ends, late_stages = self.reductions(r)
         planned = []
         for i, h in enumerate(hooks.ranks[r]):
             work, key = self.work(h.parts)
             outputs = tuple(Send(k, dst, *self.send(r, dst)) for k, dst in h.outputs)
-            planned.append(PlannedAction(work, h.label, h.category, h.inputs, outputs, tuple(triggers.get(i, ())),
-                                         self.timed(work, key) if fast else None))
-        late = () if p.overlap_grad_reduce else tuple(tail.grad_sync_work(stage) for stage in stages)
+            planned.append(PlannedAction(work, h.label, h.category, h.inputs, outputs, tuple(ends.get(i, ())),
+                                         tuple(starts.get(i, ())), self.timed(work, key) if fast else None))
+        late = tuple(tail.grad_sync_work(stage) for stage in late_stages)
         items = [TailItem(tail.optimizer_work(stages), "optimizer", Category.OPTIMIZER)]
         prologue: tuple[Work, ...] = ()
-        if p.overlap_param_gather:
-            prologue = (tail.param_gather_work(stages),)
-        else:
-            items.append(TailItem(tail.param_gather_work(stages), "param_gather", Category.EXPOSED_COMM))
+        if tail.param_gather_seconds(stages) > 0:
+            if p.overlap_param_gather or tail.plan.zero_stage == 3:
+                prologue = (tail.param_gather_work(stages),)
+            else:
+                items.append(TailItem(tail.param_gather_work(stages), "param_gather", Category.EXPOSED_COMM))
         return RankPlan(tuple(planned), prologue, late, tuple(items))
 
 

@@ -283,7 +283,7 @@ def loads_estimate(s: Scenario, n: int | None = None) -> Estimate:
         return est
     n = s.num_microbatches if n is None else n
     layers, ep = moe_layers(s), s.parallel.ep
-    slots = m.n_routed_experts + s.experts.num_redundant_experts
+    slots = m.n_routed_experts + s.redundant_experts
     cells = layers * n * (16 * slots + 128 * ep)
     est.add(f"expert loads ({layers} MoE layers x {n:,} micro-batches x {slots} expert slots)", cells,
             _mb_field(s), layers * n * slots / LOAD_CELLS_PER_S)

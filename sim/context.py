@@ -14,6 +14,7 @@ from sim.costs.kernels import CostModel
 from sim.costs.ops import OpCoster
 from sim.model.stages import StagePartition, partition
 from sim.network import Network
+from sim.pipeline import all_stages_of
 from sim.program.chunks import Program
 from sim.program.moe import LoadModel
 from sim.program.tail import StepTail
@@ -43,23 +44,24 @@ class StepContext:
 
 @lru_cache(maxsize=64)
 def stage_partition(model: ModelSpec, num_stages: int, stage_layers: tuple[int, ...] | None, split: str,
-                    seq_len: int) -> StagePartition:
-    """:func:`sim.model.stages.partition`, memoized (a pure function of its hashable arguments; its balanced
-    split is a dynamic program worth caching across scenarios; cleared by :func:`sim.step.clear_caches`)."""
-    return partition(model, num_stages, stage_layers, split, seq_len)  # type: ignore[arg-type]
+                    seq_len: int, groups: tuple[tuple[int, ...], ...]) -> StagePartition:
+    """:func:`sim.model.stages.partition` balanced over the stages each rank holds (``groups``), memoized (a
+    pure function of its hashable arguments; its balanced split is a dynamic program worth caching across
+    scenarios; cleared by :func:`sim.step.clear_caches`)."""
+    return partition(model, num_stages, stage_layers, split, seq_len, groups=groups)  # type: ignore[arg-type]
 
 
 def build_context(scenario: Scenario, *, allow_cpu_calibration: bool = False,
                   strict_calibration: bool = True) -> StepContext:
     p = scenario.parallel
     parts = stage_partition(scenario.model, scenario.num_stages, p.stage_layers, p.stage_split,
-                            scenario.training.seq_len)
+                            scenario.training.seq_len, all_stages_of(p.schedule, p.pp, p.vpp))
     cal = resolve_calibration(scenario, allow_cpu=allow_cpu_calibration, strict=strict_calibration)
     costs = CostModel(scenario.cluster.gpu, scenario.precision, cal.table, cal.source)
     loads = LoadModel(scenario, parts)
     network = Network(scenario)
     program = Program(scenario, OpCoster(scenario, costs), network, parts, loads.moe_load)
-    schedule = build_schedule(p.schedule, p.pp, scenario.num_microbatches, p.vpp)
+    schedule = build_schedule(p.schedule, p.pp, scenario.num_microbatches, p.vpp, p.ep_overlap)
     tail = StepTail(scenario, parts, network, costs)
     return StepContext(scenario, parts, costs, network, loads, program, schedule, tail,
                        (cal.warning,) if cal.warning else (), (cal.note,) if cal.note else ())

@@ -7,8 +7,8 @@ all-to-all, tensor-parallel collectives) and data-parallel collectives. A rank r
 another (DualPipe and Megatron-LM both wait for an op's communication before the next op); an action starts
 once its inputs have arrived from neighbouring stages, and within it each stream runs its tasks in the work's
 order, a task starting when its dependencies and its stream predecessor are done. Stage-boundary sends leave
-when an action ends. Background works (gradient reduce-scatters started after a stage's last backward, a
-parameter gather at the start) run on the data-parallel stream beside the actions; the rank's tail (waiting
+when an action ends. Background works (a parameter gather at the start, gradient reductions started after an
+action or a given time into it) run on the data-parallel stream beside the actions; the rank's tail (waiting
 for them, the optimizer, an exposed gather) runs after its last action.
 
 Links are resources: each GPU has a NIC and an NVLink port, each with a transmit and a receive side
@@ -75,6 +75,8 @@ class PlannedAction:
     inputs: tuple[ArrivalKey, ...] = ()
     outputs: tuple[Send, ...] = ()
     triggers: tuple[Work, ...] = ()  # background works started when the action ends
+    starts: tuple[tuple[float, Work], ...] = ()  # (delay, work): background works started that long after the
+    #                                              action starts (gradient buckets filled by a backward)
     timed: tuple[float, tuple[float, float, float]] | None = None  # fast mode: seconds, busy F/I/W seconds
 
 
@@ -423,6 +425,18 @@ class _RankRun:
         _WorkRun(self.eng.env, self.gpu, self.eng.compiled(work), label, self.eng.trace,
                  self._background_done).start()
 
+    def _background_after(self, delay: float, work: Work) -> None:
+        if delay <= 0:
+            self._background(work, "grad_reduce")
+            return
+        self.outstanding += 1  # counted now: the tail waits for it even if the rank's actions end first
+
+        def begin(_e: object) -> None:
+            self.outstanding -= 1
+            self._background(work, "grad_reduce")
+
+        self.eng.env.timeout(delay).callbacks.append(begin)
+
     def _background_done(self) -> None:
         self.outstanding -= 1
         if self.actions_done and self.outstanding == 0:
@@ -441,6 +455,8 @@ class _RankRun:
                 return
         self.waiting_for = None
         start = eng.env.now
+        for delay, work in action.starts:
+            self._background_after(delay, work)
         if eng.fast:
             if action.timed is None:
                 raise SimulationError(f"fast mode needs every action timed ({action.label} is not)")

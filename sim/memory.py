@@ -3,10 +3,17 @@
 The one memory model: ``sim model`` and ``sim run`` both call :func:`memory_per_rank`.
 
 Model states per rank follow ZeRO (Rajbhandari et al. 2020): stage 1 shards the master weights and optimizer
-moments across data-parallel ranks, stage 2 also the gradients, stage 3 also the working weights. Routed
-experts are sharded over expert parallelism and replicated over the remaining ``dp * tp / ep`` ranks, which
-is the data-parallel degree their states are sharded across. A rank holds every stage the schedule places on
-it (:mod:`sim.pipeline`): two under DualPipe (two parameter copies), ``vpp`` under interleaved 1F1B.
+moments across the ranks that hold the same parameters (data- x context-parallel, or the ``fsdp_shard_group``
+under hybrid sharding), stage 2 also the gradients, stage 3 also the working weights. ZeRO-3 still holds the
+gathered parameters of the units it is computing (``fsdp_prefetch`` + 1 of the largest), and all of them when
+it does not reshard after forward (they stay gathered until the backward), and under a pipeline it keeps the
+gradients unsharded until the stage's last backward (:mod:`sim.program.sharding`). Routed experts are sharded
+over expert parallelism and replicated over the remaining ``dp * tp * cp / ep`` ranks, which is the
+data-parallel degree their states are sharded across. EPLB's redundant experts
+(:func:`sim.experts.placement.redundant_experts`) are more expert slots per GPU: each holds its weights and
+gradients, and replicated optimizer states, while states sharded by ZeRO spread over all replicas (the total
+stays that of the logical experts). A rank holds every stage the schedule places on it (:mod:`sim.pipeline`):
+two under DualPipe (two parameter copies), ``vpp`` under interleaved 1F1B.
 
 Activations: a micro-batch's activations on a stage (:mod:`sim.model.activations`) are held from the start of
 its forward until the end of the backward that frees them: the full backward, or the deferred weight
@@ -21,10 +28,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sim.config import ParallelSpec, Scenario
+from sim.experts.placement import redundant_experts
 from sim.model.activations import stage_activation_bytes
 from sim.model.counts import stage_expert_params, stage_params
 from sim.model.stages import StagePartition
 from sim.pipeline import all_stages_of
+from sim.program.sharding import ShardingPlan, unit_param_counts
 from sim.schedules.actions import Phase, Schedule
 from sim.units import dtype_bytes
 
@@ -72,25 +81,36 @@ def _peaks(schedule: Schedule, stage_bytes: Sequence[float]) -> list[float]:
     return peaks
 
 
-def model_state_bytes(params: float, expert_params: float, scenario: Scenario) -> tuple[float, float, float]:
+def model_state_bytes(params: float, expert_params: float, scenario: Scenario, largest_unit: float = 0.0
+                      ) -> tuple[float, float, float]:
     """(weights, gradients, optimizer states) bytes per GPU for ``params`` of which ``expert_params`` are
-    routed experts, under the scenario's TP, EP, DP and ZeRO stage."""
+    routed experts, under the scenario's TP, EP, DP x CP and ZeRO stage; ``largest_unit``: the parameters per
+    GPU of the largest unit ZeRO-3 gathers at once."""
     p: ParallelSpec = scenario.parallel
     prec = scenario.precision
+    plan = ShardingPlan.of(scenario)
     dense = (params - expert_params) / p.tp
     experts = expert_params / p.ep
-    dp_dense = scenario.dp
-    dp_expert = max(1, scenario.dp * p.tp // p.ep)
+    e = scenario.model.n_routed_experts
+    slots = (e + redundant_experts(scenario)) / e if e else 1.0
+    dp_dense = scenario.fsdp_shard_size
+    dp_expert = max(1, scenario.grad_replicas * p.tp // p.ep)
     w, g = dtype_bytes(prec.weights), dtype_bytes(prec.grads)
     opt = dtype_bytes(prec.master_weights) + 2 * dtype_bytes(prec.optimizer_states)
 
-    def shard(x: float, dp: int, on: bool) -> float:
-        return x / dp if on else x
+    def held(sharded: bool) -> float:
+        """Parameters per GPU of a state, sharded or replicated (redundant experts are more replicas)."""
+        return dense / dp_dense + experts / dp_expert if sharded else dense + experts * slots
 
     z = p.zero_stage
-    weights = shard(dense, dp_dense, z >= 3) * w + shard(experts, dp_expert, z >= 3) * w
-    grads = shard(dense, dp_dense, z >= 2) * g + shard(experts, dp_expert, z >= 2) * g
-    optim = shard(dense, dp_dense, z >= 1) * opt + shard(experts, dp_expert, z >= 1) * opt
+    if z == 3 and (plan.params_stay_gathered or not plan.gather_forward):
+        weights = held(False) * w
+    elif z == 3:
+        weights = (held(True) + min(largest_unit * (plan.prefetch + 1), held(False))) * w
+    else:
+        weights = held(False) * w
+    grads = held(z >= 2 and (z == 2 or plan.reduce_every_microbatch)) * g
+    optim = held(z >= 1) * opt
     return weights, grads, optim
 
 
@@ -102,6 +122,8 @@ def memory_per_rank(scenario: Scenario, partition: StagePartition, schedule: Sch
     acts = peak_activation_bytes(schedule, stage_activation_bytes(partition, scenario))
     out = []
     for r, stages in enumerate(all_stages_of(p.schedule, p.pp, p.vpp)):
-        w, g, o = model_state_bytes(sum(sp[s] for s in stages), sum(se[s] for s in stages), scenario)
+        largest = max((sum(unit_param_counts(u, p.tp, p.ep)) for s in stages for u in partition.stages[s]),
+                      default=0.0)
+        w, g, o = model_state_bytes(sum(sp[s] for s in stages), sum(se[s] for s in stages), scenario, largest)
         out.append(MemoryBreakdown(r, w, g, o, acts[r]))
     return out

@@ -10,8 +10,8 @@ from typing import Any
 from sim.config import ModelSpec, Scenario
 from sim.memory import memory_per_rank
 from sim.model import counts
-from sim.model.activations import DROPPED_BY_POLICY, kv_cache_bytes_per_token, unit_activation_bytes_per_token
-from sim.model.stages import model_units, partition
+from sim.model.activations import POLICIES, kv_cache_bytes_per_token, unit_activation_bytes_per_token
+from sim.model.stages import model_units, scenario_partition
 from sim.schedules.generators import build_schedule
 
 
@@ -42,8 +42,11 @@ def _activations(scenario: Scenario) -> dict[str, dict[str, float]]:
     for u in model_units(scenario.model):
         if u.kind == "layer":
             kinds.setdefault("moe" if u.moe else "dense", u)
-    return {policy: {kind: unit_activation_bytes_per_token(u, policy, scenario.precision)  # type: ignore[arg-type]
-                     for kind, u in kinds.items()} for policy in (*DROPPED_BY_POLICY, "full")}
+    p = scenario.parallel
+    sp = p.sequence_parallel and p.tp > 1
+    return {policy: {kind: unit_activation_bytes_per_token(u, policy, scenario.precision, scenario.model,  # type: ignore[arg-type]
+                                                           p.tp, sp, scenario.software, scenario.training.seq_len)
+                     for kind, u in kinds.items()} for policy in POLICIES}
 
 
 def model_report(m: ModelSpec, scenario: Scenario | None, seq_len: int) -> dict[str, Any]:
@@ -70,9 +73,10 @@ def model_report(m: ModelSpec, scenario: Scenario | None, seq_len: int) -> dict[
         out["memory_note"] = "a bare architecture file has no parallel layout; run on a job file for memory"
         return out
     p = scenario.parallel
-    layout = partition(m, scenario.num_stages, p.stage_layers, p.stage_split, seq_len)
+    layout = scenario_partition(scenario)
     out["activation_bytes_per_token_per_layer"] = _activations(scenario)
-    ranks = memory_per_rank(scenario, layout, build_schedule(p.schedule, p.pp, scenario.num_microbatches, p.vpp))
+    ranks = memory_per_rank(scenario, layout, build_schedule(p.schedule, p.pp, scenario.num_microbatches, p.vpp,
+                                                             p.ep_overlap))
     worst = max(ranks, key=lambda r: r.total)
     out.update({
         "scenario": scenario.name,

@@ -108,16 +108,14 @@ def clear_caches() -> None:
 def num_actions(scenario: Scenario) -> int:
     """Schedule actions one step of ``scenario`` runs (for progress reporting)."""
     p = scenario.parallel
-    return build_schedule(p.schedule, p.pp, scenario.num_microbatches, p.vpp).num_actions
+    return build_schedule(p.schedule, p.pp, scenario.num_microbatches, p.vpp, p.ep_overlap).num_actions
 
 
 def with_policy(scenario: Scenario, policy: str) -> Scenario:
-    """The scenario with another balancing policy. ``eplb`` without redundant experts gets one spare slot per
-    GPU of the EP group, as ``sim experts --policy eplb`` does."""
-    changes: dict[str, object] = {"experts.policy": policy}
-    if policy == "eplb" and not scenario.experts.num_redundant_experts:
-        changes["experts.num_redundant_experts"] = scenario.parallel.ep
-    return evolve(scenario, changes)
+    """The scenario with another balancing policy; ``eplb`` gets the scenario's redundant experts, by default
+    one spare slot per GPU of the EP group (``sim.experts.placement.redundant_experts``), as ``sim run`` and
+    ``sim experts`` do."""
+    return evolve(scenario, {"experts.policy": policy})
 
 
 def step_time_by_policy(scenario: Scenario, policies: Sequence[str]) -> dict[str, float]:

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from sim import analytic
-from sim.analytic_eval import evaluate, gpipe_closed_form
+from sim.analytic_eval import evaluate
 from sim.cli import main
 from sim.loading import load_scenario
 from sim.schedules.generators import build_schedule
@@ -69,16 +69,7 @@ def _max_rel_err(got, want) -> float:
                for a, b in zip(ra, rb, strict=True))
 
 
-@pytest.mark.parametrize("workload", [None, "llama3_70b_h100", "tiny_moe_job"])
-def test_gpipe_closed_form_is_exact(workload):
-    table = _table(["parallel.schedule=gpipe"], workload)
-    for n in (2, 3, 17, 120, 480):
-        rows = gpipe_closed_form(table, n)
-        assert rows is not None
-        assert _max_rel_err(rows, _rows(table, n)) < 1e-12
-
-
-@pytest.mark.parametrize("schedule", sorted(set(SCHEDULES) - {"gpipe"}))
+@pytest.mark.parametrize("schedule", sorted(SCHEDULES))
 def test_linear_extension_matches_the_full_evaluation(schedule):
     """Measured: exact to rounding except where transfers queue in a repeating pattern (1F1B and DualPipe on
     the default scenario: 5e-5 and 2.4e-5 of the quantity at 120 micro-batches, 1.1e-4 at 960)."""

@@ -13,7 +13,7 @@ import pytest
 from sim.errors import SimInputError
 from sim.validation import load_cases, read_case_file, run_cases, select, summarize
 from sim.validation.metrics import MegatronShape, megatron_model_flops, narayanan_eq3_flops, predict
-from sim.validation.runner import planned_keys_used
+from sim.validation.runner import PLANNED_KEYS, planned_keys_used
 
 REPO = Path(__file__).resolve().parent.parent
 PUBLISHED = REPO / "workloads" / "published"
@@ -238,25 +238,27 @@ variants:
   - name: impossible
     set: [parallel.tp=3]
     measured: {value: 1.0}
-  - name: planned
+  - name: context-parallel
     set: [parallel.cp=2]
     measured: {value: 1.0}
 """
     results = run_cases(read_case_file(write(tmp_path, text)), "fast")
-    ok, impossible, planned = results
+    ok, impossible, cp = results
     assert ok.status == "ok" and ok.predicted is not None and ok.error is not None
     assert math.isfinite(ok.error) and ok.error == pytest.approx(ok.predicted / 1.0 - 1)
     assert impossible.status == "not_expressible" and impossible.predicted is None
     assert "parallel" in (impossible.reason or "") and "tp" in (impossible.reason or "")
-    assert planned.status == "not_expressible" or planned.predicted is not None  # until parallel.cp exists
-    assert "parallel.cp" in planned.planned_keys
+    assert cp.status == "ok" and cp.predicted is not None  # parallel.cp was a planned key; it is real now
+    assert cp.layout["cp"] == 2 and cp.layout["dp"] == ok.layout["dp"] // 2
     s = summarize(results)
     assert s["overall"]["count"] == 3 and s["overall"]["expressible"] == sum(r.status == "ok" for r in results)
     assert s["families"]["tiny_family"]["worst"]["name"] in {r.name for r in results if r.status == "ok"}
 
 
-def test_planned_keys_are_listed():
+def test_no_key_of_the_published_cases_is_still_planned():
+    """The keys the cases were written with (CP, FSDP, TP and EP overlap) are real: none is planned any more, and
+    every published case loads."""
+    assert PLANNED_KEYS == ()
     cases = {c.name: c for c in load_cases(PUBLISHED)}
     used = planned_keys_used(cases["torchtitan_llama31_8b_long/fsdp4-cp2-64k"])
-    for k in ("parallel.cp", "parallel.cp_mode", "parallel.fsdp_shard_group", "parallel.zero_stage=3"):
-        assert k in used
+    assert "parallel.cp" not in used and "parallel.fsdp_shard_group" not in used

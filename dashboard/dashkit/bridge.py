@@ -29,7 +29,8 @@ from dashkit import frames
 from dashkit.results import Balancing, Edits, StepView, UserError, split_field
 from sim import loading
 from sim.calibrate import table as caltable
-from sim.config import ExpertLoadSpec, GpuSpec, ParallelSpec, PrecisionSpec, Scenario, evolve
+from sim.config import ExpertLoadSpec, GpuSpec, PrecisionSpec, Scenario, evolve
+from sim.config.parallel import RECOMPUTE_POLICIES
 from sim.costs.calibration import memory_model_seconds
 from sim.costs.kernels import CostModel
 from sim.errors import SimInputError, format_validation_error
@@ -41,7 +42,7 @@ __all__ = ["POLICIES", "SCHEDULE_NAMES", "Balancing", "Edits", "StepView", "User
 
 TIER_SPEED = ("analytic", "fast", "detailed")  # fastest first
 TRACE_TIER = "fast"  # the fastest tier that records a timeline of actions
-RECOMPUTE: tuple[str, ...] = get_args(ParallelSpec.model_fields["recompute"].annotation)
+RECOMPUTE: tuple[str, ...] = RECOMPUTE_POLICIES  # the named policies (a per-op list is for job files)
 SKEWS = tuple(k for k in get_args(ExpertLoadSpec.model_fields["skew"].annotation) if k != "histogram")
 
 

@@ -2,9 +2,10 @@
 
 When the workload's skew is ``balanced`` (the default DeepSeek-V3 job: DeepSeek's profile forced balanced
 routing) and ``--skew`` is not given, the dynamics start from Zipf skew with exponent 1.0 (``--zipf-exponent``
-changes it): balancing balanced loads shows nothing. Policy ``eplb`` with no redundant experts in the workload
-gets one spare slot per GPU (``ep`` of them), DeepSeek's prefill deployment ratio (EP32 with 32 redundant
-experts); ``--redundant`` overrides.
+changes it): balancing balanced loads shows nothing. Policy ``eplb`` without ``experts.num_redundant_experts``
+in the workload gets one spare slot per GPU (``ep`` of them), DeepSeek's prefill deployment ratio (EP32 with 32
+redundant experts), as ``sim run`` does (``sim.experts.placement.redundant_experts``); ``--redundant``
+overrides.
 
 The balancing history (steps x layers and the heatmap layer's loads) and the four fast step simulations are
 priced against ``--max-memory`` first; the per-step bias is not recorded (the report does not use it); progress
@@ -27,6 +28,7 @@ from sim.config.limits import BALANCING_STEPS_MAX
 from sim.errors import SimInputError, format_validation_error
 from sim.experts import POLICIES, simulate_balancing
 from sim.experts.balancing import BalancingHistory
+from sim.experts.placement import redundant_experts
 from sim.guards import check_numbers
 from sim.loading import load_scenario
 from sim.outputs import IMAGE_FORMATS, check_output
@@ -50,8 +52,6 @@ def _overrides(scenario: Scenario, skew: str | None, zipf_exponent: float | None
         out.append(f"experts.seed={seed}")
     if redundant is not None:
         out.append(f"experts.num_redundant_experts={redundant}")
-    elif (policy or spec.policy) == "eplb" and spec.num_redundant_experts == 0:
-        out.append(f"experts.num_redundant_experts={scenario.parallel.ep}")
     return out
 
 
@@ -61,7 +61,7 @@ def _report(s: Scenario, h: BalancingHistory) -> dict[str, Any]:
     return {
         "workload": s.name, "skew": s.experts.skew, "zipf_exponent": s.experts.zipf_exponent,
         "policy": h.policy, "seed": s.experts.seed, "steps": h.steps, "layers": list(h.layers),
-        "num_redundant_experts": s.experts.num_redundant_experts if h.policy == "eplb" else 0,
+        "num_redundant_experts": redundant_experts(s),
         "initial_imbalance": float(by_step[0]), "final_imbalance": float(by_step[-1]),
         "imbalance_by_step": [float(x) for x in by_step],
         "imbalance_max_by_step": [float(x) for x in h.imbalance_max_by_step],

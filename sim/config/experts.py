@@ -29,7 +29,10 @@ class ExpertLoadSpec(Frozen):
     balancing_steps: int = Field(default=300, ge=0, le=L.BALANCING_STEPS_MAX, description="steps of balancing "
                                  "before the measured step")
     aux_loss_alpha: float = Field(default=0.0001, ge=0, le=10, description="sequence-wise balance loss weight")
-    num_redundant_experts: int = Field(default=0, ge=0, le=L.EXPERTS_MAX, description="extra expert slots for eplb")
+    num_redundant_experts: int | None = Field(default=None, ge=0, le=L.EXPERTS_MAX, description="extra expert "
+                                              "slots under policy eplb; default one per GPU of the EP group "
+                                              "(DeepSeek's prefill deployment: EP32 with 32 redundant experts); "
+                                              "none under other policies")
     seed: int = Field(default=0, ge=0, le=2**63 - 1, description="numpy seeds are non-negative")
     aux_skew_reduction: float = Field(default=0.5, ge=0, le=1, description="policy aux: fraction by which "
                                       "the auxiliary loss shrinks log-popularity towards uniform (assumption)")

@@ -1,14 +1,19 @@
 """Seconds of one model op (``sim.model.ops.Op``) in one pass, on one GPU of the layout.
 
-Translates an op and the tokens of a micro-batch into cost-model calls (``sim.costs``): GEMM shapes after
-tensor parallelism (column-parallel projections split ``n``, row-parallel ones split ``k``, Megatron-LM),
-expert GEMMs over the rows each local expert receives, attention heads per TP rank (FlashAttention or the
-unfused path, by ``software.attention``), and memory-bound kernels by the bytes each moves. Recompute
-(``ParallelSpec.recompute``) re-runs an op's forward inside the backward-for-input pass.
+Translates an op and the tokens of a micro-batch on one GPU into cost-model calls (``sim.costs``), split as
+:mod:`sim.model.parallelism` says (Megatron-LM): column-parallel projections split ``n``, row-parallel ones
+``k``; replicated GEMMs (MLA down projections, router) run whole, on 1/TP of the tokens under sequence
+parallelism; routed experts run over the rows each local expert receives (each TP rank dispatches its own
+share of the tokens); attention heads are split by TP (FlashAttention or the unfused path, by
+``software.attention``), and its queries are the GPU's 1/CP of each sequence against all of the sequence's keys
+(zig-zag balanced causal work, Megatron-LM context parallelism); memory-bound kernels move their width x tokens,
+the width split by TP inside the TP region and the tokens by TP outside it under sequence parallelism
+(Korthikanti et al. 2022). Recompute (``ParallelSpec.recompute``) re-runs an op's forward inside the
+backward-for-input pass.
 
 Memory-bound kernels follow the software stack (``software.fused_kernels``, ``software.compile``, dropout
 probabilities): :func:`elementwise_kernels` lists, per op and pass, the kernels that run and the HBM bytes each
-moves per element of the op's width (BF16 values, 1-byte dropout masks), after mechanisms.md 2.3: Megatron-LM
+moves per element of the op's width (BF16 values, 1-byte dropout masks), as Megatron-LM does: it
 fuses bias + GeLU (4 B per element instead of 8) and bias + dropout + residual add (7 B instead of 15); eager
 RMSNorm is three kernels (about 10 B) where a fused norm is one (4 B); SwiGLU reads gate and up and writes
 their product (3 B per input element fused, 5 eager). Each kernel also pays its launch
@@ -22,25 +27,17 @@ from typing import Literal
 from sim.config import ModelSpec, Scenario, SoftwareSpec
 from sim.costs.kernels import CostModel
 from sim.model.ops import Op
+from sim.model.parallelism import (
+    ACTIVATIONS,
+    REPLICATED,
+    ROUTED_EXPERTS,
+    ROW_PARALLEL,
+    inside_tp,
+    recompute_spec,
+    recomputed,
+)
 
 Part = Literal["fwd", "input", "weight"]
-
-ROW_PARALLEL = frozenset({"o_proj", "ffn_down", "shared_down", "experts_down"})
-REPLICATED = frozenset({"q_a_proj", "kv_a_proj", "router", "mtp_eh_proj"})
-UP_PROJECTIONS = frozenset({"q_b_proj", "kv_b_proj", "qkv_proj", "q_proj", "rope"})
-ACTIVATIONS = frozenset({"ffn_act", "experts_act", "shared_act"})
-
-
-def recomputed(policy: str, op: Op) -> bool:
-    """Whether ``policy`` re-runs ``op``'s forward during the backward pass; consistent with the tensors
-    ``sim.model.memory`` drops for it."""
-    if policy == "full":
-        return True
-    if policy == "selective":
-        return op.name in ACTIVATIONS
-    if policy == "norm_and_up_proj":
-        return op.kind == "norm" or op.name in UP_PROJECTIONS or op.name in ACTIVATIONS
-    return False
 
 
 def elementwise_kernels(op: Op, pass_: str, sw: SoftwareSpec, model: ModelSpec) -> tuple[tuple[str, float], ...]:
@@ -81,15 +78,19 @@ class OpCoster:
         self.tp = scenario.parallel.tp
         self.sp = scenario.parallel.sequence_parallel and self.tp > 1
         self.seq_len = scenario.training.seq_len
-        self.policy = scenario.parallel.recompute
+        self.recompute = recompute_spec(scenario.model, scenario.parallel.recompute)
+
+    def is_recomputed(self, op: Op) -> bool:
+        return recomputed(self.recompute, op)
 
     def seconds(self, op: Op, part: Part, tokens: float, rows_per_expert: tuple[float, ...] = ()) -> float:
-        """``fwd``: the forward; ``input``: input gradient plus recompute; ``weight``: weight gradient."""
+        """``fwd``: the forward; ``input``: input gradient plus recompute; ``weight``: weight gradient.
+        ``tokens``: the micro-batch's tokens on this GPU (its 1/CP of each sequence, before TP)."""
         if part == "fwd":
             return self._pass(op, "fwd", tokens, rows_per_expert)
         if part == "input":
             t = self._pass(op, "dgrad", tokens, rows_per_expert)
-            if recomputed(self.policy, op):
+            if self.is_recomputed(op):
                 t += self._pass(op, "fwd", tokens, rows_per_expert)
             return t
         return self._pass(op, "wgrad", tokens, rows_per_expert)
@@ -105,7 +106,8 @@ class OpCoster:
                 return c.unfused_attention_seconds(pass_, tokens, self.seq_len, op.heads // self.tp, op.qk_dim,
                                                    op.v_dim, sw.attention_dropout > 0, sw.fused_kernels or sw.compile)
             return c.attention_seconds(pass_, tokens, self.seq_len, op.heads // self.tp, op.qk_dim, op.v_dim)
-        width_tokens = tokens * op.width / (self.tp if self.sp else 1)
+        split = self.tp if (inside_tp(op) or self.sp) else 1
+        width_tokens = tokens * op.width / split
         if op.kind == "embedding":
             # Forward: gather rows (read + write BF16). Weight gradient: scatter-add into FP32 gradients.
             return {"fwd": c.memory_seconds(4.0 * width_tokens, "embedding"), "dgrad": 0.0,
@@ -117,13 +119,17 @@ class OpCoster:
 
     def _gemm(self, op: Op, pass_: Literal["fwd", "dgrad", "wgrad"], tokens: float,
               rows_per_expert: tuple[float, ...]) -> float:
-        n, k = op.n, op.k
-        if op.name not in REPLICATED and op.kind == "gemm":
+        n, k, rows = op.n, op.k, tokens * op.rows_per_token
+        if op.name in ROUTED_EXPERTS:
+            rows /= self.tp  # expert TP 1: each TP rank's share of the tokens
+        elif op.name in REPLICATED:
+            rows /= self.tp if self.sp else 1
+        elif op.kind == "gemm":
             if op.name in ROW_PARALLEL:
                 k //= self.tp
             else:
                 n //= self.tp
         if op.kind == "grouped_gemm":
-            groups = rows_per_expert or (tokens * op.rows_per_token,)
+            groups = rows_per_expert or (rows,)
             return self.costs.gemm_pass_seconds(pass_, sum(groups), n, k, op.precision_class, groups)
-        return self.costs.gemm_pass_seconds(pass_, tokens * op.rows_per_token, n, k, op.precision_class)
+        return self.costs.gemm_pass_seconds(pass_, rows, n, k, op.precision_class)

@@ -118,6 +118,8 @@ def _candidate(data: dict[str, Any], base: ParallelSpec, change: dict[str, Any])
     par.update(change, dp=None, num_microbatches=None)
     if change["pp"] != base.pp or change["schedule"] != base.schedule:
         par["stage_layers"] = None
+    if change["tp"] != base.tp:  # a searched TP runs with sequence parallelism (an MoE with TP needs it)
+        par["sequence_parallel"] = change["tp"] > 1
     s, _ = validate_phase({**data, "parallel": par})
     return s
 

@@ -31,7 +31,7 @@ from numpy.typing import NDArray
 from sim.config import Scenario
 from sim.errors import SimInputError
 from sim.experts.fluid import equal_shares, expected_selection
-from sim.experts.placement import ExpertPlacement, contiguous, placement
+from sim.experts.placement import ExpertPlacement, contiguous, placement, redundant_experts
 from sim.experts.popularity import PopularityWalk
 
 FloatArray = NDArray[np.float64]
@@ -99,8 +99,9 @@ class _Dynamics:
         ep, gpn = scenario.parallel.ep, scenario.cluster.node.gpus_per_node
         self.base = contiguous(m, ep, gpn)
         self.placement = self.base
-        if spec.policy == "eplb" and spec.num_redundant_experts:
-            self.placement = placement(m, ep, gpn, spec.num_redundant_experts)
+        self.redundant = redundant_experts(scenario)
+        if self.redundant:
+            self.placement = placement(m, ep, gpn, self.redundant)
         self._window = np.zeros_like(self.bias)
         self._window_steps = 0
 
@@ -123,7 +124,7 @@ class _Dynamics:
             if (step + 1) % spec.eplb_interval_steps == 0:
                 m, p = self.scenario.model, self.scenario.parallel
                 self.placement = placement(m, p.ep, self.scenario.cluster.node.gpus_per_node,
-                                           spec.num_redundant_experts, self._window / self._window_steps)
+                                           self.redundant, self._window / self._window_steps)
                 self._window[:] = 0
                 self._window_steps = 0
         self.walk.advance()

@@ -1,8 +1,10 @@
 """Per-micro-batch loads of every EP rank: routed rows, rows per local expert, IB and NVLink bytes.
 
-What the engine consumes (``microbatch_loads``). Setting: each of the ``ep`` ranks of an EP group is also a
-data-parallel rank holding its own micro-batch of ``T = scenario.tokens_per_microbatch`` tokens; one all-to-all
-moves the ``ep * T`` tokens of the group (DeepSeek-V3: 64 x 4,096 = 262,144). Each token is counted top-k times
+What the engine consumes (``microbatch_loads``). Setting: each of the ``ep`` ranks of an EP group is a GPU that
+routes its own ``T = scenario.expert_tokens_per_gpu`` tokens per micro-batch (the micro-batch's tokens, split by
+context parallelism and, for the dispatch, by tensor parallelism: Megatron-Core's sequence-parallel MoE with
+expert tensor parallelism 1); one all-to-all moves the ``ep * T`` tokens of the group (DeepSeek-V3: 64 x 4,096
+= 262,144). Each token is counted top-k times
 among the routed experts, plus once per shared expert on its own rank (no communication).
 
 Rows. Expected loads per expert (routed experts per token, sum k) come from the balancing state after
@@ -42,7 +44,7 @@ from sim.config import Scenario
 from sim.errors import SimInputError
 from sim.experts.balancing import moe_layers, simulate_balancing
 from sim.experts.fanout import FanOut, fanout
-from sim.experts.placement import ExpertPlacement, check_layout
+from sim.experts.placement import ExpertPlacement, check_layout, redundant_experts
 from sim.experts.popularity import layer_rng
 
 IntArray = NDArray[np.int64]
@@ -153,7 +155,7 @@ def expert_rows(shares: FloatArray, rows: int, num_microbatches: int, scenario: 
 def link_bytes(rank_rows: IntArray, scenario: Scenario, reach: FanOut, token_b: float) -> dict[str, FloatArray]:
     """Dispatch bytes per rank and link from routed rows per rank [..., ep] (see the module docstring)."""
     p, node = scenario.parallel, scenario.cluster.node
-    ep, t, k = p.ep, scenario.tokens_per_microbatch, scenario.model.n_activated_experts
+    ep, t, k = p.ep, scenario.expert_tokens_per_gpu, scenario.model.n_activated_experts
     gpn = min(node.gpus_per_node, ep)
     num_nodes = ep // gpn
     per_token = rank_rows / (ep * t)
@@ -212,7 +214,7 @@ def _cache_key(scenario: Scenario, layers: tuple[int, ...], num_microbatches: in
         return None  # the file may change between calls
     prec = scenario.precision
     parts = (scenario.model.model_dump_json(), scenario.experts.model_dump_json(), scenario.parallel.ep,
-             scenario.cluster.node.gpus_per_node, scenario.tokens_per_microbatch, prec.dispatch, prec.combine,
+             scenario.cluster.node.gpus_per_node, scenario.expert_tokens_per_gpu, prec.dispatch, prec.combine,
              prec.activation_tile, layers, num_microbatches, step)
     return repr(parts)
 
@@ -226,9 +228,9 @@ def _compute(scenario: Scenario, layers: tuple[int, ...], num_microbatches: int,
     if num_microbatches < 1:
         raise SimInputError(f"must be >= 1 (got {num_microbatches})", field="num_microbatches")
     gpn = scenario.cluster.node.gpus_per_node
-    check_layout(m, p.ep, gpn, scenario.experts.num_redundant_experts)
+    check_layout(m, p.ep, gpn, redundant_experts(scenario))
     history = simulate_balancing(scenario, scenario.experts.balancing_steps + step, layers, record_bias=False)
-    t, k = scenario.tokens_per_microbatch, m.n_activated_experts
+    t, k = scenario.expert_tokens_per_gpu, m.n_activated_experts
     # Balanced routing gives every micro-batch the same rows: compute one, then repeat it as read-only views
     # (memory flat in the number of micro-batches; every value as if each micro-batch were computed).
     spec = scenario.experts

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from sim.config import ModelSpec
+from sim.config import ModelSpec, Scenario
 from sim.errors import SimInputError
 from sim.experts.eplb import rebalance_experts
 
@@ -102,6 +102,12 @@ class ExpertPlacement:
     def _broadcast(self, per_layer: NDArray[np.int64], ndim: int) -> NDArray[np.int64]:
         """[layers, n] -> [layers, 1, ..., 1, n] for arrays with ``ndim`` axes."""
         return per_layer.reshape(per_layer.shape[0], *([1] * (ndim - 2)), per_layer.shape[1])
+
+
+def redundant_experts(scenario: Scenario) -> int:
+    """Redundant expert slots of the EP group (:attr:`Scenario.redundant_experts`), the one default ``sim run``,
+    ``sim experts`` and the memory model share."""
+    return scenario.redundant_experts
 
 
 def check_layout(model: ModelSpec, ep: int, gpus_per_node: int, redundant: int = 0) -> None:

@@ -1,26 +1,31 @@
-"""Activation bytes a unit keeps from its forward to its backward, by recompute policy (pure arithmetic).
+"""Activation bytes a unit keeps from its forward to its backward, by recompute policy and layout (pure arithmetic).
 
-Activations are the tensors each op saves for its backward (``sim.model.ops.Saved``), minus what the
-recompute policy recomputes: ``selective`` re-runs the activation functions (the down projections' inputs
-are not kept) and the attention core, which FlashAttention recomputes anyway (Korthikanti et al. 2022's
-selective recompute saves nothing more once the S x S scores are never stored); ``norm_and_up_proj`` is
-DeepSeek-V3's recipe: norms, MLA up-projections (3.2.3) and the SwiGLU output (3.3.3) are recomputed;
-``full`` keeps only each layer's input. Under an FP8 forward the inputs of FP8 GEMMs are cached in FP8 with
-one FP32 scale per activation tile, and the input of the attention output projection in E5M6 (tech report
-3.3.3). The KV cache (inference) is here too: it is per-token model arithmetic of the same kind.
+Activations are the tensors each op saves for its backward (``sim.model.ops.Saved``), minus those the recompute
+policy re-creates in the backward (:mod:`sim.model.parallelism`: a tensor is dropped when its producer is
+re-run). ``full`` keeps only each layer's input (a checkpoint). With FlashAttention the ``S x S`` scores are
+never stored, so Korthikanti et al.'s ``selective`` policy saves only the attention output here; an unfused
+attention (``software.attention``) keeps its softmax output, dropout mask and dropped-out scores, which the
+``selective`` policy drops with the core.
+
+Per GPU (Korthikanti et al. 2022, section 4.2): a tensor read inside the tensor-parallel region is split by TP;
+the norm inputs, the inputs of column-parallel and replicated GEMMs and the full-recompute checkpoint are
+replicated on every TP rank unless sequence parallelism splits them too (``sbh(10 + 24/t + 5as/ht)`` without SP,
+``sbh(34/t + 5as/ht)`` with it, for a GPT layer); context parallelism splits every activation by CP (each GPU
+holds 1/CP of the sequence). Under an FP8 forward the inputs of FP8 GEMMs are cached in FP8 with one FP32 scale
+per activation tile, and the input of the attention output projection in E5M6 (DeepSeek-V3 tech report 3.3.3).
+The KV cache (inference) is here too: it is per-token model arithmetic of the same kind.
 """
 
 from __future__ import annotations
 
-from sim.config import ModelSpec, PrecisionSpec, Scenario
+from sim.config import ModelSpec, PrecisionSpec, Scenario, SoftwareSpec
+from sim.model.ops import Op
+from sim.model.parallelism import dropped, recompute_spec, recomputed, saved_tp_split
 from sim.model.stages import StagePartition, Unit
 from sim.units import dtype_bytes
 
-DROPPED_BY_POLICY: dict[str, frozenset[str]] = {
-    "none": frozenset(),
-    "selective": frozenset({"act_out"}),
-    "norm_and_up_proj": frozenset({"norm_out", "up_proj_out", "act_out"}),
-}
+#: The named policies ``sim model`` reports.
+POLICIES = ("none", "selective", "activations", "norm_and_up_proj", "full")
 
 
 def kv_cache_bytes_per_token(m: ModelSpec, dtype: str = "bf16") -> float:
@@ -35,38 +40,60 @@ def _saved_dtype_bytes(dtype: str, precision: PrecisionSpec, hidden_dropout: boo
         return 1.0 if hidden_dropout else 0.0
     if dtype == "gemm_in":
         if precision.fprop == "fp8":
-            return 1.0 + 4.0 / precision.activation_tile
-        return 2.0
+            return dtype_bytes("fp8") + dtype_bytes("fp32") / precision.activation_tile
+        return dtype_bytes("bf16")
     if dtype == "o_proj_in":
-        return dtype_bytes("e5m6") if precision.fprop == "fp8" else 2.0
+        return dtype_bytes("e5m6") if precision.fprop == "fp8" else dtype_bytes("bf16")
     return dtype_bytes(dtype)
 
 
-def unit_activation_bytes_per_token(unit: Unit, policy: str, precision: PrecisionSpec,
-                                    hidden_dropout: bool = False) -> float:
-    """Bytes one unit keeps per token of a micro-batch until its backward."""
+def unit_activation_bytes_per_token(unit: Unit, policy: str | tuple[str, ...], precision: PrecisionSpec,
+                                    model: ModelSpec, tp: int = 1, sp: bool = False,
+                                    software: SoftwareSpec | None = None, seq_len: int = 0) -> float:
+    """Bytes one unit keeps per token of a micro-batch until its backward, on one GPU of a TP group of ``tp``
+    (``sp``: sequence parallelism on). ``software`` (default: FlashAttention, no dropout) says whether residual
+    dropout masks are kept and whether an unfused attention keeps its ``seq_len``-wide score rows."""
     if unit.kind == "embed":
         return 0.0
-    if policy == "full":
-        return _layer_input_bytes(unit)
-    dropped = DROPPED_BY_POLICY[policy]
-    return sum(s.elems * _saved_dtype_bytes(s.dtype, precision, hidden_dropout)
-               for op in unit.ops for s in op.saves if s.tag not in dropped)
+    spec = recompute_spec(model, policy)
+    if spec[1]:
+        return _layer_input_bytes(unit) / (tp if sp else 1)
+    hidden_dropout = software is not None and software.hidden_dropout > 0
+    total = 0.0
+    for i, op in enumerate(unit.ops):
+        for s in op.saves:
+            if not dropped(unit.ops, i, s, spec):
+                total += (s.elems * _saved_dtype_bytes(s.dtype, precision, hidden_dropout)
+                          / saved_tp_split(op, tp, sp))
+        if op.kind == "attention" and not recomputed(spec, op):
+            total += _unfused_scores_bytes(op, software, seq_len) / tp
+    return total
+
+
+def _unfused_scores_bytes(op: Op, software: SoftwareSpec | None, seq_len: int) -> float:
+    """Per query token: what an unfused attention keeps of its ``S x S`` scores for the backward, per head and key
+    (Korthikanti et al. 2022, 4.2.1: the softmax output in BF16; with attention dropout its 1-byte mask and the
+    dropped-out probabilities in BF16 too: ``5as`` per token); FlashAttention keeps none."""
+    if software is None or software.attention != "unfused":
+        return 0.0
+    per_key = dtype_bytes("bf16") + ((1.0 + dtype_bytes("bf16")) if software.attention_dropout > 0 else 0.0)
+    return op.heads * seq_len * per_key
 
 
 def _layer_input_bytes(unit: Unit) -> float:
     """Full recompute keeps the BF16 input of each unit (a checkpoint) and nothing else."""
     first_norm = next((op for op in unit.ops if op.kind == "norm"), None)
-    return 2.0 * (first_norm.width if first_norm else 0)
+    return dtype_bytes("bf16") * (first_norm.width if first_norm else 0)
 
 
 def stage_activation_bytes(partition: StagePartition, scenario: Scenario) -> list[float]:
-    """Activation bytes one micro-batch leaves on each stage (per GPU, after TP/SP sharding)."""
+    """Activation bytes one micro-batch leaves on each stage, per GPU (after TP, SP and CP)."""
     p = scenario.parallel
-    tokens = scenario.tokens_per_microbatch
+    tokens = scenario.tokens_per_gpu
+    sp = p.sequence_parallel and p.tp > 1
     out = []
     for units in partition.stages:
-        per_token = sum(unit_activation_bytes_per_token(u, p.recompute, scenario.precision,
-                                                        scenario.software.hidden_dropout > 0) for u in units)
-        out.append(per_token * tokens / p.tp)
+        per_token = sum(unit_activation_bytes_per_token(u, p.recompute, scenario.precision, scenario.model, p.tp, sp,
+                                                        scenario.software, scenario.training.seq_len) for u in units)
+        out.append(per_token * tokens)
     return out

@@ -4,9 +4,13 @@ The model is a sequence of units: the embedding, the transformer layers, the fin
 and the MTP modules. The embedding sits on the first stage; the head and the MTP modules on the last stage,
 which lets MTP share the embedding and head with the main model when the first and last stage share a rank
 (DeepSeek-V3 tech report 3.2.3; DualPipe puts stage 0 and stage P-1 on rank 0). Transformer layers are split
-into contiguous runs, one per stage: given explicitly (``parallel.stage_layers``, MTP layers counted last),
-uniformly by count (``stage_split: uniform``, as Megatron-LM does), or balanced so that the heaviest stage
-does the least training arithmetic (``stage_split: balanced``, the default).
+into contiguous runs, one per stage: given explicitly (``parallel.stage_layers``, MTP layers counted last;
+zeros put the embedding or the output head on a stage of its own), uniformly by count (``stage_split:
+uniform``, as Megatron-LM does), or balanced (``stage_split: balanced``, the default). Balancing works on
+*ranks*: the stages a rank holds together (two under DualPipe and DualPipeV, ``vpp`` under interleaved 1F1B,
+:func:`sim.pipeline.all_stages_of`) share its time. The split makes the least, in order, the heaviest stage's
+training arithmetic (usually the indivisible head and MTP), the heaviest rank's (its stages summed; embedding,
+head and MTP included), then the spread of the ranks' and the stages' loads.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Literal
 
-from sim.config import ModelSpec
+from sim.config import ModelSpec, Scenario
 from sim.model.ops import Op, embedding_ops, head_ops, layer_ops, mtp_ops
+from sim.pipeline import all_stages_of
 
 UnitKind = Literal["embed", "layer", "head", "mtp"]
 
@@ -93,15 +98,83 @@ def _split_min_max(weights: Sequence[float], parts: int, first_extra: float, las
     return counts[::-1]
 
 
+def _rank_balanced(weights: Sequence[float], counts: list[int], first_extra: float, last_extra: float,
+                   groups: Sequence[Sequence[int]]) -> list[int]:
+    """Improve a split while it lowers, in order: the heaviest stage, the heaviest rank (a rank's load: its
+    stages' loads summed), the sum of squared rank loads and the sum of squared stage loads. A move takes one
+    layer from a stage of the heaviest rank (or the heaviest stage) to any other stage, shifting the stages in
+    between by one layer each (their counts unchanged). Inner stages keep at least one layer."""
+    prefix = [0.0]
+    for w in weights:
+        prefix.append(prefix[-1] + w)
+    n = len(counts)
+    scale = max(prefix[-1] + first_extra + last_extra, 1e-30)
+
+    def loads(c: Sequence[int]) -> tuple[list[float], list[float]]:
+        stage, i = [], 0
+        for s, k in enumerate(c):
+            stage.append((prefix[i + k] - prefix[i] + (first_extra if s == 0 else 0.0)
+                          + (last_extra if s == n - 1 else 0.0)) / scale)
+            i += k
+        return stage, [sum(stage[s] for s in g) for g in groups]
+
+    def key(c: Sequence[int]) -> tuple[float, ...]:
+        stage, rank = loads(c)
+        return (max(stage), max(rank), sum(x * x for x in rank), sum(x * x for x in stage))
+
+    def better(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+        for x, y in zip(a, b, strict=True):
+            if x < y - 1e-12:
+                return True
+            if x > y + 1e-12:
+                return False
+        return False
+
+    best = key(counts)
+    for _ in range(64 * n):
+        stage, rank = loads(counts)
+        heavy = max(range(len(rank)), key=rank.__getitem__)
+        sources = sorted({*groups[heavy], max(range(n), key=stage.__getitem__)}, key=lambda s: -stage[s])
+        move = None
+        for src in sources:
+            if counts[src] <= (0 if src in (0, n - 1) else 1):
+                continue
+            for dst in sorted(range(n), key=stage.__getitem__):
+                if dst == src:
+                    continue
+                trial = list(counts)
+                trial[src] -= 1
+                trial[dst] += 1
+                k = key(trial)
+                if better(k, best):
+                    move = (trial, k)
+                    break
+            if move:
+                break
+        if move is None:
+            break
+        counts, best = move
+    return counts
+
+
 def uniform_counts(n_layers: int, parts: int) -> list[int]:
     base, rem = divmod(n_layers, parts)
     return [base + (1 if s < rem else 0) for s in range(parts)]
 
 
+def scenario_partition(s: Scenario) -> StagePartition:
+    """The stages of ``s``: its split, balanced over the stages each rank of its schedule holds."""
+    p = s.parallel
+    return partition(s.model, s.num_stages, p.stage_layers, p.stage_split, s.training.seq_len,
+                     groups=all_stages_of(p.schedule, p.pp, p.vpp))
+
+
 def partition(m: ModelSpec, num_stages: int, stage_layers: tuple[int, ...] | None = None,
               split: Literal["balanced", "uniform"] = "balanced", seq_len: int = 4096,
-              weight: Callable[[Unit], float] | None = None) -> StagePartition:
-    """Assign the model's units to ``num_stages`` pipeline stages (see the module docstring)."""
+              weight: Callable[[Unit], float] | None = None,
+              groups: Sequence[Sequence[int]] | None = None) -> StagePartition:
+    """Assign the model's units to ``num_stages`` pipeline stages (see the module docstring); ``groups``: the
+    stages each rank holds (default: one stage per rank)."""
     units = model_units(m)
     embed = units[0]
     layers = [u for u in units if u.kind == "layer"]
@@ -116,8 +189,11 @@ def partition(m: ModelSpec, num_stages: int, stage_layers: tuple[int, ...] | Non
         counts = uniform_counts(len(layers), num_stages)
     else:
         wfn = weight or (lambda u: unit_train_flops(u, seq_len / 2))
-        counts = _split_min_max([wfn(u) for u in layers], num_stages, wfn(embed),
-                                wfn(head) + sum(wfn(u) for u in mtps))
+        weights = [wfn(u) for u in layers]
+        first, last = wfn(embed), wfn(head) + sum(wfn(u) for u in mtps)
+        counts = _split_min_max(weights, num_stages, first, last)
+        if groups is not None and any(len(g) > 1 for g in groups):
+            counts = _rank_balanced(weights, counts, first, last, groups)
     stages: list[tuple[Unit, ...]] = []
     start = 0
     for s, c in enumerate(counts):

@@ -2,11 +2,16 @@
 transfer, by the mechanisms of :mod:`sim.network.nccl` (collectives), :mod:`sim.network.alltoall` (the expert
 all-to-all) and :mod:`sim.network.fabric` (where traffic goes, effective bandwidth, hops).
 
-Ranks are laid out with tensor parallelism innermost, then data (and expert) parallelism, then pipeline stages
-outermost (Megatron-LM's order): global rank = (stage * dp + dp_index) * tp + tp_index, node =
-rank // gpus_per_node. So TP groups stay inside a node (stride 1), data- and expert-parallel groups are
-``tp`` apart, expert-data-parallel groups (replicas of one expert shard) ``tp * ep`` apart, and pipeline
-neighbours ``dp * tp`` apart. By symmetry every group of a kind does the same traffic at the same time; the
+Ranks are laid out with tensor parallelism innermost, then context parallelism, then data parallelism, then
+pipeline stages outermost (Megatron-LM's order ``tp-cp-dp-pp``; Llama 3 section 3.3.2 orders [TP, CP, PP, DP]
+likewise from the innermost, highest-bandwidth dimension): global rank = ((stage * dp + dp_index) * cp +
+cp_index) * tp + tp_index, node = rank // gpus_per_node. So TP groups stay inside a node (stride 1), CP groups
+are ``tp`` apart (inside the node while ``tp x cp`` fits), the ranks that reduce the same gradients (data x
+context parallel) ``tp`` apart, and pipeline neighbours ``dp * cp * tp`` apart. ZeRO-3 with hybrid sharding
+(``fsdp_shard_group`` = g) shards over the first g of those ranks and replicates across groups ``tp * g``
+apart (PyTorch HSDP's 2-D mesh). Experts follow Megatron-Core's MoE parallel folding with expert tensor
+parallelism 1: an EP group is ``ep`` consecutive ranks (stride 1, TP and CP folded in), and the replicas of one
+expert shard are ``ep`` apart. By symmetry every group of a kind does the same traffic at the same time; the
 fabric turns that into each GPU's effective scale-out bandwidth.
 """
 
@@ -38,7 +43,8 @@ class Network:
         self.node = s.cluster.node
         self.fabric: FabricSpec = s.cluster.fabric_spec
         p = s.parallel
-        self.tp, self.ep, self.dp = p.tp, p.ep, s.dp
+        self.tp, self.ep, self.dp, self.cp = p.tp, p.ep, s.dp, p.cp
+        self.stage_gpus = self.dp * self.cp * self.tp
         self.nvls = self.node.nvlink_sharp
         library = s.a2a_library
         self.a2a_profile: A2AProfile | None = None if library == "nccl" else load_a2a_profile(library)
@@ -48,8 +54,8 @@ class Network:
     def gpus_per_node(self) -> int:
         return self.node.gpus_per_node
 
-    def node_of(self, stage_rank: int, dp_index: int = 0, tp_index: int = 0) -> int:
-        return ((stage_rank * self.dp + dp_index) * self.tp + tp_index) // self.gpus_per_node
+    def node_of(self, stage_rank: int, dp_index: int = 0, tp_index: int = 0, cp_index: int = 0) -> int:
+        return (((stage_rank * self.dp + dp_index) * self.cp + cp_index) * self.tp + tp_index) // self.gpus_per_node
 
     def same_node(self, rank_a: int, rank_b: int) -> bool:
         """Whether pipeline ranks ``rank_a`` and ``rank_b`` (same dp and tp index) share a node."""
@@ -62,12 +68,26 @@ class Network:
     def tp_group(self) -> CommGroup:
         return self._group(self.tp, 1)
 
+    def cp_group(self) -> CommGroup:
+        return self._group(self.cp, self.tp)
+
     def dp_group(self) -> CommGroup:
-        return self._group(self.dp, self.tp)
+        """The ranks that hold the same dense parameters and reduce their gradients: data x context parallel."""
+        return self._group(self.dp * self.cp, self.tp)
+
+    def shard_group(self) -> CommGroup:
+        """ZeRO's shard group for dense parameters: ``fsdp_shard_group`` ranks (hybrid sharding), else all of
+        :meth:`dp_group`."""
+        return self._group(self.scenario.fsdp_shard_size, self.tp)
+
+    def replica_group(self) -> CommGroup:
+        """Hybrid sharding: the shard groups holding the same shard (size 1 without hybrid sharding)."""
+        g = self.scenario.fsdp_shard_size
+        return self._group(self.dp * self.cp // g, self.tp * g)
 
     def expert_dp_group(self) -> CommGroup:
-        """Replicas of one expert shard: the data-parallel ranks outside its EP group."""
-        return self._group(max(1, self.dp * self.tp // self.ep), self.tp * self.ep)
+        """Replicas of one expert shard: the ranks of the stage outside its EP group, ``ep`` apart."""
+        return self._group(max(1, self.stage_gpus // self.ep), self.ep)
 
     # ----------------------------------------------------------------- transfers
     def collective_seconds(self, kind: Collective, bytes_: float, group: CommGroup) -> float:
@@ -82,8 +102,20 @@ class Network:
 
     def p2p_seconds(self, bytes_: float, same_node: bool) -> float:
         """A stage-boundary send while every pipeline pair sends at once."""
-        link = p2p_link(self.node, self.fabric, self.dp * self.tp, same_node=same_node)
+        link = p2p_link(self.node, self.fabric, self.stage_gpus, same_node=same_node)
         return send_seconds(bytes_, link)
+
+    def cp_ring_step_seconds(self, bytes_: float) -> float:
+        """One step of a context-parallel ring: every rank sends ``bytes_`` to its neighbour at once (NVLink
+        when the whole CP group sits in one node, else the NIC: the slowest hop paces the step)."""
+        if self.cp <= 1 or bytes_ <= 0:
+            return 0.0
+        key = ("cp_ring", bytes_)
+        hit = self._memo.get(key)
+        if hit is None:
+            local = self.tp * self.cp <= self.gpus_per_node
+            hit = self._memo[key] = send_seconds(bytes_, p2p_link(self.node, self.fabric, self.tp, same_node=local))
+        return hit
 
     def alltoall_seconds(self, ib_bytes: float, nvlink_bytes: float, *, notify: bool,
                          preceding_compute_s: float = 0.0) -> float:
@@ -100,12 +132,12 @@ class Network:
         if hit is not None:
             return hit
         if self.a2a_profile is not None:
-            secs = expert_a2a_seconds(ib_bytes, nvlink_bytes, ep=self.ep, stride=self.tp, node=self.node,
+            secs = expert_a2a_seconds(ib_bytes, nvlink_bytes, ep=self.ep, stride=1, node=self.node,
                                       gpu_name=self.cluster.gpu.name, arch=self.cluster.gpu.arch,
                                       fabric=self.fabric, comm_sms=self.comm_sms, notify=notify,
                                       profile=self.a2a_profile, preceding_compute_s=preceding_compute_s).total_s
         else:
-            place = place_group(self.ep, self.tp, self.gpus_per_node)
+            place = place_group(self.ep, 1, self.gpus_per_node)
             path = fabric_path(self.fabric, self.node, place, "all_to_all")
             ib = ib_bytes / path.scaleout_bytes_per_s if ib_bytes > 0 else 0.0
             secs = (place.num_nodes - 1) * path.latency_s + max(ib, nvlink_bytes / self.node.nvlink_bytes_per_s)

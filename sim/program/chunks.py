@@ -1,78 +1,58 @@
-"""Per stage and micro-batch: each chunk as tasks on a GPU's compute and communication streams.
+"""Per stage and micro-batch: each chunk as tasks on a GPU's compute, communication and data-parallel streams.
 
 A chunk is one pipeline action's work on one stage: forward (F), backward-for-input (I), backward-for-
 weights (W), or a full backward (B = I and W, interleaved per layer). Following DeepSeek-V3's decomposition
 (tech report 3.2.1), a MoE layer's forward is ``attn -> dispatch -> mlp -> combine``; its backward is
 ``combine_b -> mlp_b -> dispatch_b -> attn_b`` with the weight gradients ``mlp_w`` and ``attn_w`` split off.
 ``dispatch_b`` moves the combine's payload backwards and ``combine_b`` the dispatch's (DeepSeek's trace runs
-them with each other's kernels), so they take the combine and dispatch dtypes respectively. With tensor
-parallelism each block ends in a collective on NVLink. Tasks carry their own dependencies (indices in the
-chunk); the engine runs each stream's tasks in the chunk's order, a task starting when its dependencies and
-its stream predecessor are done.
+them with each other's kernels), so they take the combine and dispatch dtypes respectively.
+
+Inside a block (:mod:`sim.program.blocks`), tensor parallelism adds its collectives on NVLink: an all-reduce
+after the region in forward and one of the input gradient in backward, or with sequence parallelism an
+all-gather on entry and a reduce-scatter on exit in each pass, plus the backward all-gather that
+re-materialises the region's input for the weight gradients, beside the input-gradient compute (Korthikanti et
+al. 2022 section 4.2.2). With ``tp_comm_overlap`` a gather and its first GEMM, and a last GEMM and its reduce-
+scatter, run as ``tp`` chunks pipelined against each other (TE userbuffers' ring exchange; the chunked GEMMs pay
+their smaller shapes), so how much is hidden follows from the two durations. Context parallelism splits the
+attention core into ``cp`` steps: ``ring`` passes key/value blocks around the CP group beside the steps
+(backward: the blocks and their gradients), ``all_gather`` gathers K and V before the core and reduce-scatters
+their gradients after it, exposed (Megatron-Core ``context_parallel.rst``; Llama 3 section 3.3.2).
+
+ZeRO-3 gathers each unit's parameters on the data-parallel stream, ``fsdp_prefetch`` units ahead of the one
+computing (:mod:`sim.program.sharding`). A split backward (I) keeps beside its all-to-all and collectives the
+weight-gradient work a full backward runs there (up to the communication's length), so deferring the rest (W)
+never costs more than the full backward. Tasks carry their own dependencies (indices in the chunk); the engine
+runs each stream's tasks in the chunk's order, a task starting when its dependencies and its stream predecessor
+are done.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Literal
 
 from sim.config import Scenario
 from sim.costs.ops import OpCoster
 from sim.model.ops import Op
 from sim.model.stages import StagePartition, Unit
-from sim.network import Collective, Network
+from sim.network import Network
+from sim.program.block_tasks import BlockTasks
+from sim.program.blocks import BlockPlan, plan_block
+from sim.program.builder import Chunk, ChunkBuilder, ChunkKind
 from sim.program.moe import MoeLoad
-from sim.program.tasks import NIC, NVLINK, Part, Task, Work
+from sim.program.sharding import DpTraffic, ShardingPlan, group_links, unit_param_counts
+from sim.program.tasks import NIC, NVLINK, Part, Task
 from sim.timeline import Stream
 from sim.units import dtype_bytes
 
-ChunkKind = Literal["F", "B", "I", "W"]
+__all__ = ["Chunk", "ChunkKind", "LoadFn", "Program"]
+
 LoadFn = Callable[[Unit, int], MoeLoad]  # (MoE unit, micro-batch) -> load
 #: The cost-model part of each chunk part: forward, input gradient (with recompute), weight gradient.
 _COST_PART = {"F": "fwd", "I": "input", "W": "weight"}
 
 
-@dataclass(frozen=True, slots=True)
-class Chunk:
-    """One chunk's tasks, its per-layer groups of task indices (forward order for F, backward order for B/I/W)
-    and the work the engine runs when the chunk is an action on its own."""
-
-    kind: ChunkKind
-    tasks: tuple[Task, ...]
-    groups: tuple[tuple[int, ...], ...]
-    work: Work
-
-
-class _ChunkBuilder:
-    """Accumulates tasks with dependencies; ``last`` is the task the next one on the chain depends on."""
-
-    def __init__(self, kind: ChunkKind) -> None:
-        self.kind = kind
-        self.tasks: list[Task] = []
-        self.groups: list[tuple[int, ...]] = []
-        self.last: int | None = None
-        self.last_compute_s = 0.0  # the compute task just before (sets the in-situ wait of an all-to-all)
-
-    def add(self, name: str, part: Part, stream: Stream, seconds: float, deps: tuple[int | None, ...],
-            layer: int, links: int = 0, holds_sms: bool = False) -> int:
-        self.tasks.append(Task(name, part, stream, seconds, tuple(d for d in deps if d is not None), layer, links,
-                               holds_sms))
-        if stream == Stream.COMPUTE:
-            self.last_compute_s = seconds
-        return len(self.tasks) - 1
-
-    def chain(self, name: str, part: Part, stream: Stream, seconds: float, layer: int, links: int = 0,
-              holds_sms: bool = False) -> None:
-        """Add a task that depends on the previous task of the chain and becomes its new end."""
-        self.last = self.add(name, part, stream, seconds, (self.last,), layer, links, holds_sms)
-
-    def build(self) -> Chunk:
-        tasks = tuple(self.tasks)
-        return Chunk(self.kind, tasks, tuple(self.groups), Work.of(tasks))
-
-
-class Program:
+class Program(BlockTasks):
     """Builds (and memoizes) the chunks of every stage for one scenario."""
 
     def __init__(self, scenario: Scenario, coster: OpCoster, network: Network, partition: StagePartition,
@@ -82,15 +62,27 @@ class Program:
         self.net = network
         self.partition = partition
         self.loads = loads
-        self.tokens = float(scenario.tokens_per_microbatch)
+        self.tokens = float(scenario.tokens_per_gpu)
         self._memo: dict[tuple, Chunk] = {}
         self._block_memo: dict[str, list[tuple[str, tuple[Op, ...]]]] = {}
+        self._plan_memo: dict[tuple[str, str], BlockPlan] = {}
         self._secs_memo: dict[tuple, float] = {}
-        p = scenario.parallel
-        self.tp = p.tp > 1
-        self.ep_comm = scenario.model.is_moe and p.ep > 1
-        self.tp_kind: Collective = "reduce_scatter" if p.sequence_parallel else "all_reduce"
-        self.full_recompute = p.recompute == "full"
+        self._inline: dict[tuple, dict[tuple[str, str], float]] = {}
+        p, m = scenario.parallel, scenario.model
+        self.tp = p.tp
+        self.sp = p.sequence_parallel and p.tp > 1
+        self.tp_overlap = p.tp_comm_overlap and self.sp
+        self.cp, self.cp_mode = p.cp, p.cp_mode
+        self.ep_comm = m.is_moe and p.ep > 1
+        self.full_recompute = coster.recompute[1]
+        self.sharding = ShardingPlan.of(scenario)
+        self.dp = DpTraffic(scenario, network)
+        gpu = scenario.cluster.gpu
+        self.comm_rate = (gpu.num_sms - p.comm_sms) / gpu.num_sms
+        self.static = scenario.sm_partition == "static"
+        kv_heads = m.n_heads if m.attention == "mla" else m.kv_heads
+        self.kv_heads = max(1, kv_heads // p.tp)
+        self.cp_links = group_links(network.cp_group())
 
     # --------------------------------------------------------------- public
     def chunk_key(self, stage: int, kind: ChunkKind, microbatch: int) -> tuple:
@@ -103,29 +95,50 @@ class Program:
         hit = self._memo.get(key)
         if hit is None:
             stage, kind, loads = key
-            hit = self._memo[key] = self._build(self.partition.stages[stage], kind, loads)
+            if kind == "W":
+                self.chunk_at((stage, "I", loads))  # the weight-gradient work the I chunk keeps beside its comm
+            hit = self._memo[key] = self._build(self.partition.stages[stage], kind, loads, (stage, loads))
         return hit
 
     def chunk(self, stage: int, kind: ChunkKind, microbatch: int) -> Chunk:
         return self.chunk_at(self.chunk_key(stage, kind, microbatch))
 
     def p2p_bytes(self) -> float:
-        """Activations (forward) or their gradients (backward) crossing a stage boundary, BF16."""
-        sp = self.s.parallel.tp if self.s.parallel.sequence_parallel else 1
-        return self.tokens * self.s.model.dim * dtype_bytes("bf16") / sp
+        """Activations (forward) or their gradients (backward) crossing a stage boundary, BF16: the GPU's
+        tokens (1/CP of each sequence), split by TP under sequence parallelism."""
+        return self.tokens * self.s.model.dim * dtype_bytes("bf16") / (self.tp if self.sp else 1)
 
     # --------------------------------------------------------------- building
-    def _build(self, units: tuple[Unit, ...], kind: ChunkKind, loads: tuple[MoeLoad | None, ...]) -> Chunk:
-        b = _ChunkBuilder(kind)
+    def _build(self, units: tuple[Unit, ...], kind: ChunkKind, loads: tuple[MoeLoad | None, ...], key: tuple
+               ) -> Chunk:
+        b = ChunkBuilder(kind)
+        inline = self._inline.setdefault(key, {})
         order = range(len(units)) if kind == "F" else range(len(units) - 1, -1, -1)
         for i in order:
             start = len(b.tasks)
             if kind == "F":
                 self._forward(b, units[i], loads[i])
             else:
-                self._backward(b, units[i], loads[i], kind)
+                self._backward(b, units[i], loads[i], kind, inline)
             b.groups.append(tuple(range(start, len(b.tasks))))
-        return b.build()
+        if kind == "I":
+            for t, window in b.windows.items():
+                task, wkey = b.tasks[t], b.window_keys[t]
+                keep = inline[wkey] = min(inline[wkey], window * self.comm_rate)
+                b.tasks[t] = Task(task.name, task.part, task.stream, keep, task.deps, task.layer)
+        return b.build(self._ready_times(b) if kind in ("B", "W") else ())
+
+    def _ready_times(self, b: ChunkBuilder) -> tuple[float, ...]:
+        """Seconds into the chunk at which each unit's weight gradients are complete, from the compute stream's
+        order alone (at the reduced rate when communication holds SMs all step)."""
+        rate = self.comm_rate if self.static else 1.0
+        done, elapsed, out = set(b.grads_done), 0.0, {}
+        for i, t in enumerate(b.tasks):
+            if t.stream == Stream.COMPUTE:
+                elapsed += t.seconds / rate
+            if i in done:
+                out[i] = elapsed
+        return tuple(out.get(i, elapsed) for i in b.grads_done)
 
     def _blocks(self, unit: Unit) -> list[tuple[str, tuple[Op, ...]]]:
         """The unit's ops in their blocks, in forward order: (block name, ops)."""
@@ -140,24 +153,29 @@ class Program:
             hit = self._block_memo[unit.name] = [(name, tuple(ops)) for name, ops in out]
         return hit
 
-    def _secs(self, unit: Unit, block: str, ops: tuple[Op, ...], part: Part, load: MoeLoad | None) -> float:
-        """Seconds of a block's ops in one part; memoized, keyed by the load only where it matters (experts)."""
-        rows = load.rows_per_expert if load is not None and block == "mlp" else ()
-        key = (unit.name, block, part, rows)
-        hit = self._secs_memo.get(key)
+    def _plan(self, unit: Unit, name: str, ops: tuple[Op, ...]) -> BlockPlan:
+        hit = self._plan_memo.get((unit.name, name))
         if hit is None:
-            cost_part = _COST_PART[part]
-            hit = self._secs_memo[key] = sum(self.coster.seconds(op, cost_part, self.tokens, rows)  # type: ignore[arg-type]
-                                             for op in ops)
+            hit = self._plan_memo[(unit.name, name)] = plan_block(name, ops, self.s.model.dim)
         return hit
 
-    def _tp_seconds(self) -> float:
-        """One block's tensor-parallel collective over the full BF16 activation (all-reduce, or reduce-scatter
-        with sequence parallelism, whose all-gather is its mirror in the other pass)."""
-        return self.net.collective_seconds(self.tp_kind, self.tokens * self.s.model.dim * dtype_bytes("bf16"),
-                                           self.net.tp_group())
+    def _secs(self, unit: Unit, key: str, ops: tuple[Op, ...], part: Part, load: MoeLoad | None,
+              div: int = 1) -> float:
+        """Seconds of some of a unit's ops in one part, over 1/``div`` of the tokens; memoized, keyed by the load
+        only where it matters (expert GEMMs)."""
+        grouped = load is not None and any(op.kind == "grouped_gemm" for op in ops)
+        rows = load.rows_per_expert if grouped and load is not None else ()
+        memo = (unit.name, key, part, rows, div)
+        hit = self._secs_memo.get(memo)
+        if hit is None:
+            cost_part = _COST_PART[part]
+            rows_d = tuple(r / div for r in rows)
+            hit = self._secs_memo[memo] = sum(self.coster.seconds(op, cost_part, self.tokens / div, rows_d)  # type: ignore[arg-type]
+                                              for op in ops)
+        return hit
 
-    def _a2a(self, b: _ChunkBuilder, load: MoeLoad, payload: Literal["dispatch", "combine"], notify: bool
+    # --------------------------------------------------------------- communication
+    def _a2a(self, b: ChunkBuilder, load: MoeLoad, payload: Literal["dispatch", "combine"], notify: bool
              ) -> tuple[float, int]:
         """An expert all-to-all moving the dispatch's or the combine's payload. ``notify``: a forward dispatch
         exchanges token counts first; the combine and both backward transfers reuse the layout (cached)."""
@@ -166,49 +184,65 @@ class Program:
         links = (NIC if ib > 0 else 0) | (NVLINK if nvl > 0 else 0)
         return self.net.alltoall_seconds(ib, nvl, notify=notify, preceding_compute_s=b.last_compute_s), links
 
-    def _tp_after(self, name: str, ep: bool) -> bool:
-        """Whether a block ends in a tensor-parallel collective: routed experts are not tensor-parallel, so a
-        MoE block ends in the combine instead."""
-        return self.tp and (name == "attn" or (name == "mlp" and not ep))
+    def _gather(self, b: ChunkBuilder, unit: Unit, part: Part) -> None:
+        """ZeRO-3: all-gather the unit's parameters once the unit ``fsdp_prefetch`` + 1 back has computed."""
+        plan = self.sharding
+        if not (plan.gather_forward if part == "F" else plan.gather_backward):
+            return
+        secs = self.dp.gather_seconds(*unit_param_counts(unit, self.tp, self.s.parallel.ep))
+        if secs <= 0:
+            return
+        back = plan.prefetch + 1
+        after = b.unit_ends[-back] if len(b.unit_ends) >= back else None
+        b.gate = b.add("fsdp_gather", part, Stream.DP, secs, (after,), unit.index, self.dp.gather_links, True)
 
-    def _forward(self, b: _ChunkBuilder, unit: Unit, load: MoeLoad | None) -> None:
+    # --------------------------------------------------------------- units
+    def _forward(self, b: ChunkBuilder, unit: Unit, load: MoeLoad | None) -> None:
         ep = unit.moe and self.ep_comm and load is not None
+        self._gather(b, unit, "F")
         for name, ops in self._blocks(unit):
-            b.chain(name, "F", Stream.COMPUTE, self._secs(unit, name, ops, "F", load), unit.index)
-            if self._tp_after(name, ep):
-                b.chain(f"tp_{name}", "F", Stream.COMM, self._tp_seconds(), unit.index, NVLINK, True)
+            self._fwd_block(b, unit, self._plan(unit, name, ops), load)
             if ep and load is not None and name in ("attn", "mlp"):
                 which: Literal["dispatch", "combine"] = "dispatch" if name == "attn" else "combine"
                 secs, links = self._a2a(b, load, which, notify=which == "dispatch")
                 b.chain(which, "F", Stream.COMM, secs, unit.index, links, True)
+        b.unit_ends.append(b.last if b.last is not None else 0)
 
-    def _recompute_comm(self, b: _ChunkBuilder, unit: Unit, name: str, ep: bool, load: MoeLoad | None) -> None:
-        """Full recompute re-runs a block's forward, its communication included: the TP collective that ends
-        it, or the expert dispatch and combine of a MoE block."""
-        if self._tp_after(name, ep):
-            b.chain(f"tp_{name}_recompute", "I", Stream.COMM, self._tp_seconds(), unit.index, NVLINK, True)
-        if ep and load is not None and name == "mlp":
-            for which in ("dispatch", "combine"):
-                secs, links = self._a2a(b, load, which, notify=which == "dispatch")  # type: ignore[arg-type]
-                b.chain(f"{which}_recompute", "I", Stream.COMM, secs, unit.index, links, True)
-
-    def _backward(self, b: _ChunkBuilder, unit: Unit, load: MoeLoad | None, kind: ChunkKind) -> None:
+    def _backward(self, b: ChunkBuilder, unit: Unit, load: MoeLoad | None, kind: ChunkKind,
+                  inline: dict[tuple[str, str], float]) -> None:
         ep = unit.moe and self.ep_comm and load is not None
-        want_i, want_w = kind in ("B", "I"), kind in ("B", "W")
+        want_i = kind in ("B", "I")
+        done: list[int] = []
+        if want_i:
+            self._gather(b, unit, "I")
         for name, ops in reversed(self._blocks(unit)):
+            plan = self._plan(unit, name, ops)
+            w = self._secs(unit, name, ops, "W", load)
+            key = (f"{name}_w", unit.name)
+
+            def emit_w(remat: int | None, w: float = w, key: tuple[str, str] = key) -> None:
+                if kind == "I" and w > 0:
+                    inline[key] = w  # trimmed to the communication beside it once the chunk is built
+                    t = b.add(key[0], "W", Stream.COMPUTE, w, (b.last, remat), unit.index)
+                    b.windows[t], b.window_keys[t], b.open_window = 0.0, key, t
+                elif kind != "I":
+                    left = w - inline.get(key, 0.0) if kind == "W" else w
+                    if left > 0:
+                        deps = (b.last, remat) if want_i else ()
+                        done.append(b.add(key[0], "W", Stream.COMPUTE, left, deps, unit.index))
+
             if want_i and name == "mlp" and ep and load is not None:
                 secs, links = self._a2a(b, load, "dispatch", notify=False)  # combine(B): the dispatch's payload
                 b.chain("combine_b", "I", Stream.COMM, secs, unit.index, links, True)
-            if want_i and self.full_recompute:
-                self._recompute_comm(b, unit, name, ep, load)
-            if want_i and name != "embed":
-                b.chain(f"{name}_b", "I", Stream.COMPUTE, self._secs(unit, name, ops, "I", load), unit.index)
-            if want_w:
-                secs = self._secs(unit, name, ops, "W", load)
-                if secs > 0:
-                    b.add(f"{name}_w", "W", Stream.COMPUTE, secs, (b.last,) if want_i else (), unit.index)
+            if want_i:
+                if self.full_recompute:
+                    self._recompute_comm(b, unit, plan, ep, load)
+                self._bwd_block(b, unit, plan, load, emit_w)
+            else:
+                emit_w(None)
             if want_i and name == "mlp" and ep and load is not None:
                 secs, links = self._a2a(b, load, "combine", notify=False)  # dispatch(B): the combine's payload
                 b.chain("dispatch_b", "I", Stream.COMM, secs, unit.index, links, True)
-            elif want_i and self._tp_after(name, ep):
-                b.chain(f"tp_{name}_b", "I", Stream.COMM, self._tp_seconds(), unit.index, NVLINK, True)
+        b.unit_ends.append(b.last if b.last is not None else 0)
+        if kind != "I":
+            b.grads_done.append(done[-1] if done else (b.last if b.last is not None else 0))

@@ -1,10 +1,15 @@
-"""The end of a step as work: gradient synchronization, the optimizer step and the parameter gather.
+"""Data-parallel work around the pipeline: gradient reductions, parameter gathers and the optimizer step.
 
-ZeRO (Rajbhandari et al. 2020): stage 0 all-reduces gradients; stages 1-3 reduce-scatter them so each
-data-parallel rank updates its shard, then all-gather the updated parameters. Dense parameters synchronize
-over the data-parallel group, routed experts over the ranks that replicate the same expert shard
-(``dp * tp / ep``). Gradients travel in ``precision.grad_reduce``, parameters in ``precision.weights``.
-Collectives run on the data-parallel stream, over the GPU's NIC and NVLink port, holding communication SMs.
+When each collective happens depends on the ZeRO stage (:mod:`sim.program.sharding`). Gradient reductions are
+bucketed as PyTorch DDP and Megatron-LM do: buckets of ``grad_bucket_mb`` fill in the order the backward
+completes each unit's weight gradients, and with ``overlap_grad_reduce`` each bucket's collective starts as
+soon as its last unit is done, beside the rest of the backward (:meth:`StepTail.reduction_work`: the buckets
+back to back, from the earliest moment none of them starts before its gradients are ready). Without overlap the whole
+reduction runs after the rank's last action (or, for reductions after every micro-batch, after the backward
+that produced the gradients). ZeRO-1/2 all-gather the updated parameters once per step, after the optimizer or
+beside the next step's first forwards (``overlap_param_gather``, as Megatron-LM does); ZeRO-3 under a pipeline
+without resharding gathers its stages once at the start of the step. Collectives run on the data-parallel
+stream, over the GPU's NIC and NVLink port, holding communication SMs.
 
 The optimizer (AdamW) is memory-bound. Per parameter of the local shard it reads and writes the master
 weight and both moments, reads the gradient (twice: once for the global norm used by clipping) and writes
@@ -20,48 +25,48 @@ from sim.config import Scenario
 from sim.costs.kernels import CostModel
 from sim.model.counts import stage_expert_params, stage_params
 from sim.model.stages import StagePartition
-from sim.network import Collective, Network
-from sim.program.tasks import NIC, NVLINK, Task, Work
+from sim.network import Network
+from sim.program.sharding import DpTraffic, unit_param_counts
+from sim.program.tasks import Task, Work
 from sim.timeline import Stream
 from sim.units import dtype_bytes
 
 
 class StepTail:
-    """Seconds and works of the end of a step, per stage (gradients) or per rank (its stages)."""
+    """Seconds and works of the data-parallel side of a step, per stage (gradients) or per rank (its stages)."""
 
     def __init__(self, scenario: Scenario, partition: StagePartition, network: Network, costs: CostModel) -> None:
         self.s = scenario
         self.net = network
         self.costs = costs
+        self.partition = partition
         p = scenario.parallel
         params = stage_params(partition, scenario.model)
         experts = stage_expert_params(partition)
         self.dense = [(a - e) / p.tp for a, e in zip(params, experts, strict=True)]
         self.expert = [e / p.ep for e in experts]
-        self.dp_group = network.dp_group()
-        self.edp_group = network.expert_dp_group()
+        self.traffic = DpTraffic(scenario, network)
+        self.plan = self.traffic.plan
+        self.shard_size = network.shard_group().size
+        self.expert_dp_size = network.expert_dp_group().size
+        self._reduction: dict[tuple, Work] = {}
 
     # ------------------------------------------------------------------ seconds
     def grad_sync_seconds(self, stage: int) -> float:
-        prec = self.s.precision
-        kind: Collective = "all_reduce" if self.s.parallel.zero_stage == 0 else "reduce_scatter"
-        b = dtype_bytes(prec.grad_reduce)
-        return (self.net.collective_seconds(kind, self.dense[stage] * b, self.dp_group)
-                + self.net.collective_seconds(kind, self.expert[stage] * b, self.edp_group))
+        """The whole stage's gradient reduction, as one collective per kind of parameter."""
+        return self.traffic.reduce_seconds(self.dense[stage], self.expert[stage])
 
     def param_gather_seconds(self, stages: Sequence[int]) -> float:
-        if self.s.parallel.zero_stage == 0:
+        if not self.plan.gather_per_step:
             return 0.0
-        b = dtype_bytes(self.s.precision.weights)
-        return sum(self.net.collective_seconds("all_gather", self.dense[s] * b, self.dp_group)
-                   + self.net.collective_seconds("all_gather", self.expert[s] * b, self.edp_group) for s in stages)
+        return sum(self.traffic.gather_seconds(self.dense[s], self.expert[s]) for s in stages)
 
     def optimizer_seconds(self, stages: Sequence[int]) -> float:
         prec = self.s.precision
-        sharded = self.s.parallel.zero_stage >= 1
+        sharded = self.plan.zero_stage >= 1
         dense = sum(self.dense[s] for s in stages)
         expert = sum(self.expert[s] for s in stages)
-        shard = dense / self.dp_group.size + expert / self.edp_group.size if sharded else dense + expert
+        shard = dense / self.shard_size + expert / self.expert_dp_size if sharded else dense + expert
         per_param = (2 * dtype_bytes(prec.master_weights) + 4 * dtype_bytes(prec.optimizer_states)
                      + 2 * dtype_bytes(prec.grads) + dtype_bytes(prec.weights))
         seconds = self.costs.memory_seconds(shard * per_param, "optimizer")
@@ -72,14 +77,45 @@ class StepTail:
 
     # ------------------------------------------------------------------ works
     @staticmethod
-    def _collective(name: str, seconds: float) -> Work:
-        return Work.of((Task(name, "tail", Stream.DP, seconds, links=NIC | NVLINK, holds_sms=True),))
+    def _collective(name: str, seconds: float, links: int) -> Work:
+        return Work.of((Task(name, "tail", Stream.DP, seconds, links=links, holds_sms=True),))
+
+    @property
+    def grad_name(self) -> str:
+        return "grad_all_reduce" if self.plan.zero_stage == 0 else "grad_reduce_scatter"
 
     def grad_sync_work(self, stage: int) -> Work:
-        return self._collective("grad_reduce", self.grad_sync_seconds(stage))
+        return self._collective(self.grad_name, self.grad_sync_seconds(stage), self.traffic.reduce_links)
+
+    def reduction_work(self, stage: int, ready_s: Sequence[float]) -> tuple[float, Work]:
+        """The stage's gradient buckets, one collective each, as a background work started with the backward that
+        completes them, and its delay: the buckets run back to back from the earliest moment at which none
+        starts before its last unit's weight gradients are done (``ready_s``: seconds into the backward, in
+        backward unit order)."""
+        key = (stage, tuple(ready_s))
+        hit = self._reduction.get(key)
+        if hit is not None:
+            return hit
+        p = self.s.parallel
+        grads = [unit_param_counts(u, p.tp, p.ep) for u in reversed(self.partition.stages[stage])]
+        buckets = self.traffic.buckets(grads)
+        delay, before = 0.0, 0.0
+        for unit, seconds in buckets:
+            delay = max(delay, (ready_s[unit] if unit < len(ready_s) else 0.0) - before)
+            before += seconds
+        links = self.traffic.reduce_links
+        work = Work.of(tuple(Task(self.grad_name, "tail", Stream.DP, seconds, links=links, holds_sms=True)
+                             for _, seconds in buckets))
+        hit = self._reduction[key] = (delay, work)
+        return hit
 
     def param_gather_work(self, stages: Sequence[int]) -> Work:
-        return self._collective("param_gather", self.param_gather_seconds(stages))
+        """The once-per-step parameter gather of the rank's stages, bucket by bucket in forward order."""
+        p = self.s.parallel
+        params = [unit_param_counts(u, p.tp, p.ep) for s in stages for u in self.partition.stages[s]]
+        links = self.traffic.gather_links
+        return Work.of(tuple(Task("param_all_gather", "tail", Stream.DP, seconds, links=links, holds_sms=True)
+                             for _, seconds in self.traffic.buckets(params, gather=True)))
 
     def optimizer_work(self, stages: Sequence[int]) -> Work:
         return Work.of((Task("optimizer", "tail", Stream.COMPUTE, self.optimizer_seconds(stages)),))

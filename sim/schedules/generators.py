@@ -19,6 +19,12 @@ Schedules and sources:
   The lag of r follows the authors' Megatron-LM patch (the 1F1B loop pops a deferred W once the step index
   reaches the pipeline rank); it reproduces the paper's bubble ``(p-1)(T_F+T_B-T_W)`` and peak memory.
 - ``dualpipe``, ``dualpipev``: see :mod:`sim.schedules.dualpipe`.
+
+``combined=True`` turns 1F1B and interleaved 1F1B into Megatron-Core's "combined 1F1B" (the schedule of
+``--overlap-moe-expert-parallel-comm``, ``core.pipeline_parallel.combined_1f1b``): each steady-state backward
+runs as one overlapped pair with the forward that follows it, layer by layer, so the expert all-to-all of one
+hides behind the other's compute. The first steady forward runs alone (one more warm-up forward, one more
+micro-batch in flight), then every backward of micro-batch N - 1 co-runs with the forward of micro-batch N.
 """
 
 from __future__ import annotations
@@ -107,9 +113,31 @@ _PLAIN: dict[str, Callable[[int, int], Schedule]] = {
 }
 
 
+def combined(schedule: Schedule) -> Schedule:
+    """Each backward paired with the forward right after it on its rank (see the module docstring)."""
+    ranks = []
+    for actions in schedule.ranks:
+        out: list[Action] = []
+        i = 0
+        while i < len(actions):
+            a = actions[i]
+            nxt = actions[i + 1] if i + 1 < len(actions) else None
+            if a.phase is B and nxt is not None and nxt.phase is F:
+                out.append(Action.pair(nxt, a))
+                i += 2
+            else:
+                out.append(a)
+                i += 1
+        ranks.append(tuple(out))
+    return Schedule(schedule.name, schedule.num_ranks, schedule.num_stages, schedule.num_microbatches,
+                    schedule.num_directions, tuple(ranks), schedule.folding)
+
+
 @lru_cache(maxsize=32)
-def build_schedule(name: str, pp: int, num_microbatches: int, vpp: int = 1) -> Schedule:
-    """The schedule ``name`` for ``pp`` ranks and ``num_microbatches`` micro-batches (``vpp`` for interleaved).
+def build_schedule(name: str, pp: int, num_microbatches: int, vpp: int = 1, combined_1f1b: bool = False
+                   ) -> Schedule:
+    """The schedule ``name`` for ``pp`` ranks and ``num_microbatches`` micro-batches (``vpp`` for interleaved);
+    ``combined_1f1b``: Megatron-Core's combined 1F1B (1f1b and interleaved-1f1b only).
 
     Raises :class:`SimInputError` naming the precondition when the combination is invalid.
     """
@@ -121,4 +149,8 @@ def build_schedule(name: str, pp: int, num_microbatches: int, vpp: int = 1) -> S
     else:
         sched = _PLAIN[name](pp, num_microbatches)
     assert sched.num_stages == num_stages(name, pp, vpp)
+    if combined_1f1b:
+        if name not in ("1f1b", "interleaved-1f1b"):
+            raise SimInputError(f"combined 1F1B applies to 1f1b and interleaved-1f1b (got {name})")
+        sched = combined(sched)
     return sched

@@ -1,0 +1,333 @@
+"""Each parallelism mechanism's traffic, work and memory on tiny shapes, derived by hand.
+
+Sources of the expected numbers: Korthikanti et al. 2022 (activation bytes per layer under TP and SP, selective
+recompute of the attention core), Megatron-LM context parallelism (KV blocks per ring step), ZeRO (Rajbhandari et
+al. 2020 section 7) and PyTorch FSDP2 (gathers per micro-batch), Megatron-LM MoE (tokens split over TP).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from sim.assemble import rank_plans
+from sim.context import build_context
+from sim.engine import isolated_run
+from sim.errors import SimInputError
+from sim.memory import memory_per_rank
+from sim.model.activations import stage_activation_bytes, unit_activation_bytes_per_token
+from sim.model.parallelism import recompute_fwd_flops_per_token, recompute_spec
+from sim.model.stages import model_units
+from sim.program.sharding import ShardingPlan
+from sim.step import simulate_step
+from sim.timeline import Stream
+
+D, H, SEQ = 256, 4, 512  # the tiny GPT: hidden, heads (head size 64), sequence
+#: A 7B-class width, where GEMMs and collectives are long enough for bandwidth (not launches) to dominate.
+WIDE = ("model.dim=4096", "model.n_heads=32", "model.inter_dim=16384", "training.seq_len=4096")
+
+
+def _layer(s):
+    return next(u for u in model_units(s.model) if u.kind == "layer")
+
+
+def _names(chunk, name):
+    return [t for t in chunk.tasks if t.name == name]
+
+
+# ------------------------------------------------------------------------------ context parallelism
+
+
+def test_ring_attention_passes_one_kv_block_per_step(gpt):
+    s = gpt("parallel.cp=2")
+    ctx = build_context(s)
+    prog, net = ctx.program, ctx.network
+    tokens = SEQ // 2                             # each GPU holds half of every sequence
+    kv = tokens * H * (64 + 64) * 2               # K and V of its 4 heads, BF16
+    attention = next(op for op in _layer(s).ops if op.kind == "attention")
+    assert prog._kv_bytes(attention) == kv
+    f, b = prog.chunk(0, "F", 0), prog.chunk(0, "B", 0)
+    assert len(_names(f, "cp_kv")) == 4 * (2 - 1)  # cp - 1 steps per layer
+    assert all(t.seconds == net.cp_ring_step_seconds(kv) for t in _names(f, "cp_kv"))
+    # Backward: the blocks and their gradients circulate (2 x), then the own block's gradient comes home.
+    assert all(t.seconds == net.cp_ring_step_seconds(2 * kv) for t in _names(b, "cp_kv"))
+    assert len(_names(b, "cp_dkv")) == 4
+    four = build_context(gpt("parallel.cp=4")).program.chunk(0, "F", 0)
+    assert len(_names(four, "cp_kv")) == 4 * 3
+
+
+def test_all_gather_context_parallelism_gathers_kv_once_per_layer(gpt):
+    ctx = build_context(gpt("parallel.cp=2", "parallel.cp_mode=all_gather"))
+    kv_all = SEQ * H * (64 + 64) * 2              # the whole sequence's K and V
+    f, b = ctx.program.chunk(0, "F", 0), ctx.program.chunk(0, "B", 0)
+    gathers = _names(f, "cp_kv_gather")
+    assert len(gathers) == 4 and not _names(f, "cp_kv")
+    assert gathers[0].seconds == ctx.network.collective_seconds("all_gather", kv_all, ctx.network.cp_group())
+    assert len(_names(b, "cp_kv_gather")) == 4 and len(_names(b, "cp_dkv_scatter")) == 4
+
+
+def test_context_parallelism_halves_activation_memory_and_attention_work(gpt):
+    one, two = gpt(), gpt("parallel.cp=2")
+    assert two.dp == one.dp // 2 and two.tokens_per_gpu == one.tokens_per_gpu // 2
+    a1 = stage_activation_bytes(build_context(one).partition, one)
+    a2 = stage_activation_bytes(build_context(two).partition, two)
+    assert a2[0] == pytest.approx(a1[0] / 2)
+    long = gpt("training.seq_len=32768", "model.max_seq_len=32768")
+    coster = build_context(long).program.coster
+    attention = next(op for op in _layer(long).ops if op.kind == "attention")
+    # Zig-zag balanced causal attention: half the queries against the whole sequence's keys = half the FLOPs.
+    assert coster.seconds(attention, "fwd", 16384) == pytest.approx(coster.seconds(attention, "fwd", 32768) / 2,
+                                                                    rel=0.02)
+
+
+# ------------------------------------------------------------------------------ tensor and sequence parallelism
+
+
+def test_sequence_parallelism_gathers_before_and_scatters_after_each_tp_block(gpt):
+    ctx = build_context(gpt("parallel.tp=2", "parallel.sequence_parallel=true"))
+    net, prog = ctx.network, ctx.program
+    full = (SEQ * D * 2)                          # the collectives' full buffer: tokens x hidden, BF16
+    f, b = prog.chunk(0, "F", 0), prog.chunk(0, "B", 0)
+    for name in ("attn", "mlp"):
+        assert len(_names(f, f"tp_ag_{name}")) == 4 and len(_names(f, f"tp_rs_{name}")) == 4
+        # Backward: gather the output gradient, re-gather the input for the weight gradients, scatter the input
+        # gradient (Korthikanti et al. 2022 section 4.2.2).
+        for task in (f"tp_ag_{name}_b", f"tp_ag_{name}_input", f"tp_rs_{name}_b"):
+            assert len(_names(b, task)) == 4
+    assert _names(f, "tp_ag_attn")[0].seconds == net.collective_seconds("all_gather", full, net.tp_group())
+    assert _names(f, "tp_rs_mlp")[0].seconds == net.collective_seconds("reduce_scatter", full, net.tp_group())
+    assert not _names(f, "tp_attn")              # no all-reduce with sequence parallelism
+
+
+def test_tensor_parallelism_without_sp_all_reduces_once_per_block_and_pass(gpt):
+    ctx = build_context(gpt("parallel.tp=2"))
+    f, b = ctx.program.chunk(0, "F", 0), ctx.program.chunk(0, "B", 0)
+    assert len(_names(f, "tp_attn")) == 4 and len(_names(f, "tp_mlp")) == 4
+    assert len(_names(b, "tp_attn_b")) == 4 and len(_names(b, "tp_mlp_b")) == 4
+    assert not [t for t in f.tasks if t.name.startswith("tp_ag")]
+
+
+def test_korthikanti_activation_bytes_per_layer(gpt):
+    """Korthikanti et al. 2022 Table 2 without the dropout masks (this model has no dropout) and with
+    FlashAttention (no S x S tensors): 32 sbh plus the softmax statistics (4 bytes per head); without SP the
+    norm inputs and the first GEMMs' inputs (8 sbh) stay whole on every TP rank."""
+    s = gpt()
+    unit, prec, m = _layer(s), s.precision, s.model
+    lse = 4 * H
+    assert unit_activation_bytes_per_token(unit, "none", prec, m) == 32 * D + lse
+    assert unit_activation_bytes_per_token(unit, "none", prec, m, tp=2) == 8 * D + (24 * D + lse) / 2
+    assert unit_activation_bytes_per_token(unit, "none", prec, m, tp=2, sp=True) == (32 * D + lse) / 2
+    assert unit_activation_bytes_per_token(unit, "full", prec, m, tp=2) == 2 * D        # replicated checkpoint
+    assert unit_activation_bytes_per_token(unit, "full", prec, m, tp=2, sp=True) == D
+    # Selective (the attention core): its output and statistics are re-created; activations: the GeLU output.
+    assert unit_activation_bytes_per_token(unit, "selective", prec, m) == 32 * D - 2 * D
+    assert unit_activation_bytes_per_token(unit, "activations", prec, m) == 32 * D + lse - 8 * D
+
+
+def test_tp_comm_overlap_hides_part_of_the_collectives_never_more(gpt):
+    plain = build_context(gpt("parallel.tp=4", "parallel.sequence_parallel=true", *WIDE))
+    over = build_context(gpt("parallel.tp=4", "parallel.sequence_parallel=true", *WIDE,
+                             "parallel.tp_comm_overlap=true"))
+    f0, f1 = plain.program.chunk(0, "F", 0), over.program.chunk(0, "F", 0)
+    t0 = isolated_run(f0.work, 108, 0)[0]
+    t1 = isolated_run(f1.work, 108, 0)[0]
+    comm = f0.work.seconds_on(Stream.COMM)
+    assert t1 < t0                                 # chunked GEMMs run beside the arriving chunks
+    assert t0 - t1 <= comm                         # never hides more than the collectives take
+    assert len([t for t in f1.tasks if t.name == "tp_ag_attn"]) == 4 * (4 - 1)  # tp - 1 ring steps per layer
+
+
+# ------------------------------------------------------------------------------ recompute
+
+
+def test_selective_recompute_reruns_the_attention_core_flops(gpt):
+    s = gpt()
+    unit = _layer(s)
+    keys = SEQ / 2                                 # causal: half the sequence per query on average
+    core = 2 * H * (64 + 64) * keys                # Q K^T and P V forward, per query token
+    assert recompute_fwd_flops_per_token(unit.ops, recompute_spec(s.model, "selective"), keys) == core
+    assert recompute_fwd_flops_per_token(unit.ops, recompute_spec(s.model, "none"), keys) == 0
+    assert recompute_fwd_flops_per_token(unit.ops, recompute_spec(s.model, "activations"), keys) == 0
+    gemms = 2 * (3 * D * D + D * D + 2 * 4 * D * D)  # QKV, output projection, MLP up and down
+    assert recompute_fwd_flops_per_token(unit.ops, recompute_spec(s.model, "full"), keys) == gemms + core
+    assert recompute_fwd_flops_per_token(unit.ops, recompute_spec(s.model, ("core_attn", "mlp")), keys) == (
+        core + 2 * 2 * 4 * D * D)
+    coster = build_context(gpt("parallel.recompute=selective")).program.coster
+    attention = next(op for op in unit.ops if op.kind == "attention")
+    assert coster.seconds(attention, "input", SEQ) == pytest.approx(
+        coster.seconds(attention, "fwd", SEQ) + build_context(s).program.coster.seconds(attention, "input", SEQ))
+
+
+def test_unknown_recompute_names_are_refused(gpt):
+    with pytest.raises(SimInputError, match=r"parallel\.recompute.*'attn_softmaxx'"):
+        build_context(gpt("parallel.recompute=[core_attn, attn_softmaxx]"))
+
+
+# ------------------------------------------------------------------------------ ZeRO and FSDP
+
+
+@pytest.mark.parametrize(("zero", "pp", "reshard", "fwd", "bwd", "per_step", "every"), [
+    (0, 1, True, False, False, False, False),      # DDP: one all-reduce per step
+    (1, 1, True, False, False, True, False),       # reduce-scatter once, all-gather once
+    (2, 1, True, False, False, True, True),        # sharded gradients: reduce every micro-batch
+    (3, 1, True, True, True, False, True),         # FSDP: gather in forward and backward, reduce every mb
+    (3, 1, False, True, False, False, True),       # kept gathered from forward to backward
+    (3, 2, False, False, False, True, False),      # pipelining: gathered all step, reduced at the last backward
+    (3, 2, True, True, True, False, False),
+])
+def test_zero_stage_traffic_pattern(zero, pp, reshard, fwd, bwd, per_step, every):
+    plan = ShardingPlan(zero, pp, reshard, 1, 25e6)
+    assert (plan.gather_forward, plan.gather_backward, plan.gather_per_step, plan.reduce_every_microbatch) == (
+        fwd, bwd, per_step, every)
+
+
+def test_fsdp_gathers_each_layer_group_per_micro_batch(gpt):
+    ctx = build_context(gpt("parallel.zero_stage=3"))
+    f, b = ctx.program.chunk(0, "F", 0), ctx.program.chunk(0, "B", 0)
+    units = ctx.partition.stages[0]                # embedding, 4 layers, head
+    assert len(_names(f, "fsdp_gather")) == len(units) == 6
+    assert len(_names(b, "fsdp_gather")) == 6      # resharded after forward: gathered again
+    embed = units[0]
+    params = sum(op.params for op in embed.ops)
+    net = ctx.network
+    assert _names(f, "fsdp_gather")[0].seconds == net.collective_seconds("all_gather", params * 2, net.shard_group())
+    kept = build_context(gpt("parallel.zero_stage=3", "parallel.fsdp_reshard_after_forward=false"))
+    assert not _names(kept.program.chunk(0, "B", 0), "fsdp_gather")
+    piped = build_context(gpt("parallel.zero_stage=3", "parallel.fsdp_reshard_after_forward=false",
+                              "parallel.pp=2", "training.global_batch_size=32"))
+    assert not _names(piped.program.chunk(0, "F", 0), "fsdp_gather")
+    assert piped.tail.param_gather_seconds([0]) > 0  # once per step instead
+
+
+def test_fsdp_prefetch_depth_sets_which_compute_a_gather_waits_for(gpt):
+    for depth in (0, 1, 2):
+        f = build_context(gpt("parallel.zero_stage=3", f"parallel.fsdp_prefetch={depth}")).program.chunk(0, "F", 0)
+        gathers = [i for i, t in enumerate(f.tasks) if t.name == "fsdp_gather"]
+        for k, g in enumerate(gathers):
+            waited = f.tasks[g].deps
+            if k <= depth:
+                assert waited == ()               # nothing to wait for: the first ones start at once
+            else:
+                assert waited == (f.groups[k - 1 - depth][-1],)
+
+
+def test_reductions_per_zero_stage_in_the_rank_plans(gpt):
+    def reductions(*ov):
+        ctx = build_context(gpt("training.global_batch_size=32", *ov))
+        plan = rank_plans(ctx.inputs, fast=True)[0]
+        return sum(len(a.starts) + len(a.triggers) for a in plan.actions) + len(plan.end_triggers)
+
+    mbs = 32 // 8
+    assert reductions("parallel.zero_stage=1") == 1
+    assert reductions("parallel.zero_stage=2") == mbs
+    assert reductions("parallel.zero_stage=3") == mbs
+    assert reductions("parallel.zero_stage=1", "parallel.overlap_grad_reduce=false") == 1
+
+
+def test_all_reduce_costs_about_a_reduce_scatter_plus_an_all_gather(gpt):
+    ddp = build_context(gpt("parallel.zero_stage=0", *WIDE, nodes=4)).tail
+    zero1 = build_context(gpt("parallel.zero_stage=1", *WIDE, nodes=4)).tail
+    assert ddp.grad_name == "grad_all_reduce" and zero1.grad_name == "grad_reduce_scatter"
+    assert ddp.param_gather_seconds([0]) == 0
+    ring = zero1.grad_sync_seconds(0) + zero1.param_gather_seconds([0])
+    assert ddp.grad_sync_seconds(0) == pytest.approx(ring, rel=0.25)
+
+
+def test_hybrid_sharding_gathers_inside_the_group_and_reduces_across(gpt):
+    full = build_context(gpt("parallel.zero_stage=3", nodes=4))
+    hsdp = build_context(gpt("parallel.zero_stage=3", "parallel.fsdp_shard_group=8", nodes=4))
+    assert hsdp.network.shard_group().size == 8 and hsdp.network.replica_group().size == 4
+    assert hsdp.network.shard_group().num_nodes == 1  # a node's NVLink only
+    g_full = _names(full.program.chunk(0, "F", 0), "fsdp_gather")[1].seconds
+    g_hsdp = _names(hsdp.program.chunk(0, "F", 0), "fsdp_gather")[1].seconds
+    assert g_hsdp < g_full
+    m_full = memory_per_rank(full.scenario, full.partition, full.schedule)[0]
+    m_hsdp = memory_per_rank(hsdp.scenario, hsdp.partition, hsdp.schedule)[0]
+    assert m_hsdp.optimizer == pytest.approx(4 * m_full.optimizer)
+
+
+# ------------------------------------------------------------------------------ MoE under TP, EPLB
+
+
+def test_tensor_parallel_ranks_dispatch_their_share_of_the_tokens(moe):
+    one = moe()
+    two = moe("parallel.tp=2", "parallel.sequence_parallel=true")
+    assert two.expert_tokens_per_gpu == one.expert_tokens_per_gpu // 2
+    l1 = build_context(one).loads.balanced_load()
+    l2 = build_context(two).loads.balanced_load()
+    k = one.model.n_activated_experts
+    assert sum(l1.rows_per_expert) == one.expert_tokens_per_gpu * k
+    assert sum(l2.rows_per_expert) == two.expert_tokens_per_gpu * k
+    assert l2.dispatch_ib_bytes + l2.dispatch_nvlink_bytes == pytest.approx(
+        (l1.dispatch_ib_bytes + l1.dispatch_nvlink_bytes) / 2)
+
+
+def test_eplb_spare_slots_hold_expert_weights_and_gradients(moe):
+    base = build_context(moe("experts.skew=zipf"))
+    eplb = build_context(moe("experts.skew=zipf", "experts.policy=eplb"))  # default: one spare slot per GPU
+    m0 = memory_per_rank(base.scenario, base.partition, base.schedule)[1]
+    m1 = memory_per_rank(eplb.scenario, eplb.partition, eplb.schedule)[1]
+    assert m1.weights > m0.weights and m1.gradients > m0.gradients
+    assert m1.optimizer == pytest.approx(m0.optimizer)  # ZeRO-1: optimizer states spread over all replicas
+
+
+# ------------------------------------------------------------------------------ pipeline stages
+
+
+def test_embedding_and_head_only_stages_are_costed(gpt):
+    s = gpt("parallel.pp=4", "parallel.stage_layers=[0, 2, 2, 0]", "training.global_batch_size=64")
+    ctx = build_context(s)
+    assert [u.kind for u in ctx.partition.stages[0]] == ["embed"]
+    assert [u.kind for u in ctx.partition.stages[3]] == ["head"]
+    for mode in ("fast", "detailed"):
+        r = simulate_step(s, mode=mode, record_trace=False)
+        assert r.step_time_s > 0
+    mem = memory_per_rank(s, ctx.partition, ctx.schedule)
+    assert mem[0].weights > 0 and mem[3].weights > 0
+    with pytest.raises(SimInputError, match=r"stage_layers: stage 1 would hold nothing"):
+        gpt("parallel.pp=4", "parallel.stage_layers=[2, 0, 1, 1]", "training.global_batch_size=64")
+
+
+def test_full_recompute_runs_with_merged_pairs_in_both_modes(moe):
+    """Full recompute re-sends its forward's all-to-all inside the backward; the pair merge still finds a
+    dependency-respecting order (DualPipe's F&B pairs), in the detailed and the fast mode."""
+    for mode in ("fast", "detailed"):
+        full = simulate_step(moe("parallel.recompute=full"), mode=mode, record_trace=False)
+        light = simulate_step(moe("parallel.recompute=none"), mode=mode, record_trace=False)
+        assert full.step_time_s > light.step_time_s
+        assert full.breakdown_s["overlapped"] > 0
+
+
+def test_ep_overlap_never_slows_unpipelined_1f1b(moe):
+    ov = ("parallel.pp=1", "parallel.schedule=1f1b", "training.global_batch_size=128")
+    plain = simulate_step(moe(*ov), mode="fast", record_trace=False)
+    combined = simulate_step(moe(*ov, "parallel.ep_overlap=true"), mode="fast", record_trace=False)
+    assert combined.step_time_s <= plain.step_time_s
+    assert combined.breakdown_s["overlapped"] > 0
+
+
+@pytest.mark.parametrize(("schedule", "extra"), [
+    ("gpipe", ()), ("1f1b", ()), ("zb1p", ()), ("interleaved-1f1b", ("parallel.vpp=2",)),
+])
+def test_full_recompute_runs_with_every_pipeline_schedule(gpt, schedule, extra):
+    ov = ("parallel.pp=2", f"parallel.schedule={schedule}", *extra, "training.global_batch_size=32")
+    for mode in ("fast", "detailed"):
+        full = simulate_step(gpt(*ov, "parallel.recompute=full"), mode=mode, record_trace=False)
+        none = simulate_step(gpt(*ov), mode=mode, record_trace=False)
+        assert full.step_time_s > none.step_time_s
+
+
+def test_full_recompute_runs_with_dualpipev(moe):
+    s = moe("parallel.schedule=dualpipev", "parallel.pp=2", "parallel.recompute=full")
+    for mode in ("fast", "detailed"):
+        assert simulate_step(s, mode=mode, record_trace=False).breakdown_s["overlapped"] > 0
+
+
+def test_run_and_experts_share_one_default_of_redundant_experts(moe):
+    from sim.experts.placement import redundant_experts
+    from sim.step import with_policy
+
+    s = moe()
+    assert redundant_experts(s) == 0                       # not EPLB: no spare slots
+    assert redundant_experts(with_policy(s, "eplb")) == s.parallel.ep  # one per GPU of the EP group
+    assert redundant_experts(moe("experts.policy=eplb")) == s.parallel.ep
+    assert redundant_experts(moe("experts.policy=eplb", "experts.num_redundant_experts=8")) == 8
