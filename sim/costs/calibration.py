@@ -9,7 +9,10 @@ distance in log shape space (GEMM ``m, n, k``, with a penalty between passes; at
 head sizes; memory-bound kernels bytes, with a penalty between kernel names), blended with that kind's
 overall correction by a prior weight: exact at a measured shape, smooth between, and the overall correction
 far from every measurement. The cost model divides its modelled time by the correction. So calibration keeps
-the model's shape dependence and only rescales it where measurements say the model is off.
+the model's shape dependence and only rescales it where measurements say the model is off. GEMMs of a
+training trace (``device.kind: trace``) are compared with the model of GEMMs inside a training step (its
+in-training factors, :func:`sim.costs.gemm.in_training_factor`), a harness's isolated timings with the model of
+isolated GEMMs; either way the correction applies to the in-training time the cost model uses.
 
 A table measured on one GPU applies to another of the same compute silicon (``GpuSpec.silicon``: H800, H100
 and H200 share GH100 with 132 SMs; H20's cut-down configuration does not): the correction is a ratio on the
@@ -92,7 +95,9 @@ class Calibration:
         if e.kind in ("gemm", "grouped_gemm"):
             groups = int(s.get("groups", 1))
             rows = (s["m"] / groups,) * groups if groups > 1 else None
-            modelled = gemm.gemm_seconds(self.source, e.dtype, s["m"], s["n"], s["k"], rows)
+            # a training trace is compared with GEMMs in a training step, a harness's timings with isolated ones
+            in_training = e.gemm_pass if self.table.device.kind == "trace" else None
+            modelled = gemm.gemm_seconds(self.source, e.dtype, s["m"], s["n"], s["k"], rows, in_training)
             return _Point((math.log(s["m"]), math.log(s["n"]), math.log(s["k"])), e.gemm_pass or "",
                           math.log(modelled / measured))
         if e.kind in ("attention_fwd", "attention_bwd"):

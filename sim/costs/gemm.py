@@ -12,7 +12,10 @@ For ``[m, k] x [k, n]`` (``groups`` GEMMs of ``group_rows`` rows each sharing ``
   the achievable HBM bandwidth;
 - the two overlap except for a fraction ``gamma`` of the shorter (the epilogue that writes the output and the
   prologue that fills the pipeline are not hidden behind math): ``max + gamma x min``;
-- plus ``kernel_overhead`` per kernel (launch and tail).
+- plus ``kernel_overhead`` per kernel (launch and tail);
+- inside a training step, divided by the pass's in-training factor (``GpuEfficiency.gemm_training_*``,
+  measured on DeepSeek's H800 training trace: the same shapes run 10-36 % slower there than the model of
+  isolated benchmarks says, weight gradients the most).
 
 ``eta_max``, ``k0``, ``gamma`` and the overhead are GPU-profile fields; for Hopper they are fitted to published
 GEMM measurements by :mod:`sim.calibrate.fit_gemm` (which reports the error on held-out measurements).
@@ -69,9 +72,19 @@ def gemm_bytes(dtype: str, m: float, n: float, k: float, groups: int = 1) -> flo
     return (m * k + groups * n * k) * b_in + m * n * dtype_bytes("bf16")
 
 
+def in_training_factor(gpu: GpuSpec, pass_: str | None) -> float:
+    """The fraction of its isolated rate a GEMM of training pass ``pass_`` reaches inside a training step
+    (``GpuEfficiency.gemm_training_*``); 1 for an isolated GEMM (``pass_`` None)."""
+    if pass_ is None:
+        return 1.0
+    eff = gpu.efficiency
+    return {"fwd": eff.gemm_training_fwd, "dgrad": eff.gemm_training_dgrad, "wgrad": eff.gemm_training_wgrad}[pass_]
+
+
 def gemm_seconds(gpu: GpuSpec, dtype: str, m: float, n: float, k: float,
-                 group_rows: tuple[float, ...] | None = None) -> float:
-    """One (grouped) GEMM ``[m, k] x [k, n]`` by the shape model of the module docstring."""
+                 group_rows: tuple[float, ...] | None = None, pass_: str | None = None) -> float:
+    """One (grouped) GEMM ``[m, k] x [k, n]`` by the shape model of the module docstring; as a GEMM of training
+    pass ``pass_`` (``fwd``, ``dgrad``, ``wgrad``) inside a training step, or isolated when ``None``."""
     if m <= 0 or n <= 0 or k <= 0:
         return 0.0
     eff = gpu.efficiency
@@ -79,4 +92,4 @@ def gemm_seconds(gpu: GpuSpec, dtype: str, m: float, n: float, k: float,
     t_math = gemm_math_seconds(gpu, dtype, m, n, k, group_rows)
     t_mem = gemm_bytes(dtype, m, n, k, groups) / (gpu.hbm_bandwidth_bytes_per_s * (eff.gemm_hbm_frac or eff.hbm_frac))
     hi, lo = max(t_math, t_mem), min(t_math, t_mem)
-    return hi + eff.gemm_exposed_frac * lo + eff.kernel_overhead_us * US
+    return (hi + eff.gemm_exposed_frac * lo) / in_training_factor(gpu, pass_) + eff.kernel_overhead_us * US

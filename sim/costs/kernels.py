@@ -76,7 +76,7 @@ class CostModel:
     # ------------------------------------------------------------------ GEMMs
     def _gemm_corrected(self, m: float, n: float, k: float, dtype: str, group_rows: tuple[float, ...] | None,
                         pass_: Pass | None) -> float:
-        t = gemm.gemm_seconds(self.gpu, dtype, m, n, k, group_rows)
+        t = gemm.gemm_seconds(self.gpu, dtype, m, n, k, group_rows, pass_)
         if self.calibration is None:
             return t
         groups = len(group_rows) if group_rows else 1

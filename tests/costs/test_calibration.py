@@ -21,16 +21,33 @@ FP8 = PrecisionSpec(fprop="fp8", dgrad="fp8", wgrad="fp8")
 
 
 def entry(m: float, n: float, k: float, slower: float, dtype: str = "fp8", gemm_pass: str = "fwd") -> Entry:
-    """A measured GEMM ``slower`` times the model's time on the H800."""
-    seconds = gemm.gemm_seconds(H800, dtype, m, n, k) * slower
+    """A GEMM of a training trace, measured ``slower`` times the model's in-training time on the H800."""
+    seconds = gemm.gemm_seconds(H800, dtype, m, n, k, None, gemm_pass) * slower
     flops = 2.0 * m * n * k
     return Entry(kind="gemm", dtype=dtype, name="g", gemm_pass=gemm_pass, shape={"m": m, "n": n, "k": k},
                  seconds=seconds, samples=1, flops=flops, achieved_flops_per_s=flops / seconds)
 
 
-def table(*entries: Entry) -> CalibrationTable:
+def table(*entries: Entry, kind: str = "trace") -> CalibrationTable:
     return CalibrationTable(schema_version=1, entries=entries, device=DeviceInfo(
-        name="NVIDIA H800", kind="trace", num_sms=132, source="test", created="2026-01-01"))
+        name="NVIDIA H800", kind=kind, num_sms=132, source="test", created="2026-01-01"))
+
+
+def test_a_trace_is_compared_with_gemms_in_training_a_harness_with_isolated_ones():
+    """The same measured seconds: a trace's GEMM ran inside training (the model there is slower by the pass's
+    in-training factor, so the correction is that much nearer 1); a harness timed it isolated."""
+    m = n = k = 4096
+    isolated = gemm.gemm_seconds(H800, "fp8", m, n, k)
+    e = Entry(kind="gemm", dtype="fp8", name="g", gemm_pass="wgrad", shape={"m": m, "n": n, "k": k},
+              seconds=isolated, samples=1, flops=2.0 * m * n * k, achieved_flops_per_s=2.0 * m * n * k / isolated)
+    harness = Calibration(table(e, kind="cuda"), H800).gemm("fp8", "wgrad", m, n, k).kappa
+    trace = Calibration(table(e), H800).gemm("fp8", "wgrad", m, n, k).kappa
+    assert harness == pytest.approx(1.0)
+    factor = H800.efficiency.gemm_training_wgrad
+    launch = H800.efficiency.kernel_overhead_us * 1e-6
+    want = ((isolated - launch) / factor + launch) / isolated  # in-training model / measured, at distance 0
+    prior = math.log(want) / (1 + PRIOR_COUNT)
+    assert math.log(trace) == pytest.approx((math.log(want) + 0.1 * prior) / 1.1)
 
 
 def test_exact_at_a_measured_shape_and_prior_far_away():
