@@ -80,7 +80,7 @@ def model_report(m: ModelSpec, scenario: Scenario | None, seq_len: int) -> dict[
     worst = max(ranks, key=lambda r: r.total)
     out.update({
         "scenario": scenario.name,
-        "layout": {"tp": p.tp, "pp": p.pp, "dp": scenario.dp, "ep": p.ep, "schedule": p.schedule,
+        "layout": {"tp": p.tp, "cp": p.cp, "pp": p.pp, "dp": scenario.dp, "ep": p.ep, "schedule": p.schedule,
                    "num_stages": scenario.num_stages, "num_microbatches": scenario.num_microbatches,
                    "stage_layers": list(layout.layers_per_stage())},
         "stage_params": counts.stage_params(layout, m),

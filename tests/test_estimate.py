@@ -59,9 +59,6 @@ def test_deepseek_pretraining_within_10pct_of_table1(deepseek):
     assert abs(s["gpu_hours"] / TABLE1["pre-training"] - 1) <= 0.10, s
 
 
-@pytest.mark.xfail(strict=True, reason="measured 229.7K H800 GPU-hours vs 119K (+93%): the 128K phase's 480 "
-                   "sequences leave 15 micro-batches per 16-stage pipeline (TP4 x DP32, full recompute to fit), a "
-                   "~50% bubble; the simulator has no context parallelism; DeepSeek's layout is unpublished")
 def test_deepseek_context_extension_within_15pct_of_table1(deepseek):
     s = stage(deepseek, "context extension")
     assert abs(s["gpu_hours"] / TABLE1["context extension"] - 1) <= 0.15, s

@@ -95,8 +95,9 @@ def _layout(lay: dict[str, Any] | None) -> str:
     if not lay:
         return "-"
     vpp = f" vpp{lay['vpp']}" if "vpp" in lay else ""
-    return (f"{lay['schedule']}{vpp} TP{lay['tp']} PP{lay['pp']} DP{lay['dp']} mbs{lay['micro_batch_size']}"
-            f"{'' if lay['recompute'] == 'norm_and_up_proj' else ' rc:' + lay['recompute']}")
+    cp = f" CP{lay['cp']}" if lay.get("cp", 1) > 1 else ""
+    return (f"{lay['schedule']}{vpp} TP{lay['tp']}{cp} PP{lay['pp']} DP{lay['dp']} mbs{lay['micro_batch_size']}"
+            f"{'' if lay['recompute'] == 'norm_and_up_proj' else ' rc:' + str(lay['recompute'])}")
 
 
 def _sig(x: float) -> str:

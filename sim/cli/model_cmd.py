@@ -49,7 +49,8 @@ def model(workload: str, seq_len: int | None, overrides: tuple[str, ...], as_jso
         click.echo(f"  memory per GPU              -- {report['memory_note']}")
         return
     lay = report["layout"]
-    click.echo(f"  layout  TP{lay['tp']} PP{lay['pp']} DP{lay['dp']} EP{lay['ep']} {lay['schedule']}, "
+    cp = f" CP{lay['cp']}" if lay.get("cp", 1) > 1 else ""
+    click.echo(f"  layout  TP{lay['tp']}{cp} PP{lay['pp']} DP{lay['dp']} EP{lay['ep']} {lay['schedule']}, "
                f"{lay['num_microbatches']} micro-batches, layers per stage {lay['stage_layers']}")
     cap = report["memory_capacity_bytes"]
     click.echo(f"  memory per GPU (worst rank) {human_bytes(report['memory_per_gpu_bytes'])} of {human_bytes(cap)}")

@@ -160,7 +160,8 @@ def choose_mode(scenario: Scenario, mode: str, explicit: bool, budget: Budget, t
 def _print_human(scenario: Scenario, r: Any, cal: dict[str, Any] | None) -> None:
     p = scenario.parallel
     click.echo(f"{scenario.name}: {scenario.model.name} on {scenario.num_gpus} x {scenario.cluster.gpu.name}")
-    click.echo(f"  layout TP{p.tp} PP{p.pp} DP{scenario.dp} EP{p.ep}, {p.schedule}, "
+    cp = f" CP{p.cp}" if p.cp > 1 else ""
+    click.echo(f"  layout TP{p.tp}{cp} PP{p.pp} DP{scenario.dp} EP{p.ep}, {p.schedule}, "
                f"{scenario.num_microbatches} micro-batches of {scenario.tokens_per_microbatch} tokens ({r.mode})")
     click.echo(f"  step time            {r.step_time_s:8.3f} s")
     click.echo(f"  tokens/s per GPU     {r.tokens_per_s_per_gpu:8.0f}")

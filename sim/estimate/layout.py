@@ -11,10 +11,11 @@ The search widens in tiers and stops at the first tier that has a legal layout t
 1. schedule (all but GPipe, which has 1F1B's bubble and holds every micro-batch; interleaved 1F1B with two
    virtual stages), micro-batch size (1, 2, 4 and the job's) and pipeline ranks (half, same, double the
    job's): the knobs a schedule change touches;
-2. plus tensor parallelism (1, 2, 4, 8, inside a node), which also divides activations;
+2. plus tensor and context parallelism (TP 1, 2, 4, 8; CP 1, 2, 4, 8; TP x CP inside a node, where the
+   context-parallel ring runs on NVLink), which also divide activations (CP splits every one by sequence);
 3. plus full recompute, which keeps only each layer's input.
 
-Every candidate is validated like a job (``Scenario``). Within a tier the legal ones are grouped by TP and
+Every candidate is validated like a job (``Scenario``). Within a tier the legal ones are grouped by TP, CP and
 recompute policy (whose costs only a simulation can rank) and, inside a group, ranked by the published bubble
 of their schedule (``sim.schedules.formulas``) in layer-tokens of work: a heuristic for the search only. Each
 group's best that fits the memory model (``sim.model.memory``: states plus the activations of the schedule's
@@ -57,7 +58,7 @@ class Choice:
 
 def layout_of(s: Scenario) -> dict[str, Any]:
     p = s.parallel
-    out: dict[str, Any] = {"schedule": p.schedule, "tp": p.tp, "pp": p.pp, "dp": s.dp, "ep": p.ep,
+    out: dict[str, Any] = {"schedule": p.schedule, "tp": p.tp, "cp": p.cp, "pp": p.pp, "dp": s.dp, "ep": p.ep,
                            "micro_batch_size": p.micro_batch_size, "num_microbatches": s.num_microbatches,
                            "recompute": p.recompute}
     if p.schedule == "interleaved-1f1b":
@@ -68,7 +69,8 @@ def layout_of(s: Scenario) -> dict[str, Any]:
 def describe(s: Scenario) -> str:
     p = s.parallel
     vpp = f" vpp{p.vpp}" if p.schedule == "interleaved-1f1b" else ""
-    return (f"{p.schedule}{vpp} TP{p.tp} PP{p.pp} DP{s.dp} mbs{p.micro_batch_size} "
+    cp = f" CP{p.cp}" if p.cp > 1 else ""
+    return (f"{p.schedule}{vpp} TP{p.tp}{cp} PP{p.pp} DP{s.dp} mbs{p.micro_batch_size} "
             f"({s.num_microbatches} micro-batches), recompute {p.recompute}")
 
 
@@ -92,7 +94,7 @@ def bubble_proxy(s: Scenario) -> float:
     units = published_bubble(s.parallel.schedule, s.parallel.pp, Durations(), s.parallel.vpp)
     p = s.parallel
     layers = s.model.n_layers + s.model.n_mtp_layers
-    return units * layers / s.num_stages * s.tokens_per_microbatch / p.tp
+    return units * layers / s.num_stages * s.tokens_per_microbatch / (p.tp * p.cp)
 
 
 def _tiers(p: ParallelSpec, gpn: int) -> list[list[dict[str, Any]]]:
@@ -100,17 +102,19 @@ def _tiers(p: ParallelSpec, gpn: int) -> list[list[dict[str, Any]]]:
     pps = sorted({x for x in (p.pp // 2 if p.pp % 2 == 0 else 0, p.pp, 2 * p.pp) if x >= 1})
     mbss = sorted({1, 2, 4, p.micro_batch_size})
     tps = sorted({t for t in (1, 2, 4, 8, p.tp) if t <= gpn})
+    cps = sorted({c for c in (1, 2, 4, 8, p.cp) if c <= gpn})
 
-    def grid(tp_values: list[int], recompute: list[str]) -> list[dict[str, Any]]:
+    def grid(tp_cp: list[tuple[int, int]], recompute: list[str]) -> list[dict[str, Any]]:
         out = []
-        for sched, pp, mbs, tp, rc in itertools.product(SCHEDULES, pps, mbss, tp_values, recompute):
+        for sched, pp, mbs, (tp, cp), rc in itertools.product(SCHEDULES, pps, mbss, tp_cp, recompute):
             out.append({"schedule": sched, "vpp": 2 if sched == "interleaved-1f1b" else 1, "pp": pp,
-                        "micro_batch_size": mbs, "tp": tp, "recompute": rc})
+                        "micro_batch_size": mbs, "tp": tp, "cp": cp, "recompute": rc})
         return out
 
+    job = (p.tp, p.cp)
+    wider = [(t, c) for t in tps for c in cps if t * c <= gpn and (t, c) != job]
     full = ["full"] if p.recompute != "full" else []
-    return [grid([p.tp], [p.recompute]), grid([t for t in tps if t != p.tp], [p.recompute]),
-            grid(tps, full) if full else []]
+    return [grid([job], [p.recompute]), grid(wider, [p.recompute]), grid([job, *wider], full) if full else []]
 
 
 def _candidate(data: dict[str, Any], base: ParallelSpec, change: dict[str, Any]) -> Scenario | None:
@@ -148,13 +152,14 @@ def search(data: dict[str, Any], base: ParallelSpec, gpus_per_node: int, problem
     seen: set[str] = set()
     history: list[str] = []
     for tier, changes in enumerate(_tiers(base, gpus_per_node), start=1):
-        groups: dict[tuple[int, str], list[tuple[float, str, Scenario]]] = {}
+        groups: dict[tuple[int, int, str], list[tuple[float, str, Scenario]]] = {}
         for change in changes:
             s = _candidate(data, base, change)
             if s is None or describe(s) in seen:
                 continue
             seen.add(describe(s))
-            groups.setdefault((s.parallel.tp, s.parallel.recompute), []).append((bubble_proxy(s), describe(s), s))
+            key = (s.parallel.tp, s.parallel.cp, str(s.parallel.recompute))
+            groups.setdefault(key, []).append((bubble_proxy(s), describe(s), s))
         queues = [iter(sorted(g, key=lambda x: (x[0], x[1]))) for g in groups.values()]
         simulated: list[tuple[float, int, Scenario, Any]] = []
         sims = 0
@@ -185,10 +190,10 @@ def search(data: dict[str, Any], base: ParallelSpec, gpus_per_node: int, problem
             before = f" ({'; '.join(history)})" if history else ""
             reason = (f"{problem}; chose {describe(s)} at {t:.2f} s per step, the fastest of {sims} simulated "
                       f"in search tier {tier}, {_TIER_NAMES[tier - 1]}: {legal} legal layouts in "
-                      f"{len(groups)} TP/recompute group(s), best by pipeline bubble within a group{before}")
+                      f"{len(groups)} TP/CP/recompute group(s), best by pipeline bubble within a group{before}")
             return Choice(s, r, reason, sims)
         history.append(f"tier {tier}: {legal} legal, none fits in memory" if legal else f"tier {tier}: none legal")
     return None
 
 
-_TIER_NAMES = ("schedule, micro-batch size, PP", "plus TP", "plus full recompute")
+_TIER_NAMES = ("schedule, micro-batch size, PP", "plus TP and CP", "plus full recompute")
