@@ -164,6 +164,8 @@ def _scale() -> None:
     for gpus in (2048, 16384, 65536):
         over = [] if gpus == 2048 else [f"cluster.num_nodes={gpus // 8}",
                                         f"training.global_batch_size={15360 * gpus // 2048}"]
+        if gpus > 16384:  # past the two-tier multi-plane fabric's 16,384 GPUs: a three-tier fat tree
+            over.append("cluster.fabric=ft3_64")
         row = []
         for mode in ("analytic", "fast", "detailed"):
             r = _run(CASE, mode, "-", "3", *over)

@@ -64,9 +64,12 @@ class Program(BlockTasks):
         self.loads = loads
         self.tokens = float(scenario.tokens_per_gpu)
         self._memo: dict[tuple, Chunk] = {}
-        self._block_memo: dict[str, list[tuple[str, tuple[Op, ...]]]] = {}
-        self._plan_memo: dict[tuple[str, str], BlockPlan] = {}
+        self._block_memo: dict[int, list[tuple[str, tuple[Op, ...]]]] = {}
+        self._plan_memo: dict[tuple[int, str], BlockPlan] = {}
         self._secs_memo: dict[tuple, float] = {}
+        # Units with the same ops (every dense or MoE layer) share one id, so their costs are computed once.
+        ids: dict[tuple[Op, ...], int] = {}
+        self._ops_id = {u.name: ids.setdefault(u.ops, len(ids)) for st in partition.stages for u in st}
         self._inline: dict[tuple, dict[tuple[str, str], float]] = {}
         p, m = scenario.parallel, scenario.model
         self.tp = p.tp
@@ -142,7 +145,8 @@ class Program(BlockTasks):
 
     def _blocks(self, unit: Unit) -> list[tuple[str, tuple[Op, ...]]]:
         """The unit's ops in their blocks, in forward order: (block name, ops)."""
-        hit = self._block_memo.get(unit.name)
+        uid = self._ops_id[unit.name]
+        hit = self._block_memo.get(uid)
         if hit is None:
             out: list[tuple[str, list[Op]]] = []
             for op in unit.ops:
@@ -150,13 +154,14 @@ class Program(BlockTasks):
                 if not out or out[-1][0] != name:
                     out.append((name, []))
                 out[-1][1].append(op)
-            hit = self._block_memo[unit.name] = [(name, tuple(ops)) for name, ops in out]
+            hit = self._block_memo[uid] = [(name, tuple(ops)) for name, ops in out]
         return hit
 
     def _plan(self, unit: Unit, name: str, ops: tuple[Op, ...]) -> BlockPlan:
-        hit = self._plan_memo.get((unit.name, name))
+        memo = (self._ops_id[unit.name], name)
+        hit = self._plan_memo.get(memo)
         if hit is None:
-            hit = self._plan_memo[(unit.name, name)] = plan_block(name, ops, self.s.model.dim)
+            hit = self._plan_memo[memo] = plan_block(name, ops, self.s.model.dim)
         return hit
 
     def _secs(self, unit: Unit, key: str, ops: tuple[Op, ...], part: Part, load: MoeLoad | None,
@@ -165,7 +170,7 @@ class Program(BlockTasks):
         only where it matters (expert GEMMs)."""
         grouped = load is not None and any(op.kind == "grouped_gemm" for op in ops)
         rows = load.rows_per_expert if grouped and load is not None else ()
-        memo = (unit.name, key, part, rows, div)
+        memo = (self._ops_id[unit.name], key, part, rows, div)
         hit = self._secs_memo.get(memo)
         if hit is None:
             cost_part = _COST_PART[part]
