@@ -41,6 +41,7 @@ def _register() -> None:
     main.add_command(run_cmd.run)
     main.add_command(schedule_cmd.schedule)
     main.add_command(__import__("sim.cli.validate_cmd", fromlist=["validate"]).validate)
+    main.add_command(__import__("sim.cli.sweep_cmd", fromlist=["sweep"]).sweep)
 
 
 _register()
