@@ -81,6 +81,9 @@ def run_with_progress(fn: Any, executor_kind: str, scheduler: str | None, worker
     executor = make_executor(executor_kind, scheduler, workers)
     try:
         return fn(executor, bar)
+    except BaseException:
+        executor.abort()  # an interrupt: stop the workers now; streamed results stay for --resume
+        raise
     finally:
         if bar is not None:
             bar.close()

@@ -30,7 +30,7 @@ import pandas as pd
 from sim.errors import SimInputError
 from sim.sweep.evaluate import price
 from sim.sweep.executors import Executor, LocalExecutor
-from sim.sweep.frame import build_frame, ranking_report
+from sim.sweep.frame import FIGURES, build_frame, ranking_report
 from sim.sweep.prune import CANDIDATE, DOMINATED, Verdicts, counts_by_rule, inner_shape, prune
 from sim.sweep.space import INNER, Space, build_space
 from sim.sweep.spec import SweepSpec
@@ -39,6 +39,9 @@ from sim.units import SECONDS_PER_DAY, SECONDS_PER_HOUR
 
 #: ``progress(stage, done, total)``.
 Progress = Callable[[str, int, int], None]
+#: Numbers a worker returns that are streamed (with status, rule, reason, the priced figures, warnings).
+STREAMED = ("step_time_s", "mfu", "tokens_per_s_per_gpu", "memory_per_gpu_bytes", "memory_capacity_bytes", "oom",
+            "utilization", "imbalance", "tokens_per_step")
 #: Points per task at most, by tier: about a second or more of work per task.
 MAX_BATCH = {"analytic": 1024, "fast": 16, "detailed": 2}
 
@@ -107,7 +110,13 @@ class _Run:
         rows = []
         p = self.v.num_prices
         for i in range(kid * p, kid * p + p):
-            row = {"index": i, **{k: v for k, v in res.items() if k not in ("warnings", "eval_s")}}
+            row: dict[str, Any] = {"index": i, "status": res["status"], "rule": res.get("rule") or "",
+                                   "reason": res.get("reason") or ""}
+            for k in STREAMED:
+                x = res.get(k)
+                row[k] = float("nan") if x is None else float(x)
+            for k in FIGURES:
+                row[k] = float("nan")
             row["warnings"] = "; ".join(res.get("warnings", ()))
             if res["status"] in ("ok", "oom"):
                 cluster = self.v.clusters[i // self.v.inner_size]
@@ -125,7 +134,11 @@ class _Run:
         for rec in done.to_dict("records"):
             i = int(rec.pop("index"))
             kid = i // p
-            res = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()}
+            res = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()
+                   if k not in FIGURES}
+            res["rule"], res["reason"] = res.get("rule") or None, res.get("reason") or None
+            if res.get("oom") is not None:
+                res["oom"] = bool(res["oom"])
             res["warnings"] = [w for w in str(res.get("warnings") or "").split("; ") if w]
             if kid not in self.results.get(tier, {}):
                 self._record(tier, kid, res)
@@ -250,6 +263,10 @@ def run_sweep(spec: SweepSpec, spec_dir: Path | None = None, *, executor: Execut
         frame = build_frame(space, v, run.results, run.priced, rank_tier, detail_tier, spec)
         ranking = ranking_report(frame, top, rank_tier, detail_tier, spec.objective)
         store.finish(frame)
+    except BaseException:
+        if own:
+            ex.abort()
+        raise
     finally:
         store.flush()
         if own:

@@ -39,6 +39,8 @@ class Executor(Protocol):
 
     def close(self) -> None: ...
 
+    def abort(self) -> None: ...
+
 
 _SPACE: Space | None = None
 
@@ -98,6 +100,14 @@ class LocalExecutor:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
+    def abort(self) -> None:
+        """Stop now (an interrupt): running batches are lost, streamed ones are kept."""
+        if self._pool is not None:
+            for proc in list(getattr(self._pool, "_processes", {}).values()):
+                proc.terminate()
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
 
 class DaskExecutor:
     """Batches as Dask tasks on ``scheduler`` (an address), or on a LocalCluster started here."""
@@ -141,6 +151,10 @@ class DaskExecutor:
         self.client.close()
         if self._cluster is not None:
             self._cluster.close()
+            self._cluster = None
+
+    def abort(self) -> None:
+        self.close()
 
 
 def make_executor(kind: str, scheduler: str | None = None, workers: int | None = None) -> Executor:

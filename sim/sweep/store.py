@@ -1,9 +1,10 @@
 """Results streamed to Parquet as they finish, so an interrupted sweep keeps its work and ``--resume`` ends it.
 
-While a sweep runs, ``OUT.parquet.parts/`` holds a manifest (the sweep's fingerprint: spec, base job, tiers)
-and numbered part files, each a complete Parquet file written to a temporary name and renamed into place:
+While a sweep runs, ``OUT.parquet.parts/`` holds ``_manifest.json`` (the sweep's fingerprint: spec, base job,
+tiers) and numbered part files, each a complete Parquet file written to a temporary name and renamed into place:
 a sweep killed at any moment leaves only whole parts. Every part holds the evaluated points of one flush
-(all columns, the point's ``index`` first), so ``pandas.read_parquet`` of any part is already a result.
+(the point's ``index`` and the same columns in every part), so ``pandas.read_parquet(OUT.parquet.parts)``
+reads an unfinished sweep's results.
 Pruned points are not streamed: pruning is deterministic and cheap, so a resumed sweep prunes again. At the
 end the whole DataFrame is written to ``OUT.parquet`` (atomically) and the parts are removed.
 
@@ -48,7 +49,7 @@ class Store:
             return
         if not self.parts.parent.is_dir():
             raise SimInputError(f"folder {self.parts.parent} does not exist", field="--out")
-        manifest = self.parts / "manifest.json"
+        manifest = self.parts / "_manifest.json"  # "_": not read as data by pyarrow
         if self.parts.exists():
             if not resume:
                 raise SimInputError(f"{self.parts} holds an unfinished sweep: add --resume to finish it, or "
