@@ -42,6 +42,7 @@ def _register() -> None:
     main.add_command(schedule_cmd.schedule)
     main.add_command(__import__("sim.cli.validate_cmd", fromlist=["validate"]).validate)
     main.add_command(__import__("sim.cli.sweep_cmd", fromlist=["sweep"]).sweep)
+    main.add_command(__import__("sim.cli.plan_cmd", fromlist=["plan"]).plan)
 
 
 _register()
