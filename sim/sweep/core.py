@@ -166,7 +166,7 @@ def _dominance(run: _Run, tier: str, kids: list[int], spec: SweepSpec, notes: li
     v, space = run.v, run.space
     p = v.num_prices
     workers = getattr(run.executor, "workers", 1)
-    wave = max(8 * workers, math.ceil(0.05 * len(kids)))
+    wave = max(4 * workers, math.ceil(0.05 * len(kids)))
     if len(kids) <= 2 * wave:
         return kids
     arr = np.array(kids)
@@ -186,8 +186,9 @@ def _dominance(run: _Run, tier: str, kids: list[int], spec: SweepSpec, notes: li
         if r.get("step_time_s") is not None and r["step_time_s"] < v.lower_bound_s[k * p] * (1 - 1e-9):
             notes.append("dominance pruning off: a simulated step beat its peak-FLOP/s bound")
             return [k for k in kids if k not in set(first)]
+    wave1 = set(first)  # the front of the first wave only, so a resumed sweep prunes the same points
     pts = [(f["days"], f["usd"], i) for i, f in run.priced.get(tier, {}).items()
-           if res[i // p]["status"] == "ok"]
+           if i // p in wave1 and res[i // p]["status"] == "ok"]
     if not pts:
         return [k for k in kids if k not in set(first)]
     pts.sort()
@@ -286,6 +287,8 @@ def run_sweep(spec: SweepSpec, spec_dir: Path | None = None, *, executor: Execut
 def _top_points(frame: pd.DataFrame, spec: SweepSpec, k: int) -> list[int]:
     """The ``k`` best points by the objective among those evaluated that fit and meet the constraints, one
     per simulation."""
+    if k <= 0:
+        return []
     ok = frame[(frame["status"] == "ok") & frame["meets_constraints"].fillna(False).astype(bool)]
     ok = ok.sort_values([spec.objective, "index"])
     out, seen = [], set()

@@ -82,6 +82,11 @@ def plan_spec(workload: str, tokens: float, *, deadline_days: float | None = Non
     return parse_spec({k: v for k, v in data.items() if v is not None})
 
 
+def _is(frame: pd.DataFrame, column: str, value: str) -> pd.Series:
+    """``frame[column] == value`` with missing values False (a mask that indexes)."""
+    return frame[column].eq(value).fillna(False).astype(bool)
+
+
 def _pick(df: pd.DataFrame, cols: list[str], why: str, n: int = 1) -> list[dict[str, Any]]:
     out = []
     for _, row in df.head(n).iterrows():
@@ -103,13 +108,12 @@ def recommend(frame: pd.DataFrame, spec: SweepSpec, top: int = 3) -> dict[str, A
                      "layout": layout_label(row, cols)})
     lost: dict[str, Any] = {}
     best = meets.iloc[0] if len(meets) else None
-    illegal = frame[frame["rule"].isin(["hardware", "layout", "batch", "schedule"])
-                    | ((frame["status"] == "pruned") & frame["rule"].isna())]
+    illegal = frame[frame["rule"].isin(["hardware", "layout", "batch", "schedule"]).fillna(False).astype(bool)]
     if len(illegal):
         by = illegal["rule"].fillna("layout").value_counts().to_dict()
         lost["illegal"] = {"count": len(illegal), "by_rule": {str(k): int(v) for k, v in by.items()},
                            "examples": _pick(illegal.drop_duplicates("reason"), cols, "{reason}", 3)}
-    oom = frame[(frame["rule"] == "memory") | (frame["status"] == "oom")].sort_values("memory_per_gpu_gb")
+    oom = frame[_is(frame, "rule", "memory") | (frame["status"] == "oom")].sort_values("memory_per_gpu_gb")
     if len(oom):
         lost["oom"] = {"count": len(oom), "examples": _pick(
             oom, cols, "needs {memory_per_gpu_gb:.1f} GB per GPU of {memory_capacity_gb:.0f} GB")}
@@ -124,7 +128,7 @@ def recommend(frame: pd.DataFrame, spec: SweepSpec, top: int = 3) -> dict[str, A
         if len(dear):
             lost["over_budget"] = {"count": len(dear), "examples": _pick(
                 dear, cols, "{days:.4g} days but ${usd:,.4g} > the " + f"${spec.budget_usd:,.0f} budget")}
-    dom = frame[frame["rule"] == "dominated"]
+    dom = frame[_is(frame, "rule", "dominated")]
     if len(dom):
         lost["dominated"] = {"count": len(dom), "examples": _pick(dom, cols, "{reason}")}
     if best is not None and len(meets) > top:

@@ -101,6 +101,10 @@ def _outer(space: Space, v: Verdicts, rules: Rules, mem: MemoryModel, o: int, po
     """Verdicts for the inner block of outer point ``o`` (its prefix rules passed)."""
     inner = v.inner_size
     sl = slice(o * inner, (o + 1) * inner)
+    cluster = rules.cluster(point)  # swept cluster keys (axes.set.cluster.*) may change it past the prefix
+    if isinstance(cluster, str):
+        v.status[sl], v.rule[sl], v.reason[sl] = RULE, "hardware", cluster
+        return
     lay = rules.layout(point, cluster.num_gpus)
     v.dp[o], v.num_microbatches[o] = lay.dp, lay.num_microbatches
     verdict = rules.rest(point, lay, cluster)

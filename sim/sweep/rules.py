@@ -68,10 +68,11 @@ class Rules:
         self.model = space.base_scenario.model
         self.par = b["parallel"]
         self.training = b["training"]
-        self._clusters: dict[tuple[str, int], ClusterSpec | str] = {}
+        self._clusters: dict[tuple[Any, ...], ClusterSpec | str] = {}
         self._fp8: dict[Any, bool] = {}
         self._sched: dict[tuple[str, int, int, int], str | None] = {}
         idx = space.index
+        self._cluster_axes = [i for i, a in enumerate(space.axes) if a.name.startswith("cluster.")]
         self._get = {name: idx.get(name) for name in ("tp", "pp", "dp", "ep", "cp", "schedule", "vpp",
                                                       "micro_batch_size", "num_microbatches", "zero_stage",
                                                       "recompute", "precision", "training.seq_len",
@@ -80,7 +81,7 @@ class Rules:
     def cluster(self, point: tuple[Any, ...]) -> ClusterSpec | str:
         """The point's cluster, or why there is none."""
         hw, gpus = self.space.hardware_of(point), self.space.num_gpus(point)
-        key = (hw, gpus)
+        key = (hw, gpus, *(point[i] for i in self._cluster_axes))
         hit = self._clusters.get(key)
         if hit is None:
             data = self.space.cluster_data(point)

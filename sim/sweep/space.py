@@ -120,6 +120,9 @@ class Space:
     def cluster_data(self, point: tuple[Any, ...]) -> dict[str, Any]:
         hw = self.hardware_of(point)
         data = dict(self.clusters[hw]) if hw else dict(self.base["cluster"])
+        for a, v in zip(self.axes, point, strict=True):
+            if a.name.startswith("cluster."):
+                data = _set_path(copy.deepcopy(data), a.name.split(".", 1)[1], v)
         gpn = data["node"]["gpus_per_node"]
         gpus = self.num_gpus(point)
         data["num_nodes"] = gpus // gpn if gpus % gpn == 0 else gpus / gpn  # a fraction fails validation
@@ -142,7 +145,7 @@ class Space:
                 data["experts"]["policy"] = v
                 if v == "eplb" and not b["experts"]["num_redundant_experts"]:
                     data["experts"]["num_redundant_experts"] = par["ep"]
-            elif a.name.count("."):
+            elif a.name.count(".") and not a.name.startswith("cluster."):  # cluster keys: in cluster_data
                 section, rest = a.name.split(".", 1)
                 data[section] = _set_path(copy.deepcopy(data[section]), rest, v)
         if par.get("stage_layers") is not None:

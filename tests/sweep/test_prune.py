@@ -124,3 +124,31 @@ def test_activation_peaks_saturate_by_two_pp(schedule):
                 from sim.memory import peak_activation_bytes
 
                 assert np.allclose(peak_activation_bytes(s, list(bytes_)), want), (schedule, pp, vpp, m)
+
+
+def test_dominance_prunes_only_provably_dominated_points():
+    """A point pruned as dominated is, once simulated, dominated in (days, dollars) by a simulated point: GPT-3
+    at 64 GPUs and $30 per GPU-hour cannot beat 256 GPUs at $1.5 even at peak FLOP/s."""
+    from sim.sweep import run_sweep
+    from sim.sweep.executors import LocalExecutor
+    from sim.sweep.pareto import pareto_mask
+
+    spec = parse_spec({
+        "base": "gpt3_175b_a100.yaml", "tokens": 1e9,
+        "set": {"training.global_batch_size": 32, "parallel.schedule": "1f1b", "parallel.vpp": 1},
+        "axes": {"gpus": [64, 256], "tp": [8], "pp": [8], "micro_batch_size": [1, 2], "recompute": ["none", "full"],
+                 "set": {"cluster.usd_per_gpu_hour": [1.5, 30.0]}},
+        "evaluation": {"tier": "fast", "top_k": 0}})
+    pruned = run_sweep(spec, executor=LocalExecutor(1), top_k=0)
+    off = spec.model_copy(update={"evaluation": spec.evaluation.model_copy(update={"dominance": False})})
+    every = run_sweep(off, executor=LocalExecutor(1), top_k=0)
+    dom = pruned.frame["rule"].eq("dominated").fillna(False).astype(bool)
+    assert dom.sum() > 0 and pruned.counts["rank_simulations"] < every.counts["rank_simulations"]
+    f = every.frame
+    assert not f.loc[dom.to_numpy(), "pareto"].any()
+    kept = f[~dom.to_numpy() & (f["status"] == "ok")]
+    for _, row in f[dom.to_numpy()].iterrows():
+        assert ((kept["days"] <= row["days"]) & (kept["usd"] < row["usd"])).any()
+    ok = pruned.frame["status"] == "ok"
+    assert (pareto_mask(pruned.frame["days"].where(ok), pruned.frame["usd"].where(ok))
+            == every.frame["pareto"].to_numpy()).all()  # the same front with and without pruning
