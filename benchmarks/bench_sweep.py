@@ -4,8 +4,8 @@ same DataFrame; GPT-3 175B on 64 A100 over a Calculon-sized space answered in < 
 
 Cases (specs under ``workloads/sweeps/``):
 
-- ``deepseek_v3_capacity.yaml``: 12,960 points (3 Hopper GPUs x 3 cluster sizes x layouts);
-- ``gpt3_175b_64_a100.yaml``: 1,806,336 points (every TP x PP x DP x micro-batch x interleave x recompute).
+- ``deepseek_v3_capacity.yml``: 12,960 points (3 Hopper GPUs x 3 cluster sizes x layouts);
+- ``gpt3_175b_64_a100.yml``: 1,806,336 points (every TP x PP x DP x micro-batch x interleave x recompute).
 
 For each: pruning timed in full (median of ``--repeats``); then the ranking tier on the survivors. With
 ``--full`` every survivor is evaluated (local, then Dask); by default a deterministic sample of ``--sample``
@@ -98,9 +98,9 @@ def main() -> None:
     args = ap.parse_args()
     sweeps = workloads_dir() / "sweeps"
     if args.case in ("deepseek", "both"):
-        case(sweeps / "deepseek_v3_capacity.yaml", args)
+        case(sweeps / "deepseek_v3_capacity.yml", args)
     if args.case in ("gpt3", "both"):
-        case(sweeps / "gpt3_175b_64_a100.yaml", args)
+        case(sweeps / "gpt3_175b_64_a100.yml", args)
 
 
 if __name__ == "__main__":

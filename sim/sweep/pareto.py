@@ -68,15 +68,19 @@ def write_front_plot(path: str | Path, frame: pd.DataFrame, title: str, label_co
     front = ok[ok["pareto"]].sort_values(["days", "usd"])
     fig = Figure(figsize=(11, 7), dpi=110)
     ax = fig.add_subplot(1, 1, 1)
-    ax.scatter(ok["days"], ok["usd"] / 1e6, s=8, color="0.75", label=f"evaluated ({len(ok)})", zorder=1)
-    ax.step(front["days"], front["usd"] / 1e6, where="post", color="C3", lw=1.2, zorder=2)
-    ax.scatter(front["days"], front["usd"] / 1e6, s=28, color="C3", label=f"Pareto front ({len(front)})",
-               zorder=3)
-    for k, (_, row) in enumerate(front.head(20).iterrows()):
-        ax.annotate(layout_label(row, label_columns), (row["days"], row["usd"] / 1e6), fontsize=7,
+    ax.scatter(ok["days"], ok["usd"], s=8, color="0.75", label=f"evaluated ({len(ok)})", zorder=1)
+    ax.step(front["days"], front["usd"], where="post", color="C3", lw=1.2, zorder=2)
+    ax.scatter(front["days"], front["usd"], s=28, color="C3", label=f"Pareto front ({len(front)})", zorder=3)
+    groups = list(front.groupby(["days", "usd"], sort=True))
+    for k, ((d, u), g) in enumerate(groups[:20]):
+        more = f" (+{len(g) - 1} equal)" if len(g) > 1 else ""
+        ax.annotate(layout_label(g.iloc[0], label_columns) + more, (d, u), fontsize=7,
                     xytext=(6, 4 + 9 * (k % 3)), textcoords="offset points", color="C3")
     ax.set_xlabel("days for the token budget")
-    ax.set_ylabel("dollars (millions)")
+    ax.set_ylabel("dollars for the token budget")
+    from matplotlib.ticker import EngFormatter
+
+    ax.yaxis.set_major_formatter(EngFormatter(unit="$"))
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)

@@ -1,7 +1,8 @@
 """The sweep spec: a base job and the axes to sweep, validated like a job file (frozen pydantic, exit 2 naming
 the field).
 
-A spec (YAML; examples under ``workloads/sweeps/``)::
+A spec (YAML; examples under ``workloads/sweeps/``, named ``.yml`` so that tools that read every
+``workloads/**/*.yaml`` as a job leave them alone)::
 
     name: deepseek-v3-capacity
     base: deepseek_v3.yaml          # a job file: path relative to the spec, or a name under workloads/
@@ -196,9 +197,24 @@ def parse_spec(data: dict[str, Any], where: str = "spec") -> SweepSpec:
     return spec
 
 
+def find_spec(ref: str | Path) -> Path:
+    """A spec file, or the name of one under ``workloads/sweeps/`` (``deepseek_v3_capacity``)."""
+    from sim.loading import workloads_dir
+
+    p = Path(ref)
+    if p.is_file():
+        return p
+    for c in (workloads_dir() / "sweeps" / f"{ref}", *(workloads_dir() / "sweeps" / f"{ref}{x}"
+                                                      for x in (".yml", ".yaml"))):
+        if c.is_file():
+            return c
+    known = sorted(x.stem for x in (workloads_dir() / "sweeps").glob("*.y*ml"))
+    raise SimInputError(f"no such file or example spec {str(ref)!r}; examples: {', '.join(known)}", field="SPEC")
+
+
 def load_spec(path: str | Path) -> tuple[SweepSpec, Path]:
-    """The spec in a YAML file and the folder its relative paths start from."""
-    p = Path(path)
+    """The spec in a YAML file (or an example's name) and the folder its relative paths start from."""
+    p = find_spec(path)
     spec = parse_spec(read_yaml(p), str(p))
     if not spec.name:
         spec = spec.model_copy(update={"name": p.stem})

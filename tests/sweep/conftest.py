@@ -12,7 +12,7 @@ from sim.loading import workloads_dir
 from sim.sweep import parse_spec
 from sim.sweep.spec import SweepSpec
 
-TINY_SPEC = workloads_dir() / "sweeps" / "tiny_moe_sweep.yaml"
+TINY_SPEC = workloads_dir() / "sweeps" / "tiny_moe_sweep.yml"
 
 
 def tiny(**axes: Any) -> SweepSpec:
