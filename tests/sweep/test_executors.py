@@ -38,15 +38,16 @@ def test_local_processes_equal_in_process(small_spec):
 
 
 class Interrupting(LocalExecutor):
-    """Evaluates in process and raises KeyboardInterrupt after ``after`` batches."""
+    """Evaluates in process and raises KeyboardInterrupt after ``after`` batches of ``tier`` (any tier when
+    None)."""
 
-    def __init__(self, after: int) -> None:
+    def __init__(self, after: int, tier: str | None = None) -> None:
         super().__init__(1)
-        self.after = after
+        self.after, self.tier = after, tier
 
     def map(self, space, batches, tier):
         for n, results in enumerate(super().map(space, batches, tier)):
-            if n == self.after:
+            if n == self.after and self.tier in (None, tier):
                 raise KeyboardInterrupt
             yield results
 
@@ -65,6 +66,16 @@ def test_interrupted_and_resumed_equals_uninterrupted(small_spec, tmp_path):
     pd.testing.assert_frame_equal(whole.frame, resumed.frame)
     assert out.exists() and not parts.exists()
     pd.testing.assert_frame_equal(pd.read_parquet(out), whole.frame, check_dtype=False)
+
+
+def test_interrupted_in_the_detail_tier_resumes_there(small_spec, tmp_path):
+    whole = run_sweep(small_spec, executor=LocalExecutor(1), top_k=4)
+    out = tmp_path / "r.parquet"
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(small_spec, executor=Interrupting(after=1, tier="detailed"), out=out, top_k=4, batch_size=1)
+    resumed = run_sweep(small_spec, executor=LocalExecutor(1), out=out, resume=True, top_k=4)
+    assert resumed.counts["rank_simulations"] == 0 and 0 < resumed.counts["detail_simulations"] < 4
+    pd.testing.assert_frame_equal(whole.frame, resumed.frame)
 
 
 def test_existing_parts_need_resume(small_spec, tmp_path):
