@@ -151,7 +151,7 @@ def _binding(ok: pd.DataFrame, spec: SweepSpec) -> str:
     fastest, cheapest = ok["days"].min(), ok["usd"].min()
     parts = []
     if spec.deadline_days is not None and fastest > spec.deadline_days:
-        parts.append(f"the fastest point takes {fastest:.1f} days > the {spec.deadline_days:g}-day deadline")
+        parts.append(f"the fastest point takes {fastest:.4g} days > the {spec.deadline_days:g}-day deadline")
     if spec.budget_usd is not None and cheapest > spec.budget_usd:
         parts.append(f"the cheapest costs ${cheapest:,.0f} > the ${spec.budget_usd:,.0f} budget")
     return "; ".join(parts) or "no single point meets both the deadline and the budget"
