@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from sim.errors import SimInputError
+from sim.step import MODES
 from sim.sweep.evaluate import price
 from sim.sweep.executors import Executor, LocalExecutor
 from sim.sweep.frame import FIGURES, build_frame, ranking_report
@@ -48,8 +49,6 @@ MAX_BATCH = {"analytic": 1024, "fast": 16, "detailed": 2}
 
 def resolve_tier(tier: str) -> tuple[str, str | None]:
     """The ranking tier to use, and a note when ``auto`` fell back to ``fast``."""
-    from sim.step import MODES
-
     if tier == "auto":
         if "analytic" in MODES:
             return "analytic", None

@@ -19,9 +19,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sim.config import ClusterSpec, EnergySpec, OverheadSpec
+from sim.config import ClusterSpec, EnergySpec, OverheadSpec, Scenario
 from sim.errors import SimInputError, format_validation_error
 from sim.estimate.accounting import Seconds, cost
+from sim.step import MODES, simulate_step
 from sim.sweep.space import Space
 
 #: What a worker returns per point (besides ``status``, ``rule``, ``reason``).
@@ -30,8 +31,6 @@ METRICS = ("step_time_s", "mfu", "tokens_per_s_per_gpu", "memory_per_gpu_bytes",
 
 
 def _tier_mode(tier: str) -> str:
-    from sim.step import MODES
-
     if tier not in MODES:
         raise SimInputError(f"{tier!r} is not a simulation mode of this build ({', '.join(MODES)})",
                             field="evaluation.tier")
@@ -40,9 +39,6 @@ def _tier_mode(tier: str) -> str:
 
 def evaluate_point(space: Space, point: tuple[Any, ...], tier: str) -> dict[str, Any]:
     """One point's step at ``tier``: metrics, or why it could not be simulated."""
-    from sim.config import Scenario
-    from sim.step import simulate_step
-
     t0 = time.perf_counter()
     try:
         scenario = Scenario.model_validate(space.scenario_data(point))

@@ -26,6 +26,7 @@ from pydantic import TypeAdapter, ValidationError
 from sim.config import ClusterSpec, ExpertLoadSpec, ParallelSpec, PrecisionSpec, Scenario
 from sim.errors import SimInputError, format_validation_error
 from sim.loading import find_workload, load_scenario, profiles_dir, resolve_cluster
+from sim.pipeline import num_stages
 from sim.sweep.spec import PRECISION_RECIPES, SweepSpec
 
 #: Column order of the axes; ``set`` keys follow.
@@ -148,11 +149,9 @@ class Space:
             elif a.name.count(".") and not a.name.startswith("cluster."):  # cluster keys: in cluster_data
                 section, rest = a.name.split(".", 1)
                 data[section] = _set_path(copy.deepcopy(data[section]), rest, v)
-        if par.get("stage_layers") is not None:
-            from sim.pipeline import num_stages
-
-            if len(par["stage_layers"]) != num_stages(par["schedule"], par["pp"], par["vpp"]):
-                par["stage_layers"] = None
+        layers = par.get("stage_layers")
+        if layers is not None and len(layers) != num_stages(par["schedule"], par["pp"], par["vpp"]):
+            par["stage_layers"] = None
         return data
 
     def scenario(self, point: tuple[Any, ...]) -> Scenario:

@@ -37,7 +37,7 @@ from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
 from sim.config.base import Frozen
 from sim.errors import SimInputError, format_validation_error
-from sim.loading import read_yaml
+from sim.loading import read_yaml, workloads_dir
 
 #: Ranking objectives: a column of the results, smaller is better.
 OBJECTIVES = ("usd", "days", "gpu_hours", "mwh")
@@ -199,8 +199,6 @@ def parse_spec(data: dict[str, Any], where: str = "spec") -> SweepSpec:
 
 def find_spec(ref: str | Path) -> Path:
     """A spec file, or the name of one under ``workloads/sweeps/`` (``deepseek_v3_capacity``)."""
-    from sim.loading import workloads_dir
-
     p = Path(ref)
     if p.is_file():
         return p
