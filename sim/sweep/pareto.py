@@ -2,8 +2,8 @@
 
 A point is on the front when no other point is at least as fast and as cheap and strictly better in one of the
 two (points with equal days and dollars are all on it). One sort and one pass: O(n log n). The plot uses
-matplotlib's Figure API (never pyplot state): every evaluated point in grey, the front as a step line with
-each of its points labelled by its layout.
+matplotlib's Figure API (never pyplot state), log-log: every evaluated point in grey, the front as a step line
+with each of its points labelled by its layout (cheapest lowest).
 """
 
 from __future__ import annotations
@@ -74,13 +74,19 @@ def write_front_plot(path: str | Path, frame: pd.DataFrame, title: str, label_co
     groups = list(front.groupby(["days", "usd"], sort=True))
     for k, ((d, u), g) in enumerate(groups[:20]):
         more = f" (+{len(g) - 1} equal)" if len(g) > 1 else ""
-        ax.annotate(layout_label(g.iloc[0], label_columns) + more, (d, u), fontsize=7,
-                    xytext=(6, 4 + 9 * (k % 3)), textcoords="offset points", color="C3")
+        ax.annotate(layout_label(g.iloc[0], label_columns) + more, (d, u), fontsize=7, color="C3",
+                    xytext=(14, 12 + 12 * (len(groups[:20]) - 1 - k)), textcoords="offset points",
+                    arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "C3"})
+    ax.set_xscale("log")
+    ax.set_yscale("log")
     ax.set_xlabel("days for the token budget")
     ax.set_ylabel("dollars for the token budget")
-    from matplotlib.ticker import EngFormatter
+    from matplotlib.ticker import EngFormatter, FuncFormatter
 
-    ax.yaxis.set_major_formatter(EngFormatter(unit="$"))
+    plain, eng = FuncFormatter(lambda x, _: f"{x:g}"), EngFormatter(unit="$")
+    for axis, f in ((ax.xaxis, plain), (ax.yaxis, eng)):
+        axis.set_major_formatter(f)
+        axis.set_minor_formatter(f)
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)
