@@ -30,6 +30,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("run_cmd", "run", "Simulate one training step of WORKLOAD and report where the time goes."),
     "schedule": ("schedule_cmd", "schedule",
                  "Build pipeline schedule NAME and run it with uniform chunk durations and no communication."),
+    "plan": ("plan_cmd", "plan",
+             "Recommend the cheapest ways to train WORKLOAD on --tokens within --deadline-days and --budget-usd."),
+    "sweep": ("sweep_cmd", "sweep",
+              "Sweep the configurations SPEC describes: prune, rank, simulate the best in detail, price them."),
     "validate": ("validate_cmd", "validate",
                  "Run published cases (all, or CASES: families, file stems, case names, globs or case files) and "
                  "report\n    predicted, measured and the signed error predicted / measured - 1."),

@@ -1,0 +1,245 @@
+"""Peak memory per GPU of a point, before simulating: the library's memory model, reorganised to be cheap
+across many points.
+
+The same arithmetic as ``sim.memory.memory_per_rank`` (what a simulation reports as ``peak_memory_per_gpu``):
+model states per rank from ``sim.memory.model_state_bytes`` over the stages the schedule places on the rank
+(``sim.pipeline.all_stages_of``), plus the peak of activations held at once, from the schedule's order of
+forwards and backwards (``sim.memory.peak_activation_bytes``) with each stage's bytes from
+``sim.model.activations.stage_activation_bytes``. What changes is the caching:
+
+- the stage partition and its parameters, per stage count and split;
+- model states, per layout (not per micro-batch size or recompute policy);
+- activation bytes per stage, per recompute policy, precision and micro-batch shape;
+- a schedule's peaks as count vectors: on each rank, the micro-batches of each stage held at each forward
+  (the maximal ones); the peak for given stage bytes is the largest dot product. Those vectors stop changing
+  once a pipeline has more than a few micro-batches (1F1B and ZB1P from ``pp``, interleaved 1F1B, DualPipe and
+  DualPipeV from ``2 pp``; ``tests/sweep`` checks this), so schedules of ``m > 2 pp`` are read at ``2 pp``
+  (GPipe, which holds every micro-batch, is read in full).
+
+``tests/sweep/test_memory.py`` checks the result equals ``sim.memory.memory_per_rank`` on real scenarios.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sim.config import ModelSpec, ParallelSpec, PrecisionSpec, Scenario
+from sim.memory import model_state_bytes
+from sim.model.activations import stage_activation_bytes
+from sim.model.counts import stage_expert_params, stage_params
+from sim.model.stages import StagePartition, partition
+from sim.pipeline import all_stages_of, num_stages
+from sim.program.sharding import unit_param_counts
+from sim.schedules.actions import Phase
+from sim.schedules.generators import build_schedule
+from sim.sweep.rules import Layout
+from sim.sweep.space import PARALLEL_AXES, Space
+
+#: Parallel fields that change activations but not model states.
+_NOT_STATES = ("micro_batch_size", "num_microbatches", "recompute")
+#: Parallel fields, besides TP, the micro-batch and recompute, that may change activation bytes per token.
+_OTHER_BYTES = ("cp", "sequence_parallel")
+
+
+@dataclass(frozen=True)
+class _View:
+    """The parts of a scenario the memory functions read (a full Scenario costs more to build): the point's
+    model, layout, precision, DP and micro-batch tokens; everything else from the base scenario, and
+    :class:`~sim.config.Scenario`'s derived properties computed on these values (so the two never differ)."""
+
+    model: ModelSpec
+    parallel: ParallelSpec
+    precision: PrecisionSpec
+    dp: int
+    tokens_per_microbatch: int
+    base: Scenario
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        derived = getattr(Scenario, name, None)
+        if isinstance(derived, property) and derived.fget is not None:
+            return derived.fget(self)
+        return getattr(self.base, name)
+
+
+@dataclass(frozen=True)
+class _Peaks:
+    """A schedule's activation peaks: rows of held-micro-batch counts per stage, grouped by rank."""
+
+    counts: np.ndarray  # (rows, stages)
+    starts: np.ndarray  # first row of each rank
+
+
+def schedule_peaks(schedule: str, pp: int, num_microbatches: int, vpp: int) -> _Peaks:
+    """Count vectors of the schedule (see the module docstring); ``m`` read at ``2 pp`` when larger.
+
+    Held counts only grow between backwards, so only the counts just before an action that frees activations
+    (and at the end) can be a peak; equal vectors are kept once."""
+    m = num_microbatches if schedule == "gpipe" or num_microbatches <= 2 * pp else 2 * pp
+    sched = build_schedule(schedule, pp, m, vpp)
+    stages = num_stages(schedule, pp, vpp)
+    blocks: list[np.ndarray] = []
+    starts, row = [], 0
+    for actions in sched.ranks:
+        touched = sorted({p.stage for a in actions for p in a.parts()})
+        col = {st: i for i, st in enumerate(touched)}
+        held = [0] * len(touched)
+        seen: set[tuple[int, ...]] = set()
+        for a in actions:
+            parts = a.parts()
+            frees = [col[p.stage] for p in parts if p.phase in (Phase.B, Phase.W)]
+            for p in parts:
+                if p.phase is Phase.F:
+                    held[col[p.stage]] += 1
+            if frees:
+                seen.add(tuple(held))
+            for c in frees:
+                held[c] -= 1
+        seen.add(tuple(held))
+        compact = np.array(sorted(seen), dtype=float).reshape(-1, len(touched))
+        if len(touched) == 1:
+            compact = compact.max(axis=0, keepdims=True)
+        block = np.zeros((len(compact), stages))
+        block[:, touched] = compact
+        blocks.append(block)
+        starts.append(row)
+        row += len(block)
+    return _Peaks(np.concatenate(blocks), np.array(starts))
+
+
+class MemoryModel:
+    """Peak bytes per GPU of the points of one space (cached pieces, see the module docstring)."""
+
+    def __init__(self, space: Space) -> None:
+        self.space = space
+        self.base = space.base_scenario
+        self.model = self.base.model
+        self.base_par = space.base["parallel"]
+        self._parts: dict[tuple[Any, ...], tuple[StagePartition, np.ndarray, np.ndarray]] = {}
+        self._state_cache: dict[tuple[Any, ...], np.ndarray] = {}
+        self._act_cache: dict[tuple[Any, ...], np.ndarray] = {}
+        self._bytes_cache: dict[tuple[Any, ...], np.ndarray] = {}
+        self._peaks: dict[tuple[str, int, int, int], _Peaks] = {}
+        self._par: dict[tuple[Any, ...], ParallelSpec] = {}
+        self._prec: dict[Any, PrecisionSpec] = {}
+        self.axes = [a.name for a in space.axes if a.name in PARALLEL_AXES]
+        self.idx = [space.index[a] for a in self.axes]
+
+    def _parallel(self, point: tuple[Any, ...], lay: Layout) -> ParallelSpec:
+        key = (*tuple(point[i] for i in self.idx), lay.dp)
+        hit = self._par.get(key)
+        if hit is None:
+            data = {**self.base_par, **dict(zip(self.axes, key[:-1], strict=True)), "dp": lay.dp,
+                    "num_microbatches": None}
+            if data.get("stage_layers") is not None and len(data["stage_layers"]) != num_stages(
+                    lay.schedule, lay.pp, lay.vpp):
+                data["stage_layers"] = None
+            hit = self._par[key] = ParallelSpec.model_validate(data)
+        return hit
+
+    def _precision(self, label: Any) -> PrecisionSpec:
+        hit = self._prec.get(label)
+        if hit is None:
+            i = self.space.index.get("precision")
+            axis = self.space.axes[i] if i is not None else None
+            change = axis.changes[label] if axis is not None and axis.changes else {}
+            hit = self._prec[label] = PrecisionSpec.model_validate({**self.space.base["precision"], **change})
+        return hit
+
+    def _partition(self, par: ParallelSpec, seq_len: int) -> tuple[Any, ...]:
+        stages = num_stages(par.schedule, par.pp, par.vpp)
+        key = (stages, par.stage_layers, par.stage_split, seq_len)
+        if key not in self._parts:
+            lay = partition(self.model, stages, par.stage_layers, par.stage_split, seq_len)
+            self._parts[key] = (lay, np.array(stage_params(lay, self.model), dtype=float),
+                                np.array(stage_expert_params(lay), dtype=float))
+        return key
+
+    def _states(self, point: tuple[Any, ...], lay: Layout, par: ParallelSpec, view: _View,
+                pkey: tuple[Any, ...]) -> np.ndarray:
+        pv = [point[i] for i in self.idx]
+        key = (pkey, lay.precision, lay.dp, *(v for a, v in zip(self.axes, pv, strict=True) if a not in _NOT_STATES))
+        hit = self._state_cache.get(key)
+        if hit is None:
+            _, sp, se = self._parts[pkey]
+            rows = []
+            parts = self._parts[pkey][0]
+            for stages in all_stages_of(par.schedule, par.pp, par.vpp):
+                idx = list(stages)
+                largest = max((sum(unit_param_counts(u, par.tp, par.ep)) for st in stages
+                               for u in parts.stages[st]), default=0.0)  # what ZeRO-3 gathers at once
+                rows.append(sum(model_state_bytes(float(sp[idx].sum()), float(se[idx].sum()), view,  # type: ignore[arg-type]
+                                                  largest)))
+            hit = self._state_cache[key] = np.array(rows)
+        return hit
+
+    def _activations(self, point: tuple[Any, ...], lay: Layout, par: ParallelSpec, view: _View,
+                     pkey: tuple[Any, ...]) -> np.ndarray:
+        """Peak activation bytes per rank."""
+        pv = tuple(point[i] for i in self.idx if self.space.axes[i].name not in ("zero_stage", "num_microbatches"))
+        key = (pkey, lay.precision, lay.dp, lay.num_microbatches, pv)
+        hit = self._act_cache.get(key)
+        if hit is None:
+            stage_bytes = self._stage_bytes(point, lay, par, view, pkey)
+            pk = (par.schedule, par.pp, lay.num_microbatches, par.vpp)
+            peaks = self._peaks.get(pk)
+            if peaks is None:
+                peaks = self._peaks[pk] = schedule_peaks(*pk)
+            hit = self._act_cache[key] = np.maximum.reduceat(peaks.counts @ stage_bytes, peaks.starts)
+        return hit
+
+    def _stage_bytes(self, point: tuple[Any, ...], lay: Layout, par: ParallelSpec, view: _View,
+                     pkey: tuple[Any, ...]) -> np.ndarray:
+        """Activation bytes per stage of one micro-batch: the library's per-token bytes (computed once per
+        partition, recompute policy and precision) scaled by tokens / TP, as it scales them. The scaling is
+        checked against the library on the first point of each entry; where it does not hold (a mechanism
+        that scales otherwise), every shape is computed by the library."""
+        parts = self._parts[pkey][0]
+        key = (pkey, lay.precision, par.recompute, *(point[i] for i in self.idx
+                                                     if self.space.axes[i].name in _OTHER_BYTES))
+        unit = self._bytes_cache.get(key)
+        if unit is None:
+            one = dataclasses.replace(view, parallel=par.model_copy(update={"tp": 1}), tokens_per_microbatch=1)
+            unit = np.array(stage_activation_bytes(parts, one), dtype=float)  # type: ignore[arg-type]
+            exact = np.array(stage_activation_bytes(parts, view), dtype=float)  # type: ignore[arg-type]
+            scaled = unit * view.tokens_per_microbatch / par.tp
+            if not np.allclose(scaled, exact, rtol=1e-12, atol=0.0):
+                unit = np.full_like(unit, np.nan)  # not linear: exact calls from now on
+            self._bytes_cache[key] = unit
+        if np.isnan(unit).any():
+            return np.array(stage_activation_bytes(parts, view), dtype=float)  # type: ignore[arg-type]
+        return unit * view.tokens_per_microbatch / par.tp
+
+    def peaks(self, point: tuple[Any, ...], lay: Layout) -> np.ndarray:
+        """Peak bytes per GPU of a legal point for every zero stage (rows) and recompute policy (columns) of
+        the space, the point's own values of those two axes set aside."""
+        prec = self._precision(lay.precision)
+        z_i, r_i = self.space.index.get("zero_stage"), self.space.index.get("recompute")
+        zs = self.space.axes[z_i].values if z_i is not None else (None,)
+        rs = self.space.axes[r_i].values if r_i is not None else (None,)
+        states, acts = [], []
+        for z in zs:
+            p = point if z is None else (*point[:z_i], z, *point[z_i + 1:])
+            par = self._parallel(p, lay)
+            pkey = self._partition(par, lay.seq_len)
+            states.append(self._states(p, lay, par, _View(self.model, par, prec, lay.dp, 0, self.base), pkey))
+        for r in rs:
+            p = point if r is None else (*point[:r_i], r, *point[r_i + 1:])
+            par = self._parallel(p, lay)
+            pkey = self._partition(par, lay.seq_len)
+            view = _View(self.model, par, prec, lay.dp, lay.micro_batch_size * lay.seq_len, self.base)
+            acts.append(self._activations(p, lay, par, view, pkey))
+        return (np.array(states)[:, None, :] + np.array(acts)[None, :, :]).max(axis=2)
+
+    def peak_bytes(self, point: tuple[Any, ...], lay: Layout) -> float:
+        """Peak bytes per GPU over the pipeline ranks of one legal point."""
+        z_i, r_i = self.space.index.get("zero_stage"), self.space.index.get("recompute")
+        table = self.peaks(point, lay)
+        zi = self.space.axes[z_i].values.index(point[z_i]) if z_i is not None else 0
+        ri = self.space.axes[r_i].values.index(point[r_i]) if r_i is not None else 0
+        return float(table[zi, ri])

@@ -1,0 +1,90 @@
+"""`sim sweep` and `sim plan` from the command line: JSON, Parquet and plot outputs; malformed specs exit 2
+naming the field."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from sim.cli import main
+from tests.sweep.conftest import TINY_SPEC, write_spec
+
+
+def tiny_data(**axes):
+    data = yaml.safe_load(TINY_SPEC.read_text())
+    data["base"] = "tiny_moe_job.yaml"
+    data["axes"] = axes or {"pp": [2, 4], "schedule": ["1f1b", "dualpipe"], "usd_per_gpu_hour": [2.0, 3.0]}
+    return data
+
+
+def test_sweep_json_parquet_and_plot(runner, tmp_path):
+    spec = write_spec(tmp_path, tiny_data())
+    out, png = tmp_path / "r.parquet", tmp_path / "front.png"
+    r = runner.invoke(main, ["sweep", spec, "--workers", "1", "--out", str(out), "--plot", str(png), "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["counts"]["points"] == 8 and d["tier"] in ("fast", "analytic")
+    assert d["best"] and d["pareto_front"] and d["ranking"]["rows"]
+    frame = pd.read_parquet(out)
+    assert len(frame) == 8 and set(frame["status"]) <= {"ok", "pruned", "oom"}
+    for col in ("hardware", "gpus", "tp", "pp", "dp", "schedule", "usd_per_gpu_hour", "step_time_s", "mfu",
+                "tokens_per_s_per_gpu", "memory_per_gpu_gb", "oom", "gpu_hours", "days", "usd", "mwh", "pareto"):
+        assert col in frame.columns, col
+    assert png.stat().st_size > 10_000
+
+
+def test_sweep_human_report(runner, tmp_path):
+    r = runner.invoke(main, ["sweep", write_spec(tmp_path, tiny_data()), "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    assert "pruned before simulating" in r.stdout and "Pareto front" in r.stdout
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"axes": {"tpp": [1]}}, "axes.tpp"),
+    ({"axes": {"pp": {"from": 8, "to": 2}}}, "axes.pp"),
+    ({"axes": {"tp": [1, 2.5]}}, "axes.tp.1"),
+    ({"axes": {"schedule": ["1f1b", "zigzag"]}}, "axes.schedule.1"),
+    ({"axes": {"hardware": ["h100", "tpu9"]}}, "axes.hardware.1"),
+    ({"axes": {"precision": ["fp4"]}}, "axes.precision.0"),
+    ({"objective": "cost"}, "objective"),
+    ({"evaluation": {"top_k": -1}}, "evaluation.top_k"),
+    ({"base": "no_such_job.yaml"}, "base"),
+])
+def test_malformed_spec_exits_2_naming_the_field(runner, tmp_path, change, field):
+    data = tiny_data()
+    data.update(change)
+    r = runner.invoke(main, ["sweep", write_spec(tmp_path, data), "--workers", "1"])
+    assert r.exit_code == 2, r.output
+    assert field in r.output
+    assert "Traceback" not in r.output
+
+
+def test_mechanism_axes_sweep_cp_and_recompute(runner, tmp_path):
+    data = tiny_data(pp=[2, 4], cp=[1, 2], recompute=["none", "activations"])
+    r = runner.invoke(main, ["sweep", write_spec(tmp_path, data), "--workers", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert not any("axis skipped" in n for n in out["notes"])
+
+
+def test_plan_recommends_and_explains(runner, tmp_path):
+    spec_out = tmp_path / "plan.yaml"
+    r = runner.invoke(main, ["plan", "tiny_moe_job.yaml", "--tokens", "1B", "--deadline-days", "0.004",
+                             "--budget-usd", "3", "--gpus", "16,32", "--axis", "tp=1", "--axis", "pp=2,4",
+                             "--axis", "ep=2", "--axis", "micro_batch_size=1,2", "--workers", "1", "--top-k", "2",
+                             "--spec-out", str(spec_out), "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    recs = d["recommendations"]
+    assert recs and all(x["days"] <= 0.004 and x["usd"] <= 3 for x in recs)
+    assert [x["usd"] for x in recs] == sorted(x["usd"] for x in recs)
+    assert {"illegal", "slower"} <= set(d["runners_up"])
+    assert yaml.safe_load(spec_out.read_text())["axes"]["gpus"] == [16, 32]
+
+
+def test_plan_bad_tokens_exit_2(runner):
+    r = runner.invoke(main, ["plan", "tiny_moe_job.yaml", "--tokens", "lots"])
+    assert r.exit_code == 2 and "--tokens" in r.output

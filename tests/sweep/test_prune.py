@@ -1,0 +1,154 @@
+"""Pruning: each rule prunes the points it should with its reason; the memory pre-check equals the library's
+memory model; schedules' activation peaks saturate as ``sim.sweep.memory`` assumes."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from sim.memory import memory_per_rank
+from sim.model.stages import partition
+from sim.pipeline import check_schedule
+from sim.schedules.generators import build_schedule
+from sim.sweep import parse_spec
+from sim.sweep.memory import MemoryModel, schedule_peaks
+from sim.sweep.prune import CANDIDATE, MEMORY, RULE, prune
+from sim.sweep.rules import Rules
+from sim.sweep.space import build_space
+from sim.units import GB
+
+
+def verdict(space, **values):
+    """The pruning verdict of the point with these axis values."""
+    v = prune(space)
+    names = [a.name for a in space.axes]
+    for i, point in enumerate(space.points()):
+        if all(point[names.index(k)] == x for k, x in values.items()):
+            return v, i
+    raise AssertionError(f"no point {values}")
+
+
+def test_known_oom_point_is_pruned_for_memory():
+    # DeepSeek-V3 on its 2,048 H800: PP16 DualPipe fits (the published layout, ~70 GB), PP4 cannot hold a
+    # quarter of 671B parameters' states per GPU.
+    space = build_space(parse_spec({"base": "deepseek_v3.yaml", "axes": {"pp": [4, 16]}}))
+    v, i = verdict(space, pp=4)
+    assert v.status[i] == MEMORY and v.rule[i] == "memory"
+    assert "GB per GPU of 80 GB" in v.reason[i]
+    assert v.memory_bytes[i] > 80 * GB
+    s = space.scenario(space_point(space, i))  # the library's own memory model agrees
+    p = s.parallel
+    lay = partition(s.model, s.num_stages, p.stage_layers, p.stage_split, s.training.seq_len)
+    peak = max(b.total for b in memory_per_rank(s, lay, build_schedule(p.schedule, p.pp, s.num_microbatches)))
+    assert peak == pytest.approx(v.memory_bytes[i], rel=1e-12)
+    _, j = verdict(space, pp=16)
+    assert v.status[j] == CANDIDATE and v.memory_bytes[j] < 80 * GB
+
+
+def space_point(space, i):
+    return next(p for k, p in enumerate(space.points()) if k == i)
+
+
+@pytest.mark.parametrize(("axes", "values", "rule", "words"), [
+    ({"tp": [1, 16], "pp": [1], "schedule": ["1f1b"]}, {"tp": 16}, "layout", "exceeds the 8 GPUs of a node"),
+    ({"tp": [1, 3]}, {"tp": 3}, "layout", "tp x pp"),
+    ({"gpus": [16, 20]}, {"gpus": 20}, "hardware", "whole number of 8-GPU nodes"),
+    ({"ep": [4, 3]}, {"ep": 3}, "layout", "must divide n_routed_experts"),
+    ({"micro_batch_size": [1, 3]}, {"micro_batch_size": 3}, "batch", "global_batch_size"),
+    ({"micro_batch_size": [1, 2]}, {"micro_batch_size": 2}, "schedule", "dualpipe needs num_microbatches >= 2 * pp"),
+    ({"schedule": ["1f1b", "interleaved-1f1b"]}, {"schedule": "interleaved-1f1b"}, "schedule", "vpp >= 2"),
+    ({"vpp": [1, 2]}, {"vpp": 2}, "schedule", "applies only to interleaved"),
+])
+def test_illegal_layouts_are_pruned_by_their_rule(axes, values, rule, words):
+    space = build_space(parse_spec({"base": "tiny_moe_job.yaml", "axes": axes}))
+    v, i = verdict(space, **values)
+    assert v.status[i] == RULE, v.reason[i]
+    assert v.rule[i] == rule
+    assert words in v.reason[i]
+    other = [k for k in range(space.size) if k != i]
+    assert all(v.status[k] == CANDIDATE for k in other)  # the base's value of the axis stays legal
+
+
+def test_rule_pruned_points_are_refused_by_the_validators_too():
+    spec = parse_spec({"base": "tiny_moe_job.yaml", "axes": {"tp": [1, 2, 16], "pp": [2, 4, 8], "ep": [2, 3, 4],
+                                                              "schedule": ["1f1b", "dualpipe", "interleaved-1f1b"],
+                                                              "vpp": [1, 2], "micro_batch_size": [1, 3]}})
+    space = build_space(spec)
+    v = prune(space)
+    from pydantic import ValidationError
+
+    for i, point in enumerate(space.points()):
+        if v.status[i] == RULE:
+            with pytest.raises(ValidationError):
+                space.scenario(point)
+        elif i % 7 == 0:
+            space.scenario(point)  # a candidate is a valid scenario
+
+
+def test_memory_precheck_equals_the_library_model():
+    spec = parse_spec({"base": "gpt3_175b_a100.yaml", "axes": {
+        "gpus": [64, 1024], "tp": [2, 8], "pp": [4, 8, 16], "schedule": ["1f1b", "interleaved-1f1b", "dualpipe",
+                                                                         "zb1p", "gpipe", "dualpipev"],
+        "vpp": [1, 2, 3], "zero_stage": [1, 3], "recompute": ["none", "selective", "full"]}})
+    space = build_space(spec)
+    rules, mem = Rules(space), MemoryModel(space)
+    legal = []
+    for point in space.points():
+        bad, lay, _ = rules.check(point)
+        if bad is None:
+            legal.append((point, lay))
+    random.seed(1)
+    for point, lay in random.sample(legal, 30):
+        s = space.scenario(point)
+        p = s.parallel
+        parts = partition(s.model, s.num_stages, p.stage_layers, p.stage_split, s.training.seq_len)
+        sched = build_schedule(p.schedule, p.pp, s.num_microbatches, p.vpp)
+        expected = max(b.total for b in memory_per_rank(s, parts, sched))
+        assert mem.peak_bytes(point, lay) == pytest.approx(expected, rel=1e-12), point
+
+
+@pytest.mark.parametrize("schedule", ["1f1b", "zb1p", "interleaved-1f1b", "dualpipe", "dualpipev"])
+def test_activation_peaks_saturate_by_two_pp(schedule):
+    """Schedules with more than 2 pp micro-batches hold what they hold at 2 pp: the memory pre-check reads
+    them there."""
+    for pp in (2, 4, 6, 8):
+        for vpp in ((2, 3) if schedule == "interleaved-1f1b" else (1,)):
+            ms = [m for m in range(2 * pp, 5 * pp + 1) if check_schedule(schedule, pp, m, vpp) is None]
+            ref = schedule_peaks(schedule, pp, ms[0], vpp)
+            bytes_ = np.random.default_rng(pp).uniform(1, 2, ref.counts.shape[1])
+            want = np.maximum.reduceat(ref.counts @ bytes_, ref.starts)
+            for m in ms[1:]:
+                s = build_schedule(schedule, pp, m, vpp)
+                from sim.memory import peak_activation_bytes
+
+                assert np.allclose(peak_activation_bytes(s, list(bytes_)), want), (schedule, pp, vpp, m)
+
+
+def test_dominance_prunes_only_provably_dominated_points():
+    """A point pruned as dominated is, once simulated, dominated in (days, dollars) by a simulated point: GPT-3
+    at 64 GPUs and $30 per GPU-hour cannot beat 256 GPUs at $1.5 even at peak FLOP/s."""
+    from sim.sweep import run_sweep
+    from sim.sweep.executors import LocalExecutor
+    from sim.sweep.pareto import pareto_mask
+
+    spec = parse_spec({
+        "base": "gpt3_175b_a100.yaml", "tokens": 1e9,
+        "set": {"training.global_batch_size": 32, "parallel.schedule": "1f1b", "parallel.vpp": 1},
+        "axes": {"gpus": [64, 256], "tp": [8], "pp": [8], "micro_batch_size": [1, 2], "recompute": ["none", "full"],
+                 "set": {"cluster.usd_per_gpu_hour": [1.5, 30.0]}},
+        "evaluation": {"tier": "fast", "top_k": 0}})
+    pruned = run_sweep(spec, executor=LocalExecutor(1), top_k=0)
+    off = spec.model_copy(update={"evaluation": spec.evaluation.model_copy(update={"dominance": False})})
+    every = run_sweep(off, executor=LocalExecutor(1), top_k=0)
+    dom = pruned.frame["rule"].eq("dominated").fillna(False).astype(bool)
+    assert dom.sum() > 0 and pruned.counts["rank_simulations"] < every.counts["rank_simulations"]
+    f = every.frame
+    assert not f.loc[dom.to_numpy(), "pareto"].any()
+    kept = f[~dom.to_numpy() & (f["status"] == "ok")]
+    for _, row in f[dom.to_numpy()].iterrows():
+        assert ((kept["days"] <= row["days"]) & (kept["usd"] < row["usd"])).any()
+    ok = pruned.frame["status"] == "ok"
+    assert (pareto_mask(pruned.frame["days"].where(ok), pruned.frame["usd"].where(ok))
+            == every.frame["pareto"].to_numpy()).all()  # the same front with and without pruning
