@@ -16,6 +16,7 @@ from sim.costs.ops import OpCoster
 from sim.errors import SimInputError
 from sim.loading import load_cluster, load_scenario
 from sim.model.ops import attention_ops
+from sim.whatif import calibration_report
 
 H100 = load_cluster("h100_ib_1024").gpu
 H800 = load_cluster("deepseek_h800_2048").gpu
@@ -153,6 +154,14 @@ def test_calibration_corrects_the_default_curve_only():
     assert costs.attention_seconds(*args, kernel="fa2") == plain.attention_seconds(*args, kernel="fa2")
     assert any("not applied to fa2" in n for n in costs.notes)
     assert math.isfinite(corrected)
+
+
+def test_the_calibration_report_drops_attention_off_the_default_curve():
+    on_default = calibration_report(load_scenario())
+    on_fa2 = calibration_report(load_scenario(overrides=["software.flash_kernel=fa2"]))
+    assert on_default is not None and on_fa2 is not None
+    assert {"attention_fwd bf16", "attention_bwd bf16"} <= set(on_default["corrects"])
+    assert set(on_fa2["corrects"]) == set(on_default["corrects"]) - {"attention_fwd bf16", "attention_bwd bf16"}
 
 
 def test_the_software_stack_kernel_reaches_the_op_coster():
