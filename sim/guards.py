@@ -4,7 +4,8 @@ read too late, and results that cannot be true.
 - :func:`check_raw` refuses over-long strings in a job mapping before validation (a 5,000-character name would
   otherwise reach file names and messages).
 - :func:`check_scenario`: a sequence longer than the model's maximum position (:func:`check_seq_len`), a
-  recorded expert histogram that is not a table of finite non-negative numbers (:func:`check_histogram`).
+  recorded expert histogram that is not a table of finite non-negative numbers (:func:`check_histogram`), an
+  attention kernel the GPU's architecture cannot run (``software.flash_kernel: fa3`` off Hopper).
 - :func:`check_step_result`: an MFU above 100 %, a NaN, infinite or negative time or memory is a bug report
   (:class:`~sim.errors.SimBugError`, exit 1), never a result.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sim.config import ModelSpec, Scenario
+from sim.config.hardware import flash_kernel_problem
 from sim.errors import SimBugError, SimInputError
 
 #: Longest name (``name`` keys) and longest other string in a job, profile or override.
@@ -78,6 +80,9 @@ def check_scenario(s: Scenario) -> None:
                 check_seq_len(s.model, spec.seq_len, f"run.phases.{i}.seq_len")
     if s.experts.skew == "histogram" and s.experts.histogram and s.model.is_moe:
         check_histogram(s.experts.histogram)
+    problem = flash_kernel_problem(s.software.flash_kernel, s.cluster.gpu.arch)
+    if problem and s.software.attention == "flash":
+        raise SimInputError(f"{problem} ({s.cluster.gpu.name})", field="software.flash_kernel")
 
 
 def _number(cell: str) -> float | None:

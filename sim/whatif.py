@@ -9,7 +9,9 @@ When the measured GPU has no profile (or the table is a CPU one) the profile and
 same, so the table *pins* those kernels and the override has no effect on them; the report says so.
 
 :func:`calibration_report` names the table, the kinds it corrects, and the GPU fields that differ from the
-measured GPU's profile with what the rule does to each.
+measured GPU's profile with what the rule does to each. Attention is corrected only on the GPU's default curve
+(a table's attention was measured with the default kernel): not under ``software.attention: unfused``, nor
+with a ``software.flash_kernel`` that has a curve of its own.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from sim.config import GpuSpec, Scenario
+from sim.costs.attention import flash_curve
 from sim.costs.calibration import resolve_calibration
 
 _GEMM = ("efficiency.gemm_tile_m", "efficiency.gemm_tile_n", "efficiency.gemm_k_fill", "efficiency.gemm_exposed_frac",
          "efficiency.gemm_hbm_frac", "efficiency.kernel_overhead_us", "hbm_bandwidth_tb_per_s", "num_sms")
-_ATTENTION = ("efficiency.attention_fwd_frac", "efficiency.attention_bwd_frac", "efficiency.kernel_overhead_us")
+_ATTENTION = ("efficiency.attention_fwd_frac", "efficiency.attention_bwd_frac", "efficiency.attention_seq_half",
+              "efficiency.attention_causal_waste", "efficiency.kernel_overhead_us")
 _MEMORY = ("hbm_bandwidth_tb_per_s", "efficiency.hbm_frac", "efficiency.kernel_overhead_us")
 
 
@@ -62,8 +66,10 @@ def calibration_report(scenario: Scenario, base: Scenario | None = None) -> dict
     if resolved.table is None or resolved.source is None:
         return None
     table, source, target = resolved.table, resolved.source, scenario.cluster.gpu
+    sw = scenario.software
+    attention = sw.attention == "flash" and flash_curve(target, sw.flash_kernel).default
     kinds = sorted({(("gemm" if e.kind == "grouped_gemm" else e.kind), e.dtype) for e in table.entries
-                    if corrected_fields(e.kind, e.dtype)})
+                    if corrected_fields(e.kind, e.dtype) and (attention or not e.kind.startswith("attention"))})
     label = {f"{k} {d}" if k != "memory" else "memory kernels" for k, d in kinds}
     fields: dict[str, list[str]] = {}
     for kind, dtype in kinds:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sim.config import Scenario
+from sim.config import Scenario, SoftwareSpec
+from sim.config.hardware import FLASH_KERNELS, FlashKernel
 from sim.errors import SimInputError
 from sim.loading import load_scenario, resolve_workload, validate
 
@@ -61,6 +63,29 @@ def test_dualpipe_preconditions():
 def test_fp8_on_a100_is_refused():
     with pytest.raises(SimInputError, match=r"no FP8 tensor cores"):
         load_scenario(hardware="a100_ib_3072", overrides=["parallel.ep=8"])
+
+
+def test_attention_kernel_curves_are_validated():
+    """Per-kernel curves: bounded like the default curve, one source each, one curve per kernel, and only for a
+    kernel the GPU's architecture can run; the software field takes the kernels and 'default' only."""
+    fa2 = "cluster.gpu.efficiency.attention_kernels.fa2"
+    with pytest.raises(SimInputError, match=rf"{fa2}.fwd_frac: Input should be less than or equal to 1"):
+        load_scenario(overrides=[f"{fa2}.fwd_frac=1.5"])
+    with pytest.raises(SimInputError, match=r"attention_kernels.fa3: is the default curve's kernel"):
+        load_scenario(overrides=["cluster.gpu.efficiency.attention_kernels.fa3={fwd_frac: 0.5, bwd_frac: 0.3, "
+                                 "seq_half: 100, causal_waste: 100}"])
+    with pytest.raises(SimInputError, match=r"efficiency_sources: give a source for attention_kernels.cudnn"):
+        load_scenario(hardware="a100_ib_3072", overrides=["cluster.gpu.efficiency.attention_kernels.cudnn={fwd_frac: "
+                                                          "0.5, bwd_frac: 0.3, seq_half: 100, causal_waste: 100}"])
+    with pytest.raises(SimInputError, match=r"efficiency.attention_kernel: fa3 runs only on sm90"):
+        load_scenario(hardware="a100_ib_3072", overrides=["cluster.gpu.efficiency.attention_kernel=fa3"])
+    with pytest.raises(SimInputError, match=r"software.flash_kernel: got 'fa4'; allowed: 'default', 'fa2'"):
+        load_scenario(overrides=["software.flash_kernel=fa4"])
+
+
+def test_software_names_the_kernels_the_profiles_do():
+    assert get_args(FlashKernel) == FLASH_KERNELS
+    assert get_args(SoftwareSpec.model_fields["flash_kernel"].annotation) == ("default", *FLASH_KERNELS)
 
 
 def test_override_of_unknown_nested_key():

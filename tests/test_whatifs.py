@@ -84,6 +84,9 @@ ROWS = [
         "(compute-bound pairs), FP8's quantization kernels and lower efficiency keep it below 2x"),
     Row("BF16 dispatch", ("precision.dispatch=bf16",), 1.0, 1.1, "dispatch bytes 2x (2 B vs 1 B + scales), mostly "
         "hidden by the pairs"),
+    Row("FlashAttention-2 kernels", ("software.flash_kernel=fa2",), 1.02, 1.2, "the MLA core (~13 % of a layer's "
+        "forward FLOPs at 4K) runs about 1.8x slower than FA3 on Hopper (FA3 Figs. 5-6): under +15 % of compute, "
+        "and the pairs' all-to-all is unchanged"),
     # ------------------------------------------------------------------ expert parallelism
     Row("EP32 memory", ("parallel.ep=32",), 1.02, 1.5, "8 routed experts per GPU instead of 4", metric="memory"),
     Row("EP128 memory", ("parallel.ep=128",), 0.8, 1.0, "2 routed experts per GPU instead of 4", metric="memory"),
@@ -149,6 +152,11 @@ ROWS = [
         "bubble (p-1)/(v m) halves: 3/16 -> 3/32 of the step", job=DENSE),
     Row("dense: full vs selective recompute", ("parallel.recompute=full",), 1.2, 1.5, "one more forward: +1/3 of "
         "compute, its TP collectives again", job=DENSE),
+    Row("dense: FlashAttention-2 kernels", ("software.flash_kernel=fa2",), 1.02, 1.12, "the attention core is "
+        "~7 % of a 70B layer's FLOPs at 8K (2 s d per token against 2 x 0.87B parameters) and FA2 runs it about 1.8x "
+        "slower than FA3 on H100 (FA3 Figs. 5-6): about +5-8 %", job=DENSE),
+    Row("dense: cuDNN attention", ("software.flash_kernel=cudnn",), 1.0, 1.03, "cuDNN's curve is within 10 % of "
+        "FA3's on H100 (FA3 Figs. 5-6), on ~7 % of the FLOPs", job=DENSE),
     Row("dense: gradient reduction not overlapped", ("parallel.overlap_grad_reduce=false",), 1.0, 1.1,
         "the reduce-scatter after the backward instead of beside it", job=DENSE),
 ]

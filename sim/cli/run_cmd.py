@@ -101,8 +101,8 @@ def run(workload: str | None, hardware: str | None, gpus: int | None, overrides:
         for note in result.notes:
             click.echo(f"note: {note}", err=True)
     elif result.notes and not quiet:
-        click.echo(f"note: {len(result.notes)} kinds of ops had no calibration and used profile efficiencies "
-                   "(--verbose lists them)", err=True)
+        click.echo(f"note: {len(result.notes)} notes on how kernels were costed (calibration reach, kernel "
+                   "fallbacks; --verbose lists them)", err=True)
     if as_json:
         out = result.to_dict()
         out["scenario"] = scenario.name

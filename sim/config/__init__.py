@@ -6,7 +6,7 @@ whole with its cross-field rules; everything is re-exported here.
 
 from sim.config.base import Frozen
 from sim.config.experts import ExpertLoadSpec
-from sim.config.hardware import ClusterSpec, GpuEfficiency, GpuSpec, NodeSpec, PeakTflops
+from sim.config.hardware import AttentionCurve, ClusterSpec, GpuEfficiency, GpuSpec, NodeSpec, PeakTflops
 from sim.config.job import BatchRamp, TrainingPhase, TrainingSpec
 from sim.config.model import ModelSpec
 from sim.config.parallel import ParallelSpec, PrecisionSpec
@@ -14,7 +14,7 @@ from sim.config.run import EnergySpec, MeasuredSpec, MeasuredStage, OverheadSpec
 from sim.config.scenario import Scenario, evolve
 from sim.config.software import SoftwareSpec
 
-__all__ = ["BatchRamp", "ClusterSpec", "EnergySpec", "ExpertLoadSpec", "Frozen", "GpuEfficiency", "GpuSpec",
-           "MeasuredSpec", "MeasuredStage", "ModelSpec", "NodeSpec", "OverheadSpec", "ParallelSpec", "PeakTflops",
-           "PhaseSpec", "PrecisionSpec", "RampSpec", "RunSpec", "Scenario", "SoftwareSpec", "TrainingPhase",
-           "TrainingSpec", "evolve"]
+__all__ = ["AttentionCurve", "BatchRamp", "ClusterSpec", "EnergySpec", "ExpertLoadSpec", "Frozen", "GpuEfficiency",
+           "GpuSpec", "MeasuredSpec", "MeasuredStage", "ModelSpec", "NodeSpec", "OverheadSpec", "ParallelSpec",
+           "PeakTflops", "PhaseSpec", "PrecisionSpec", "RampSpec", "RunSpec", "Scenario", "SoftwareSpec",
+           "TrainingPhase", "TrainingSpec", "evolve"]

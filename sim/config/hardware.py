@@ -46,6 +46,36 @@ class PeakTflops(Frozen):
 #: on one GPU and one stack; assumed for every GPU profile (none has an in-training trace of its own).
 GEMM_IN_TRAINING: dict[str, float] = {"fwd": 0.863, "dgrad": 0.896, "wgrad": 0.638}
 
+FlashKernel = Literal["fa2", "fa3", "cudnn"]
+FLASH_KERNELS: tuple[str, ...] = ("fa2", "fa3", "cudnn")
+
+#: Architectures a FlashAttention-class kernel can run on, for kernels that cannot run on every one. FA3 is
+#: written for Hopper's warpgroup MMA (``wgmma``) and TMA, ``sm_90a`` instructions that neither Ampere nor
+#: Blackwell (``tcgen05``) has; FA2 (``mma.sync``) and cuDNN's fused attention run on sm80 and later.
+FLASH_KERNEL_ARCHS: dict[str, tuple[str, ...]] = {"fa3": ("sm90",)}
+
+
+def flash_kernel_problem(kernel: str, arch: str | None) -> str | None:
+    """Why ``kernel`` cannot run on ``arch`` (None when it can, or when the architecture is unknown)."""
+    archs = FLASH_KERNEL_ARCHS.get(kernel)
+    if archs is None or arch is None or arch in archs:
+        return None
+    allowed = [k for k in FLASH_KERNELS if k not in FLASH_KERNEL_ARCHS or arch in FLASH_KERNEL_ARCHS[k]]
+    return (f"{kernel} runs only on {', '.join(archs)} (FlashAttention-3 is built on Hopper's wgmma and TMA), "
+            f"not on {arch}; allowed there: default, {', '.join(allowed)}")
+
+
+class AttentionCurve(Frozen):
+    """One FlashAttention-class kernel's efficiency curve (:mod:`sim.costs.attention`): in model FLOPs
+    (backward = 2 x forward), ``eta = frac x s / (s + seq_half) x [causal: s / (s + causal_waste)]``."""
+
+    fwd_frac: float = Field(gt=0, le=1, description="asymptotic fraction of the dense peak, forward")
+    bwd_frac: float = Field(gt=0, le=1, description="asymptotic fraction of the dense peak, backward")
+    seq_half: float = Field(ge=0, le=1e6, description="sequence length at which the kernel reaches half its "
+                            "asymptotic efficiency")
+    causal_waste: float = Field(ge=0, le=1e6, description="keys' work wasted per query block row by causal "
+                                "masks (partly masked tiles)")
+
 
 class GpuEfficiency(Frozen):
     """Achievable fractions of peak, used when no calibration table covers an op. Attention fractions count
@@ -80,6 +110,26 @@ class GpuEfficiency(Frozen):
                                        "input-gradient GEMMs")
     gemm_training_wgrad: float = Field(default=GEMM_IN_TRAINING["wgrad"], gt=0, le=1, description="the same, "
                                        "weight-gradient GEMMs (they accumulate into FP32 gradient buffers)")
+    attention_kernel: FlashKernel | None = Field(default=None, description="the kernel the attention_* curve "
+                                                 "above was fitted to (the architecture's best: fa3 on Hopper, "
+                                                 "fa2 on Ampere); None: assumed, of no named kernel")
+    attention_kernels: dict[FlashKernel, AttentionCurve] = Field(
+        default_factory=dict, description="curves of other attention kernels on this GPU "
+        "(software.flash_kernel picks one; the attention_* fields are the default)")
+
+    @property
+    def attention_curve(self) -> AttentionCurve:
+        """The default curve: the ``attention_*`` fields (validated by their own bounds)."""
+        return AttentionCurve.model_construct(fwd_frac=self.attention_fwd_frac, bwd_frac=self.attention_bwd_frac,
+                                              seq_half=self.attention_seq_half,
+                                              causal_waste=self.attention_causal_waste)
+
+    @model_validator(mode="after")
+    def _one_curve_per_kernel(self) -> GpuEfficiency:
+        if self.attention_kernel is not None and self.attention_kernel in self.attention_kernels:
+            raise ValueError(f"attention_kernels.{self.attention_kernel}: is the default curve's kernel "
+                             "(attention_kernel); give its curve in the attention_* fields only")
+        return self
 
 
 class GpuSpec(Frozen):
@@ -121,8 +171,17 @@ class GpuSpec(Frozen):
         given = self.efficiency.model_fields_set
         missing = [f for f in GpuEfficiency.model_fields if f not in self.efficiency_sources and f in given
                    and (f.endswith("_frac") or f.startswith("gemm_k")) and getattr(self.efficiency, f) is not None]
+        missing += [f"attention_kernels.{k}" for k in self.efficiency.attention_kernels
+                    if f"attention_kernels.{k}" not in self.efficiency_sources]
         if missing:
             raise ValueError(f"efficiency_sources: give a source for {', '.join(missing)}")
+        named = {f"attention_kernels.{k}": k for k in self.efficiency.attention_kernels}
+        if self.efficiency.attention_kernel:
+            named["attention_kernel"] = self.efficiency.attention_kernel
+        for where, kernel in named.items():
+            problem = flash_kernel_problem(kernel, self.arch)
+            if problem:
+                raise ValueError(f"efficiency.{where}: {problem}")
         if self.supports_fp8 and self.efficiency.gemm_fp8_frac is None:
             raise ValueError("efficiency.gemm_fp8_frac: required when peak_tflops.fp8 is set")
         if self.idle_w is not None and self.idle_w > self.tdp_w:

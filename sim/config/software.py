@@ -20,6 +20,12 @@ class SoftwareSpec(Frozen):
         default="flash", description="flash: FlashAttention-class fused kernels (scores never reach HBM); unfused: "
         "QK^T and PV as batched GEMMs with the s x s scores materialized, softmax and dropout as kernels of "
         "their own (Megatron-LM before FlashAttention)")
+    flash_kernel: Literal["default", "fa2", "fa3", "cudnn"] = Field(
+        default="default", description="which FlashAttention-class kernel runs attention (with attention: flash): "
+        "fa2 (FlashAttention-2; PyTorch SDPA's FLASH backend), fa3 (FlashAttention-3, Hopper only), cudnn "
+        "(cuDNN fused attention; Transformer Engine on Hopper); default: the GPU profile's default curve, the "
+        "architecture's best kernel (fa3 on Hopper, fa2 on Ampere). A kernel the GPU profile has no curve for "
+        "falls back to the default curve with a note; fa3 off Hopper is refused")
     attention_dropout: float = Field(default=0.0, ge=0, lt=1, description="dropout probability on the "
                                      "attention probabilities (costs a mask kernel and saved masks when > 0)")
     hidden_dropout: float = Field(default=0.0, ge=0, lt=1, description="dropout probability after the attention "

@@ -10,6 +10,18 @@ Short sequences lose to the kernel's fixed costs per query block and, when causa
 along the diagonal; both vanish as ``s`` grows (FA3 Figs. 5-6, FA2 Fig. 4). The four GPU-profile parameters are
 fitted to those figures by :mod:`sim.calibrate.fit_attention`.
 
+**Kernels.** The curve depends on the kernel as much as on the GPU: on H100, FlashAttention-2 (PyTorch SDPA's
+FLASH backend) reaches about 35 % of the BF16 peak where FlashAttention-3 reaches 60-65 % (FA3 Figs. 5-6), and
+cuDNN's fused attention (Transformer Engine) lies between. The ``attention_*`` fields of a GPU profile are its
+default curve, fitted to the architecture's best kernel (``efficiency.attention_kernel``: fa3 on Hopper, fa2 on
+Ampere); ``efficiency.attention_kernels`` holds the curves of other kernels. :func:`flash_curve` picks the
+curve of the software stack's ``flash_kernel``: ``default`` (or the default curve's own kernel) takes the
+default curve; a kernel with a curve of its own takes it; a kernel the profile has no curve for falls back to
+the default curve with a note (no data: the profile does not guess a ratio); a kernel that cannot run on the
+architecture (fa3 off Hopper) is refused with a :class:`~sim.errors.SimInputError` naming
+``software.flash_kernel``. The curve has no head-dim term: the kernels' curves are fitted at head dim 128 (the
+papers' d 64 and 256 rows fit no single curve: FA2 peaks at 128, cuDNN rises from 64 to 128 and then flattens).
+
 **Unfused** (Megatron-LM before FlashAttention, ``software.attention: unfused``; Megatron-Core's
 ``DotProductAttention``): ``S = Q K^T`` and ``O = P V`` as batched GEMMs over the full ``s x s`` scores (the
 causal mask is applied in the softmax, not skipped), the scores written to HBM, a (fused or unfused) scale +
@@ -22,25 +34,55 @@ by the second GEMM); backward 2 + 2 + 5 + 6 + 2 + 2; about 32 B in all with drop
 
 from __future__ import annotations
 
-from sim.config import GpuSpec
+from dataclasses import dataclass
+
+from sim.config import AttentionCurve, GpuSpec
+from sim.config.hardware import flash_kernel_problem
 from sim.costs import gemm
+from sim.errors import SimInputError
 from sim.units import US, dtype_bytes
 
 
-def flash_efficiency(gpu: GpuSpec, seq: float, causal: bool, backward: bool) -> float:
-    """Fraction of the dense peak a FlashAttention kernel reaches, in model FLOPs."""
+@dataclass(frozen=True, slots=True)
+class FlashChoice:
+    """The curve a job's attention kernel runs at on one GPU."""
+
+    curve: AttentionCurve
+    default: bool           # the profile's default curve: calibration tables (measured with it) apply
+    note: str | None = None  # why a requested kernel fell back to the default curve
+
+
+def flash_curve(gpu: GpuSpec, kernel: str = "default") -> FlashChoice:
+    """The curve of ``kernel`` (``software.flash_kernel``) on ``gpu``; see the module docstring."""
     eff = gpu.efficiency
-    frac = eff.attention_bwd_frac if backward else eff.attention_fwd_frac
-    eta = frac * seq / (seq + eff.attention_seq_half)
+    if kernel == "default" or kernel == eff.attention_kernel:
+        return FlashChoice(eff.attention_curve, True)
+    problem = flash_kernel_problem(kernel, gpu.arch)
+    if problem:
+        raise SimInputError(f"{problem} ({gpu.name})", field="software.flash_kernel")
+    curve = eff.attention_kernels.get(kernel)  # type: ignore[call-overload]
+    if curve is not None:
+        return FlashChoice(curve, False)
+    fitted = f"fitted to {eff.attention_kernel}" if eff.attention_kernel else "assumed, of no named kernel"
+    return FlashChoice(eff.attention_curve, True, f"attention: {gpu.name}'s profile has no {kernel} curve "
+                       f"(software.flash_kernel); its default curve ({fitted}) used")
+
+
+def flash_efficiency(curve: AttentionCurve, seq: float, causal: bool, backward: bool) -> float:
+    """Fraction of the dense peak a FlashAttention-class kernel reaches on ``curve``, in model FLOPs."""
+    frac = curve.bwd_frac if backward else curve.fwd_frac
+    eta = frac * seq / (seq + curve.seq_half)
     if causal:
-        eta *= seq / (seq + eff.attention_causal_waste)
+        eta *= seq / (seq + curve.causal_waste)
     return eta
 
 
-def flash_seconds(gpu: GpuSpec, dtype: str, fwd_flops: float, seq: float, causal: bool, backward: bool) -> float:
+def flash_seconds(gpu: GpuSpec, dtype: str, fwd_flops: float, seq: float, causal: bool, backward: bool,
+                  curve: AttentionCurve | None = None) -> float:
+    """One attention pass of ``fwd_flops`` forward model FLOPs on ``curve`` (default: the GPU's default)."""
     flops = 2.0 * fwd_flops if backward else fwd_flops
-    return flops / (gpu.peak_flops_per_s(dtype) * flash_efficiency(gpu, seq, causal, backward)) \
-        + gpu.efficiency.kernel_overhead_us * US
+    eta = flash_efficiency(curve or gpu.efficiency.attention_curve, seq, causal, backward)
+    return flops / (gpu.peak_flops_per_s(dtype) * eta) + gpu.efficiency.kernel_overhead_us * US
 
 
 def _bmm(gpu: GpuSpec, groups: int, m: float, n: float, k: float) -> float:

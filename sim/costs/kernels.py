@@ -6,7 +6,8 @@
 - Attention is costed in model FLOPs: forward ``4 B H S_q S_k D`` (``D`` the mean of the query/key and value
   head sizes) halved for causal masks, backward twice the forward. FlashAttention's backward also recomputes
   the scores (2.5x in hardware FLOPs); the achievable fractions and calibrated rates are stated in the same
-  model-FLOP convention, so that work is in the rate, not the count.
+  model-FLOP convention, so that work is in the rate, not the count. The software stack's kernel
+  (``software.flash_kernel``) picks the efficiency curve (:func:`sim.costs.attention.flash_curve`).
 - Norms, activations, casts and the optimizer are memory-bound: bytes over achievable HBM bandwidth plus a
   launch.
 - FP8 (DeepSeek-V3 tech report 3.3): activations are quantized in 1 x 128 tiles before each FP8 GEMM (read
@@ -15,7 +16,10 @@
 
 Each modelled time is divided by the calibration correction for its kind and shape
 (:mod:`sim.costs.calibration`); ``provenance`` records, per kind, how far the corrections reached from
-measured shapes (the notes a run reports).
+measured shapes (the notes a run reports). A table's attention corrections apply to the GPU's default curve
+only: they were measured with the architecture's default kernel (DeepSeek's H800 trace: FlashAttention-3-class
+``flash::compute_attn_ws``), and a ratio measured on one kernel says nothing about another's, so a job on
+another kernel's curve (``software.flash_kernel: fa2`` on Hopper) takes that curve uncorrected, with a note.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Literal
 from sim.calibrate.table import CalibrationTable
 from sim.config import GpuSpec, PrecisionSpec
 from sim.costs import gemm
-from sim.costs.attention import flash_seconds, unfused_seconds
+from sim.costs.attention import FlashChoice, flash_curve, flash_seconds, unfused_seconds
 from sim.costs.calibration import Calibration, Correction, attention_fwd_flops, memory_model_seconds
 from sim.units import dtype_bytes
 
@@ -46,6 +50,8 @@ class CostModel:
     source: GpuSpec | None = None
     _cache: dict[tuple, float] = field(default_factory=dict, repr=False)
     provenance: dict[str, float] = field(default_factory=dict, repr=False)  # kind -> farthest log distance
+    _kernels: dict[str, FlashChoice] = field(default_factory=dict, repr=False)
+    _notes: dict[str, None] = field(default_factory=dict, repr=False)  # other notes, in order, once each
 
     def __post_init__(self) -> None:
         self.calibration = Calibration(self.table, self.source or self.gpu) if self.table is not None else None
@@ -65,7 +71,7 @@ class CostModel:
                 out.append(f"{kind}: not in the calibration table; profile efficiency used")
             elif d > 0.01:
                 out.append(f"{kind}: calibrated, up to {math.exp(d):.1f}x from the nearest measured shape")
-        return out
+        return [*out, *self._notes]
 
     # ------------------------------------------------------------------ dtypes
     def gemm_dtype(self, pass_: Pass, precision_class: str) -> str:
@@ -127,23 +133,37 @@ class CostModel:
         return sum(self.gemm_seconds(n, k, round(r), dtype, None, "wgrad") for r in group_rows if r > 0)
 
     # ------------------------------------------------------------------ attention
+    def flash_kernel(self, kernel: str = "default") -> FlashChoice:
+        """The curve of ``kernel`` (``software.flash_kernel``) on this GPU, its fallback noted once."""
+        choice = self._kernels.get(kernel)
+        if choice is None:
+            choice = self._kernels[kernel] = flash_curve(self.gpu, kernel)
+            if choice.note:
+                self._notes[choice.note] = None
+        return choice
+
     def attention_seconds(self, pass_: Pass, tokens: float, seq_len: int, heads: int, qk_dim: int, v_dim: int,
-                          causal: bool = True) -> float:
-        """FlashAttention over ``tokens`` query tokens in sequences of ``seq_len`` (heads already per GPU)."""
+                          causal: bool = True, kernel: str = "default") -> float:
+        """FlashAttention-class ``kernel`` over ``tokens`` query tokens in sequences of ``seq_len`` (heads
+        already per GPU)."""
         if pass_ == "wgrad" or tokens <= 0:
             return 0.0
-        key = ("attention", pass_, tokens, seq_len, heads, qk_dim, v_dim, causal)
+        key = ("attention", pass_, tokens, seq_len, heads, qk_dim, v_dim, causal, kernel)
         hit = self._cache.get(key)
         if hit is not None:
             return hit
         backward = pass_ != "fwd"
         dtype = self.precision.attention
+        choice = self.flash_kernel(kernel)
         fwd = attention_fwd_flops(seq_len, heads, qk_dim, v_dim, causal, tokens / seq_len)
-        t = flash_seconds(self.gpu, dtype, fwd, seq_len, causal, backward)
-        if self.calibration is not None:
+        t = flash_seconds(self.gpu, dtype, fwd, seq_len, causal, backward, choice.curve)
+        if self.calibration is not None and choice.default:
             c = self.calibration.attention(dtype, backward, seq_len, heads, qk_dim, v_dim)
             self._record(f"attention {'bwd' if backward else 'fwd'}", c)
             t /= c.kappa
+        elif self.calibration is not None:
+            self._notes[f"attention: the calibration table's attention (measured with the default kernel) not "
+                        f"applied to {kernel}; the profile's {kernel} curve used"] = None
         self._cache[key] = t
         return t
 

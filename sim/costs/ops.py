@@ -5,8 +5,9 @@ Translates an op and the tokens of a micro-batch on one GPU into cost-model call
 ``k``; replicated GEMMs (MLA down projections, router) run whole, on 1/TP of the tokens under sequence
 parallelism; routed experts run over the rows each local expert receives (each TP rank dispatches its own
 share of the tokens); attention heads are split by TP (FlashAttention or the unfused path, by
-``software.attention``), and its queries are the GPU's 1/CP of each sequence against all of the sequence's keys
-(zig-zag balanced causal work, Megatron-LM context parallelism); memory-bound kernels move their width x tokens,
+``software.attention``; the flash kernel's curve by ``software.flash_kernel``), and its queries are the GPU's
+1/CP of each sequence against all of the sequence's keys (zig-zag balanced causal work, Megatron-LM context
+parallelism); memory-bound kernels move their width x tokens,
 the width split by TP inside the TP region and the tokens by TP outside it under sequence parallelism
 (Korthikanti et al. 2022). Recompute (``ParallelSpec.recompute``) re-runs an op's forward inside the
 backward-for-input pass.
@@ -105,7 +106,8 @@ class OpCoster:
             if sw.attention == "unfused":
                 return c.unfused_attention_seconds(pass_, tokens, self.seq_len, op.heads // self.tp, op.qk_dim,
                                                    op.v_dim, sw.attention_dropout > 0, sw.fused_kernels or sw.compile)
-            return c.attention_seconds(pass_, tokens, self.seq_len, op.heads // self.tp, op.qk_dim, op.v_dim)
+            return c.attention_seconds(pass_, tokens, self.seq_len, op.heads // self.tp, op.qk_dim, op.v_dim,
+                                       kernel=sw.flash_kernel)
         split = self.tp if (inside_tp(op) or self.sp) else 1
         width_tokens = tokens * op.width / split
         if op.kind == "embedding":

@@ -1,35 +1,177 @@
-"""Attention costs (sim.costs.attention): the FlashAttention efficiency curve and the unfused path's bytes."""
+"""Attention costs (sim.costs.attention): the FlashAttention efficiency curve, the kernel curves a software stack
+picks, and the unfused path's bytes."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from sim.config import GpuEfficiency, GpuSpec, PeakTflops
+from sim.calibrate.table import CalibrationTable, DeviceInfo, Entry
+from sim.config import AttentionCurve, GpuEfficiency, GpuSpec, PeakTflops, PrecisionSpec
 from sim.costs import attention
+from sim.costs.calibration import attention_fwd_flops
+from sim.costs.kernels import CostModel
+from sim.costs.ops import OpCoster
+from sim.errors import SimInputError
+from sim.loading import load_cluster, load_scenario
+from sim.model.ops import attention_ops
+from sim.whatif import calibration_report
+
+H100 = load_cluster("h100_ib_1024").gpu
+H800 = load_cluster("deepseek_h800_2048").gpu
+A100 = load_cluster("a100_ib_3072").gpu
+B200 = load_cluster("b200_ib_1024").gpu
+BF16 = PrecisionSpec()
 
 
-def gpu(**eff) -> GpuSpec:
+#: A kernel curve with four distinct parameters, so that swapping any two changes a hand-derived value.
+FA2_TOY = AttentionCurve(fwd_frac=0.4, bwd_frac=0.25, seq_half=1000.0, causal_waste=3000.0)
+
+
+def gpu(arch: str | None = None, **eff) -> GpuSpec:
     base = {"gemm_bf16_frac": 0.8, "attention_fwd_frac": 0.6, "attention_bwd_frac": 0.4, "hbm_frac": 0.5,
             "attention_seq_half": 1000.0, "attention_causal_waste": 500.0, "kernel_overhead_us": 0.0}
-    return GpuSpec(name="TOY", peak_tflops=PeakTflops(bf16=1000.0, tf32=500.0, fp32=50.0), hbm_gb=80,
+    sources = {k: "test value" for k in {**base, **eff}}
+    sources.update({f"attention_kernels.{k}": "test value" for k in eff.get("attention_kernels", {})})
+    return GpuSpec(name="TOY", arch=arch, peak_tflops=PeakTflops(bf16=1000.0, tf32=500.0, fp32=50.0), hbm_gb=80,
                    hbm_bandwidth_tb_per_s=1.0, num_sms=100, tdp_w=700,
-                   efficiency=GpuEfficiency(**{**base, **eff}),
-                   efficiency_sources={k: "test value" for k in {**base, **eff}})
+                   efficiency=GpuEfficiency(**{**base, **eff}), efficiency_sources=sources)
 
 
 def test_flash_efficiency_by_hand():
-    g = gpu()
+    c = gpu().efficiency.attention_curve
     # s = 1000: half the asymptote for length (1000/2000); causal also 1000/1500 for the masked tiles.
-    assert attention.flash_efficiency(g, 1000, causal=False, backward=False) == pytest.approx(0.3)
-    assert attention.flash_efficiency(g, 1000, causal=True, backward=False) == pytest.approx(0.3 * 2 / 3)
-    assert attention.flash_efficiency(g, 1000, causal=False, backward=True) == pytest.approx(0.2)
+    assert attention.flash_efficiency(c, 1000, causal=False, backward=False) == pytest.approx(0.3)
+    assert attention.flash_efficiency(c, 1000, causal=True, backward=False) == pytest.approx(0.3 * 2 / 3)
+    assert attention.flash_efficiency(c, 1000, causal=False, backward=True) == pytest.approx(0.2)
 
 
 def test_longer_sequences_are_more_efficient_and_causal_is_less():
-    g = gpu()
-    effs = [attention.flash_efficiency(g, s, True, False) for s in (512, 2048, 8192, 131072)]
+    c = gpu().efficiency.attention_curve
+    effs = [attention.flash_efficiency(c, s, True, False) for s in (512, 2048, 8192, 131072)]
     assert effs == sorted(effs) and effs[-1] < 0.6
-    assert attention.flash_efficiency(g, 4096, True, False) < attention.flash_efficiency(g, 4096, False, False)
+    assert attention.flash_efficiency(c, 4096, True, False) < attention.flash_efficiency(c, 4096, False, False)
+
+
+def test_a_kernel_curve_by_hand():
+    g = gpu(arch="sm90", attention_kernel="fa3", attention_kernels={"fa2": FA2_TOY})
+    choice = attention.flash_curve(g, "fa2")
+    assert choice.curve == FA2_TOY and not choice.default and choice.note is None
+    # s = 1000: 0.4 x 1000/2000 = 0.2 forward; causal also x 1000/4000 = 0.05.
+    assert attention.flash_efficiency(choice.curve, 1000, causal=False, backward=False) == pytest.approx(0.2)
+    assert attention.flash_efficiency(choice.curve, 1000, causal=True, backward=False) == pytest.approx(0.05)
+    # s = 3000, backward: 0.25 x 3000/4000 = 0.1875; causal also x 3000/6000.
+    assert attention.flash_efficiency(choice.curve, 3000, causal=False, backward=True) == pytest.approx(0.1875)
+    assert attention.flash_efficiency(choice.curve, 3000, causal=True, backward=True) == pytest.approx(0.09375)
+    # The seconds: 1e12 model FLOPs forward at 1000 TFLOP/s x 0.05 = 0.02 s; backward 2e12 at 1000 x 0.09375.
+    assert attention.flash_seconds(g, "bf16", 1e12, 1000, True, False, choice.curve) == pytest.approx(0.02)
+    assert attention.flash_seconds(g, "bf16", 1e12, 3000, True, True, choice.curve) == pytest.approx(2 / 93.75)
+    # The default kernel, named or not, takes the attention_* fields (0.6 x 1/2 x 2/3 at s = 1000 causal).
+    for kernel in ("default", "fa3"):
+        c = attention.flash_curve(g, kernel)
+        assert c.default and c.note is None
+        assert attention.flash_efficiency(c.curve, 1000, True, False) == pytest.approx(0.2)
+
+
+def test_h100_fa2_curve_by_hand():
+    """The H100 profile's FA2 curve (fwd 0.388, seq_half 151, causal_waste 304): at 8K causal forward
+    0.388 x 8192/8343 x 8192/8496 = 0.3674, about 363 TFLOP/s against the 333 the FA3 paper measured."""
+    c = attention.flash_curve(H100, "fa2").curve
+    eta = attention.flash_efficiency(c, 8192, causal=True, backward=False)
+    assert eta == pytest.approx(0.388 * (8192 / 8343) * (8192 / 8496), rel=1e-9)
+    assert eta == pytest.approx(0.3674, abs=5e-4)
+
+
+def test_fa2_on_hopper_is_slower_than_the_default_at_8k_causal():
+    """FlashAttention-2 uses neither Hopper's wgmma nor TMA and does not overlap softmax with the GEMMs, so on
+    H100 it reaches about 35 % of the BF16 peak where FA3 (the default) reaches 60-65 %: FA3 Figs. 5-6 show
+    FA2 1.5-2x slower at every length. cuDNN's fused attention lies between the two."""
+    costs = CostModel(H100, BF16)
+    tokens, seq = 8192.0, 8192
+    for pass_ in ("fwd", "dgrad"):
+        default = costs.attention_seconds(pass_, tokens, seq, 64, 128, 128, True)
+        fa2 = costs.attention_seconds(pass_, tokens, seq, 64, 128, 128, True, kernel="fa2")
+        cudnn = costs.attention_seconds(pass_, tokens, seq, 64, 128, 128, True, kernel="cudnn")
+        assert 1.5 < fa2 / default < 2.0
+        assert default < cudnn < fa2
+    assert costs.notes == []  # every kernel has a curve on H100
+
+
+def test_a_kernel_without_a_curve_falls_back_to_the_default_with_a_note():
+    costs = CostModel(A100, BF16)
+    args = ("fwd", 4096.0, 4096, 32, 128, 128, True)
+    default = costs.attention_seconds(*args)
+    assert costs.attention_seconds(*args, kernel="fa2") == default  # A100's default curve is FA2's
+    assert costs.notes == []
+    assert costs.attention_seconds(*args, kernel="cudnn") == default
+    assert costs.notes == ["attention: A100-SXM-80GB's profile has no cudnn curve (software.flash_kernel); its "
+                           "default curve (fitted to fa2) used"]
+    costs.attention_seconds("dgrad", 4096.0, 4096, 32, 128, 128, True, kernel="cudnn")
+    assert len(costs.notes) == 1  # once per kernel
+    blackwell = CostModel(B200, BF16)
+    blackwell.attention_seconds(*args, kernel="fa2")
+    assert "assumed, of no named kernel" in blackwell.notes[0]
+
+
+@pytest.mark.parametrize("gpu_", [A100, B200], ids=["sm80", "sm100"])
+def test_fa3_off_hopper_is_refused_naming_the_field(gpu_):
+    with pytest.raises(SimInputError) as err:
+        CostModel(gpu_, BF16).attention_seconds("fwd", 4096.0, 4096, 32, 128, 128, True, kernel="fa3")
+    assert err.value.field == "software.flash_kernel"
+    assert "allowed there: default, fa2, cudnn" in str(err.value)
+
+
+def test_fa3_off_hopper_is_refused_when_the_job_loads():
+    with pytest.raises(SimInputError) as err:
+        load_scenario("gpt3_175b_a100.yaml", overrides=["software.attention=flash", "software.flash_kernel=fa3"])
+    assert err.value.field == "software.flash_kernel"
+    assert str(err.value).startswith("software.flash_kernel: fa3 runs only on sm90")
+    # Unfused attention runs no flash kernel: the field is moot there.
+    load_scenario("gpt3_175b_a100.yaml", overrides=["software.attention=unfused", "software.flash_kernel=fa3"])
+
+
+def _attention_entry(gpu_: GpuSpec, backward: bool, slower: float) -> Entry:
+    shape = {"seq": 4096.0, "heads": 128.0, "qk_dim": 192.0, "v_dim": 128.0, "batch": 1.0, "causal": 1.0}
+    fwd = attention_fwd_flops(4096, 128, 192, 128, True)
+    seconds = attention.flash_seconds(gpu_, "bf16", fwd, 4096, True, backward) * slower
+    flops = fwd * (2 if backward else 1)
+    return Entry(kind="attention_bwd" if backward else "attention_fwd", dtype="bf16", name="flash",
+                 shape=shape, seconds=seconds, samples=1, flops=flops, achieved_flops_per_s=flops / seconds)
+
+
+def test_calibration_corrects_the_default_curve_only():
+    """A table's attention was measured with the default kernel (DeepSeek's trace: FA3-class); its ratio says
+    nothing about FA2, whose curve is used as fitted, with a note."""
+    table = CalibrationTable(schema_version=1, entries=(_attention_entry(H800, False, 2.0),),
+                             device=DeviceInfo(name="NVIDIA H800", kind="trace", num_sms=132, source="test",
+                                               created="2026-01-01"))
+    costs = CostModel(H800, BF16, table, H800)
+    plain = CostModel(H800, BF16)
+    args = ("fwd", 4096.0, 4096, 128, 192, 128, True)
+    corrected = costs.attention_seconds(*args)
+    assert corrected / plain.attention_seconds(*args) == pytest.approx(2.0, rel=0.1)  # the measured 2x
+    assert costs.attention_seconds(*args, kernel="fa2") == plain.attention_seconds(*args, kernel="fa2")
+    assert any("not applied to fa2" in n for n in costs.notes)
+    assert math.isfinite(corrected)
+
+
+def test_the_calibration_report_drops_attention_off_the_default_curve():
+    on_default = calibration_report(load_scenario())
+    on_fa2 = calibration_report(load_scenario(overrides=["software.flash_kernel=fa2"]))
+    assert on_default is not None and on_fa2 is not None
+    assert {"attention_fwd bf16", "attention_bwd bf16"} <= set(on_default["corrects"])
+    assert set(on_fa2["corrects"]) == set(on_default["corrects"]) - {"attention_fwd bf16", "attention_bwd bf16"}
+
+
+def test_the_software_stack_kernel_reaches_the_op_coster():
+    base = load_scenario("llama3_70b_h100.yaml")
+    op = next(o for o in attention_ops(base.model) if o.kind == "attention")
+    seconds = {}
+    for kernel in ("default", "fa2"):
+        s = load_scenario("llama3_70b_h100.yaml", overrides=[f"software.flash_kernel={kernel}"])
+        seconds[kernel] = OpCoster(s, CostModel(s.cluster.gpu, s.precision)).seconds(op, "fwd", 8192.0)
+    assert seconds["fa2"] > 1.5 * seconds["default"]
 
 
 def test_flash_backward_counts_twice_the_forward_flops():
