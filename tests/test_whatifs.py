@@ -189,6 +189,7 @@ def test_what_if(row: Row) -> None:
 
 
 @pytest.mark.parametrize("chain", [("none", "activations", "norm_and_up_proj", "full"),
+                                   ("none", "activations", "alternate_matmuls", "full"),
                                    ("none", "selective", "full")])
 def test_recompute_orders_time_and_memory(chain) -> None:
     """Along a chain of policies each re-running a superset of the previous one's ops: never faster, never

@@ -16,7 +16,7 @@ from pydantic import Field, field_validator
 from sim.config.base import Frozen
 from sim.pipeline import ScheduleName
 
-RecomputePolicy = Literal["none", "selective", "activations", "norm_and_up_proj", "full"]
+RecomputePolicy = Literal["none", "selective", "activations", "norm_and_up_proj", "alternate_matmuls", "full"]
 RECOMPUTE_POLICIES: tuple[str, ...] = get_args(RecomputePolicy)
 #: Module names a per-op recompute list may use besides op names (Megatron-LM ``--recompute-modules``, plus
 #: ``norms``, ``up_proj`` and ``activations``): what each stands for is in :mod:`sim.model.parallelism`.

@@ -34,6 +34,7 @@ from sim.model.parallelism import (
     ROUTED_EXPERTS,
     ROW_PARALLEL,
     inside_tp,
+    recompute_fraction,
     recompute_spec,
     recomputed,
 )
@@ -84,6 +85,9 @@ class OpCoster:
     def is_recomputed(self, op: Op) -> bool:
         return recomputed(self.recompute, op)
 
+    def recompute_fraction(self, op: Op) -> float:
+        return recompute_fraction(self.recompute, op)
+
     def seconds(self, op: Op, part: Part, tokens: float, rows_per_expert: tuple[float, ...] = ()) -> float:
         """``fwd``: the forward; ``input``: input gradient plus recompute; ``weight``: weight gradient.
         ``tokens``: the micro-batch's tokens on this GPU (its 1/CP of each sequence, before TP)."""
@@ -91,8 +95,9 @@ class OpCoster:
             return self._pass(op, "fwd", tokens, rows_per_expert)
         if part == "input":
             t = self._pass(op, "dgrad", tokens, rows_per_expert)
-            if self.is_recomputed(op):
-                t += self._pass(op, "fwd", tokens, rows_per_expert)
+            again = self.recompute_fraction(op)
+            if again > 0:  # a part of a fused GEMM op: that part of its forward time
+                t += again * self._pass(op, "fwd", tokens, rows_per_expert)
             return t
         return self._pass(op, "wgrad", tokens, rows_per_expert)
 

@@ -19,13 +19,14 @@ The KV cache (inference) is here too: it is per-token model arithmetic of the sa
 from __future__ import annotations
 
 from sim.config import ModelSpec, PrecisionSpec, Scenario, SoftwareSpec
+from sim.config.parallel import RECOMPUTE_POLICIES
 from sim.model.ops import Op
 from sim.model.parallelism import dropped, recompute_spec, recomputed, saved_tp_split
 from sim.model.stages import StagePartition, Unit
 from sim.units import dtype_bytes
 
 #: The named policies ``sim model`` reports.
-POLICIES = ("none", "selective", "activations", "norm_and_up_proj", "full")
+POLICIES = RECOMPUTE_POLICIES
 
 
 def kv_cache_bytes_per_token(m: ModelSpec, dtype: str = "bf16") -> float:
@@ -62,8 +63,9 @@ def unit_activation_bytes_per_token(unit: Unit, policy: str | tuple[str, ...], p
     total = 0.0
     for i, op in enumerate(unit.ops):
         for s in op.saves:
-            if not dropped(unit.ops, i, s, spec):
-                total += (s.elems * _saved_dtype_bytes(s.dtype, precision, hidden_dropout)
+            kept = 1.0 - dropped(unit.ops, i, s, spec)
+            if kept > 0:
+                total += (kept * s.elems * _saved_dtype_bytes(s.dtype, precision, hidden_dropout)
                           / saved_tp_split(op, tp, sp))
         if op.kind == "attention" and not recomputed(spec, op):
             total += _unfused_scores_bytes(op, software, seq_len) / tp

@@ -23,14 +23,21 @@ Recompute policies (``parallel.recompute``) name the ops re-run in the backward 
 - ``activations``: activation functions only (SwiGLU/GeLU);
 - ``norm_and_up_proj``: DeepSeek-V3's recipe (tech report 3.2.3): norms, MLA up-projections and the SwiGLU
   output;
+- ``alternate_matmuls``: torchtitan's op-level selective checkpointing (``selective_ac_option: op``,
+  torchtitan ``parallelize_llama.py``): the outputs of matmuls and of the attention kernel are saved, every
+  other op (norms, RoPE, activation functions) is re-run, and so is every second matmul of a layer in
+  execution order (``wk``, ``wo``, ``w3`` of a Llama layer). A fused op holding several matmuls (``qkv_proj``:
+  ``wq, wk, wv``; a gated ``ffn_up``: ``w1, w3``) is re-run in the fraction of its width those matmuls
+  have;
 - ``full``: the whole layer from its input;
 - a list of op names and module names (Megatron-LM ``--recompute-modules``: ``core_attn``, ``layernorm``,
   ``mla_up_proj``, ``moe_act``, ``mlp``, ``moe``; and ``norms``, ``up_proj``, ``activations``,
   ``shared_experts``).
 
 A tensor saved for the backward is dropped when the op that produced it is re-run (its producer is the op
-before its reader in the layer's op list; the attention kernel's own statistics are its own), so memory
-(:mod:`sim.model.activations`) and compute (:mod:`sim.costs.ops`) follow one rule.
+before its reader in the layer's op list; the attention kernel's own statistics are its own), in the fraction
+of the producer that is re-run, so memory (:mod:`sim.model.activations`) and compute (:mod:`sim.costs.ops`)
+follow one rule.
 """
 
 from __future__ import annotations
@@ -93,8 +100,43 @@ def _module_ops(module: str) -> frozenset[str] | None:
 
 _POLICY_MODULES: dict[str, tuple[str, ...]] = {
     "none": (), "selective": ("core_attn",), "activations": ("activations",),
-    "norm_and_up_proj": ("norms", "up_proj", "activations"),
+    "norm_and_up_proj": ("norms", "up_proj", "activations"), "alternate_matmuls": ("norms", "activations", "rope"),
 }
+
+#: (op names and ``*norm``/``*core`` markers re-run, whether the whole layer is re-run, (op name, fraction of
+#: the op re-run) for ops re-run in part)
+RecomputeSpec = tuple[frozenset[str], bool, tuple[tuple[str, float], ...]]
+
+
+def matmul_widths(op: Op, m: ModelSpec) -> tuple[int, ...]:
+    """Output widths of the matmuls a GEMM op stands for, in execution order (a fused QKV projection is
+    ``wq, wk, wv``; a gated up projection ``w1, w3``); one matmul otherwise."""
+    if op.name == "qkv_proj":
+        q, kv = m.n_heads * m.qk_head_dim, m.kv_heads * m.qk_head_dim
+        v = m.kv_heads * m.value_head_dim
+        return (q, kv, v) if q + kv + v == op.n else (op.n,)
+    if op.name in ("ffn_up", "shared_up") and m.ffn_activation == "swiglu" and op.n % 2 == 0:
+        return (op.n // 2, op.n // 2)
+    return (op.n,)
+
+
+def _alternate_fractions(m: ModelSpec) -> tuple[tuple[str, float], ...]:
+    """Per GEMM op of the model's layers: the fraction of its width that is every second matmul of its layer."""
+    out: dict[str, float] = {}
+    for unit in model_units(m):
+        if unit.kind != "layer":
+            continue
+        count = 0
+        for op in unit.ops:
+            if op.kind not in ("gemm", "grouped_gemm"):
+                continue
+            widths = matmul_widths(op, m)
+            again = 0
+            for w in widths:
+                count += 1
+                again += w if count % 2 == 0 else 0
+            out.setdefault(op.name, again / sum(widths))
+    return tuple(sorted((k, v) for k, v in out.items() if v > 0))
 
 
 @cache
@@ -103,16 +145,18 @@ def _model_op_names(m: ModelSpec) -> frozenset[str]:
 
 
 @cache
-def recompute_spec(m: ModelSpec, policy: str | tuple[str, ...]) -> tuple[frozenset[str], bool]:
-    """(op names and ``*norm``/``*core`` markers re-run in backward, whether the whole layer is re-run).
+def recompute_spec(m: ModelSpec, policy: str | tuple[str, ...]) -> RecomputeSpec:
+    """(op names and ``*norm``/``*core`` markers re-run in backward, whether the whole layer is re-run, ops
+    re-run in part with their fractions).
 
     Raises :class:`SimInputError` naming ``parallel.recompute`` for a name that is neither a module nor an op
     of the model."""
     if policy == "full":
-        return frozenset(), True
+        return frozenset(), True, ()
     names = _POLICY_MODULES[policy] if isinstance(policy, str) else policy
     if "full" in names:
-        return frozenset(), True
+        return frozenset(), True, ()
+    partial = _alternate_fractions(m) if policy == "alternate_matmuls" else ()
     out: set[str] = set()
     known = _model_op_names(m)
     for name in names:
@@ -121,36 +165,50 @@ def recompute_spec(m: ModelSpec, policy: str | tuple[str, ...]) -> tuple[frozens
             out |= ops
         elif name in known:
             out.add(name)
+        elif isinstance(policy, str):
+            continue  # a named policy's op this model does not have (RoPE under learned positions)
         else:
             raise SimInputError(f"{name!r} is neither an op of {m.name} nor a module; modules: "
                                 f"{', '.join(RECOMPUTE_MODULES)}; ops: {', '.join(sorted(known))}",
                                 field="parallel.recompute")
-    return frozenset(out), False
+    return frozenset(out), False, partial
 
 
-def recomputed(spec: tuple[frozenset[str], bool], op: Op) -> bool:
-    """Whether the policy ``spec`` (from :func:`recompute_spec`) re-runs ``op``'s forward in the backward."""
-    names, full = spec
-    if full:
-        return True
-    return op.name in names or (op.kind == "norm" and "*norm" in names) or (is_core(op) and "*core" in names)
+def recompute_fraction(spec: RecomputeSpec, op: Op) -> float:
+    """The fraction of ``op``'s forward the policy ``spec`` (from :func:`recompute_spec`) re-runs in the
+    backward: 1 or 0, or a part of a fused GEMM op."""
+    names, full, partial = spec
+    if full or op.name in names or (op.kind == "norm" and "*norm" in names) or (is_core(op) and "*core" in names):
+        return 1.0
+    for name, frac in partial:
+        if name == op.name:
+            return frac
+    return 0.0
 
 
-def dropped(unit_ops: tuple[Op, ...], i: int, saved: Saved, spec: tuple[frozenset[str], bool]) -> bool:
-    """Whether tensor ``saved`` of op ``unit_ops[i]`` is dropped (recomputed) under ``spec`` (not ``full``):
-    its producer is the op before its reader, except the residual stream (a layer's input, never dropped
-    short of full recompute) and the attention kernel's own statistics (produced by the attention itself)."""
+def recomputed(spec: RecomputeSpec, op: Op) -> bool:
+    """Whether the policy ``spec`` re-runs ``op``'s forward (all of it) in the backward."""
+    return recompute_fraction(spec, op) == 1.0
+
+
+def dropped(unit_ops: tuple[Op, ...], i: int, saved: Saved, spec: RecomputeSpec) -> float:
+    """The fraction of tensor ``saved`` of op ``unit_ops[i]`` dropped (recomputed) under ``spec`` (not
+    ``full``): that of its producer, the op before its reader, except the residual stream (a layer's input,
+    never dropped short of full recompute), the attention kernel's own statistics (produced by the attention
+    itself) and the attention's Q, K and V (produced by the last projection GEMM before it)."""
     if saved.tag == "residual":
-        return False
+        return 0.0
     op = unit_ops[i]
     if saved.tag == "other" and is_core(op):
-        return recomputed(spec, op)
-    return i > 0 and recomputed(spec, unit_ops[i - 1])
+        return recompute_fraction(spec, op)
+    if saved.tag == "up_proj_out":  # Q, K, V come from the projection GEMM (RoPE rotates them in place)
+        gemm = next((o for o in reversed(unit_ops[:i]) if o.kind in ("gemm", "grouped_gemm")), None)
+        return recompute_fraction(spec, gemm) if gemm is not None else 0.0
+    return recompute_fraction(spec, unit_ops[i - 1]) if i > 0 else 0.0
 
 
-def recompute_fwd_flops_per_token(unit_ops: tuple[Op, ...], spec: tuple[frozenset[str], bool],
-                                  keys_per_query: float) -> float:
+def recompute_fwd_flops_per_token(unit_ops: tuple[Op, ...], spec: RecomputeSpec, keys_per_query: float) -> float:
     """Forward FLOPs per token a policy re-runs in one unit's backward (the hardware FLOPs recompute adds; GEMMs
     ``2 n k`` per row, the attention core ``2 heads (d_qk + d_v)`` per key, memory-bound ops none)."""
-    return sum(op.gemm_flops_per_token() + op.attention_fwd_flops_per_token(keys_per_query)
-               for op in unit_ops if recomputed(spec, op))
+    return sum((op.gemm_flops_per_token() + op.attention_fwd_flops_per_token(keys_per_query))
+               * recompute_fraction(spec, op) for op in unit_ops)
