@@ -229,6 +229,8 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
     pending: list[deque[tuple[float, float, int, tuple[int, ...]]]] = [
         deque((0.0, b, -1, table.gather_sides) for b in buckets) for buckets in table.prologue_buckets]
     dp_free = [0.0] * n_ranks  # when each rank's data-parallel stream is free
+    inf = float("inf")
+    head = [0.0 if q else inf for q in pending]  # when each rank's first pending bucket is asked for
     sync_s, overlap, every, skewed = table.grad_sync_s, table.overlap_grad_reduce, table.reduce_every, table.skewed
     reduce_sides = table.reduce_sides
     sums = [[0.0] * 5 for _ in range(n_ranks)]
@@ -241,6 +243,7 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
             asked, secs, stage, sides = q[0]
             req = asked if asked > dp_free[r] else dp_free[r]
             if req >= until:
+                head[r] = req
                 return
             q.popleft()
             txr, rxr = tx[r], rx[r]
@@ -254,10 +257,15 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
                 held_end[r][side].append(end)
             if stage >= 0:
                 trig[r][stage] = end
+        head[r] = inf
+
+    def ask(r: int) -> None:
+        """Refresh ``head[r]`` after rank ``r``'s queue grew or was placed."""
+        q = pending[r]
+        head[r] = (q[0][0] if q[0][0] > dp_free[r] else dp_free[r]) if q else inf
 
     key_of = (lambda s: s.parts) if table.skewed else (lambda s: s.cls)
     timings, timing, sends, send = table.timings, table.timing, table.sends, table.send
-    inf = float("inf")
     ready = list(range(n_ranks - 1, -1, -1))
     while ready:
         r = ready.pop()
@@ -285,6 +293,7 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
                 first = t - secs + delay
                 pending[r].extend((first if j == 0 else 0.0, b, part[0], reduce_sides)
                                   for j, b in enumerate(buckets))
+                ask(r)
             acc[0] += secs
             if slot.pair:
                 acc[4] += bf + bi + bw
@@ -298,8 +307,10 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
                     arrive[k] = t
                 else:
                     side = 0 if links & NIC else 1
-                    place(r, t)
-                    place(dst, t)
+                    if head[r] < t:
+                        place(r, t)
+                    if head[dst] < t:
+                        place(dst, t)
                     j = bisect_left(held_req[dst][side], t)  # the receiver's buckets asked for before t
                     start = max(t, txr[side], held_end[dst][side][j - 1] if j else 0.0)
                     arrive[k] = txr[side] = start + seconds
@@ -307,6 +318,7 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
                     ready.extend(parked.pop(k))
             if reduces and not overlap:  # the whole reduction, asked for when the action ends
                 pending[r].append((t, sync_s[part[0]], part[0], reduce_sides))  # type: ignore[index]
+                ask(r)
             i += 1
         ptr[r], free[r] = i, t
     for r in range(n_ranks):

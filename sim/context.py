@@ -10,7 +10,7 @@ from functools import lru_cache
 from sim.assemble import StepInputs
 from sim.config import ModelSpec, Scenario
 from sim.costs.calibration import resolve_calibration
-from sim.costs.kernels import CostModel
+from sim.costs.kernels import CostModel, cost_model
 from sim.costs.ops import OpCoster
 from sim.model.stages import StagePartition, partition
 from sim.network import Network
@@ -57,7 +57,7 @@ def build_context(scenario: Scenario, *, allow_cpu_calibration: bool = False,
     parts = stage_partition(scenario.model, scenario.num_stages, p.stage_layers, p.stage_split,
                             scenario.training.seq_len, all_stages_of(p.schedule, p.pp, p.vpp))
     cal = resolve_calibration(scenario, allow_cpu=allow_cpu_calibration, strict=strict_calibration)
-    costs = CostModel(scenario.cluster.gpu, scenario.precision, cal.table, cal.source)
+    costs = cost_model(scenario.cluster.gpu, scenario.precision, cal.table, cal.source)
     loads = LoadModel(scenario, parts)
     network = Network(scenario)
     program = Program(scenario, OpCoster(scenario, costs), network, parts, loads.moe_load)

@@ -19,6 +19,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -287,9 +288,16 @@ def load_cluster(ref: str) -> ClusterSpec:
 def find_gpu_profile(device_name: str) -> GpuSpec | None:
     """The GPU profile whose model matches a device name as a driver reports it ('NVIDIA H800' -> the
     H800-SXM-80GB profile), or None."""
-    token = gpu_model_token(device_name)
-    for path in sorted((profiles_dir() / "gpus").glob("*.yaml")):
-        data = read_yaml(path)
+    paths = sorted((profiles_dir() / "gpus").glob("*.yaml"))
+    stamp = tuple((str(p), p.stat().st_mtime_ns) for p in paths)
+    return _find_gpu_profile(gpu_model_token(device_name), stamp)
+
+
+@lru_cache(maxsize=32)
+def _find_gpu_profile(token: str, stamp: tuple[tuple[str, int], ...]) -> GpuSpec | None:
+    """Memoized by the profiles' paths and modification times (``stamp``): a changed file is read again."""
+    for path, _ in stamp:
+        data = read_yaml(Path(path))
         if gpu_model_token(str(data.get("name", ""))) == token:
             return validate(GpuSpec, data, "gpu")
     return None

@@ -16,6 +16,7 @@ from sim import analytic, assemble
 from sim.assemble import rank_plans, routing_is_skewed, scenario_key
 from sim.config import Scenario, evolve
 from sim.context import StepContext, build_context, stage_partition
+from sim.costs.kernels import clear_shared
 from sim.engine import RankPlan, run_pipeline
 from sim.experts.loads import clear_caches as clear_load_caches
 from sim.metrics import StepResult, flops_per_token, step_result
@@ -92,12 +93,14 @@ def _prepared(scenario: Scenario, allow_cpu: bool, strict: bool, fast: bool) -> 
 
 def clear_caches() -> None:
     """Empty every cache the step simulation keeps between calls: prepared contexts and plans, isolated work
-    timings, the analytic tier's tables, expert loads, schedules, stage partitions, model units and FLOPs.
+    timings, the analytic tier's tables, shared cost memos, expert loads, schedules, stage partitions, model
+    units and FLOPs.
     Results never depend on them (each is keyed by everything its value depends on); this frees their memory,
     and lets tests start cold."""
     _PREPARED.clear()
     assemble.clear_caches()
     analytic.clear_caches()
+    clear_shared()
     clear_load_caches()
     build_schedule.cache_clear()
     flops_per_token.cache_clear()

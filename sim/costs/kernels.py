@@ -20,13 +20,18 @@ measured shapes (the notes a run reports). A table's attention corrections apply
 only: they were measured with the architecture's default kernel (DeepSeek's H800 trace: FlashAttention-3-class
 ``flash::compute_attn_ws``), and a ratio measured on one kernel says nothing about another's, so a job on
 another kernel's curve (``software.flash_kernel: fa2`` on Hopper) takes that curve uncorrected, with a note.
+
+Costs are memoized per kernel shape; :func:`cost_model` shares the memo between cost models of the same GPU,
+precision and table (a sweep re-costs only the shapes it has not seen). Each memo entry keeps what computing
+it recorded (provenance, notes) and replays it on a hit, so every cost model's notes are its own queries'.
 """
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from sim.calibrate.table import CalibrationTable
 from sim.config import GpuSpec, PrecisionSpec
@@ -48,18 +53,49 @@ class CostModel:
     precision: PrecisionSpec
     table: CalibrationTable | None = None
     source: GpuSpec | None = None
-    _cache: dict[tuple, float] = field(default_factory=dict, repr=False)
+    _cache: dict[tuple, tuple[float, tuple[Any, ...]]] = field(default_factory=dict, repr=False)
     provenance: dict[str, float] = field(default_factory=dict, repr=False)  # kind -> farthest log distance
     _kernels: dict[str, FlashChoice] = field(default_factory=dict, repr=False)
     _notes: dict[str, None] = field(default_factory=dict, repr=False)  # other notes, in order, once each
+    _effects: list[list[Any]] = field(default_factory=list, repr=False)  # what memo misses being computed record
 
     def __post_init__(self) -> None:
         self.calibration = Calibration(self.table, self.source or self.gpu) if self.table is not None else None
 
+    # ------------------------------------------------------------------ memo
+    def _hit(self, key: tuple) -> float | None:
+        """The memoized seconds of ``key``, replaying what computing them recorded; None on a miss (then the
+        caller computes the value and stores it with :meth:`_store`)."""
+        hit = self._cache.get(key)
+        if hit is None:
+            self._effects.append([])
+            return None
+        for effect in hit[1]:
+            self._apply(effect)
+        return hit[0]
+
+    def _store(self, key: tuple, seconds: float) -> float:
+        effects = self._effects.pop()
+        if self._effects:
+            self._effects[-1].extend(effects)
+        self._cache[key] = (seconds, tuple(effects))
+        return seconds
+
+    def _apply(self, effect: tuple[Any, ...]) -> None:
+        if effect[0] == "note":
+            self._notes[effect[1]] = None
+        else:
+            self.provenance[effect[1]] = max(self.provenance.get(effect[1], 0.0), effect[2])
+        if self._effects:
+            self._effects[-1].append(effect)
+
     # ------------------------------------------------------------------ provenance
     def _record(self, kind: str, c: Correction) -> None:
         if self.calibration is not None:
-            self.provenance[kind] = max(self.provenance.get(kind, 0.0), c.distance)
+            self._apply(("provenance", kind, c.distance))
+
+    def _note(self, text: str) -> None:
+        self._apply(("note", text))
 
     @property
     def notes(self) -> list[str]:
@@ -96,14 +132,13 @@ class CostModel:
         if m <= 0:
             return 0.0
         key = ("gemm", round(m, 3), n, k, dtype, group_rows, pass_)
-        hit = self._cache.get(key)
+        hit = self._hit(key)
         if hit is not None:
             return hit
         secs = self._gemm_corrected(m, n, k, dtype, group_rows, pass_)
         if dtype == "fp8":
             secs = min(secs, self._gemm_corrected(m, n, k, "bf16", group_rows, pass_))
-        self._cache[key] = secs
-        return secs
+        return self._store(key, secs)
 
     def gemm_pass_seconds(self, pass_: Pass, m: float, n: int, k: int, precision_class: str,
                           group_rows: tuple[float, ...] | None = None) -> float:
@@ -138,8 +173,8 @@ class CostModel:
         choice = self._kernels.get(kernel)
         if choice is None:
             choice = self._kernels[kernel] = flash_curve(self.gpu, kernel)
-            if choice.note:
-                self._notes[choice.note] = None
+        if choice.note:
+            self._note(choice.note)
         return choice
 
     def attention_seconds(self, pass_: Pass, tokens: float, seq_len: int, heads: int, qk_dim: int, v_dim: int,
@@ -149,7 +184,7 @@ class CostModel:
         if pass_ == "wgrad" or tokens <= 0:
             return 0.0
         key = ("attention", pass_, tokens, seq_len, heads, qk_dim, v_dim, causal, kernel)
-        hit = self._cache.get(key)
+        hit = self._hit(key)
         if hit is not None:
             return hit
         backward = pass_ != "fwd"
@@ -162,10 +197,9 @@ class CostModel:
             self._record(f"attention {'bwd' if backward else 'fwd'}", c)
             t /= c.kappa
         elif self.calibration is not None:
-            self._notes[f"attention: the calibration table's attention (measured with the default kernel) not "
-                        f"applied to {kernel}; the profile's {kernel} curve used"] = None
-        self._cache[key] = t
-        return t
+            self._note(f"attention: the calibration table's attention (measured with the default kernel) not "
+                       f"applied to {kernel}; the profile's {kernel} curve used")
+        return self._store(key, t)
 
     def unfused_attention_seconds(self, pass_: Pass, tokens: float, seq_len: int, heads: int, qk_dim: int,
                                   v_dim: int, dropout: bool, fused_softmax: bool) -> float:
@@ -173,11 +207,11 @@ class CostModel:
         if pass_ == "wgrad" or tokens <= 0:
             return 0.0
         key = ("unfused_attention", pass_, tokens, seq_len, heads, qk_dim, v_dim, dropout, fused_softmax)
-        hit = self._cache.get(key)
-        if hit is None:
-            hit = self._cache[key] = unfused_seconds(self.gpu, self.memory_seconds, tokens / seq_len, seq_len, heads,
-                                                     qk_dim, v_dim, pass_ != "fwd", dropout, fused_softmax)
-        return hit
+        hit = self._hit(key)
+        if hit is not None:
+            return hit
+        return self._store(key, unfused_seconds(self.gpu, self.memory_seconds, tokens / seq_len, seq_len, heads,
+                                                qk_dim, v_dim, pass_ != "fwd", dropout, fused_softmax))
 
     # ------------------------------------------------------------------ memory-bound
     def memory_seconds(self, bytes_: float, name: str = "elementwise") -> float:
@@ -185,7 +219,7 @@ class CostModel:
         if bytes_ <= 0:
             return 0.0
         key = ("memory", name, bytes_)
-        hit = self._cache.get(key)
+        hit = self._hit(key)
         if hit is not None:
             return hit
         t = memory_model_seconds(self.gpu, bytes_)
@@ -193,5 +227,31 @@ class CostModel:
             c = self.calibration.memory(name, bytes_)
             self._record("memory-bound kernels", c)
             t /= c.kappa
-        self._cache[key] = t
-        return t
+        return self._store(key, t)
+
+
+#: Memos shared by cost models of the same content (see :func:`cost_model`), least recently used first out.
+_SHARED: OrderedDict[tuple, tuple[CalibrationTable | None, dict]] = OrderedDict()
+SHARED_MAX = 32
+
+
+def cost_model(gpu: GpuSpec, precision: PrecisionSpec, table: CalibrationTable | None = None,
+               source: GpuSpec | None = None) -> CostModel:
+    """A :class:`CostModel` whose memo is shared with the others of the same GPU, precision recipe and table
+    (the table by identity: :func:`sim.calibrate.table.load_table` returns one object per file content); its
+    provenance and notes are its own."""
+    key = (gpu.model_dump_json(), precision.model_dump_json(), id(table),
+           source.model_dump_json() if source is not None else None)
+    hit = _SHARED.get(key)
+    if hit is None or hit[0] is not table:
+        hit = _SHARED[key] = (table, {})
+        if len(_SHARED) > SHARED_MAX:
+            _SHARED.popitem(last=False)
+    else:
+        _SHARED.move_to_end(key)
+    return CostModel(gpu, precision, table, source, _cache=hit[1])
+
+
+def clear_shared() -> None:
+    """Forget the shared memos (:func:`sim.step.clear_caches`)."""
+    _SHARED.clear()

@@ -42,7 +42,7 @@ from numpy.typing import NDArray
 from sim import units
 from sim.config import Scenario
 from sim.errors import SimInputError
-from sim.experts.balancing import moe_layers, simulate_balancing
+from sim.experts.balancing import BalancingHistory, moe_layers, simulate_balancing
 from sim.experts.fanout import FanOut, fanout
 from sim.experts.placement import ExpertPlacement, check_layout, redundant_experts
 from sim.experts.popularity import layer_rng
@@ -205,8 +205,30 @@ _CACHE_SIZE = 8
 
 
 def clear_caches() -> None:
-    """Forget the cached loads (they are keyed by everything they depend on; this frees their memory)."""
+    """Forget the cached loads and balancing runs (they are keyed by everything they depend on; this frees
+    their memory)."""
     _CACHE.clear()
+    _HISTORIES.clear()
+
+
+_HISTORIES: OrderedDict[str, BalancingHistory] = OrderedDict()
+
+
+def _balanced(scenario: Scenario, steps: int, layers: tuple[int, ...]) -> BalancingHistory:
+    """The balancing run before the step, cached by what it depends on (model, experts, EP layout over the
+    node, steps, layers): layouts that differ only in pipeline, tokens, precision or hardware speeds share it."""
+    if scenario.experts.skew == "histogram":
+        return simulate_balancing(scenario, steps, layers, record_bias=False)
+    key = repr((scenario.model.model_dump_json(), scenario.experts.model_dump_json(), scenario.parallel.ep,
+                scenario.cluster.node.gpus_per_node, redundant_experts(scenario), steps, layers))
+    hit = _HISTORIES.get(key)
+    if hit is None:
+        hit = _HISTORIES[key] = simulate_balancing(scenario, steps, layers, record_bias=False)
+        while len(_HISTORIES) > _CACHE_SIZE:
+            _HISTORIES.popitem(last=False)
+    else:
+        _HISTORIES.move_to_end(key)
+    return hit
 
 
 def _cache_key(scenario: Scenario, layers: tuple[int, ...], num_microbatches: int, step: int) -> str | None:
@@ -229,7 +251,7 @@ def _compute(scenario: Scenario, layers: tuple[int, ...], num_microbatches: int,
         raise SimInputError(f"must be >= 1 (got {num_microbatches})", field="num_microbatches")
     gpn = scenario.cluster.node.gpus_per_node
     check_layout(m, p.ep, gpn, redundant_experts(scenario))
-    history = simulate_balancing(scenario, scenario.experts.balancing_steps + step, layers, record_bias=False)
+    history = _balanced(scenario, scenario.experts.balancing_steps + step, layers)
     t, k = scenario.expert_tokens_per_gpu, m.n_activated_experts
     # Balanced routing gives every micro-batch the same rows: compute one, then repeat it as read-only views
     # (memory flat in the number of micro-batches; every value as if each micro-batch were computed).

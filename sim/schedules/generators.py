@@ -133,7 +133,7 @@ def combined(schedule: Schedule) -> Schedule:
                     schedule.num_directions, tuple(ranks), schedule.folding)
 
 
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=256)
 def build_schedule(name: str, pp: int, num_microbatches: int, vpp: int = 1, combined_1f1b: bool = False
                    ) -> Schedule:
     """The schedule ``name`` for ``pp`` ranks and ``num_microbatches`` micro-batches (``vpp`` for interleaved);
