@@ -34,6 +34,12 @@ class SoftwareSpec(Frozen):
                                 "scale + mask + softmax each run as one kernel (Megatron-LM's fusions)")
     compile: bool = Field(default=False, description="torch.compile fuses each chain of memory-bound kernels "
                           "between GEMMs into one")
+    cross_entropy: Literal["fused", "megatron_fp32", "torch_fp32"] = Field(
+        default="fused", description="the loss over the vocabulary: fused (one kernel reads the BF16 logits and "
+        "writes their gradient; torch.compile or a fused loss); megatron_fp32 (Megatron-LM's vocabulary-parallel "
+        "cross entropy as separate FP32 kernels: upcast, max, subtract, exp, sum, normalize, the softmax kept "
+        "for the backward); torch_fp32 (logits.float() and F.cross_entropy: log-softmax and its backward in "
+        "FP32); compile fuses either")
     kernel_launch_us: float | None = Field(default=None, ge=0, le=1000, description="time between kernels on a "
                                            "busy stream; default: the GPU profile's kernel_overhead_us")
     step_overhead_s: float = Field(default=0.0, ge=0, le=3600, description="host work per step that the GPU "

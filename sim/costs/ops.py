@@ -60,6 +60,18 @@ def elementwise_kernels(op: Op, pass_: str, sw: SoftwareSpec, model: ModelSpec) 
             return (("residual_add", 7.0 if drop else 6.0),)
         return (*((("bias_add", 4.0),) if model.bias else ()), *((("dropout", 5.0),) if drop else ()),
                 ("residual_add", 6.0))
+    if op.name == "cross_entropy":  # per logit element (software.cross_entropy)
+        kind = "fused" if sw.compile else sw.cross_entropy
+        if kind == "fused":  # read the BF16 logits; the backward writes their BF16 gradient
+            return (("cross_entropy", 2.0),) if fwd else (("cross_entropy", 4.0),)
+        if kind == "megatron_fp32":
+            if fwd:  # upcast (r2 w4), max (r4), subtract (r4 w4), exp (r4 w4), sum (r4), normalize (r4 w4)
+                return (("ce_cast", 6.0), ("ce_max", 4.0), ("ce_sub", 8.0), ("ce_exp", 8.0), ("ce_sum", 4.0),
+                        ("ce_softmax", 8.0))
+            return (("ce_grad", 8.0), ("ce_cast", 6.0))  # softmax minus one-hot times the loss gradient; to BF16
+        if fwd:  # torch_fp32: upcast (r2 w4), log-softmax (r4 w4, its row reductions in cache)
+            return (("ce_cast", 6.0), ("log_softmax", 8.0))
+        return (("log_softmax", 12.0), ("ce_cast", 6.0))  # its backward (r4 r4 w4); to BF16
     if op.name in ACTIVATIONS:
         if model.ffn_activation == "swiglu":  # width = gate + up
             if fwd:

@@ -36,9 +36,12 @@ def kv_cache_bytes_per_token(m: ModelSpec, dtype: str = "bf16") -> float:
     return m.n_layers * per_layer * dtype_bytes(dtype)
 
 
-def _saved_dtype_bytes(dtype: str, precision: PrecisionSpec, hidden_dropout: bool) -> float:
+def _saved_dtype_bytes(dtype: str, precision: PrecisionSpec, software: SoftwareSpec | None) -> float:
     if dtype == "dropout_mask":  # a byte per element, kept only when the stack drops out hidden states
-        return 1.0 if hidden_dropout else 0.0
+        return 1.0 if software is not None and software.hidden_dropout > 0 else 0.0
+    if dtype == "loss":  # the loss's saved logits: FP32 softmax, or what a fused loss keeps (BF16)
+        fp32 = software is not None and not software.compile and software.cross_entropy != "fused"
+        return dtype_bytes("fp32") if fp32 else dtype_bytes("bf16")
     if dtype == "gemm_in":
         if precision.fprop == "fp8":
             return dtype_bytes("fp8") + dtype_bytes("fp32") / precision.activation_tile
@@ -59,13 +62,12 @@ def unit_activation_bytes_per_token(unit: Unit, policy: str | tuple[str, ...], p
     spec = recompute_spec(model, policy)
     if spec[1]:
         return _layer_input_bytes(unit) / (tp if sp else 1)
-    hidden_dropout = software is not None and software.hidden_dropout > 0
     total = 0.0
     for i, op in enumerate(unit.ops):
         for s in op.saves:
             kept = 1.0 - dropped(unit.ops, i, s, spec)
             if kept > 0:
-                total += (kept * s.elems * _saved_dtype_bytes(s.dtype, precision, hidden_dropout)
+                total += (kept * s.elems * _saved_dtype_bytes(s.dtype, precision, software)
                           / saved_tp_split(op, tp, sp))
         if op.kind == "attention" and not recomputed(spec, op):
             total += _unfused_scores_bytes(op, software, seq_len) / tp

@@ -191,8 +191,12 @@ def head_ops(m: ModelSpec, block: Block = "head", shared: bool = False) -> list[
     if shared or m.tie_word_embeddings:
         head = Op(head.name, head.kind, head.block, n=head.n, k=head.k, precision_class="high",
                   saves=head.saves)
+    # The loss keeps its logits' softmax for the backward: FP32 in Megatron-LM's vocabulary-parallel cross
+    # entropy (Korthikanti et al. 2022 section 4.3 count FP32 logits, 4 s b v / t bytes) and torchtitan's
+    # .float() loss, BF16 in a fused loss (software.cross_entropy).
     return [_norm("final_norm", block, m.dim, m), head,
-            Op("cross_entropy", "elementwise", block, width=m.vocab_size)]
+            Op("cross_entropy", "elementwise", block, width=m.vocab_size,
+               saves=(Saved("logits", m.vocab_size, "loss", "other"),))]
 
 
 def mtp_ops(m: ModelSpec) -> list[Op]:

@@ -74,8 +74,10 @@ def inside_tp(op: Op) -> bool:
 
 
 def reads_split_input(op: Op) -> bool:
-    """Whether ``op`` reads a TP-split tensor (so what it saves for backward is split by TP)."""
-    return is_core(op) or op.name in ROW_PARALLEL or op.name in ROUTED_EXPERTS or op.name in ACTIVATIONS
+    """Whether ``op`` reads a TP-split tensor (so what it saves for backward is split by TP): ops inside the TP
+    region (the attention core, activation functions, routed experts, the vocabulary-parallel cross entropy)
+    and row-parallel GEMMs."""
+    return inside_tp(op) or op.name in ROW_PARALLEL
 
 
 def saved_tp_split(op: Op, tp: int, sp: bool) -> int:

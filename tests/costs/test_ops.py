@@ -53,3 +53,36 @@ def test_software_stacks_order_the_step_time():
                           mode="fast").step_time_s
     assert fused < old < eager
     assert old / fused == pytest.approx(1.1, abs=0.1)  # attention is a few % of a 175B layer's work at 2K
+
+
+def test_cross_entropy_bytes_per_logit_by_stack():
+    """Per logit element. Megatron-LM's vocabulary-parallel loss as separate FP32 kernels: upcast r2 w4, max r4,
+    subtract r4 w4, exp r4 w4, sum r4, normalize r4 w4 = 38 B in 6 kernels; backward softmax minus one-hot times
+    the gradient r4 w4, back to BF16 r4 w2 = 14 B. torchtitan's .float() + F.cross_entropy: upcast 6 + log-softmax
+    r4 w4 = 14 B; backward r4 r4 w4 + cast 6 = 18 B. Fused (or compiled): r2 forward, r2 w2 backward."""
+    ce = Op("cross_entropy", "elementwise", "head", width=8)
+    mega, torch32 = SoftwareSpec(cross_entropy="megatron_fp32"), SoftwareSpec(cross_entropy="torch_fp32")
+    assert total(elementwise_kernels(ce, "fwd", mega, GPT)) == 38
+    assert len(elementwise_kernels(ce, "fwd", mega, GPT)) == 6
+    assert total(elementwise_kernels(ce, "dgrad", mega, GPT)) == 14
+    assert total(elementwise_kernels(ce, "fwd", torch32, GPT)) == 14
+    assert total(elementwise_kernels(ce, "dgrad", torch32, GPT)) == 18
+    for fused in (SoftwareSpec(), SoftwareSpec(cross_entropy="torch_fp32", compile=True)):
+        assert total(elementwise_kernels(ce, "fwd", fused, GPT)) == 2
+        assert total(elementwise_kernels(ce, "dgrad", fused, GPT)) == 4
+
+
+def test_the_loss_keeps_fp32_logits_unless_fused():
+    """Korthikanti et al. 2022 (4.3) count 4 s b v / t bytes of FP32 logits; a fused loss keeps BF16 ones."""
+    from sim.config import PrecisionSpec
+    from sim.model.activations import unit_activation_bytes_per_token
+    from sim.model.stages import model_units
+
+    head = next(u for u in model_units(GPT) if u.kind == "head")
+    ce_only = head.ops[-1]
+    assert ce_only.name == "cross_entropy"
+    base = unit_activation_bytes_per_token(head, "none", PrecisionSpec(), GPT, tp=8,
+                                           software=SoftwareSpec(cross_entropy="fused"))
+    fp32 = unit_activation_bytes_per_token(head, "none", PrecisionSpec(), GPT, tp=8,
+                                           software=SoftwareSpec(cross_entropy="megatron_fp32"))
+    assert fp32 - base == pytest.approx((4 - 2) * GPT.vocab_size / 8)  # split by TP: vocabulary-parallel
