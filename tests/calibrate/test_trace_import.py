@@ -26,7 +26,7 @@ from tests.conftest import REPO, SHARED
 
 TRACE = SHARED / "data" / "deepseek_v3_train_trace.json"
 COMMITTED = REPO / "hardware_profiles" / "calibrated" / "h800_deepseek_trace.yaml"
-needs_trace = pytest.mark.skipif(not TRACE.is_file(), reason=f"{TRACE} is absent (a checkout without ../shared)")
+needs_trace = pytest.mark.skipif(not TRACE.is_file(), reason=f"{TRACE} is absent (no local copy of train.json)")
 
 
 @pytest.fixture(scope="module")
