@@ -6,7 +6,7 @@
 # 1. Finds a Python whose torch sees a CUDA GPU; if there is none, installs the CUDA build of the pinned torch
 #    (torch==2.13.0 from download.pytorch.org, cu128) when the machine can reach it.
 # 2. Installs sim without its dependencies when they are already there, or from wheels in .whl/ (offline machines:
-#    see the device notes), else from PyPI.
+#    fetch them beforehand with `pip download -d .whl`), else from PyPI.
 # 3. Runs `sim calibrate --device cuda` (the full preset, 330 s at most; the quick preset if the full one does not
 #    finish in time) and writes OUT_DIR/<gpu>_torch<version>.yaml (default OUT_DIR: $OUT or
 #    hardware_profiles/calibrated), with the run's log and nvidia-smi's view of the GPU beside it.

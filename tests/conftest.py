@@ -1,4 +1,5 @@
-"""Shared fixtures: the repository root, the shared reference data, a CLI runner."""
+"""Shared fixtures: the repository root, an optional data folder beside it (a copy of DeepSeek's trace), a CLI
+runner."""
 
 from __future__ import annotations
 

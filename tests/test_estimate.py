@@ -2,7 +2,7 @@
 and the layout search.
 
 Golden figures: DeepSeek-V3 tech report (arXiv 2412.19437) Table 1, H800 GPU-hours: pre-training 2,664K,
-context extension 119K, post-training 5K, total 2,788K; $5.576M at $2 per GPU-hour (deepseek_v3.md 2.7).
+context extension 119K, post-training 5K, total 2,788K; $5.576M at $2 per GPU-hour.
 Tolerances are the ones the estimate was asked to meet: 10 % (pre-training, total, dollars), 15 % (context
 extension). Misses are ``xfail(strict=True)`` with the measured figure, so they flip when the physics improves.
 """
@@ -74,11 +74,13 @@ def test_deepseek_total_and_dollars_within_10pct_of_table1(deepseek):
 
 def test_deepseek_phases_as_published(deepseek):
     by = {p.work.spec.name: p for p in deepseek.phases}
-    # tech report 4.3: 1000 steps each at 32K x 1920 and 128K x 480, 62.9B tokens each (deepseek_v3.md 2.6)
+    # tech report 4.3: 1000 steps each at 32K x 1920 and 128K x 480, 62.9B tokens each (derived: steps x batch x
+    # sequence)
     for name in ("context-32k", "context-128k"):
         assert by[name].steps == 1000
         assert by[name].work.tokens == pytest.approx(62.915e9, rel=1e-4)
-    # 14.8T tokens; about 235K steps at the full batch (deepseek_v3.md 2.6), more with the ramp's smaller steps
+    # 14.8T tokens; about 235K steps at the full batch (derived: 14.8T / 62.9M tokens per step), more with the
+    # ramp's smaller steps
     assert by["pre-training"].work.tokens == 14.8e12
     assert 235e3 < by["pre-training"].steps < 250e3
     assert by["post-training"].cost.gpu_hours == 5e3  # given, as published

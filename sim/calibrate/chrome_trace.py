@@ -1,12 +1,13 @@
 """Reading a PyTorch profiler Chrome trace: GPU kernels, their streams, and the annotation that launched them.
 
-Format (reference/hardware_and_calibration.md B7; PyTorch ``torch.profiler`` with CUPTI): ``traceEvents`` holds
-``X`` events; ``cat: kernel`` (also ``gpu_memcpy``, ``gpu_memset``) are GPU activities with ``args.stream``,
-``args.grid`` and ``args.correlation``; ``cat: cuda_runtime``/``cuda_driver`` are the host launches carrying
-the same ``correlation``; ``cat: user_annotation`` are ``record_function`` ranges on the host thread. A kernel
-belongs to the innermost user annotation that encloses its *launch* (the host call), as Vidur's
-``RecordFunctionTracer`` does; the profiler-step annotation (``ProfilerStep#N``) is ignored. Times are
-microseconds.
+Format (Google's Trace Event Format, as documented in Perfetto's ``docs/getting-started/other-formats.md``;
+PyTorch ``torch.profiler`` with CUPTI, as in DeepSeek's published trace): ``traceEvents`` holds ``X`` events;
+``cat: kernel`` (also ``gpu_memcpy``, ``gpu_memset``) are GPU activities with ``args.stream``, ``args.grid`` and
+``args.correlation``; ``cat: cuda_runtime``/``cuda_driver`` are the host launches carrying the same
+``correlation``; ``cat: user_annotation`` are ``record_function`` ranges on the host thread. A kernel belongs to
+the innermost user annotation that encloses its *launch* (the host call), as Vidur's ``RecordFunctionTracer``
+does (microsoft/vidur ``vidur/profiling/utils/record_function_tracer.py``); the profiler-step annotation
+(``ProfilerStep#N``) is ignored. Times are microseconds.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Collective timings across message sizes: all-reduce, all-to-all and send/receive between processes.
 
 NCCL between the GPUs of this machine when there are two or more; gloo between two CPU processes otherwise
-(pipeline validation: loopback TCP, not a network). Semantics follow nccl-tests (doc/PERFORMANCE.md,
-reference/hardware_and_calibration.md B1.9): ``bytes`` is the message per rank, the rate is the algorithm
+(pipeline validation: loopback TCP, not a network). Semantics follow nccl-tests
+(NVIDIA/nccl-tests ``doc/PERFORMANCE.md``): ``bytes`` is the message per rank, the rate is the algorithm
 bandwidth ``bytes / time`` (bus bandwidth is ``x 2(n-1)/n`` for all-reduce and ``x (n-1)/n`` for all-to-all,
 left to the network model). Send/receive is timed as a ping-pong between ranks 0 and 1, one way = half the
 round trip. Every sample starts after a barrier; all ranks run the same fixed number of repeats, so none waits

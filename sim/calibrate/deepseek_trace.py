@@ -1,6 +1,6 @@
 """Mapping DeepSeek-V3's H800 training trace to op kinds and shapes.
 
-The trace (deepseek-ai/profile-data ``train.json``, commit 4496024; reference/deepseek_v3.md 5.1-5.3) is one
+The trace (deepseek-ai/profile-data ``train.json``, commit 4496024, described in that repository's README) is one
 DualPipe pair of a forward and a backward chunk of 4 MoE layers, EP64 TP1, 4K sequence, balanced routing,
 rank 0 of 64 on H800s. Kernel arguments carry no tensor shapes (only grid and block), so shapes are inferred
 from the kernel name, the annotation region that launched it (``attn(F)``, ``mlp(F)``, ``dispatch(F)``,
@@ -23,8 +23,8 @@ Inferences, each checked against the trace when the import runs:
   recomputed q_b and kv_b forwards (tech report 3.2.3), q_b, kv_b, kv_a, q_a dgrads. ``attn(W)``
   (``fp8_dptp128c_acc``): o_proj, kv_b, q_b, kv_a, q_a wgrads. Every alternative order gives a rate above
   1,400 TFLOP/s on 112 SMs for some kernel (beyond any FP8 kernel published for the H800), which rules it out.
-- **The shared expert runs as separate dense GEMMs, not fused into the grouped GEMM** (this corrects
-  reference/deepseek_v3.md 5.2, which read 36,864 = 9 x 4096 rows as 8 routed + 1 shared): ``mlp(F)`` has a
+- **The shared expert runs as separate dense GEMMs, not fused into the grouped GEMM** (this corrects an earlier
+  reading of the trace, which took 36,864 = 9 x 4096 rows as 8 routed + 1 shared): ``mlp(F)`` has a
   dense GEMM before the grouped gate+up (shared gate+up, 4096 x 4096 x 7168) and one after the grouped down
   (shared down), ``mlp(B)`` the two shared dgrads, ``mlp(W)`` ten wgrads = 2 x 4 local experts + 2 shared, and
   a SwiGLU kernel over exactly 4096 rows follows the routed SwiGLU.
@@ -110,7 +110,7 @@ class Sample:
     work: float  # FLOPs or bytes
     seconds: float
     region: str
-    layer: int  # 1-based, as in reference/deepseek_v3.md
+    layer: int  # 1-based: the chunk's layers in trace order
     stream: int
     start_us: float
     kernel: str

@@ -1,7 +1,9 @@
 """Metadata of the device being calibrated: name, SMs, clocks, memory, torch and CUDA versions.
 
-GPU clocks are read with ``nvidia-smi --query-gpu`` (current and maximum SM clock, memory clock; reference/
-hardware_and_calibration.md B1.6) when it is on the PATH; a missing tool leaves them empty rather than failing.
+GPU clocks are read with ``nvidia-smi --query-gpu`` (current and maximum SM clock, memory clock: datasheet peaks
+assume boost clocks, e.g. the H100's 989.4 TFLOP/s at 1.83 GHz per glennklockwood.com/garden/peak-FLOPS, and
+sustained clocks drop under power and thermal limits) when it is on the PATH; a missing tool leaves them empty
+rather than failing.
 ``torch.cuda`` is queried only when CUDA is available.
 """
 

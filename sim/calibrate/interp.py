@@ -2,10 +2,10 @@
 
 Rates of GPU kernels grow with size roughly as a power law until they saturate (wave and tile quantization,
 launch latency, then the roofline), so a table interpolates ``log(rate)`` linearly in ``log(size)``
-(the efficiency-vs-size tables of Calculon and XLA's ``matmul_interpolator``;
-reference/hardware_and_calibration.md B5-B6). Between two adjacent measured points the result lies between
-their two rates (monotone), and at a measured point it is that point's rate exactly. Outside the measured range
-nothing is extrapolated: the caller falls back to its defaults.
+(the efficiency-vs-size tables of Calculon, calculon-ai/calculon ``systems/*.json``, and XLA's measured table
+``xla/service/gpu/model/matmul_interpolator_data.h``). Between two adjacent measured points the result lies
+between their two rates (monotone), and at a measured point it is that point's rate exactly. Outside the
+measured range nothing is extrapolated: the caller falls back to its defaults.
 """
 
 from __future__ import annotations

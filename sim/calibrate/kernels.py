@@ -3,12 +3,14 @@
 - Dense GEMMs in the linear layer's three passes (``torch.mm`` on ``[m,k]x[k,n]``, ``[m,n]x[n,k]``,
   ``[n,m]x[m,k]``; weights stored ``[n, k]`` as ``nn.Linear`` does).
 - Grouped expert GEMMs with ``torch._grouped_mm`` (2-D x 3-D with int32 cumulative ``offs``; the weight-gradient
-  form 2-D x 2-D; reference/hardware_and_calibration.md B3), equal rows per expert.
+  form 2-D x 2-D; the ``torch.nn.functional.grouped_mm`` docstring, torch 2.13), equal rows per expert.
 - FP8 GEMMs with ``torch._scaled_mm`` (e4m3 operands, row-wise float32 scales, BF16 output; the first operand
   row-major, the second column-major: a contiguous ``[out, inner]`` tensor transposed; inner and outer
-  dimensions multiples of 16: :func:`check_fp8_shape` enforces the CUDA rules on every device, B2).
+  dimensions multiples of 16: :func:`check_fp8_shape` enforces on every device the CUDA rules of PyTorch's
+  ``aten/src/ATen/native/cuda/Blas.cpp``, which a CPU run does not check).
 - Attention: ``F.scaled_dot_product_attention(is_causal=True)`` forward, and its backward alone
-  (``torch.autograd.grad`` on a retained graph), with the first backend that runs (B4).
+  (``torch.autograd.grad`` on a retained graph), with the first backend that runs (PyTorch's
+  ``torch.nn.attention.sdpa_kernel`` and ``SDPBackend``).
 - Memory-bound kernels, named as the cost model asks for them: ``norm`` (the model's RMSNorm or LayerNorm),
   ``swiglu``, ``fp8_cast`` (per token, 1 x 128 groups), ``copy``, ``transpose``; bytes count each tensor read or
   written once. The AdamW step: 28 bytes per parameter (FP32 parameter, gradient and two moments read;
@@ -163,7 +165,8 @@ def fp8_gemms(p: Preset, timer: Timer, device: str, skipped: Skipped) -> list[En
 
 def fp8_grouped_gemms(p: Preset, timer: Timer, device: str, skipped: Skipped) -> list[Entry]:
     """Forward FP8 grouped GEMMs with ``torch._scaled_grouped_mm`` (row-wise scales, CUDA compute capability 9.0
-    only, B3); any failure is reported as skipped."""
+    only: "only supported on CUDA devices with compute capability = 9.0", quoted in pytorch/torchtitan PR #1276);
+    any failure is reported as skipped."""
     if not p.experts or not hasattr(torch, "_scaled_grouped_mm"):
         skipped.append("fp8 grouped_gemm: no routed experts or no torch._scaled_grouped_mm")
         return []

@@ -5,9 +5,9 @@ projection of the model (:mod:`sim.model.ops`); grouped expert GEMMs use ``exper
 many groups as experts per expert-parallel rank (``n_routed_experts / ep`` of the job, else 4) over a sweep of
 per-expert loads; attention uses the model's heads and head sizes. On a GPU the shapes are the real ones. On a
 CPU they are scaled down by a power of two until the largest layer dimension fits a cap (time, not memory, forces
-it: one FP32 thread does ~30 GFLOP/s, reference/hardware_and_calibration.md C), rounded to multiples of 16, the
-head's vocabulary clamped to the cap; the scale is recorded in the table's settings and every entry holds the
-shape actually measured.
+it: one FP32 thread does ~30 GFLOP/s, measured with torch 2.13.0+cpu on a 2-core AVX2 machine), rounded to
+multiples of 16, the head's vocabulary clamped to the cap; the scale is recorded in the table's settings and every
+entry holds the shape actually measured.
 
 Budgets: ``cpu --quick`` about a minute on a 2-core machine, ``cuda --quick`` well under 5 minutes on one
 H100/H200 (the issue's bound), the full presets a few times longer.

@@ -1,7 +1,8 @@
 """Timing a callable right: warm-up, median and spread of repeats; CUDA events, synchronization and an L2 flush
 on GPUs; ``perf_counter`` with one thread on CPUs.
 
-Method (reference/hardware_and_calibration.md B1 and C): CUDA runs asynchronously, so each timed call sits
+Method (PyTorch's ``torch.cuda.Event`` docs; triton-lang/triton ``python/triton/testing.py``; the CPU figure is our
+own measurement with torch 2.13.0+cpu on a 2-core machine): CUDA runs asynchronously, so each timed call sits
 between two ``torch.cuda.Event(enable_timing=True)`` records and the events are read after one synchronize;
 before every timed call a buffer larger than L2 is zeroed (outside the events) so each call starts with a
 cold L2, as triton's ``do_bench`` does; the median and (p20, p80) of the repeats are reported, never the

@@ -7,7 +7,8 @@ is deterministic (its ``created`` date is the trace's own), so re-importing repr
 
 The region summary gives, per annotation region and layer, the busy time of each stream (union of its kernel
 intervals) over the kernels that region launched; the engine's tests use it as an oracle (e.g. the 4-layer
-F&B pair spans 129.0 ms with the compute stream ~92% busy; reference/deepseek_v3.md 5.3).
+F&B pair spans 129.0 ms with the compute stream ~92% busy, as measured from deepseek-ai/profile-data
+``train.json``).
 """
 
 from __future__ import annotations

@@ -28,7 +28,8 @@ class RampSpec(Frozen):
     """Global batch growing from ``start_global_batch_size`` to the phase's batch over its first ``ramp_tokens``.
 
     ``shape``: ``linear_tokens``, the batch grows linearly with tokens consumed; ``linear_steps``, with steps
-    taken (DeepSeek-V3 publishes only the end points: deepseek_v3.md 2.6, 9). ``points``: batch sizes simulated
+    taken (DeepSeek-V3 publishes only the end points: tech report, arXiv 2412.19437, 4.2). ``points``: batch
+    sizes simulated
     across the ramp, both ends included; step time is interpolated linearly in batch size between them.
     """
 
@@ -87,7 +88,8 @@ class PhaseSpec(Frozen):
 
 
 class OverheadSpec(Frozen):
-    """Reliability overheads, all off by default (DeepSeek publishes none: deepseek_v3.md 9).
+    """Reliability overheads, all off by default (DeepSeek publishes none: the V3 tech report, arXiv 2412.19437,
+    says only that training had no irrecoverable loss spikes or rollbacks).
 
     Checkpoints stall training ``checkpoint_write_s`` every ``checkpoint_interval_s`` of training. Nodes fail
     independently at ``1 / mtbf_node_hours`` each; a failure costs ``restart_s`` plus the work since the last

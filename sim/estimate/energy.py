@@ -2,11 +2,11 @@
 
 GPU power is linear in utilisation between idle and TDP, ``P = P_idle + (P_tdp - P_idle) u``: the
 utilisation-linear server power model of Fan, Weber and Barroso ("Power provisioning for a warehouse-sized
-computer", ISCA 2007), with the GPU's board limit (TDP, ``hardware_profiles/gpus``; hardware_and_calibration.md
-A1) as the fully busy end: a GPU running dense tensor-core kernels back to back draws about its power limit.
-``u`` is the fraction of the step the GPU's compute stream is busy (``busy_per_rank_s / step_time_s`` of the
-step simulation, averaged over pipeline ranks and weighted by time over a phase). A GPU profile without
-``idle_w`` is taken at TDP throughout (an upper bound), and the estimate says so.
+computer", ISCA 2007), with the GPU's board limit (TDP, ``hardware_profiles/gpus``, from the vendor datasheet
+each profile cites) as the fully busy end: a GPU running dense tensor-core kernels back to back draws about its
+power limit. ``u`` is the fraction of the step the GPU's compute stream is busy (``busy_per_rank_s /
+step_time_s`` of the step simulation, averaged over pipeline ranks and weighted by time over a phase). A GPU
+profile without ``idle_w`` is taken at TDP throughout (an upper bound), and the estimate says so.
 
 Each node adds ``node_overhead_w`` (CPUs, NICs, fans, taken constant: the profiles give system maximum minus
 GPU TDPs), the scale-out network ``network_w_per_gpu`` (switches and optics, per GPU), and the facility

@@ -1,7 +1,7 @@
 """A batch-size ramp: which batch sizes to simulate, and the exact integral of the interpolated step.
 
 DeepSeek-V3 grows its batch from 3,072 to 15,360 sequences over the first 469B tokens and does not say how
-(tech report 4.2; deepseek_v3.md 2.6, 9). Two shapes are offered: the batch ``B`` linear in tokens consumed
+(DeepSeek-V3 tech report, arXiv 2412.19437, 4.2). Two shapes are offered: the batch ``B`` linear in tokens consumed
 (``linear_tokens``) or in steps taken (``linear_steps``).
 
 A few batch sizes are simulated, equally spaced from the start to the end of the ramp (both ends exact, the

@@ -1,5 +1,5 @@
 """Redundant experts: a numpy port of DeepSeek's Expert Parallelism Load Balancer (deepseek-ai/EPLB, ``eplb.py``,
-commit d52c72d), written from its description (reference notes section 6), vectorised over layers.
+commit d52c72d), written from a description of its README and ``eplb.py``, vectorised over layers.
 
 ``rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus) -> (phy2log, log2phy, logcnt)``:
 

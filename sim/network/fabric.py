@@ -8,7 +8,8 @@ Placement. Ranks are laid out tensor-parallel innermost, then data/expert parall
 (Megatron-LM's order, ``sim.network.collectives``): a group is ``size`` ranks ``stride`` apart. With
 ``stride < gpus_per_node`` it has ``gpus_per_node // stride`` ranks on each of its nodes, which are contiguous;
 with a larger stride one rank per node, nodes ``stride / gpus_per_node`` apart. GPU i of a node uses NIC i, on
-rail (plane) i, as in DGX/HGX nodes with one NIC per GPU (hardware_and_calibration.md A2).
+rail (plane) i, as in DGX/HGX nodes with one NIC per GPU (eight 400 Gb/s ConnectX-7: NVIDIA DGX H100 and DGX
+B200 user guides).
 
 Traffic patterns of one GPU:
 

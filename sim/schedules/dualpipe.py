@@ -1,8 +1,8 @@
 """DualPipe and DualPipeV: bidirectional pipelines with overlapped forward/backward pairs.
 
 Written from the per-rank 8-step structure of deepseek-ai/DualPipe (``dualpipe/dualpipe.py`` and
-``dualpipe/dualpipev.py``, commit 3da1bbe) as summarised in ``shared/reference/deepseek_v3.md`` §4.3, and the
-DeepSeek-V3 technical report (arXiv 2412.19437) §3.2.1.
+``dualpipe/dualpipev.py``, commit 3da1bbe: steps 1-8 of ``step``), and the DeepSeek-V3 technical report
+(arXiv 2412.19437) §3.2.1.
 
 Each rank holds two model chunks, called *phase 0* and *phase 1*. For DualPipe with P ranks, H = P/2 and
 h = min(r, P-1-r); phase 0 is the chunk in the shallow half of its pipeline (stage h), phase 1 the deep

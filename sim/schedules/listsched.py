@@ -2,9 +2,9 @@
 
 ``simulate(schedule, durations) -> ScheduleResult``. Each rank runs its actions in order; an action starts
 when the rank is free and every data dependency (:meth:`Schedule.dependencies`) has finished, with zero
-transfer latency; an overlapped pair delivers both of its outputs when it ends. This is the zero-latency
-model of ``shared/reference/deepseek_v3.md`` §4.4, used to check published bubble formulas (DeepSeek-V3
-report Table 2; deepseek-ai/DualPipe README; arXiv 2401.10241).
+transfer latency; an overlapped pair delivers both of its outputs when it ends. This zero-latency model is our
+own, used to check published bubble formulas (DeepSeek-V3 report Table 2; deepseek-ai/DualPipe README; arXiv
+2401.10241).
 
 Durations are a :class:`Durations` (F, full B, W, F&B; backward-for-input I takes ``b - w``; an F&I pair
 takes ``fb - w``) or any callable ``(action) -> seconds``.

@@ -182,7 +182,8 @@ def test_flash_backward_counts_twice_the_forward_flops():
 
 
 def test_unfused_bytes_per_score_element():
-    # Forward: fused scale+mask+softmax r2 w2 = 4; dropout r2 w2 + 1-byte mask = 5 (mechanisms.md 2.3).
+    # Forward: fused scale+mask+softmax r2 w2 = 4; dropout r2 w2 + 1-byte mask = 5 (derived from the kernels of
+    # Megatron-Core megatron/core/fusions/fused_softmax.py and dot_product_attention.py, BF16 2 B, mask 1 B).
     assert sum(attention.unfused_score_bytes(False, dropout=True, fused_softmax=True)) == 9
     assert sum(attention.unfused_score_bytes(False, dropout=False, fused_softmax=False)) == 12  # 3 kernels
     # Backward: dropout r2 + mask + w2 = 5; softmax backward reads P and dP, writes dS = 6.

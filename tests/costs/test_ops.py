@@ -21,7 +21,8 @@ def total(kernels) -> float:
 
 def test_residual_chain_bytes_by_hand():
     res = Op("mlp_residual", "residual", "mlp", width=8)
-    # Fused bias + dropout + add: read block output 2 + residual 2, write 2, mask 1 (mechanisms.md 2.3: 7 B).
+    # Fused bias + dropout + add: read block output 2 + residual 2, write 2, mask 1 = 7 B (derived from
+    # Megatron-Core megatron/core/fusions/fused_bias_dropout.py, BF16 2 B, mask 1 B).
     assert total(elementwise_kernels(res, "fwd", MEGATRON, GPT)) == 7
     # Unfused: bias add r2 w2, dropout r2 w2 + mask 1, add r2 r2 w2 = 15 B in three kernels.
     assert total(elementwise_kernels(res, "fwd", EAGER, GPT)) == 15

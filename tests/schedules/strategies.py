@@ -45,7 +45,7 @@ def durations(draw: st.DrawFn) -> Durations:
 
 @st.composite
 def realistic_durations(draw: st.DrawFn) -> Durations:
-    """The region of ``shared/reference/deepseek_v3.md`` §4.4: F=1, B in [1.5, 2.5], W <= min(F, B/2),
-    F&B in [max(F, B), F+B]."""
+    """A realistic region (our own choice for checking the DualPipe bubble formula): F=1, B in [1.5, 2.5],
+    W <= min(F, B/2), F&B in [max(F, B), F+B]."""
     b = draw(st.floats(1.5, 2.5))
     return Durations(1.0, b, draw(st.floats(0.0, min(1.0, b / 2))), draw(st.floats(b, 1.0 + b)))

