@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 from sim.calibrate.chrome_trace import Annotation, Kernel, ProfilerTrace, overlap_us, union_us
 from sim.config import ModelSpec
 from sim.errors import SimInputError
+from sim.loading import load_cluster
 from sim.model.ops import attention_ops, moe_ops
 
 DENSE = re.compile(r"grouped_gemm::cuda::fp8_ptp128c::GemmKernel")
@@ -346,8 +347,6 @@ def _measured_links() -> dict[str, float]:
     """The achievable per-GPU link bandwidths of the cluster the trace ran on (DeepSeek's H800 cluster,
     ``hardware_profiles/clusters/deepseek_h800_2048.yaml``): the cost model separates the transfer time at
     these rates from the handshakes and waits the measured all-to-all also contains."""
-    from sim.loading import load_cluster
-
     node = load_cluster("deepseek_h800_2048").node
     return {"nic_gb_per_s": node.nic_bytes_per_s_per_gpu / 1e9, "nvlink_gb_per_s": node.nvlink_achievable_gb_per_s}
 

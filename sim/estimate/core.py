@@ -21,6 +21,7 @@ from sim.errors import SimInputError, format_validation_error
 from sim.estimate.layout import Choice, check, describe, layout_of, search
 from sim.estimate.phases import phase_data, phase_field, run_spec, validate_phase
 from sim.estimate.ramp import integrate, ramp_batches
+from sim.step import simulate_step
 from sim.units import GB
 
 #: ``progress(label, done, planned)``: called after each step simulation.
@@ -111,8 +112,6 @@ class Simulator:
         self.warnings: set[str] = set()
 
     def __call__(self, s: Scenario) -> Any:
-        from sim.step import simulate_step
-
         key = s.model_dump_json()
         hit = self.cache.get(key)
         if hit is not None:
