@@ -35,13 +35,14 @@ ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-background
 SHOTS = DASHBOARD.parent / "docs" / "screenshots"
 METRIC = '[data-testid="stMetricValue"]'
 # page url -> (file name, what to do before the shot: buttons to press (their names, or patterns), or
-# (label, text) to type into a field)
+# (label, text) to type into a field or to pick in a multiselect)
 PAGES: dict[str, tuple[str, list[str | re.Pattern[str] | tuple[str, str]]]] = {
     "pipeline": ("pipeline.png", ["Simulate in detail"]),
     "experts": ("experts.png", ["Simulate the step under each policy"]),
     "network": ("network.png", ["Sweep communication SMs"]),
     "calibration": ("calibration.png", []), "cost": ("cost.png", []),
-    "plan": ("plan.png", [("Deadline (days)", "60"), ("Budget (USD)", "6M"), re.compile(r"^Plan$")]),  # ~40 s
+    "plan": ("plan.png", [("Deadline (days)", "60"), ("Budget (USD)", "6M"), ("Hardware", "h100_ib_1024"),
+                          re.compile(r"^Plan$")]),  # two GPU types: about a minute
     "validation": ("validation.png", [re.compile(r"^Run \d+ cases")]),  # every case: about a minute
 }
 
@@ -151,10 +152,17 @@ def test_plan_page_plans_the_tiny_job_and_shows_the_recommendation(server, tmp_p
 
 
 def _type(page, label: str, text: str) -> None:
-    """Type ``text`` into the field labelled ``label`` (not its help button) and submit it."""
-    box = page.get_by_label(label, exact=True).and_(page.locator("input"))
-    box.fill(text)
-    box.press("Enter")
+    """Type ``text`` into the field labelled ``label`` (not its help button) and submit it; in a multiselect,
+    pick the option that starts with ``text``."""
+    multi = page.locator('[data-testid="stMultiSelect"]').filter(has_text=label)
+    if multi.count():
+        multi.locator("input").click()
+        page.get_by_role("option", name=re.compile(f"^{re.escape(text)}")).click()
+        page.keyboard.press("Escape")
+    else:
+        box = page.get_by_label(label, exact=True).and_(page.locator("input"))
+        box.fill(text)
+        box.press("Enter")
     page.wait_for_timeout(1000)
 
 
