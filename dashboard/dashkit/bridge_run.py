@@ -258,7 +258,8 @@ def run_plan(edits: Edits, request: PlanRequest, progress: Progress | None = Non
             if hw == JOB_CLUSTER:
                 path = folder / "job_cluster.yaml"
                 path.write_text(yaml.safe_dump(s.cluster.model_dump(mode="json"), sort_keys=False))
-                hw_ref, label = str(path), f"{s.cluster.name} (job)"
+                swapped = f" with {s.cluster.gpu.name}" if edits.gpu else ""  # the GPU edited, not the name
+                hw_ref, label = str(path), f"{s.cluster.name}{swapped} (job)"
             else:
                 hw_ref, label = hw, hw
             hardware.append(hw_ref)

@@ -212,6 +212,14 @@ LIMIT_COLOR = "#d62728"  # deadline and budget lines
 PICK_COLOR = "#111111"  # the recommended configuration's ring
 
 
+PLAN_COLUMNS = ["hardware", "gpus", "layout", "days", "usd", "gpu_hours", "verdict", "why", "pareto"]
+
+
+def _plan_data(df: pd.DataFrame) -> pd.DataFrame:
+    """The columns the plan charts draw or show (a smaller spec: a plan's frame has some fifty)."""
+    return df[[c for c in PLAN_COLUMNS if c in df.columns]].assign(verdict=lambda d: d["verdict"].astype(str))
+
+
 def _plan_tooltip() -> list[alt.Tooltip]:
     return [alt.Tooltip("hardware:N"), alt.Tooltip("gpus:Q", format=",", title="GPUs"), alt.Tooltip("layout:N"),
             alt.Tooltip("days:Q", format=",.4g"), alt.Tooltip("usd:Q", format="$,.4s", title="USD"),
@@ -251,6 +259,7 @@ def plan_against_gpus(points: pd.DataFrame, best: pd.DataFrame, rec: pd.DataFram
     """Days (``y`` ``days``, the deadline drawn) or dollars (``usd``, the budget drawn) against the GPU count, one
     colour per hardware: every simulated layout as a faint dot, the best layout per count joined by a line, the
     recommended configuration ringed (log axes: counts double)."""
+    points, best, rec = _plan_data(points), _plan_data(best), _plan_data(rec)
     color = alt.Color("hardware:N", title="hardware", scale=alt.Scale(domain=list(hardware), scheme="tableau10"),
                       legend=alt.Legend(orient="bottom", columns=2, labelLimit=400))
     counts = sorted({int(g) for g in points["gpus"]})
@@ -274,6 +283,7 @@ def plan_front(points: pd.DataFrame, rec: pd.DataFrame, hardware: Sequence[str],
     """Dollars against days of every simulated layout, one colour per hardware, the Pareto front (nothing both
     faster and cheaper) as a step line, the deadline and the budget as dashed lines bounding the corner where a
     configuration meets both, the recommended configuration ringed."""
+    points, rec = _plan_data(points), _plan_data(rec)
     color = alt.Color("hardware:N", title="hardware", scale=alt.Scale(domain=list(hardware), scheme="tableau10"))
     x = alt.X("days:Q", title="days to train the tokens", scale=alt.Scale(type="log"),
               axis=alt.Axis(format=",.3~g"))

@@ -208,7 +208,8 @@ JOB_CLUSTER = "job"
 @dataclass
 class PlanRun:
     """A plan's sweep, before the deadline and the budget classify it: every point with its figures (``frame``:
-    ``sim.sweep.frame``'s columns, the job's cluster labelled ``<name> (job)``, plus ``gpu``, the GPU type),
+    ``sim.sweep.frame``'s columns, the job's cluster labelled ``<name> (job)``, plus ``gpu``, the GPU type, and
+    ``layout``, the parallel layout),
     the spec it ran (for ``sim.sweep.plan.recommend``) and what the sweep reported."""
 
     request: PlanRequest
