@@ -16,7 +16,6 @@ These are ``sim.sweep.plan.recommend``'s classes, so the counts agree with ``sim
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -211,11 +210,3 @@ def cheapest(points: pd.DataFrame, n: int = 50) -> pd.DataFrame:
 def csv(points: pd.DataFrame) -> bytes:
     """Every point of the plan as CSV (the download)."""
     return points.to_csv(index=False).encode()
-
-
-def request_summary(tokens: float, gpus: list[int], hardware: list[str], axes: dict[str, list[Any]]) -> str:
-    """One line: what the plan sweeps."""
-    parts = [f"{tokens_text(tokens)} tokens", f"GPUs {', '.join(f'{g:,}' for g in gpus)}",
-             f"{len(hardware)} hardware type{'s' if len(hardware) != 1 else ''}"]
-    parts += [f"{k} {', '.join(map(str, v))}" for k, v in axes.items()]
-    return "; ".join(parts)
