@@ -109,13 +109,6 @@ def calibration_tables() -> list[str]:
     return sorted(p.name for p in (loading.profiles_dir() / "calibrated").glob("*.yaml"))
 
 
-def has_library(feature: str) -> bool:
-    """Whether ``sim.<feature>`` exists (``estimate``, ``plan``, ``sweep``, ``validate``)."""
-    import importlib.util
-
-    return importlib.util.find_spec(f"sim.{feature}") is not None
-
-
 # ------------------------------------------------------------------------------------------------ scenarios
 
 

@@ -204,3 +204,97 @@ def signed_errors(df: pd.DataFrame, families: Sequence[str], band: float = 0.10)
                  alt.Tooltip("error:Q", format="+.1%"), "layout"])
     zero = alt.Chart(pd.DataFrame({"x": [0.0]})).mark_rule(color="#777").encode(x="x:Q")
     return cast(alt.LayerChart, alt.layer(shade, bars, zero).properties(height=20 * len(d) + 40))
+
+
+# ------------------------------------------------------------------------------------------------ plans
+
+LIMIT_COLOR = "#d62728"  # deadline and budget lines
+PICK_COLOR = "#111111"  # the recommended configuration's ring
+
+
+PLAN_COLUMNS = ["hardware", "gpus", "layout", "days", "usd", "gpu_hours", "verdict", "why", "pareto"]
+
+
+def _plan_data(df: pd.DataFrame) -> pd.DataFrame:
+    """The columns the plan charts draw or show (a smaller spec: a plan's frame has some fifty)."""
+    return df[[c for c in PLAN_COLUMNS if c in df.columns]].assign(verdict=lambda d: d["verdict"].astype(str))
+
+
+def _plan_tooltip() -> list[alt.Tooltip]:
+    return [alt.Tooltip("hardware:N"), alt.Tooltip("gpus:Q", format=",", title="GPUs"), alt.Tooltip("layout:N"),
+            alt.Tooltip("days:Q", format=",.4g"), alt.Tooltip("usd:Q", format="$,.4s", title="USD"),
+            alt.Tooltip("gpu_hours:Q", format=",.4s", title="GPU-hours"), alt.Tooltip("verdict:N"),
+            alt.Tooltip("why:N")]
+
+
+def _limit(value: float | None, label: str, axis: str) -> list[alt.Chart]:
+    """A dashed line at ``value`` across the plot (``axis`` ``y``: horizontal, ``x``: vertical), labelled."""
+    if value is None:
+        return []
+    d = pd.DataFrame({"v": [value], "label": [label]})
+    rule = alt.Chart(d).mark_rule(color=LIMIT_COLOR, strokeDash=[6, 4], strokeWidth=1.5).encode(
+        **{axis: alt.X("v:Q") if axis == "x" else alt.Y("v:Q")}, tooltip=["label:N"])
+    if axis == "y":
+        text = alt.Chart(d).mark_text(color=LIMIT_COLOR, align="left", dx=4, dy=-7, fontSize=11).encode(
+            y="v:Q", x=alt.value(2), text="label:N")
+    else:
+        text = alt.Chart(d).mark_text(color=LIMIT_COLOR, align="left", dx=4, fontSize=11, angle=0).encode(
+            x="v:Q", y=alt.value(10), text="label:N")
+    return [rule, text]
+
+
+def _pick(rec: pd.DataFrame, x: str, y: str) -> list[alt.Chart]:
+    if rec.empty:
+        return []
+    ring = alt.Chart(rec).mark_point(shape="circle", size=420, filled=False, strokeWidth=2.5, color=PICK_COLOR
+                                     ).encode(x=f"{x}:Q", y=f"{y}:Q", tooltip=_plan_tooltip())
+    text = alt.Chart(rec.assign(label="recommended")).mark_text(
+        align="left", dx=14, dy=-12, fontWeight="bold", color=PICK_COLOR).encode(x=f"{x}:Q", y=f"{y}:Q",
+                                                                               text="label:N")
+    return [ring, text]
+
+
+def plan_against_gpus(points: pd.DataFrame, best: pd.DataFrame, rec: pd.DataFrame, hardware: Sequence[str],
+                      y: str, limit: float | None) -> alt.LayerChart:
+    """Days (``y`` ``days``, the deadline drawn) or dollars (``usd``, the budget drawn) against the GPU count, one
+    colour per hardware: every simulated layout as a faint dot, the best layout per count joined by a line, the
+    recommended configuration ringed (log axes: counts double)."""
+    points, best, rec = _plan_data(points), _plan_data(best), _plan_data(rec)
+    color = alt.Color("hardware:N", title="hardware", scale=alt.Scale(domain=list(hardware), scheme="tableau10"),
+                      legend=alt.Legend(orient="bottom", columns=2, labelLimit=400))
+    counts = sorted({int(g) for g in points["gpus"]})
+    x = alt.X("gpus:Q", title="GPUs", axis=alt.Axis(values=counts, format=","),
+              scale=alt.Scale(type="log", base=2, domain=[counts[0] / 1.25, counts[-1] * 1.25], nice=False))
+    yy = alt.Y(f"{y}:Q", title="days to train the tokens" if y == "days" else "dollars to train the tokens",
+               scale=alt.Scale(type="log", zero=False), axis=alt.Axis(format="$,.3s" if y == "usd" else ",.3~g"))
+    dots = alt.Chart(points).mark_circle(size=28, opacity=0.25).encode(x=x, y=yy, color=color,
+                                                                       tooltip=_plan_tooltip())
+    line = alt.Chart(best).mark_line(point=alt.OverlayMarkDef(size=70, filled=True)).encode(
+        x=x, y=yy, color=color, tooltip=_plan_tooltip())
+    text = ""
+    if limit:
+        text = f"deadline {limit:,.4g} days" if y == "days" else f"budget ${_sig(limit)}"
+    layers = [dots, line, *_limit(limit, text, "y"), *_pick(rec, "gpus", y)]
+    return cast(alt.LayerChart, alt.layer(*layers).properties(height=360))
+
+
+def plan_front(points: pd.DataFrame, rec: pd.DataFrame, hardware: Sequence[str], deadline_days: float | None,
+               budget_usd: float | None) -> alt.LayerChart:
+    """Dollars against days of every simulated layout, one colour per hardware, the Pareto front (nothing both
+    faster and cheaper) as a step line, the deadline and the budget as dashed lines bounding the corner where a
+    configuration meets both, the recommended configuration ringed."""
+    points, rec = _plan_data(points), _plan_data(rec)
+    color = alt.Color("hardware:N", title="hardware", scale=alt.Scale(domain=list(hardware), scheme="tableau10"))
+    x = alt.X("days:Q", title="days to train the tokens", scale=alt.Scale(type="log"),
+              axis=alt.Axis(format=",.3~g"))
+    y = alt.Y("usd:Q", title="dollars to train the tokens", scale=alt.Scale(type="log", zero=False),
+              axis=alt.Axis(format="$,.3s"))
+    dots = alt.Chart(points).mark_circle(size=40, opacity=0.45).encode(x=x, y=y, color=color,
+                                                                       tooltip=_plan_tooltip())
+    front = points[points["pareto"].fillna(False).astype(bool)].sort_values(["days", "usd"])
+    step = alt.Chart(front).mark_line(interpolate="step-after", color="#555", strokeWidth=1.2).encode(x=x, y=y)
+    layers: list[alt.Chart] = [dots, step]
+    layers += _limit(deadline_days, f"deadline {deadline_days:,.4g} days" if deadline_days else "", "x")
+    layers += _limit(budget_usd, f"budget ${_sig(budget_usd)}" if budget_usd else "", "y")
+    layers += _pick(rec, "days", "usd")
+    return cast(alt.LayerChart, alt.layer(*layers).properties(height=380).interactive())

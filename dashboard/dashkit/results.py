@@ -176,3 +176,76 @@ class ValidationView:
     cases: pd.DataFrame  # case, family, metric, unit, predicted, measured, error, status, layout, reason
     families: pd.DataFrame  # family (and "overall"): cases, expressible, ..., mean |error|, max |error|, worst
     overall: dict[str, Any]
+
+
+# ------------------------------------------------------------------------------------------------ plans
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """What a plan simulates (``sim plan``): the token budget, GPU counts, hardware (cluster profile names, or
+    :data:`JOB_CLUSTER` for the edited job's own cluster) and the layout axes (name, values). The deadline and
+    the budget are not part of it: they only classify the results, so changing them needs no new simulation."""
+
+    tokens: float
+    gpus: tuple[int, ...]
+    hardware: tuple[str, ...]
+    axes: tuple[tuple[str, tuple[Any, ...]], ...]
+
+    @property
+    def points(self) -> int:
+        """Configurations in the space: the product of every axis."""
+        n = len(self.gpus) * len(self.hardware)
+        for _, values in self.axes:
+            n *= len(values)
+        return n
+
+
+#: The hardware choice that stands for the edited job's own cluster (whatever the Scenario page made of it).
+JOB_CLUSTER = "job"
+
+
+@dataclass
+class PlanRun:
+    """A plan's sweep, before the deadline and the budget classify it: every point with its figures (``frame``:
+    ``sim.sweep.frame``'s columns, the job's cluster labelled ``<name> (job)``, plus ``gpu``, the GPU type, and
+    ``layout``, the parallel layout),
+    the spec it ran (for ``sim.sweep.plan.recommend``) and what the sweep reported."""
+
+    request: PlanRequest
+    frame: pd.DataFrame
+    spec: Any
+    tier: str
+    counts: dict[str, Any]
+    simulations: int
+    wall_time_s: float
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PlanView:
+    """A plan read against a deadline and a budget (both optional).
+
+    ``recommended`` is the cheapest point that meets both (None when none does; ``binding`` then says which
+    constraint no point meets), ``runners_up`` the next cheapest that also meet both. ``points`` is every point
+    with a ``verdict`` (recommended, costlier, slower, over budget, oom, illegal, dominated, failed) and
+    ``why``; ``best`` the best point per hardware and GPU count (what the chart's lines join, sorted by
+    dollars), ``lost`` one row per verdict other than recommended: its count and its closest example.
+    """
+
+    tokens: float
+    deadline_days: float | None
+    budget_usd: float | None
+    recommended: dict[str, Any] | None
+    runners_up: list[dict[str, Any]]
+    binding: str | None
+    points: pd.DataFrame
+    best: pd.DataFrame
+    lost: pd.DataFrame
+    tier: str
+    counts: dict[str, Any]
+    simulations: int
+    wall_time_s: float
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)

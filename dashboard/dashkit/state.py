@@ -96,14 +96,3 @@ def fmt_bytes(b: float) -> str:
 
 def fmt_s(s: float) -> str:
     return f"{s:,.2f} s" if s >= 1 else f"{s * 1e3:,.1f} ms"
-
-
-def placeholder(title: str, shows: list[str], command: str, feature: str) -> None:
-    """A page whose library function is not there yet: what it will show and what feeds it; no numbers."""
-    st.title(title)
-    sidebar(None)
-    have = bridge.has_library(feature)
-    st.info(f"Fed by `{command}` (the library's `sim.{feature}`), "
-            + ("which now exists: this page awaits its dashboard module." if have else "which is still being built."),
-            icon=":material/construction:")
-    st.markdown("This page will show:\n" + "\n".join(f"- {line}" for line in shows))

@@ -13,6 +13,7 @@ pytest.importorskip("streamlit", reason="the dashboard extra is not installed (p
 import math
 import re
 
+from dashkit.results import Edits
 from streamlit.testing.v1 import AppTest
 
 from tests.dashboard.conftest import DASHBOARD
@@ -150,7 +151,72 @@ def test_validation_runs_only_the_selected_family_each_with_an_error_or_a_reason
     assert list(at.dataframe[0].value["family"]) == ["mcore_h100", "overall"]
 
 
-def test_plan_placeholder_names_its_command_and_shows_no_numbers():
-    at = loaded(page("plan"))
-    assert "sim plan" in at.info[0].value
-    assert not at.metric
+def _tiny_plan() -> AppTest:
+    """The Plan page on the tiny MoE job, two GPU counts and two GPU types (about 200 layouts: a second or two)."""
+    at = page("plan")
+    at.session_state["edits"] = Edits(workload="tiny_moe_job")
+    loaded(at)
+    at.multiselect(key="pn_gpus").set_value([8, 16])
+    at.multiselect(key="pn_hardware").set_value(["job", "h200_ib_1024"])
+    return loaded(at)
+
+
+def _charts(at: AppTest) -> list:
+    return at.get("vega_lite_chart")
+
+
+def test_plan_runs_on_the_button_and_recommends_the_cheapest_that_meets_the_deadline():
+    at = _tiny_plan()
+    assert not at.metric and not _charts(at) and "Press **Plan**" in at.info[0].value  # nothing ran yet
+    at.button(key="plan_go").click()
+    loaded(at)
+    assert "Recommended:" in next(m.value for m in at.markdown if "Recommended" in m.value)
+    assert len(_charts(at)) == 3  # days and dollars against GPUs, dollars against days
+    best = at.dataframe[0].value  # best per hardware and GPU count
+    assert len(best) == 4 and list(best["usd"]) == sorted(best["usd"])  # sorted by the objective
+    assert best["verdict"].iloc[0] == "recommended"  # no constraints: the cheapest
+    assert all(best.loc[best["verdict"] != "recommended", "why"].str.len() > 0)
+    rec = best.iloc[0]
+    assert number(metric(at, "Dollars")) == pytest.approx(rec["usd"], rel=1e-3)
+    assert number(metric(at, "GPUs")) == rec["gpus"]
+    assert at.get("download_button")
+
+    # A deadline just under the cheapest's days re-ranks at once (no new plan): a faster configuration wins.
+    deadline = float(rec["days"]) * 0.95
+    at.number_input(key="pn_deadline").set_value(deadline)
+    loaded(at)
+    best = at.dataframe[0].value
+    assert number(metric(at, "Days")) <= deadline < rec["days"]
+    assert list(best["usd"]) == sorted(best["usd"])
+    won = best[best["verdict"] == "recommended"]
+    assert len(won) == 1 and won["days"].iloc[0] <= deadline
+    assert (best.loc[best["days"] > deadline, "verdict"] == "slower").all()
+    assert all(best.loc[best["verdict"] != "recommended", "why"].str.len() > 0)
+    assert '"rule"' in _charts(at)[0].proto.spec  # the deadline drawn on days against GPUs
+    lost = at.dataframe[-1].value  # why the rest lost: verdicts with counts
+    assert "slower" in set(lost["verdict"]) and (lost["configurations"] > 0).all()
+
+
+@pytest.mark.parametrize("key, value, field", [
+    ("pn_tokens", "0", "Tokens to train"),
+    ("pn_deadline", -5.0, "Deadline (days)"),
+    ("pn_budget", "lots", "Budget (USD)"),
+    ("pn_gpus", [], "GPU counts"),
+    ("pn_hardware", [], "Hardware"),
+    ("pn_tp", [], "Tensor parallel (TP)"),
+    ("pn_pp", [1, 2, 4, 8, 16, 32, 64], "configurations"),  # 16,128 configurations: over the page's cap
+])
+def test_plan_bad_input_names_its_field_and_runs_nothing(key, value, field):
+    at = _tiny_plan()
+    if key == "pn_deadline":
+        at.number_input(key=key).set_value(value)
+    elif key in ("pn_tokens", "pn_budget"):
+        at.text_input(key=key).set_value(value)
+    else:
+        if key == "pn_pp":
+            for k in ("pn_tp", "pn_ep", "pn_schedule", "pn_micro_batch_size"):
+                at.multiselect(key=k).set_value(at.multiselect(key=k).options)
+        at.multiselect(key=key).set_value(value)
+    loaded(at)
+    assert at.error and at.error[0].value.startswith(f"**{field}**"), [e.value for e in at.error]
+    assert at.button(key="plan_go").disabled and not at.metric
