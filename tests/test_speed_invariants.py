@@ -36,7 +36,8 @@ def test_results_do_not_depend_on_call_order(mode):
     target = load(ref)
     others = [load(ref, overrides=["training.global_batch_size=" + ("64" if ref else "30720")]),
               load(ref, overrides=["parallel.schedule=zb1p"]),
-              load(ref, overrides=["parallel.schedule=1f1b", "experts.skew=zipf"])]
+              load(ref, overrides=["parallel.schedule=1f1b", "experts.skew=zipf",
+                                   "training.global_batch_size=" + ("64" if ref else "4096")])]
     clear_caches()
     cold = _json(simulate_step(target, mode=mode))
     for other in others:
