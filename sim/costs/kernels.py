@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -73,6 +75,15 @@ class CostModel:
         for effect in hit[1]:
             self._apply(effect)
         return hit[0]
+
+    @contextmanager
+    def _computing(self) -> Iterator[None]:
+        """Around computing a miss: on an error, drop what it recorded so far (nothing is stored)."""
+        try:
+            yield
+        except BaseException:
+            self._effects.pop()
+            raise
 
     def _store(self, key: tuple, seconds: float) -> float:
         effects = self._effects.pop()
@@ -135,9 +146,10 @@ class CostModel:
         hit = self._hit(key)
         if hit is not None:
             return hit
-        secs = self._gemm_corrected(m, n, k, dtype, group_rows, pass_)
-        if dtype == "fp8":
-            secs = min(secs, self._gemm_corrected(m, n, k, "bf16", group_rows, pass_))
+        with self._computing():
+            secs = self._gemm_corrected(m, n, k, dtype, group_rows, pass_)
+            if dtype == "fp8":
+                secs = min(secs, self._gemm_corrected(m, n, k, "bf16", group_rows, pass_))
         return self._store(key, secs)
 
     def gemm_pass_seconds(self, pass_: Pass, m: float, n: int, k: int, precision_class: str,
@@ -189,16 +201,17 @@ class CostModel:
             return hit
         backward = pass_ != "fwd"
         dtype = self.precision.attention
-        choice = self.flash_kernel(kernel)
-        fwd = attention_fwd_flops(seq_len, heads, qk_dim, v_dim, causal, tokens / seq_len)
-        t = flash_seconds(self.gpu, dtype, fwd, seq_len, causal, backward, choice.curve)
-        if self.calibration is not None and choice.default:
-            c = self.calibration.attention(dtype, backward, seq_len, heads, qk_dim, v_dim)
-            self._record(f"attention {'bwd' if backward else 'fwd'}", c)
-            t /= c.kappa
-        elif self.calibration is not None:
-            self._note(f"attention: the calibration table's attention (measured with the default kernel) not "
-                       f"applied to {kernel}; the profile's {kernel} curve used")
+        with self._computing():
+            choice = self.flash_kernel(kernel)
+            fwd = attention_fwd_flops(seq_len, heads, qk_dim, v_dim, causal, tokens / seq_len)
+            t = flash_seconds(self.gpu, dtype, fwd, seq_len, causal, backward, choice.curve)
+            if self.calibration is not None and choice.default:
+                c = self.calibration.attention(dtype, backward, seq_len, heads, qk_dim, v_dim)
+                self._record(f"attention {'bwd' if backward else 'fwd'}", c)
+                t /= c.kappa
+            elif self.calibration is not None:
+                self._note(f"attention: the calibration table's attention (measured with the default kernel) "
+                           f"not applied to {kernel}; the profile's {kernel} curve used")
         return self._store(key, t)
 
     def unfused_attention_seconds(self, pass_: Pass, tokens: float, seq_len: int, heads: int, qk_dim: int,
@@ -210,8 +223,10 @@ class CostModel:
         hit = self._hit(key)
         if hit is not None:
             return hit
-        return self._store(key, unfused_seconds(self.gpu, self.memory_seconds, tokens / seq_len, seq_len, heads,
-                                                qk_dim, v_dim, pass_ != "fwd", dropout, fused_softmax))
+        with self._computing():
+            t = unfused_seconds(self.gpu, self.memory_seconds, tokens / seq_len, seq_len, heads, qk_dim, v_dim,
+                                pass_ != "fwd", dropout, fused_softmax)
+        return self._store(key, t)
 
     # ------------------------------------------------------------------ memory-bound
     def memory_seconds(self, bytes_: float, name: str = "elementwise") -> float:
@@ -222,11 +237,12 @@ class CostModel:
         hit = self._hit(key)
         if hit is not None:
             return hit
-        t = memory_model_seconds(self.gpu, bytes_)
-        if self.calibration is not None:
-            c = self.calibration.memory(name, bytes_)
-            self._record("memory-bound kernels", c)
-            t /= c.kappa
+        with self._computing():
+            t = memory_model_seconds(self.gpu, bytes_)
+            if self.calibration is not None:
+                c = self.calibration.memory(name, bytes_)
+                self._record("memory-bound kernels", c)
+                t /= c.kappa
         return self._store(key, t)
 
 

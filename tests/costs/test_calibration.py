@@ -101,3 +101,22 @@ def test_notes_say_how_far_calibration_reached():
     notes = costs.notes
     assert any("gemm fp8 fwd: calibrated, up to 4.0x" in n for n in notes)
     assert any("gemm bf16 fwd: not in the calibration table" in n for n in notes)
+
+
+def test_a_shared_memo_replays_each_cost_models_own_notes():
+    """Two cost models of the same content share one memo; the second, answered from it, still reports the
+    calibration reach of the shapes it asked for, and an error while computing leaves nothing half-recorded."""
+    from sim.costs.kernels import clear_shared, cost_model
+
+    clear_shared()
+    t = table(entry(4096, 4096, 4096, 2.0))
+    first, second = cost_model(H800, FP8, t, H800), cost_model(H800, FP8, t, H800)
+    assert first._cache is second._cache
+    a = first.gemm_seconds(512, 4096, 4096, "fp8", pass_="fwd")
+    assert second.gemm_seconds(512, 4096, 4096, "fp8", pass_="fwd") == a
+    assert second.provenance == first.provenance and second.provenance
+    no_fp8 = H800.model_copy(update={"peak_tflops": H800.peak_tflops.model_copy(update={"fp8": None})})
+    broken = cost_model(no_fp8, FP8)
+    with pytest.raises(ValueError):
+        broken.gemm_seconds(512, 4096, 4096, "fp8", pass_="fwd")
+    assert not broken._effects and not broken._cache
