@@ -135,7 +135,7 @@ def _fit(table: Table) -> Fit:
     name, pp, vpp = table.schedule, table.pp, table.vpp
     m0 = _valid(name, pp, 2 * pp, vpp)
     m1 = _valid(name, pp, m0 + FIT_WINDOW * pp, vpp)
-    e0, e1 = (_flat(evaluate(table, build_schedule(name, pp, m, vpp))) for m in (m0, m1))
+    e0, e1 = (_flat(evaluate(table, build_schedule(name, pp, m, vpp, table.combined_1f1b))) for m in (m0, m1))
     slopes = [(b - a) / (m1 - m0) for a, b in zip(e0, e1, strict=True)]
     return [b - s * m1 for b, s in zip(e1, slopes, strict=True)], slopes, m0
 
@@ -153,7 +153,7 @@ def _per_rank(table: Table, n: int) -> list[list[float]]:
             return [flat[r * width:(r + 1) * width] for r in range(pp)]
     hit = table.evaluated.get(n)
     if hit is None:
-        hit = table.evaluated[n] = evaluate(table, build_schedule(name, pp, n, vpp)).per_rank
+        hit = table.evaluated[n] = evaluate(table, build_schedule(name, pp, n, vpp, table.combined_1f1b)).per_rank
     return hit
 
 

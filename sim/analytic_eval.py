@@ -37,6 +37,7 @@ class Table:
     schedule: str
     pp: int
     vpp: int
+    combined_1f1b: bool                          # parallel.ep_overlap: the schedule's combined 1F1B form
     skewed: bool
     stages: tuple[tuple[int, ...], ...]          # per rank, its stages (parameter order)
     asm: Assembler = field(repr=False)           # times works not seen yet (no cost-model call: see build_table)
@@ -96,7 +97,8 @@ def build_table(scenario: Scenario, allow_cpu: bool, strict: bool) -> Table:
     traffic = tail.traffic
     sp, se = stage_params(ctx.partition, scenario.model), stage_expert_params(ctx.partition)
     table = Table(
-        schedule=p.schedule, pp=p.pp, vpp=p.vpp, skewed=skewed, stages=stages, asm=asm, timings={}, sends={},
+        schedule=p.schedule, pp=p.pp, vpp=p.vpp, combined_1f1b=p.ep_overlap, skewed=skewed, stages=stages,
+        asm=asm, timings={}, sends={},
         prologue_s=gather if overlapped_gather else [0.0] * p.pp,
         prologue_buckets=[tuple(t.seconds for t in tail.param_gather_work(st).tasks) if overlapped_gather and g > 0
                           else () for st, g in zip(stages, gather, strict=True)],
