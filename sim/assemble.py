@@ -33,7 +33,7 @@ from sim.program.chunks import ChunkKind, Program
 from sim.program.pairs import merge_pair, sequential_pair
 from sim.program.tail import StepTail
 from sim.program.tasks import NIC, NVLINK, Work
-from sim.schedules.actions import Action, Phase, Schedule
+from sim.schedules.actions import Action, Phase, Schedule, action_text
 from sim.timeline import Category
 
 CATEGORY = {Phase.F: Category.FORWARD, Phase.B: Category.BACKWARD, Phase.I: Category.BACKWARD_INPUT,
@@ -104,12 +104,18 @@ def clear_caches() -> None:
 class ActionHooks:
     """What one action needs that depends on the schedule alone."""
 
-    label: str
+    action: Action                                   # what it is (its label is formatted on demand)
     category: str
     parts: tuple[PartKey, ...]                       # the chunk(s) it runs
     inputs: tuple[ArrivalKey, ...]                   # arrivals it waits for
     outputs: tuple[tuple[ArrivalKey, int], ...]      # (what it sends, destination rank), in send order
     backward: PartKey | None                         # its part that completes weight gradients (a B or W)
+
+    @property
+    def label(self) -> str:
+        """``F3.1``, ``F0.2&B1.5``: :func:`sim.schedules.actions.action_text` (only traces and plots need it,
+        so the analytic tier never formats one)."""
+        return action_text(self.action)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,19 +127,21 @@ class ScheduleHooks:
 
 
 _F, _B, _W = Phase.F, Phase.B, Phase.W  # enum members looked up once (class attribute access is slow on 3.11)
+_KIND = {Phase.F: "F", Phase.B: "B", Phase.I: "I", Phase.W: "W"}  # a part's chunk kind (``.value`` is slow too)
 
 
-def _action_hooks(sched: Schedule, a: Action, rank_of: dict[tuple[int, int], int]) -> ActionHooks:
-    """The hooks of ``a``. Its inputs are the outputs of its parts' dependencies on other stages
-    (:meth:`Schedule.dependencies`): a forward's on the previous stage, a backward's (B or I) on the next one
-    unless it is the last; a W depends on its own stage only. ``rank_of``: (stage, direction) -> rank."""
-    per_dir = sched.microbatches_per_direction
-    last = sched.num_stages - 1
+def _action_hooks(a: Action, per_dir: int, last: int, rank_of: dict[tuple[int, int], int]) -> ActionHooks:
+    """The hooks of ``a`` in a schedule of ``last + 1`` stages and ``per_dir`` micro-batches per direction.
+    Its inputs are the outputs of its parts' dependencies on other stages (:meth:`Schedule.dependencies`): a
+    forward's on the previous stage, a backward's (B or I) on the next one unless it is the last; a W depends
+    on its own stage only. ``rank_of``: (stage, direction) -> rank."""
     parts, inputs, outputs = [], [], []
     backward = None
-    for p in a.parts():
+    for p in ((a,) if a.fwd is None else (a.fwd, a.bwd)):
+        assert p is not None  # a pair has both halves (Action.__post_init__)
         d, s, m, ph = p.direction, p.stage, p.microbatch, p.phase
-        parts.append((s, "F" if ph is _F else ph.value, d * per_dir + m))
+        part = (s, _KIND[ph], d * per_dir + m)
+        parts.append(part)
         if ph is _F:
             if s > 0:
                 inputs.append(("F", d, s - 1, m))
@@ -141,13 +149,13 @@ def _action_hooks(sched: Schedule, a: Action, rank_of: dict[tuple[int, int], int
                 outputs.append((("F", d, s, m), rank_of[s + 1, d]))
             continue
         if backward is None and (ph is _B or ph is _W):
-            backward = parts[-1]
+            backward = part
         if ph is not _W:
             if s < last:
                 inputs.append(("B", d, s + 1, m))
             if s > 0:
                 outputs.append((("B", d, s, m), rank_of[s - 1, d]))
-    return ActionHooks(str(a), CATEGORY[a.phase], tuple(parts), tuple(inputs), tuple(outputs), backward)
+    return ActionHooks(a, CATEGORY[a.phase], tuple(parts), tuple(inputs), tuple(outputs), backward)
 
 
 def schedule_hooks(sched: Schedule) -> ScheduleHooks:
@@ -158,17 +166,19 @@ def schedule_hooks(sched: Schedule) -> ScheduleHooks:
     ranks = []
     lasts = []
     rank_of = {(s, d): sched.rank_of(s, d) for s in range(sched.num_stages) for d in range(sched.num_directions)}
+    per_dir, last = sched.microbatches_per_direction, sched.num_stages - 1
     for actions in sched.ranks:
-        ranks.append(tuple(_action_hooks(sched, a, rank_of) for a in actions))
+        hooks = tuple([_action_hooks(a, per_dir, last, rank_of) for a in actions])
+        ranks.append(hooks)
         last_backward: dict[int, int] = {}
-        for i, a in enumerate(actions):
-            for part in a.parts():
-                if part.phase in (Phase.B, Phase.W):
-                    last_backward[part.stage] = i
+        for i, h in enumerate(hooks):
+            for part in h.parts:
+                if part[1] == "B" or part[1] == "W":
+                    last_backward[part[0]] = i
         lasts.append(last_backward)
-    hooks = ScheduleHooks(tuple(ranks), tuple(lasts))
-    sched._cache["assemble.hooks"] = hooks
-    return hooks
+    out = ScheduleHooks(tuple(ranks), tuple(lasts))
+    sched._cache["assemble.hooks"] = out
+    return out
 
 
 @dataclass(frozen=True)

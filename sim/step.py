@@ -20,7 +20,7 @@ from sim.costs.kernels import clear_shared
 from sim.engine import RankPlan, run_pipeline
 from sim.experts.loads import clear_caches as clear_load_caches
 from sim.metrics import StepResult, flops_per_token, step_result
-from sim.model.stages import model_units
+from sim.model.stages import model_units, split_min_max
 from sim.schedules.generators import build_schedule
 
 __all__ = ["MODES", "StepContext", "StepResult", "build_context", "clear_caches", "num_actions",
@@ -93,8 +93,8 @@ def _prepared(scenario: Scenario, allow_cpu: bool, strict: bool, fast: bool) -> 
 
 def clear_caches() -> None:
     """Empty every cache the step simulation keeps between calls: prepared contexts and plans, isolated work
-    timings, the analytic tier's tables, shared cost memos, expert loads, schedules, stage partitions, model
-    units and FLOPs.
+    timings, the analytic tier's tables, shared cost memos, expert loads, schedules, stage partitions (and their
+    splits), model units and FLOPs.
     Results never depend on them (each is keyed by everything its value depends on); this frees their memory,
     and lets tests start cold."""
     _PREPARED.clear()
@@ -105,6 +105,7 @@ def clear_caches() -> None:
     build_schedule.cache_clear()
     flops_per_token.cache_clear()
     stage_partition.cache_clear()
+    split_min_max.cache_clear()
     model_units.cache_clear()
 
 

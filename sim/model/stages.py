@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from typing import Literal
 
 from sim.config import ModelSpec, Scenario
@@ -69,7 +69,8 @@ def unit_train_flops(unit: Unit, keys_per_query: float) -> float:
 
 def _split_min_max(weights: Sequence[float], parts: int, first_extra: float, last_extra: float) -> list[int]:
     """Counts of a contiguous split of ``weights`` into ``parts`` runs minimizing the heaviest run, where the
-    first run carries ``first_extra`` and the last ``last_extra`` beside its items. Runs may be empty."""
+    first run carries ``first_extra`` and the last ``last_extra`` beside its items. Runs may be empty.
+    O(parts x n^2) in Python (tens of ms at 32 stages of 61 layers), so memoized by :func:`split_min_max`."""
     n = len(weights)
     prefix = [0.0]
     for w in weights:
@@ -96,6 +97,13 @@ def _split_min_max(weights: Sequence[float], parts: int, first_extra: float, las
         counts.append(i - j)
         i = j
     return counts[::-1]
+
+
+@lru_cache(maxsize=64)
+def split_min_max(weights: tuple[float, ...], parts: int, first_extra: float, last_extra: float) -> tuple[int, ...]:
+    """:func:`_split_min_max`, memoized on its arguments (schedules of one stage count share the split before
+    it is balanced over each schedule's ranks; cleared by :func:`sim.step.clear_caches`)."""
+    return tuple(_split_min_max(weights, parts, first_extra, last_extra))
 
 
 def _rank_balanced(weights: Sequence[float], counts: list[int], first_extra: float, last_extra: float,
@@ -191,7 +199,7 @@ def partition(m: ModelSpec, num_stages: int, stage_layers: tuple[int, ...] | Non
         wfn = weight or (lambda u: unit_train_flops(u, seq_len / 2))
         weights = [wfn(u) for u in layers]
         first, last = wfn(embed), wfn(head) + sum(wfn(u) for u in mtps)
-        counts = _split_min_max(weights, num_stages, first, last)
+        counts = list(split_min_max(tuple(weights), num_stages, first, last))
         if groups is not None and any(len(g) > 1 for g in groups):
             counts = _rank_balanced(weights, counts, first, last, groups)
     stages: list[tuple[Unit, ...]] = []
