@@ -34,6 +34,9 @@ class SoftwareSpec(Frozen):
                                 "scale + mask + softmax each run as one kernel (Megatron-LM's fusions)")
     compile: bool = Field(default=False, description="torch.compile fuses each chain of memory-bound kernels "
                           "between GEMMs into one")
+    eager_fp32: bool = Field(default=False, description="unfused RMSNorm and rotary embeddings compute in FP32 "
+                             "(Meta's Llama reference code, as in torchtitan: x.float(), the chain, .type_as(x)): "
+                             "more kernels moving 4-byte values; no effect when fused_kernels or compile fuses them")
     cross_entropy: Literal["fused", "megatron_fp32", "torch_fp32"] = Field(
         default="fused", description="the loss over the vocabulary: fused (one kernel reads the BF16 logits and "
         "writes their gradient; torch.compile or a fused loss); megatron_fp32 (Megatron-LM's vocabulary-parallel "

@@ -17,8 +17,12 @@ probabilities): :func:`elementwise_kernels` lists, per op and pass, the kernels 
 moves per element of the op's width (BF16 values, 1-byte dropout masks), as Megatron-LM does: it
 fuses bias + GeLU (4 B per element instead of 8) and bias + dropout + residual add (7 B instead of 15); eager
 RMSNorm is three kernels (about 10 B) where a fused norm is one (4 B); SwiGLU reads gate and up and writes
-their product (3 B per input element fused, 5 eager). Each kernel also pays its launch
-(``kernel_overhead_us``, or ``software.kernel_launch_us``).
+their product (3 B per input element fused, 5 eager). Eager code that upcasts (``software.eager_fp32``,
+Meta's Llama reference code as torchtitan runs it) moves FP32 copies instead: RMSNorm ``(x.float() * rsqrt(
+mean(x.float()^2) + eps)).type_as(x) * w`` is six kernels and 36 B per element forward, its autograd
+backward eight and 56 B; rotary embeddings through ``view_as_complex(x.float())`` are a cast, a complex
+multiply and a cast back, 20 B per element each way, where fused RoPE reads and writes BF16 (4 B, 6 B
+backward). Each kernel also pays its launch (``kernel_overhead_us``, or ``software.kernel_launch_us``).
 """
 
 from __future__ import annotations
@@ -49,6 +53,14 @@ def elementwise_kernels(op: Op, pass_: str, sw: SoftwareSpec, model: ModelSpec) 
     fwd = pass_ == "fwd"
     if op.kind == "norm":
         eager_rms = model.norm == "rmsnorm" and not fused
+        if eager_rms and sw.eager_fp32:
+            if fwd:  # upcast (r2 w4), square (r4 w4), mean (r4), scale (r4 w4), downcast (r4 w2), weight (r2 w2)
+                return (("norm_cast", 6.0), ("norm_pow", 8.0), ("norm_mean", 4.0), ("norm_scale", 8.0),
+                        ("norm_cast", 6.0), ("norm_weight", 4.0))
+            # weight: g*w (r2 w2) and sum(g*n) (r2 r2); upcast g (r2 w4); scale: g*r (r4 w4) and sum(g*x) (r4 r4);
+            # square: 2x*g_mean (r4 w4); the two gradients of x added (r4 r4 w4); downcast (r4 w2)
+            return (("norm_weight", 4.0), ("norm_wgrad", 4.0), ("norm_cast", 6.0), ("norm_scale", 8.0),
+                    ("norm_rgrad", 8.0), ("norm_pow", 8.0), ("norm_add", 12.0), ("norm_cast", 6.0))
         if fwd:
             return (("norm", 2.0), ("norm", 4.0), ("norm", 4.0)) if eager_rms else (("norm", 4.0),)
         return (("norm", 6.0), ("norm", 6.0)) if eager_rms else (("norm", 6.0),)
@@ -72,6 +84,8 @@ def elementwise_kernels(op: Op, pass_: str, sw: SoftwareSpec, model: ModelSpec) 
         if fwd:  # torch_fp32: upcast (r2 w4), log-softmax (r4 w4, its row reductions in cache)
             return (("ce_cast", 6.0), ("log_softmax", 8.0))
         return (("log_softmax", 12.0), ("ce_cast", 6.0))  # its backward (r4 r4 w4); to BF16
+    if op.name == "rope" and sw.eager_fp32 and not fused:  # upcast (r2 w4), complex multiply (r4 w4), downcast
+        return (("rope_cast", 6.0), ("rope", 8.0), ("rope_cast", 6.0))  # (r4 w2); the backward the same by conj(f)
     if op.name in ACTIVATIONS:
         if model.ffn_activation == "swiglu":  # width = gate + up
             if fwd:

@@ -44,6 +44,35 @@ def test_activation_and_norm_bytes_by_hand():
     assert total(elementwise_kernels(norm, "fwd", SoftwareSpec(fused_kernels=False, compile=True), llama)) == 4
 
 
+def test_eager_fp32_norm_and_rope_bytes_by_hand():
+    """Meta's Llama reference code (torchtitan): RMSNorm ``(x.float() * rsqrt(mean(x.float()^2) + eps))
+    .type_as(x) * w``. Forward, per element: upcast r2 w4 = 6, square r4 w4 = 8, mean r4 = 4 (its [tokens, 1]
+    output and the rsqrt on it are negligible), scale r4 w4 = 8, downcast r4 w2 = 6, weight r2 w2 = 4: 36 B in
+    six kernels. Autograd's backward: g*w r2 w2 = 4 and sum(g*n) r2 r2 = 4, upcast of g 6, g*r r4 w4 = 8 and
+    sum(g*x) r4 r4 = 8, the square's 2x*g' r4 w4 = 8, the two gradients added r4 r4 w4 = 12, downcast 6: 56 B
+    in eight. RoPE through view_as_complex(x.float()): upcast 6, complex multiply r4 w4 = 8, downcast 6 = 20 B
+    each way (the backward multiplies by the conjugate)."""
+    llama = load_scenario("llama3_70b_h100.yaml").model
+    eager32 = SoftwareSpec(fused_kernels=False, eager_fp32=True)
+    norm = Op("attn_norm", "norm", "attn", width=8)
+    assert total(elementwise_kernels(norm, "fwd", eager32, llama)) == 36
+    assert len(elementwise_kernels(norm, "fwd", eager32, llama)) == 6
+    assert total(elementwise_kernels(norm, "dgrad", eager32, llama)) == 56
+    assert len(elementwise_kernels(norm, "dgrad", eager32, llama)) == 8
+    rope = Op("rope", "elementwise", "attn", width=8)
+    assert total(elementwise_kernels(rope, "fwd", eager32, llama)) == 20
+    assert total(elementwise_kernels(rope, "dgrad", eager32, llama)) == 20
+    assert total(elementwise_kernels(rope, "fwd", EAGER, llama)) == 4  # BF16 in and out
+    assert total(elementwise_kernels(rope, "dgrad", EAGER, llama)) == 6
+    # compile (or hand-fused kernels) fuses the chains: the upcasts stay in registers
+    for fused in (SoftwareSpec(fused_kernels=False, eager_fp32=True, compile=True),
+                  SoftwareSpec(fused_kernels=True, eager_fp32=True)):
+        assert total(elementwise_kernels(norm, "fwd", fused, llama)) == 4
+        assert total(elementwise_kernels(rope, "fwd", fused, llama)) == 4
+    # LayerNorm models are not RMSNorm: the flag leaves them alone
+    assert elementwise_kernels(norm, "fwd", eager32, GPT) == elementwise_kernels(norm, "fwd", EAGER, GPT)
+
+
 def test_software_stacks_order_the_step_time():
     """Unfused attention with dropout and eager kernels costs more than FlashAttention with fused kernels, on the
     same job and hardware (each mechanism only adds memory traffic or kernels)."""
