@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from sim.assemble import Assembler, Timing, routing_is_skewed, schedule_hooks
+from sim.assemble import Assembler, Timing, hook_dims, routing_is_skewed, schedule_hooks
 from sim.config import Scenario
 from sim.context import build_context
 from sim.memory import model_state_bytes, peak_activation_bytes
@@ -153,12 +153,12 @@ class Compiled:
 
 
 def compiled(sched: Schedule) -> Compiled:
-    """The schedule's hooks with integer arrival keys, derived once and kept on the schedule."""
+    """The schedule's hooks as slots (arrival keys index an array: :func:`sim.assemble.arrival_key`), derived
+    once and kept on the schedule."""
     hit = sched._cache.get("analytic.compiled")
     if isinstance(hit, Compiled):
         return hit
     hooks = schedule_hooks(sched)
-    ids: dict[tuple, int] = {}
     classes: dict[tuple, ClassKey] = {}
     ranks = []
     for r, actions in enumerate(hooks.ranks):
@@ -171,22 +171,10 @@ def compiled(sched: Schedule) -> Compiled:
             cls = classes.get(parts)
             if cls is None:
                 cls = classes[parts] = tuple([(p[0], p[1]) for p in parts])
-            inputs = []
-            for k in h.inputs:
-                kid = ids.get(k)
-                if kid is None:
-                    kid = ids[k] = len(ids)
-                inputs.append(kid)
-            outputs = []
-            for k, dst in h.outputs:
-                kid = ids.get(k)
-                if kid is None:
-                    kid = ids[k] = len(ids)
-                outputs.append((kid, dst))
-            slots.append(Slot(cls, parts, tuple(inputs), tuple(outputs), len(parts) == 2, trig.get(i, ()),
-                              h.backward))
+            slots.append(Slot(cls, parts, h.inputs, h.outputs, len(parts) == 2, trig.get(i, ()), h.backward))
         ranks.append(tuple(slots))
-    out = Compiled(tuple(ranks), len(ids))
+    num_dirs, num_stages, per_dir = hook_dims(sched)
+    out = Compiled(tuple(ranks), 2 * num_dirs * num_stages * per_dir)
     sched._cache["analytic.compiled"] = out
     return out
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from sim.config import Scenario
-from sim.engine import ArrivalKey, PlannedAction, RankPlan, Send, TailItem, isolated_run
+from sim.engine import PlannedAction, RankPlan, Send, TailItem, isolated_run
 from sim.network import Network
 from sim.pipeline import all_stages_of
 from sim.program.chunks import ChunkKind, Program
@@ -107,8 +107,8 @@ class ActionHooks:
     action: Action                                   # what it is (its label is formatted on demand)
     category: str
     parts: tuple[PartKey, ...]                       # the chunk(s) it runs
-    inputs: tuple[ArrivalKey, ...]                   # arrivals it waits for
-    outputs: tuple[tuple[ArrivalKey, int], ...]      # (what it sends, destination rank), in send order
+    inputs: tuple[int, ...]                          # arrivals it waits for (arrival_key)
+    outputs: tuple[tuple[int, int], ...]             # (what it sends, destination rank), in send order
     backward: PartKey | None                         # its part that completes weight gradients (a B or W)
 
     @property
@@ -130,11 +130,29 @@ _F, _B, _W = Phase.F, Phase.B, Phase.W  # enum members looked up once (class att
 _KIND = {Phase.F: "F", Phase.B: "B", Phase.I: "I", Phase.W: "W"}  # a part's chunk kind (``.value`` is slow too)
 
 
-def _action_hooks(a: Action, per_dir: int, last: int, rank_of: dict[tuple[int, int], int]) -> ActionHooks:
-    """The hooks of ``a`` in a schedule of ``last + 1`` stages and ``per_dir`` micro-batches per direction.
-    Its inputs are the outputs of its parts' dependencies on other stages (:meth:`Schedule.dependencies`): a
-    forward's on the previous stage, a backward's (B or I) on the next one unless it is the last; a W depends
-    on its own stage only. ``rank_of``: (stage, direction) -> rank."""
+def arrival_key(backward: bool, direction: int, stage: int, microbatch: int, dims: tuple[int, int, int]) -> int:
+    """The arrival key of a stage's forward (or backward) output of one micro-batch in one direction, in a
+    schedule of ``dims`` = (directions, stages, micro-batches per direction): dense integers from 0 to
+    ``2 * directions * stages * micro-batches`` (the engine and the analytic tier index arrivals by them)."""
+    num_dirs, num_stages, per_dir = dims
+    return ((backward * num_dirs + direction) * num_stages + stage) * per_dir + microbatch
+
+
+def arrival_text(key: int, dims: tuple[int, int, int]) -> str:
+    """``F3.5``: stage 3's forward output of micro-batch 5 (its direction's), as traces name transfers."""
+    num_dirs, num_stages, per_dir = dims
+    rest, m = divmod(key, per_dir)
+    rest, s = divmod(rest, num_stages)
+    return f"{'B' if rest >= num_dirs else 'F'}{s}.{m}"
+
+
+def _action_hooks(a: Action, dims: tuple[int, int, int], rank_of: dict[tuple[int, int], int]) -> ActionHooks:
+    """The hooks of ``a`` in a schedule of ``dims`` (see :func:`arrival_key`). Its inputs are the outputs of
+    its parts' dependencies on other stages (:meth:`Schedule.dependencies`): a forward's on the previous stage,
+    a backward's (B or I) on the next one unless it is the last; a W depends on its own stage only.
+    ``rank_of``: (stage, direction) -> rank."""
+    num_dirs, num_stages, per_dir = dims
+    last = num_stages - 1
     parts, inputs, outputs = [], [], []
     backward = None
     for p in ((a,) if a.fwd is None else (a.fwd, a.bwd)):
@@ -142,20 +160,27 @@ def _action_hooks(a: Action, per_dir: int, last: int, rank_of: dict[tuple[int, i
         d, s, m, ph = p.direction, p.stage, p.microbatch, p.phase
         part = (s, _KIND[ph], d * per_dir + m)
         parts.append(part)
+        fwd_key = (d * num_stages + s) * per_dir + m      # arrival_key(False, d, s, m, dims), inlined
         if ph is _F:
             if s > 0:
-                inputs.append(("F", d, s - 1, m))
+                inputs.append(fwd_key - per_dir)          # stage s - 1's forward output
             if s < last:
-                outputs.append((("F", d, s, m), rank_of[s + 1, d]))
+                outputs.append((fwd_key, rank_of[s + 1, d]))
             continue
         if backward is None and (ph is _B or ph is _W):
             backward = part
         if ph is not _W:
+            bwd_key = fwd_key + num_dirs * num_stages * per_dir
             if s < last:
-                inputs.append(("B", d, s + 1, m))
+                inputs.append(bwd_key + per_dir)          # stage s + 1's backward output
             if s > 0:
-                outputs.append((("B", d, s, m), rank_of[s - 1, d]))
+                outputs.append((bwd_key, rank_of[s - 1, d]))
     return ActionHooks(a, CATEGORY[a.phase], tuple(parts), tuple(inputs), tuple(outputs), backward)
+
+
+def hook_dims(sched: Schedule) -> tuple[int, int, int]:
+    """(directions, stages, micro-batches per direction): what :func:`arrival_key` encodes over."""
+    return sched.num_directions, sched.num_stages, sched.microbatches_per_direction
 
 
 def schedule_hooks(sched: Schedule) -> ScheduleHooks:
@@ -166,9 +191,9 @@ def schedule_hooks(sched: Schedule) -> ScheduleHooks:
     ranks = []
     lasts = []
     rank_of = {(s, d): sched.rank_of(s, d) for s in range(sched.num_stages) for d in range(sched.num_directions)}
-    per_dir, last = sched.microbatches_per_direction, sched.num_stages - 1
+    dims = hook_dims(sched)
     for actions in sched.ranks:
-        hooks = tuple([_action_hooks(a, per_dir, last, rank_of) for a in actions])
+        hooks = tuple([_action_hooks(a, dims, rank_of) for a in actions])
         ranks.append(hooks)
         last_backward: dict[int, int] = {}
         for i, h in enumerate(hooks):
@@ -284,12 +309,13 @@ class Assembler:
         p = s.parallel
         tail = self.inp.tail
         hooks = schedule_hooks(self.inp.schedule)
+        dims = hook_dims(self.inp.schedule)
         stages = all_stages_of(p.schedule, p.pp, p.vpp)[r]
         starts, ends, late_stages = self.reductions(r)
         planned = []
         for i, h in enumerate(hooks.ranks[r]):
             work, key = self.work(h.parts)
-            outputs = tuple(Send(k, dst, *self.send(r, dst)) for k, dst in h.outputs)
+            outputs = tuple(Send(k, dst, *self.send(r, dst), arrival_text(k, dims)) for k, dst in h.outputs)
             planned.append(PlannedAction(work, h.label, h.category, h.inputs, outputs, tuple(ends.get(i, ())),
                                          tuple(starts.get(i, ())), self.timed(work, key) if fast else None))
         late = tuple(tail.grad_sync_work(stage) for stage in late_stages)

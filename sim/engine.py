@@ -32,7 +32,7 @@ cyclic garbage collector pauses while a run allocates its trace.
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,7 +43,9 @@ from simpy.events import NORMAL
 from sim.program.tasks import NIC, NVLINK, Work
 from sim.timeline import ActionEvent, LinkSide, Stream, TaskEvent, Trace, TransferEvent
 
-ArrivalKey = tuple[Any, ...]
+#: What an action waits for: one stage-boundary output of one micro-batch (an int: ``sim.assemble``'s
+#: :func:`~sim.assemble.arrival_key`; any hashable works for the engine).
+ArrivalKey = Hashable
 _SIDES: dict[int, tuple[LinkSide, ...]] = {
     0: (), NIC: (LinkSide.NIC_TX, LinkSide.NIC_RX), NVLINK: (LinkSide.NVLINK_TX, LinkSide.NVLINK_RX),
     NIC | NVLINK: (LinkSide.NIC_TX, LinkSide.NIC_RX, LinkSide.NVLINK_TX, LinkSide.NVLINK_RX),
@@ -63,6 +65,7 @@ class Send:
     dst: int
     seconds: float
     links: int
+    label: str = ""  # what the trace calls it (``F3.5``: stage 3's forward output of micro-batch 5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -557,8 +560,7 @@ class _Engine:
             intervals = trace.links.intervals
             _interval_list(a, tx, intervals).append((start, end))
             _interval_list(b, rx, intervals).append((start, end))
-            key = send.key
-            trace.transfers.append(TransferEvent(src, send.dst, start, end, f"{key[0]}{key[2]}.{key[3]}"))
+            trace.transfers.append(TransferEvent(src, send.dst, start, end, send.label))
         self.env.schedule(_Arrival(self, send.key), NORMAL, end - now)  # type: ignore[arg-type]
 
     def _arrive(self, key: ArrivalKey) -> None:
@@ -584,7 +586,8 @@ def run_pipeline(plans: Sequence[RankPlan], *, num_sms: int, comm_sms: int, stat
             run.advance()
         eng.env.run()
     if not all(r.completed for r in runs):
-        stuck = [f"rank {r.rank} at action {r.i} waiting for {r.waiting_for}" for r in runs if not r.completed]
+        stuck = [f"rank {r.rank} at action {r.i} ({r.plan.actions[r.i].label if r.i < len(r.plan.actions) else 'end'})"
+                 f" waiting for arrival {r.waiting_for}" for r in runs if not r.completed]
         raise SimulationError("pipeline deadlocked: " + "; ".join(stuck[:5]))
     for g in eng.gpus:
         for side in LinkSide:
