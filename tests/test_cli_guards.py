@@ -304,3 +304,14 @@ def test_named_models_and_clusters_replace_the_jobs(runner):
     assert r.exit_code == 2 and "parallel.ep" in r.stderr  # a dense model refuses the job's EP4
     r = runner.invoke(main, ["run", LLAMA, "--mode", "fast", "--set", "cluster=h100_ib_1024", "--json", "--quiet"])
     assert r.exit_code == 0, r.output
+
+
+def test_an_sm_driven_all_to_all_without_sms_names_comm_sms(runner):
+    """DeepSeek's stack (DeepEP) with no communication SMs gave a traceback from inside the all-to-all model
+    (found trying a DeepSeek-V2-like job on hai_llm_2024 with comm_sms left at its default 0)."""
+    r = runner.invoke(main, ["run", "--mode", "fast", "--set", "parallel.comm_sms=0"])
+    refused(r, "parallel.comm_sms")
+    assert "software.a2a_library=nccl" in r.stderr
+    r = runner.invoke(main, ["run", "--mode", "analytic", "--set", "parallel.comm_sms=0",
+                             "--set", "software.a2a_library=nccl", "--json", "--quiet"])
+    assert r.exit_code == 0, r.output

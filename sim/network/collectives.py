@@ -22,6 +22,7 @@ from typing import Literal
 
 from sim.config import Scenario
 from sim.config.fabric import FabricSpec
+from sim.errors import SimInputError
 from sim.network.alltoall import A2AProfile, expert_a2a_seconds, load_a2a_profile
 from sim.network.fabric import fabric_path, place_group
 from sim.network.nccl import CommGroup, collective_seconds, group_on_fabric, p2p_link, send_seconds
@@ -49,6 +50,11 @@ class Network:
         library = s.a2a_library
         self.a2a_profile: A2AProfile | None = None if library == "nccl" else load_a2a_profile(library)
         self.comm_sms = p.comm_sms
+        prof = self.a2a_profile
+        if prof is not None and s.model.is_moe and p.ep > 1 and p.comm_sms < prof.min_sms:
+            raise SimInputError(f"the expert all-to-all ({prof.name}, software.a2a_library) runs on SMs and needs "
+                                f"at least {prof.min_sms} (got {p.comm_sms}); give it SMs (DeepSeek-V3: 20) or "
+                                "set software.a2a_library=nccl", field="parallel.comm_sms")
 
     @property
     def gpus_per_node(self) -> int:
