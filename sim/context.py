@@ -5,13 +5,14 @@ the step's tail, once per scenario."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 from sim.assemble import StepInputs
 from sim.config import ModelSpec, Scenario
 from sim.costs.calibration import resolve_calibration
 from sim.costs.kernels import CostModel, cost_model
 from sim.costs.ops import OpCoster
+from sim.memory import MemoryBreakdown, memory_per_rank
 from sim.model.stages import StagePartition, partition
 from sim.network import Network
 from sim.pipeline import all_stages_of
@@ -36,6 +37,12 @@ class StepContext:
     tail: StepTail
     warnings: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+
+    @cached_property
+    def memory(self) -> list[MemoryBreakdown]:
+        """Memory per pipeline rank (:func:`sim.memory.memory_per_rank`): the scenario's and the schedule's alone,
+        so a context kept for repeated steps computes it once."""
+        return memory_per_rank(self.scenario, self.partition, self.schedule)
 
     @property
     def inputs(self) -> StepInputs:

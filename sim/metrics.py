@@ -26,7 +26,6 @@ from typing import Any
 from sim.config import ModelSpec
 from sim.context import StepContext
 from sim.engine import EngineResult
-from sim.memory import memory_per_rank
 from sim.model import counts
 from sim.timeline import ActionEvent, Category, Trace
 from sim.units import SECONDS_PER_HOUR, TERA
@@ -68,12 +67,14 @@ class StepResult:
 def rank_breakdown(actions: Sequence[ActionEvent], step_s: float, num_ranks: int) -> list[dict[str, float]]:
     """Per rank, the step's seconds by category (see the module docstring)."""
     out = [dict.fromkeys(CATEGORIES, 0.0) for _ in range(num_ranks)]
+    whole = (Category.OPTIMIZER, Category.EXPOSED_COMM)  # enum members looked up once (slow on 3.11)
+    overlapped = Category.OVERLAPPED
     for a in actions:
         b = out[a.rank]
         dur = a.end - a.start
-        if a.category in (Category.OPTIMIZER, Category.EXPOSED_COMM):
+        if a.category in whole:
             b[a.category] += dur
-        elif a.category == Category.OVERLAPPED:
+        elif a.category == overlapped:
             b["overlapped"] += a.busy
             b["exposed_comm"] += dur - a.busy
         else:
@@ -115,7 +116,7 @@ def step_result(ctx: StepContext, result: EngineResult, *, mode: str, wall_s: fl
             return None
         return model_flops_per_step(ctx, causal) / (step * s.num_gpus * gpu.peak_flops_per_s(dtype))
 
-    mem = memory_per_rank(s, ctx.partition, ctx.schedule)
+    mem = ctx.memory
     rows = [{"rank": b.rank, "weights_bytes": b.weights, "gradients_bytes": b.gradients,
              "optimizer_bytes": b.optimizer, "activations_bytes": b.activations, "total_bytes": b.total}
             for b in mem]
