@@ -70,6 +70,11 @@ class Program(BlockTasks):
         # Units with the same ops (every dense or MoE layer) share one id, so their costs are computed once.
         ids: dict[tuple[Op, ...], int] = {}
         self._ops_id = {u.name: ids.setdefault(u.ops, len(ids)) for st in partition.stages for u in st}
+        # Stages whose units have the same ops (the middle stages of most layouts) build one chunk per kind and
+        # loads: each stage's chunks are keyed on the first stage with its contents.
+        first: dict[tuple[int, ...], int] = {}
+        self._same_as = [first.setdefault(tuple(self._ops_id[u.name] for u in st), i)
+                         for i, st in enumerate(partition.stages)]
         self._inline: dict[tuple, dict[tuple[str, str], float]] = {}
         p, m = scenario.parallel, scenario.model
         self.tp = p.tp
@@ -89,10 +94,10 @@ class Program(BlockTasks):
 
     # --------------------------------------------------------------- public
     def chunk_key(self, stage: int, kind: ChunkKind, microbatch: int) -> tuple:
-        """What a chunk depends on: its stage, its kind and the expert loads of its MoE layers (micro-batches
-        with the same loads share one chunk)."""
+        """What a chunk depends on: its stage's contents (the first stage with the same ops stands for it), its
+        kind and the expert loads of its MoE layers (micro-batches with the same loads share one chunk)."""
         units = self.partition.stages[stage]
-        return (stage, kind, tuple(self.loads(u, microbatch) if u.moe else None for u in units))
+        return (self._same_as[stage], kind, tuple(self.loads(u, microbatch) if u.moe else None for u in units))
 
     def chunk_at(self, key: tuple) -> Chunk:
         hit = self._memo.get(key)

@@ -9,7 +9,7 @@ engine sees a task; the engine only schedules.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from sim.timeline import Stream
@@ -28,7 +28,9 @@ class Task:
     stream: Stream
     seconds: float
     deps: tuple[int, ...] = ()
-    layer: int = -1
+    # which model layer it belongs to: a label only, left out of equality and hashing so that identical layers
+    # on different stages make equal works (their isolated timings are shared: sim.assemble.TimingCache)
+    layer: int = field(default=-1, compare=False)
     links: int = 0
     holds_sms: bool = False
 
