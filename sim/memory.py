@@ -69,16 +69,46 @@ def peak_activation_bytes(schedule: Schedule, stage_bytes: Sequence[float]) -> l
 
 
 def _peaks(schedule: Schedule, stage_bytes: Sequence[float]) -> list[float]:
-    peaks = []
+    """Per rank, the largest ``counts . stage_bytes`` over the rank's in-flight counts after each forward
+    (:func:`_in_flight`): bytes are never negative, so only the counts no other count covers can be the peak."""
+    return [max((sum(c * stage_bytes[s] for s, c in zip(stages, counts, strict=True)) for counts in frontier),
+                default=0.0)
+            for stages, frontier in _in_flight(schedule)]
+
+
+def _in_flight(schedule: Schedule) -> list[tuple[tuple[int, ...], list[tuple[int, ...]]]]:
+    """Per rank, its stages and the micro-batches in flight on each of them right after each forward starts
+    (each forward adds one, each full backward (B) or deferred weight gradient (W) frees one), keeping only
+    the count vectors no other covers in every stage. Depends on the schedule alone: kept on it."""
+    hit = schedule._cache.get("memory.in_flight")
+    if isinstance(hit, list):
+        return hit
+    out = []
     for actions in schedule.ranks:
-        held = peak = 0.0
+        stages = sorted({p.stage for a in actions for p in a.parts()})
+        col = {s: i for i, s in enumerate(stages)}
+        held = [0] * len(stages)
+        seen: set[tuple[int, ...]] = set()
         for a in actions:
             parts = a.parts()
-            held += sum(stage_bytes[p.stage] for p in parts if p.phase is Phase.F)
-            peak = max(peak, held)
-            held -= sum(stage_bytes[p.stage] for p in parts if p.phase in (Phase.B, Phase.W))
-        peaks.append(peak)
-    return peaks
+            grew = False
+            for p in parts:
+                if p.phase is Phase.F:
+                    held[col[p.stage]] += 1
+                    grew = True
+            if grew:
+                seen.add(tuple(held))
+            for p in parts:
+                if p.phase is Phase.B or p.phase is Phase.W:
+                    held[col[p.stage]] -= 1
+        if len(stages) == 1:
+            frontier = [max(seen)] if seen else []
+        else:
+            frontier = [c for c in seen
+                        if not any(o != c and all(x >= y for x, y in zip(o, c, strict=True)) for o in seen)]
+        out.append((tuple(stages), sorted(frontier)))
+    schedule._cache["memory.in_flight"] = out
+    return out
 
 
 def model_state_bytes(params: float, expert_params: float, scenario: Scenario, largest_unit: float = 0.0
