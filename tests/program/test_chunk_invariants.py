@@ -1,0 +1,123 @@
+"""Invariants of every chunk a program builds, over the mechanisms that reshape a block's tasks (tensor and
+sequence parallelism with and without communication overlap, context parallelism, full recompute, ZeRO-3):
+
+- conservation: the compute tasks of a pass add up to the op costs of that pass (OpCoster) over the stage's
+  units, however the block is cut into pieces; pipelining a collective with its GEMM (TE's ring exchange) moves
+  the same bytes in ``tp - 1`` slices, so the slices add up to the unpipelined collective;
+- parts: a forward chunk is all ``F``; a backward's input-gradient work (recompute and its communication
+  included) is ``I`` and the weight-gradient tasks ``W`` (what the schedules' split backward moves);
+- streams and links: collectives hold the communication SMs on their links, compute does not;
+- each chunk is a DAG in list order (the engine runs each stream in list order) and each layer's group holds
+  that layer's tasks.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from sim.context import build_context
+from sim.program.tasks import NIC, NVLINK
+from sim.timeline import Stream
+
+TP2 = ("parallel.tp=2",)
+SP = (*TP2, "parallel.sequence_parallel=true")
+OVERLAP = (*SP, "parallel.tp_comm_overlap=true")
+TP4_OVERLAP = ("parallel.tp=4", "parallel.sequence_parallel=true", "parallel.tp_comm_overlap=true")
+LAYOUTS = {
+    "tp": TP2, "sp": SP, "sp_overlap": OVERLAP, "tp4_overlap": TP4_OVERLAP,
+    "cp_ring": ("parallel.cp=2",), "cp_gather": ("parallel.cp=2", "parallel.cp_mode=all_gather"),
+    "tp_cp_ring": (*SP, "parallel.cp=2"),
+    "sp_full_recompute": (*SP, "parallel.recompute=full"),
+    "sp_overlap_full_recompute": (*OVERLAP, "parallel.recompute=full"),
+    "zero3": ("parallel.zero_stage=3",),
+}
+
+
+def _ctx(gpt, name):
+    return build_context(gpt(*LAYOUTS[name]))
+
+
+def _compute(chunk, part=None):
+    return sum(t.seconds for t in chunk.tasks if t.stream == Stream.COMPUTE and (part is None or t.part == part))
+
+
+def _expected(ctx, stage, cost_part):
+    coster, tokens = ctx.program.coster, ctx.program.tokens
+    return sum(coster.seconds(op, cost_part, tokens) for u in ctx.partition.stages[stage] for op in u.ops)
+
+
+@pytest.mark.parametrize("layout", ["tp", "sp", "cp_ring", "cp_gather", "tp_cp_ring", "sp_full_recompute", "zero3"])
+def test_compute_tasks_add_up_to_the_op_costs_of_their_pass(gpt, layout):
+    ctx = _ctx(gpt, layout)
+    for stage in range(len(ctx.partition.stages)):
+        f, b = ctx.program.chunk(stage, "F", 0), ctx.program.chunk(stage, "B", 0)
+        assert _compute(f) == pytest.approx(_expected(ctx, stage, "fwd"), rel=1e-9)
+        assert _compute(b, "I") == pytest.approx(_expected(ctx, stage, "input"), rel=1e-9)
+        assert _compute(b, "W") == pytest.approx(_expected(ctx, stage, "weight"), rel=1e-9)
+        # The split backward: I keeps some weight-gradient work beside its communication, W the rest.
+        i, w = ctx.program.chunk(stage, "I", 0), ctx.program.chunk(stage, "W", 0)
+        assert _compute(i, "I") == pytest.approx(_expected(ctx, stage, "input"), rel=1e-9)
+        assert _compute(i, "W") + _compute(w) == pytest.approx(_expected(ctx, stage, "weight"), rel=1e-9)
+
+
+@pytest.mark.parametrize(("piped", "plain"), [("sp_overlap", "sp"), ("tp4_overlap", None),
+                                              ("sp_overlap_full_recompute", "sp_full_recompute")])
+def test_pipelined_collectives_move_the_same_bytes_in_tp_minus_one_slices(gpt, piped, plain):
+    """Each pipelined collective is ``tp - 1`` slices (the local chunk needs no transfer) that add up to the
+    collective it replaces; the chunked GEMMs pay their smaller shapes, so compute never shrinks."""
+    overlap = _ctx(gpt, piped)
+    base = build_context(gpt(*[o for o in LAYOUTS[piped] if "overlap" not in o])) if plain is None else _ctx(gpt,
+                                                                                                             plain)
+    tp = overlap.program.tp
+    for kind in ("F", "B"):
+        a, b = overlap.program.chunk(0, kind, 0), base.program.chunk(0, kind, 0)
+        names = {t.name for t in b.tasks if t.name.startswith("tp_")}
+        assert names == {t.name for t in a.tasks if t.name.startswith("tp_")}
+        for name in names:
+            total = sum(t.seconds for t in a.tasks if t.name == name)
+            assert total == pytest.approx(sum(t.seconds for t in b.tasks if t.name == name), rel=1e-9), name
+        sliced = [n for n in names if sum(t.name == n for t in a.tasks) > sum(t.name == n for t in b.tasks)]
+        # Forward: the entry gather into the first GEMM, the exit GEMM into its scatter, per block and layer.
+        want = {"tp_ag_attn", "tp_rs_attn", "tp_ag_mlp", "tp_rs_mlp"} if kind == "F" else {
+            "tp_ag_attn_b", "tp_rs_attn_b", "tp_ag_mlp_b", "tp_rs_mlp_b"}
+        # (and the head's entry gather); TP 2: one slice, as many tasks as unpipelined.
+        assert want <= set(sliced) if tp > 2 else not sliced
+        assert all(n.startswith(("tp_ag_", "tp_rs_")) for n in sliced)
+        for name in want:
+            assert sum(t.name == name for t in a.tasks) == (tp - 1) * sum(t.name == name for t in b.tasks)
+        # Each pipelined GEMM runs as tp chunks (one before the first slice arrives / after the last leaves).
+        count = lambda c: sum(t.stream == Stream.COMPUTE and t.part != "W" for t in c.tasks)  # noqa: E731
+        assert count(a) > count(b)
+        assert _compute(a) >= _compute(b) * (1 - 1e-12)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_parts_streams_links_and_order(gpt, layout):
+    ctx = _ctx(gpt, layout)
+    prog = ctx.program
+    for stage, units in enumerate(ctx.partition.stages):
+        for kind in ("F", "B", "I", "W"):
+            chunk = prog.chunk(stage, kind, 0)
+            parts = {t.part for t in chunk.tasks}
+            allowed = {"F": {"F"}, "B": {"I", "W"}, "I": {"I", "W"}, "W": {"W"}}[kind]
+            assert parts <= allowed, (kind, parts)
+            if kind in ("F", "B", "I"):
+                assert parts >= ({"F"} if kind == "F" else {"I"})
+            for i, t in enumerate(chunk.tasks):
+                assert all(0 <= d < i for d in t.deps), (kind, i, t)
+                if t.part == "W":
+                    assert t.stream == Stream.COMPUTE and t.name.endswith("_w"), t
+                if t.stream == Stream.COMPUTE:
+                    assert t.links == 0 and not t.holds_sms, t
+                else:
+                    assert t.holds_sms and t.links in (NIC, NVLINK, NIC | NVLINK), t
+                if t.name.startswith("tp_"):
+                    assert t.stream == Stream.COMM and t.links == NVLINK, t  # TP stays inside the node
+                if kind != "F" and t.stream == Stream.COMPUTE and t.part == "I":
+                    assert t.name.endswith("_b"), t  # input-gradient compute: the block's name + _b
+            # Each layer's group holds that layer's tasks (forward order for F, backward order otherwise).
+            order = units if kind == "F" else tuple(reversed(units))
+            assert len(chunk.groups) == len(order)
+            for unit, group in zip(order, chunk.groups, strict=True):
+                assert all(chunk.tasks[i].layer == unit.index for i in group)
+            assert [i for g in chunk.groups for i in g] == list(range(len(chunk.tasks)))
