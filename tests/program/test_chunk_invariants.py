@@ -121,3 +121,50 @@ def test_parts_streams_links_and_order(gpt, layout):
             for unit, group in zip(order, chunk.groups, strict=True):
                 assert all(chunk.tasks[i].layer == unit.index for i in group)
             assert [i for g in chunk.groups for i in g] == list(range(len(chunk.tasks)))
+
+
+def _pipelines(chunk, layer, comm):
+    """Indices of the slices named ``comm`` in ``layer`` and of the GEMM chunks they pipeline with."""
+    return [i for i, t in enumerate(chunk.tasks) if t.layer == layer and t.name == comm]
+
+
+def test_ring_exchange_pipelines_by_hand(gpt):
+    """TE's ring exchange with TP 4. Gather then GEMM: the local quarter's GEMM and the first slice both start
+    after the task before (``before``); each later GEMM chunk waits for the previous chunk and its slice, each
+    slice for the previous one. GEMM then reduce-scatter: the GEMM chunks run back to back, slice k leaves after
+    GEMM chunk k + 1 and slice k - 1; what follows waits for the last slice. In backward the weight gradients run
+    after the last GEMM chunk of the input gradient and the re-gathered input, beside the scatter's tail
+    (Megatron-LM). Slices are a third of the collective each, the GEMM chunks a quarter of the tokens each."""
+    ctx = build_context(gpt(*TP4_OVERLAP))
+    prog, net = ctx.program, ctx.network
+    ag = net.collective_seconds("all_gather", prog.tokens * 256 * 2, net.tp_group()) / 3
+    rs = net.collective_seconds("reduce_scatter", prog.tokens * 256 * 2, net.tp_group()) / 3
+    for kind, suffix in (("F", ""), ("B", "_b")):
+        chunk = prog.chunk(0, kind, 0)
+        t = chunk.tasks
+        for unit in ctx.partition.stages[0]:
+            if unit.kind != "layer":
+                continue
+            for block in ("attn", "mlp"):
+                slices = _pipelines(chunk, unit.index, f"tp_ag_{block}{suffix}")
+                gemms = [slices[0] - 1] + [s + 1 for s in slices]
+                (before,) = t[gemms[0]].deps
+                assert t[slices[0]].deps == (before,)
+                for k in range(1, 4):
+                    assert t[gemms[k]].deps == (gemms[k - 1], slices[k - 1])
+                    assert t[slices[k - 1]].deps == ((slices[k - 2],) if k > 1 else (before,))
+                assert [t[s].seconds for s in slices] == pytest.approx([ag] * 3)
+                assert len({t[g].seconds for g in gemms}) == 1 and {t[g].stream for g in gemms} == {Stream.COMPUTE}
+                sends = _pipelines(chunk, unit.index, f"tp_rs_{block}{suffix}")
+                gemms = [sends[0] - 2, sends[0] - 1] + [s + 1 for s in sends[:-1]]
+                for k in range(1, 4):
+                    assert t[gemms[k]].deps == (gemms[k - 1],)
+                    assert t[sends[k - 1]].deps == (gemms[k], *((sends[k - 2],) if k > 1 else ()))
+                assert [t[s].seconds for s in sends] == pytest.approx([rs] * 3)
+                after = sends[-1] + 1
+                if kind == "B":
+                    (remat,) = [i for i, x in enumerate(t) if x.layer == unit.index
+                                and x.name == f"tp_ag_{block}_input"]
+                    assert t[after].name == f"{block}_w" and t[after].deps == (gemms[-1], remat)
+                    after += 1
+                assert t[after].deps == (sends[-1],)
