@@ -168,3 +168,52 @@ def test_ring_exchange_pipelines_by_hand(gpt):
                     assert t[after].name == f"{block}_w" and t[after].deps == (gemms[-1], remat)
                     after += 1
                 assert t[after].deps == (sends[-1],)
+
+
+def test_context_parallel_ring_by_hand(gpt):
+    """Ring attention over CP 4: the core runs as 4 steps of a quarter of its work. Forward: the first K/V block
+    leaves when the core starts (after the task before it), each next one after the previous send; step k waits
+    for step k - 1 and block k. Backward: block k (K, V and their gradients, 2 x the bytes; 3 x when the core is
+    recomputed, its forward blocks once more) leaves after the previous send and the step that computed it; the
+    own block's gradient comes home last. The core's seconds add up to the op's cost."""
+    for recompute, per in (("none", 2), ("selective", 3)):
+        ctx = build_context(gpt("parallel.cp=4", f"parallel.recompute={recompute}"))
+        prog, net = ctx.program, ctx.network
+        core = next(op for u in ctx.partition.stages[0] for op in u.ops if op.kind == "attention")
+        kv = prog._kv_bytes(core)
+        for kind, part, cost, step_bytes in (("F", "F", "fwd", kv), ("B", "I", "input", per * kv)):
+            chunk = prog.chunk(0, kind, 0)
+            t = chunk.tasks
+            name = "attn" if kind == "F" else "attn_b"
+            layer = next(u.index for u in ctx.partition.stages[0] if u.kind == "layer")
+            sends = [i for i, x in enumerate(t) if x.layer == layer and x.name == "cp_kv"]
+            steps = [sends[0] - 1] + [s + 1 for s in sends]
+            assert all(t[i].name == name for i in steps)
+            assert sum(t[i].seconds for i in steps) == pytest.approx(prog.coster.seconds(core, cost, prog.tokens))
+            assert len({t[i].seconds for i in steps}) == 1
+            assert [t[s].seconds for s in sends] == [net.cp_ring_step_seconds(step_bytes)] * 3
+            assert {(t[s].part, t[s].stream, t[s].links, t[s].holds_sms) for s in sends} == {
+                (part, Stream.COMM, prog.cp_links, True)}
+            (start,) = t[steps[0]].deps
+            for k in range(1, 4):
+                assert t[steps[k]].deps == (steps[k - 1], sends[k - 1])
+                if kind == "F":
+                    assert t[sends[k - 1]].deps == ((sends[k - 2],) if k > 1 else (start,))
+                else:
+                    assert t[sends[k - 1]].deps == (*((sends[k - 2],) if k > 1 else ()), steps[k - 1])
+            if kind == "B":
+                home = steps[-1] + 1
+                assert t[home].name == "cp_dkv" and t[home].deps == (steps[-1], sends[-1])
+                assert t[home].seconds == net.cp_ring_step_seconds(kv)
+    # All-gather CP: K and V of the whole sequence gathered before the core, their gradients scattered after.
+    ctx = build_context(gpt("parallel.cp=4", "parallel.cp_mode=all_gather"))
+    prog, net = ctx.program, ctx.network
+    core = next(op for u in ctx.partition.stages[0] for op in u.ops if op.kind == "attention")
+    full = prog._kv_bytes(core) * 4
+    b = prog.chunk(0, "B", 0).tasks
+    g = next(i for i, x in enumerate(b) if x.name == "cp_kv_gather")
+    assert b[g].seconds == net.collective_seconds("all_gather", full, net.cp_group()) and b[g].part == "I"
+    assert b[g + 1].name == "attn_b" and b[g + 1].deps == (g,)
+    assert b[g + 2].name == "cp_dkv_scatter" and b[g + 2].deps == (g + 1,)
+    assert b[g + 2].seconds == net.collective_seconds("reduce_scatter", full, net.cp_group())
+    assert not [x for x in prog.chunk(0, "F", 0).tasks if x.name == "cp_dkv_scatter"]
