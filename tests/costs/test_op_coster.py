@@ -134,3 +134,28 @@ def test_an_activation_inside_the_tp_region_splits_its_width(name):
     c.seconds(act, "fwd", 10.0)
     assert sum(b for _k, b, _n in rec.calls) == pytest.approx(
         sum(per for _n, per in elementwise_kernels(act, "fwd", c.s.software, c.s.model)) * 10 * 4096 / TP)
+
+
+def test_expert_rows_reach_every_pass_and_shards_are_whole_features():
+    """Under full recompute the input-gradient pass re-runs the forward over the same expert rows; the weight
+    gradient runs over them too. A row-parallel GEMM's shard is a whole number of input features (k // TP), a
+    column-parallel one's of output features."""
+    c, rec = coster()  # full recompute
+    experts = Op("experts_down", "grouped_gemm", "moe", n=1024, k=512)
+    rows = (30.0, 10.0)
+    c.seconds(experts, "input", 800.0, rows)
+    c.seconds(experts, "weight", 800.0, rows)
+    assert [(call[1], call[6]) for call in rec.calls] == [("dgrad", rows), ("fwd", rows), ("wgrad", rows)]
+    rec.calls.clear()
+    c.seconds(Op("o_proj", "gemm", "attn", n=1024, k=4100), "fwd", 10.0)
+    c.seconds(Op("qkv_proj", "gemm", "attn", n=4100, k=1024), "fwd", 10.0)
+    assert [call[3:5] for call in rec.calls] == [(1024, 512), (512, 1024)]
+    assert all(isinstance(x, int) for call in rec.calls for x in call[3:5])
+
+
+def test_sequence_parallelism_needs_more_than_one_tp_rank():
+    """TP 2 with SP: a replicated GEMM runs on half the tokens."""
+    router = Op("router", "gemm", "moe", n=64, k=1024, precision_class="high")
+    c, rec = coster("parallel.tp=2", "parallel.sequence_parallel=true", *NO_RECOMPUTE)
+    c.seconds(router, "fwd", 800.0)
+    assert rec.calls == [("gemm", "fwd", 400.0, 64, 1024, "high", None)]

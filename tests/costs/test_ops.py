@@ -118,6 +118,18 @@ NO_DROP = SoftwareSpec(fused_kernels=False, hidden_dropout=0.0)
     (Op("ffn_act", "elementwise", "mlp", width=8), "fwd", MEGATRON, GPT, (("gelu", 4.0),)),
     (Op("ffn_act", "elementwise", "mlp", width=8), "fwd", EAGER, GPT, (("bias_add", 4.0), ("gelu", 4.0))),
     (Op("ffn_act", "elementwise", "mlp", width=8), "dgrad", EAGER, GPT, (("gelu", 6.0),)),
+    # The loss per logit element (names as the calibration harness measures them): Megatron-LM's FP32 kernels,
+    # torch's upcast + log-softmax, or one fused kernel.
+    (Op("cross_entropy", "elementwise", "head", width=8), "fwd", SoftwareSpec(cross_entropy="megatron_fp32"), GPT,
+     (("ce_cast", 6.0), ("ce_max", 4.0), ("ce_sub", 8.0), ("ce_exp", 8.0), ("ce_sum", 4.0), ("ce_softmax", 8.0))),
+    (Op("cross_entropy", "elementwise", "head", width=8), "dgrad", SoftwareSpec(cross_entropy="megatron_fp32"), GPT,
+     (("ce_grad", 8.0), ("ce_cast", 6.0))),
+    (Op("cross_entropy", "elementwise", "head", width=8), "fwd", SoftwareSpec(cross_entropy="torch_fp32"), GPT,
+     (("ce_cast", 6.0), ("log_softmax", 8.0))),
+    (Op("cross_entropy", "elementwise", "head", width=8), "dgrad", SoftwareSpec(cross_entropy="torch_fp32"), GPT,
+     (("log_softmax", 12.0), ("ce_cast", 6.0))),
+    (Op("cross_entropy", "elementwise", "head", width=8), "fwd", SoftwareSpec(), GPT, (("cross_entropy", 2.0),)),
+    (Op("cross_entropy", "elementwise", "head", width=8), "dgrad", SoftwareSpec(), GPT, (("cross_entropy", 4.0),)),
     # Any other memory-bound op (rope, casts): read and write each element forward, r2 r2 w2 backward.
     (Op("rope", "elementwise", "attn", width=8), "fwd", EAGER, GPT, (("rope", 4.0),)),
     (Op("rope", "elementwise", "attn", width=8), "dgrad", EAGER, GPT, (("rope", 6.0),)),
