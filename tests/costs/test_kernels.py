@@ -9,7 +9,7 @@ import pytest
 
 from sim.calibrate.table import CalibrationTable, DeviceInfo, Entry
 from sim.config import PrecisionSpec
-from sim.costs import gemm
+from sim.costs import gemm, kernels
 from sim.costs.attention import unfused_seconds
 from sim.costs.calibration import Calibration, memory_model_seconds
 from sim.costs.kernels import CostModel
@@ -198,3 +198,50 @@ def test_the_default_flash_kernel_is_the_profiles_default_curve():
     choice = c.flash_kernel()
     assert choice.default and choice.note is None and choice.curve == H800.efficiency.attention_curve
     assert c.flash_kernel() is choice and c.notes == []
+
+
+def test_each_kernel_shape_is_costed_once(monkeypatch):
+    """The memo (module docstring): a repeated query is answered without running the shape model again, per
+    kind of kernel; a different shape is a miss."""
+    calls: list[str] = []
+
+    def counting(name, fn):
+        def wrapped(*args, **kwargs):
+            calls.append(name)
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(kernels.gemm, "gemm_seconds", counting("gemm", gemm.gemm_seconds))
+    monkeypatch.setattr(kernels, "memory_model_seconds", counting("memory", memory_model_seconds))
+    monkeypatch.setattr(kernels, "flash_seconds", counting("flash", kernels.flash_seconds))
+    monkeypatch.setattr(kernels, "unfused_seconds", counting("unfused", kernels.unfused_seconds))
+    c = CostModel(H800, BF16)
+    for _ in range(2):
+        c.gemm_seconds(512, N, K, "bf16", None, "fwd")
+        c.memory_seconds(1e6, "norm")
+        c.attention_seconds("fwd", 1024, 512, 4, 64, 64)
+    assert calls == ["gemm", "memory", "flash"]
+    c.unfused_attention_seconds("fwd", 1024, 512, 4, 64, 64, False, True)
+    n = len(calls)
+    c.unfused_attention_seconds("fwd", 1024, 512, 4, 64, 64, False, True)
+    assert calls.count("unfused") == 1 and len(calls) == n
+    c.gemm_seconds(513, N, K, "bf16", None, "fwd")
+    c.memory_seconds(1e6, "swiglu")
+    assert calls[n:] == ["gemm", "memory"]
+
+
+def test_shared_memos_keep_the_most_recently_used(monkeypatch):
+    """cost_model shares one memo per (GPU, precision, table, source) and keeps the SHARED_MAX most recently
+    used: the oldest untouched one is dropped first."""
+    kernels.clear_shared()
+    monkeypatch.setattr(kernels, "SHARED_MAX", 3)
+    recipes = [PrecisionSpec(grads=g, master_weights=m) for g in ("bf16", "fp32") for m in ("fp32", "bf16")]
+    first = [kernels.cost_model(H800, p)._cache for p in recipes[:3]]
+    assert len(kernels._SHARED) == 3  # exactly the maximum: nothing dropped yet
+    assert kernels.cost_model(H800, recipes[0])._cache is first[0]  # touched: now the most recent
+    kernels.cost_model(H800, recipes[3])
+    assert kernels.cost_model(H800, recipes[0])._cache is first[0]
+    assert kernels.cost_model(H800, recipes[1])._cache is not first[1]  # the oldest untouched was dropped
+    other_source = kernels.cost_model(H800, recipes[0], None, load_cluster("h100_ib_1024").gpu)
+    assert other_source._cache is not first[0] and other_source.source is not None
+    kernels.clear_shared()
