@@ -6,8 +6,9 @@ from __future__ import annotations
 import math
 
 import pytest
+import yaml
 
-from sim.calibrate.table import CalibrationTable, DeviceInfo, Entry
+from sim.calibrate.table import CalibrationTable, DeviceInfo, Entry, load_table
 from sim.config import PrecisionSpec
 from sim.costs import gemm
 from sim.costs.attention import flash_seconds
@@ -18,12 +19,15 @@ from sim.costs.calibration import (
     SIGMA,
     Calibration,
     Correction,
+    Resolved,
     attention_fwd_flops,
     memory_model_seconds,
+    resolve_calibration,
     same_silicon,
 )
 from sim.costs.kernels import CostModel
-from sim.loading import load_cluster
+from sim.errors import SimInputError
+from sim.loading import load_cluster, load_scenario
 
 H800 = load_cluster("deepseek_h800_2048").gpu
 H100 = load_cluster("h100_ib_1024").gpu
@@ -217,3 +221,38 @@ def test_grouped_attention_and_memory_entries_compare_with_their_own_models():
     assert (m.key, m.tag) == ((math.log(3e8),), "norm") and m.log_kappa == pytest.approx(0.0, abs=1e-12)
     assert cal.attention("bf16", True, 4096, 16, 192, 128).kappa == pytest.approx(1.0)
     assert cal.memory("norm", 3e8) == Correction(pytest.approx(1.0), 0.0)
+
+
+def test_which_table_a_scenario_uses():
+    """The job's own H800 trace table on its H800s: that table, measured on the H800 profile, nothing to say. On
+    H100s (the same GH100 silicon): the same table and source, with a note that bandwidth-bound costs come from
+    the H100's profile. On H20s (another die): refused when the user named the table (strict), else set aside
+    with a warning. No table: nothing."""
+    own = load_scenario("workloads/deepseek_v3.yaml")
+    r = resolve_calibration(own)
+    assert r.table is not None and r.table is load_table(own.calibration)
+    assert r.source == H800 and (r.warning, r.note) == (None, None)
+    h100 = resolve_calibration(load_scenario("workloads/deepseek_v3.yaml", overrides=["cluster=h100_ib_1024"]))
+    assert h100.table is r.table and h100.source == H800 and h100.warning is None
+    assert h100.note is not None and "applied to H100-SXM-80GB (same compute silicon" in h100.note
+    h20 = load_scenario("workloads/deepseek_v3.yaml", overrides=["cluster=h20_ib_1024"])
+    with pytest.raises(SimInputError, match="measured on NVIDIA H800 but the scenario's GPU is H20"):
+        resolve_calibration(h20)
+    lenient = resolve_calibration(h20, strict=False)
+    assert (lenient.table, lenient.source, lenient.note) == (None, None, None)
+    assert lenient.warning == ("the job's calibration (NVIDIA H800) does not describe H20-96GB: profile "
+                               "efficiencies used")
+    assert resolve_calibration(load_scenario("workloads/tiny_moe_job.yaml")) == Resolved()
+
+
+def test_a_cpu_table_is_pipeline_validation_only(tmp_path):
+    cpu = CalibrationTable(schema_version=1, entries=(entry(4096, 4096, 4096, 1.0),), device=DeviceInfo(
+        name="x86 host", kind="cpu", source="test", created="2026-01-01"))
+    path = tmp_path / "cpu.yaml"
+    path.write_text(yaml.safe_dump(cpu.model_dump(mode="json")))
+    s = load_scenario("workloads/deepseek_v3.yaml", overrides=[f"calibration={path}"])
+    with pytest.raises(SimInputError, match="CPU timings validate the calibration pipeline only"):
+        resolve_calibration(s)
+    r = resolve_calibration(s, allow_cpu=True)
+    assert r.table is not None and r.table.device.kind == "cpu" and r.source == s.cluster.gpu
+    assert r.warning is not None and r.warning.startswith("PIPELINE VALIDATION ONLY") and r.note is None
