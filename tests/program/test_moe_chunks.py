@@ -125,3 +125,34 @@ def test_gqa_context_parallel_ring_passes_the_kv_heads_of_one_tp_rank(gpt):
     assert prog.kv_heads == 1 and prog._kv_bytes(attention) == 256 * 1 * 128 * 2
     kv = [t for t in prog.chunk(0, "F", 0).tasks if t.name == "cp_kv"]
     assert kv and all(t.seconds == ctx.network.cp_ring_step_seconds(256 * 128 * 2) for t in kv)
+
+
+def test_a_split_backward_keeps_weight_gradients_beside_its_communication(moe):
+    """Zero-bubble split (I then W): the I chunk keeps of each block's weight gradients what fits beside the
+    communication chained after it (at the compute rate left by the SMs DeepEP holds), the W chunk runs the
+    rest; together the block's whole weight gradient, once."""
+    ctx = build_context(moe())
+    prog, coster = ctx.program, ctx.program.coster
+    stage, _ = _stage(ctx)
+    units = {u.index: u for u in ctx.partition.stages[stage]}
+    i_chunk, w_chunk = prog.chunk(stage, "I", 0), prog.chunk(stage, "W", 0)
+    kept_any = False
+    for k, t in enumerate(i_chunk.tasks):
+        if t.part != "W":
+            continue
+        unit = units[t.layer]
+        block = t.name.removesuffix("_w")
+        rows = ctx.loads.moe_load(unit, 0).rows_per_expert if unit.moe else ()
+        ops = [op for name, ops in prog._blocks(unit) if name == block for op in ops]
+        full = sum(coster.seconds(op, "weight", prog.tokens, rows) for op in ops)
+        window = 0.0
+        for later in i_chunk.tasks[k + 1:]:
+            if later.stream == Stream.COMPUTE:
+                break
+            window += later.seconds
+        assert t.seconds == pytest.approx(min(full, window * prog.comm_rate))
+        kept_any = kept_any or 0 < t.seconds < full
+        rest = [x for x in w_chunk.tasks if x.layer == t.layer and x.name == t.name]
+        assert sum(x.seconds for x in rest) == pytest.approx(full - t.seconds)
+        assert all(x.part == "W" and x.deps == () for x in rest)  # nothing left to wait for inside W
+    assert kept_any
