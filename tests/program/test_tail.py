@@ -148,3 +148,38 @@ def test_grad_sync_and_param_gather_works(gpt):
     zero0 = _tail(gpt("parallel.zero_stage=0", nodes=2))[0]
     assert zero0.param_gather_seconds([0]) == 0.0  # ZeRO-0: nothing gathered
     assert zero0.grad_name == "grad_all_reduce"
+
+
+def test_dp_collectives_by_hand(gpt, moe):
+    """ZeRO-3 with hybrid sharding over 4 of 16 data-parallel ranks: gradients reduce-scatter in the shard group,
+    then the shard (1/4) all-reduces across the 4 replicas; parameters all-gather in the shard group. A MoE job
+    adds the routed experts' collectives over their own replicas (the experts' data-parallel group)."""
+    s = gpt("parallel.zero_stage=3", "parallel.fsdp_shard_group=4", nodes=2)
+    net = build_context(s).network
+    dp = DpTraffic(s, net)
+    g, w = dp.grad_b, dp.weight_b
+    assert (dp.shard.size, dp.replicas.size) == (4, 4)
+    c = net.collective_seconds
+    assert dp.reduce_seconds(1e6, 0.0) == pytest.approx(c("reduce_scatter", 1e6 * g, dp.shard)
+                                                        + c("all_reduce", 1e6 * g / 4, dp.replicas))
+    assert dp.gather_seconds(1e6, 0.0) == pytest.approx(c("all_gather", 1e6 * w, dp.shard))
+    m = moe("parallel.ep=2")  # 4 data-parallel ranks, EP 2: each expert shard on 2 replicas
+    mnet = build_context(m).network
+    mdp = DpTraffic(m, mnet)
+    assert mdp.plan.zero_stage == 1 and mdp.experts.size > 1
+    mc = mnet.collective_seconds
+    assert mdp.reduce_seconds(1e6, 2e6) == pytest.approx(mc("reduce_scatter", 1e6 * mdp.grad_b, mdp.shard)
+                                                         + mc("reduce_scatter", 2e6 * mdp.grad_b, mdp.experts))
+    assert mdp.gather_seconds(1e6, 2e6) == pytest.approx(mc("all_gather", 1e6 * mdp.weight_b, mdp.shard)
+                                                         + mc("all_gather", 2e6 * mdp.weight_b, mdp.experts))
+    assert mdp.reduce_links == group_links(mdp.shard, mdp.replicas, mdp.experts)
+    assert mdp.gather_links == group_links(mdp.shard, mdp.experts)
+
+
+def test_unit_parameter_counts_split_dense_by_tp_and_experts_by_ep(moe):
+    ctx = build_context(moe())
+    unit = next(u for st in ctx.partition.stages for u in st if u.moe)
+    expert = sum(op.params for op in unit.ops if op.name.startswith("experts_"))
+    dense = sum(op.params for op in unit.ops) - expert
+    assert expert > 0 and dense > 0
+    assert unit_param_counts(unit, 2, 4) == (dense / 2, expert / 4)
