@@ -156,3 +156,15 @@ def test_a_split_backward_keeps_weight_gradients_beside_its_communication(moe):
         assert sum(x.seconds for x in rest) == pytest.approx(full - t.seconds)
         assert all(x.part == "W" and x.deps == () for x in rest)  # nothing left to wait for inside W
     assert kept_any
+
+
+def test_without_expert_parallelism_there_is_no_all_to_all(moe):
+    """EP 1: every rank holds every expert, tokens stay on their GPU; the experts' rows are still the routed
+    ones."""
+    ctx = build_context(moe("parallel.ep=1", "parallel.recompute=full"))
+    stage, units = _stage(ctx)
+    for kind in ("F", "B", "I"):
+        names = {t.name for t in ctx.program.chunk(stage, kind, 0).tasks}
+        assert not names & {"dispatch", "combine", "dispatch_b", "combine_b", "dispatch_recompute",
+                            "combine_recompute"}, kind
+    assert ctx.loads.moe_load(units[0], 0).rows_per_expert
