@@ -10,8 +10,8 @@ import pytest
 from sim.calibrate.table import CalibrationTable, DeviceInfo, Entry
 from sim.config import PrecisionSpec
 from sim.costs import gemm, kernels
-from sim.costs.attention import unfused_seconds
-from sim.costs.calibration import Calibration, memory_model_seconds
+from sim.costs.attention import flash_seconds, unfused_seconds
+from sim.costs.calibration import Calibration, attention_fwd_flops, memory_model_seconds
 from sim.costs.kernels import CostModel
 from sim.loading import load_cluster
 
@@ -245,3 +245,49 @@ def test_shared_memos_keep_the_most_recently_used(monkeypatch):
     other_source = kernels.cost_model(H800, recipes[0], None, load_cluster("h100_ib_1024").gpu)
     assert other_source._cache is not first[0] and other_source.source is not None
     kernels.clear_shared()
+
+
+def attention_entry(backward: bool, slower: float) -> Entry:
+    """FlashAttention measured ``slower`` times the H800's default (FA3) curve, 4K causal, 16 heads of 192 + 128."""
+    fwd = attention_fwd_flops(4096, 16, 192, 128, True)
+    seconds = flash_seconds(H800, "bf16", fwd, 4096, True, backward) * slower
+    flops = 2 * fwd if backward else fwd
+    return Entry(kind="attention_bwd" if backward else "attention_fwd", dtype="bf16", name="fa3", shape={
+        "seq": 4096, "heads": 16, "qk_dim": 192, "v_dim": 128}, seconds=seconds, samples=1, flops=flops,
+        achieved_flops_per_s=flops / seconds)
+
+
+def test_attention_is_causal_flash_by_default_and_costs_its_model_flops():
+    """A micro-batch of two 4K sequences, 16 heads: forward model FLOPs 2 x 2 x 16 x 320 x 4096 x 2048 (causal),
+    at the default curve's efficiency; backward twice the FLOPs at the backward efficiency. No tokens: nothing."""
+    c = CostModel(H800, BF16)
+    fwd = 2.0 * 2 * 16 * 320 * 4096 * 2048
+    assert attention_fwd_flops(4096, 16, 192, 128, True, 2) == fwd
+    assert c.attention_seconds("fwd", 8192, 4096, 16, 192, 128) == flash_seconds(H800, "bf16", fwd, 4096, True, False)
+    assert c.attention_seconds("dgrad", 8192, 4096, 16, 192, 128) == flash_seconds(H800, "bf16", fwd, 4096, True,
+                                                                                   True)
+    full = c.attention_seconds("fwd", 8192, 4096, 16, 192, 128, causal=False)
+    assert full == flash_seconds(H800, "bf16", 2 * fwd, 4096, False, False)
+    assert c.attention_seconds("fwd", 0, 4096, 16, 192, 128) == 0.0
+    assert c.attention_seconds("fwd", 1, 4096, 16, 192, 128) > 0
+    fa2 = c.attention_seconds("fwd", 8192, 4096, 16, 192, 128, kernel="fa2")
+    assert fa2 == flash_seconds(H800, "bf16", fwd, 4096, True, False, H800.efficiency.attention_kernels["fa2"])
+
+
+def test_calibrated_attention_corrects_the_default_curve_by_pass():
+    """A table with FA3 measured 2x slower forward and 1.5x slower backward: each pass takes its own correction
+    and records its own reach; another kernel's curve (fa2) takes none, with a note."""
+    t = table(attention_entry(False, 2.0), attention_entry(True, 1.5))
+    cal = Calibration(t, H800)
+    c = CostModel(H800, BF16, t, H800)
+    fwd = attention_fwd_flops(4096, 16, 192, 128, True, 2)
+    for pass_, backward in (("fwd", False), ("dgrad", True)):
+        want = flash_seconds(H800, "bf16", fwd, 4096, True, backward) / cal.attention(
+            "bf16", backward, 4096, 16, 192, 128).kappa
+        assert c.attention_seconds(pass_, 8192, 4096, 16, 192, 128) == pytest.approx(want)
+    assert cal.attention("bf16", False, 4096, 16, 192, 128).kappa < cal.attention("bf16", True, 4096, 16, 192,
+                                                                                    128).kappa < 1
+    assert c.provenance == {"attention fwd": 0.0, "attention bwd": 0.0}
+    assert c.attention_seconds("fwd", 8192, 4096, 16, 192, 128, kernel="fa2") == flash_seconds(
+        H800, "bf16", fwd, 4096, True, False, H800.efficiency.attention_kernels["fa2"])
+    assert any("not applied to fa2" in n for n in c.notes)
