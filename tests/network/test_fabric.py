@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from sim.config.fabric import PRESETS, FabricSpec, check_fits, default_fabric, max_gpus
 from sim.config.hardware import NodeSpec
 from sim.network.fabric import (
+    Placement,
     fabric_path,
     max_switch_hops,
     nodes_per_leaf,
@@ -218,3 +219,20 @@ def test_more_oversubscription_never_helps(r1: float, r2: float, nodes: int) -> 
     b = a.model_copy(update={"leaf_oversubscription": hi})
     s = traffic_split(a, 8, place_group(nodes, 8, 8), "all_to_all")
     assert scaleout_efficiency(b, s) <= scaleout_efficiency(a, s)
+
+
+def test_place_group_edges_by_hand() -> None:
+    """Strides that do not divide the node: stride 3 on 8 GPUs puts 8 // 3 = 2 members per node (whole ranks);
+    stride 5 one per node. A group of one is on its own rail. One GPU per node is a valid node."""
+    three = place_group(3, 3, 8)
+    assert (three.ranks_per_node, three.num_nodes, three.node_stride) == (2, 2, 1.0)
+    assert three.same_rail_frac == 1.0  # the one remote member: 1 other node, 1 remote member
+    five = place_group(4, 5, 8)
+    assert (five.ranks_per_node, five.num_nodes) == (1, 4)
+    assert place_group(1, 16, 8).same_rail_frac == 1.0 and place_group(1, 16, 8).node_stride == 2.0
+    two = place_group(16, 2, 8)  # 4 per node on 4 nodes: of 12 remote peers, 3 share my in-node index
+    assert two.same_rail_frac == pytest.approx(3 / 12)
+    assert place_group(2, 1, 1) == Placement(2, 1, 1, 1, 2, 1.0, 1.0)
+    for args, field in (((0, 1, 8), "size"), ((2, 0, 8), "stride"), ((2, 1, 0), "gpus_per_node")):
+        with pytest.raises(ValueError, match=rf"^{field}: must be >= 1 \(got 0\)$"):
+            place_group(*args)
