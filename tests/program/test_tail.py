@@ -183,3 +183,18 @@ def test_unit_parameter_counts_split_dense_by_tp_and_experts_by_ep(moe):
     dense = sum(op.params for op in unit.ops) - expert
     assert expert > 0 and dense > 0
     assert unit_param_counts(unit, 2, 4) == (dense / 2, expert / 4)
+
+
+def test_the_tail_counts_each_stages_parameters_per_gpu(moe):
+    """Dense parameters split by TP, routed experts by EP: the stage's units' own counts, summed; the optimizer
+    shards over the dense shard group and the experts' replicas."""
+    s = moe("parallel.ep=2")
+    tail, _ = _tail(s)
+    p = s.parallel
+    for stage, units in enumerate(tail.partition.stages):
+        counts = [unit_param_counts(u, p.tp, p.ep) for u in units]
+        assert tail.dense[stage] == pytest.approx(sum(d for d, _ in counts))
+        assert tail.expert[stage] == pytest.approx(sum(e for _, e in counts))
+    assert any(tail.expert)
+    assert (tail.shard_size, tail.expert_dp_size) == (tail.net.shard_group().size, tail.net.expert_dp_group().size)
+    assert tail.expert_dp_size == 2 and tail.shard_size == s.dp
