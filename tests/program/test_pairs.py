@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 
 from sim.context import build_context
+from sim.program import pairs
 from sim.program.pairs import merge_pair, sequential_pair
+from sim.program.tasks import Task
 from sim.timeline import Stream
 
 
@@ -69,3 +71,26 @@ def test_a_sequential_pair_runs_the_backward_after_the_forward(moe):
     for t, u in zip(work.tasks[off:], b.tasks, strict=True):
         assert t.deps == (tuple(d + off for d in u.deps) or tails)
     assert _runs(work)
+
+
+def _t(part, stream, deps=()):
+    return Task("t", part, stream, 1.0, deps)
+
+
+def test_deadlock_check_and_fallback_order_by_hand():
+    """Two chunks' tasks on two streams. Preferred: compute runs the backward's task 2 before the forward's 0,
+    but 2 waits for 1 (comm), which waits for 0: a deadlock, detected; the fallback places, per stream, the
+    preferred task whenever its dependencies and its own chunk's earlier tasks on that stream are placed, else
+    the lowest unplaced task."""
+    comp, comm = Stream.COMPUTE, Stream.COMM
+    tasks = (_t("F", comp), _t("F", comm, (0,)), _t("I", comp, (1,)), _t("I", comp))
+    preferred = [[2, 0, 3], [1]]
+    assert not pairs._runs_to_completion(tasks, [*preferred, [], []])
+    assert pairs._runs_to_completion(tasks, [[0, 2, 3], [1], [], []])
+    assert pairs._runs_to_completion((), [[], []])
+    # 2 waits for 1 (not placed), 0 is placeable, then 1 (comm), then 2 (now placeable) and 3.
+    assert pairs._respecting(tasks, [*preferred, [], []]) == [[0, 2, 3], [1], [], []]
+    # A chunk's own order holds: 3 (backward) cannot pass the backward's 2 on the compute stream.
+    assert pairs._respecting(tasks, [[3, 0, 2], [1], [], []]) == [[0, 2, 3], [1], [], []]
+    assert [pairs._chunk_of(tasks, i) for i in range(4)] == [0, 0, 1, 1]
+    assert pairs._interleave([1, 2, 3], [4]) == [1, 4, 2, 3] and pairs._interleave([], [5, 6]) == [5, 6]
