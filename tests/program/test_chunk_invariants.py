@@ -217,3 +217,32 @@ def test_context_parallel_ring_by_hand(gpt):
     assert b[g + 2].name == "cp_dkv_scatter" and b[g + 2].deps == (g + 1,)
     assert b[g + 2].seconds == net.collective_seconds("reduce_scatter", full, net.cp_group())
     assert not [x for x in prog.chunk(0, "F", 0).tasks if x.name == "cp_dkv_scatter"]
+
+
+@pytest.mark.parametrize("sp", [True, False])
+def test_full_recompute_resends_each_blocks_tp_collectives_first(gpt, sp):
+    """Full recompute re-runs each block's forward inside the backward, its communication included (Korthikanti
+    et al. 2022 section 5): with SP the entry all-gather and the exit reduce-scatter, without SP the all-reduce;
+    both before the block's input-gradient work, as part of it (I). Selective recompute re-sends nothing."""
+    layout = (*(SP if sp else TP2), "parallel.recompute=full")
+    ctx = build_context(gpt(*layout))
+    prog, net = ctx.program, ctx.network
+    full = prog.tokens * 256 * 2  # tokens x hidden, BF16 (the tiny GPT's gather and reduce widths are D)
+    b = prog.chunk(0, "B", 0).tasks
+    for unit in ctx.partition.stages[0]:
+        if unit.kind != "layer":
+            continue
+        for block in ("attn", "mlp"):
+            mine = [(i, t) for i, t in enumerate(b) if t.layer == unit.index]
+            first_b = min(i for i, t in mine if t.name == f"{block}_b")
+            gathers = [(i, t) for i, t in mine if t.name == f"tp_ag_{block}_recompute"]
+            exits = [(i, t) for i, t in mine if t.name == f"tp_{block}_recompute"]
+            assert len(exits) == 1 and len(gathers) == (1 if sp else 0)
+            (i, t), = exits
+            kind = "reduce_scatter" if sp else "all_reduce"
+            assert t.seconds == net.collective_seconds(kind, full, net.tp_group()) and i < first_b
+            assert (t.part, t.stream, t.links, t.holds_sms) == ("I", Stream.COMM, NVLINK, True)
+            for i, t in gathers:
+                assert t.seconds == net.collective_seconds("all_gather", full, net.tp_group()) and i < first_b
+    selective = build_context(gpt(*layout[:-1], "parallel.recompute=selective")).program.chunk(0, "B", 0)
+    assert not [t for t in selective.tasks if t.name.endswith("_recompute")]
