@@ -112,3 +112,27 @@ def test_deepep_all_to_all_is_the_sm_driven_model():
     assert net.alltoall_seconds(4e7, 1e8, notify=True, preceding_compute_s=1e-3) == direct(4e7, 1e8, True, 1e-3)
     assert net.alltoall_seconds(4e7, 1e8, notify=True) == net.alltoall_seconds(4e7, 1e8, notify=True,
                                                                               preceding_compute_s=0.0)
+
+
+def test_one_gpu_per_stage_numbers_ranks_by_stage():
+    """TP = CP = DP = 1 and 8 stages on one node: stage s is rank s, so stage 7 is the node's last GPU (any
+    other index would be the next node's)."""
+    net = network("parallel.tp=1", "parallel.pp=8", "cluster.num_nodes=1", "training.global_batch_size=64",
+                  "parallel.vpp=1", "parallel.schedule=1f1b")
+    assert net.stage_gpus == 1 and [net.node_of(s) for s in range(8)] == [0] * 8
+    assert net.same_node(0, 7)
+
+
+def test_a_full_node_tp_group_and_nvlink_sharp():
+    """Llama 3 70B on H100s: TP 8 fills a node (8 consecutive ranks, one node), on NVSwitch with NVLink SHARP."""
+    net = network(job="llama3_70b_h100.yaml")
+    tp = net.tp_group()
+    assert (tp.size, tp.ranks_per_node, tp.num_nodes, tp.nvls) == (8, 8, 1, True)
+    assert net.dp_group().nvls and net.dp_group().num_nodes > 1
+
+
+def test_expert_replicas_are_ep_apart():
+    """The tiny MoE with EP 2 on 4 data-parallel ranks: each expert shard lives on 4 / 2 = 2 ranks, 2 apart."""
+    net = network("parallel.ep=2", job="workloads/tiny_moe_job.yaml")
+    assert net.stage_gpus == 4
+    assert net.expert_dp_group() == group_on_fabric(2, 2, net.node, net.fabric, nvls=net.nvls)
