@@ -77,14 +77,20 @@ def test_gradient_buckets_by_hand(gpt):
     assert dp.buckets([(500, 0)]) == [(0, c(250, 0)), (0, c(250, 0))]
     assert dp.buckets([(120, 0), (0, 0)]) == [(1, c(120, 0))]
     assert dp.buckets([(100, 0), (100, 0)], gather=True) == [(1, dp.gather_seconds(200, 0))]
+    # Expert parameters count toward a bucket like dense ones, and a unit three buckets large is split in three.
+    assert dp.buckets([(100, 100), (0, 30)]) == [(0, c(100, 100)), (1, c(0, 30))]
+    assert dp.buckets([(300, 300)]) == [(0, c(100, 100))] * 3
     z3 = gpt("parallel.zero_stage=3", nodes=2)
     dp3 = DpTraffic(z3, build_context(z3).network)
     assert dp3.buckets([(100, 0), (0, 0), (7, 0)]) == [(0, dp3.reduce_seconds(100, 0)), (2, dp3.reduce_seconds(7, 0))]
+    assert dp3.buckets([(0, 7), (0.5, 0)]) == [(0, dp3.reduce_seconds(0, 7)), (1, dp3.reduce_seconds(0.5, 0))]
 
 
 def test_megatron_default_bucket_is_40m_elements_or_1m_per_replica(gpt):
     s = gpt("precision.grad_reduce=fp32", nodes=2)
-    assert ShardingPlan.of(s).bucket_bytes == max(40e6, 1e6 * s.grad_replicas) * 4
+    assert s.grad_replicas == 16 and ShardingPlan.of(s).bucket_bytes == 40e6 * 4
+    wide = gpt("precision.grad_reduce=fp32", nodes=8)  # 64 data-parallel replicas: 64M elements
+    assert wide.grad_replicas == 64 and ShardingPlan.of(wide).bucket_bytes == 64e6 * 4
 
 
 @pytest.mark.parametrize(("zero", "pp", "reshard", "fwd", "bwd", "per_step", "every_mb", "stay", "kind"), [
