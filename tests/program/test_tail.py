@@ -114,6 +114,7 @@ def test_group_links_by_hand():
     alone = CommGroup(1, 1, 1, 1e11, 0.0)
     assert group_links(one_node) == NVLINK and group_links(across) == NIC and group_links(both) == NIC | NVLINK
     assert group_links(alone) == 0 and group_links(alone, across) == NIC and group_links() == 0
+    assert group_links(one_node, across) == NIC | NVLINK  # the mask of every group the collective spans
 
 
 def test_overlapped_reduction_starts_as_late_as_its_last_ready_bucket_needs(gpt):
