@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from sim.context import build_context
-from sim.program.tasks import NVLINK
+from sim.loading import load_scenario
+from sim.program.tasks import NIC, NVLINK
 from sim.timeline import Stream
 
 
@@ -168,3 +169,30 @@ def test_without_expert_parallelism_there_is_no_all_to_all(moe):
         assert not names & {"dispatch", "combine", "dispatch_b", "combine_b", "dispatch_recompute",
                             "combine_recompute"}, kind
     assert ctx.loads.moe_load(units[0], 0).rows_per_expert
+
+
+def test_deepseek_v3_all_to_all_crosses_nodes_with_each_payloads_bytes():
+    """DeepSeek-V3's EP 64 spans 8 nodes: each transfer uses the NIC and NVLink, and moves its own payload's
+    bytes on each (the combine's BF16 payload is larger than the dispatch's FP8 one)."""
+    ctx = build_context(load_scenario("workloads/deepseek_v3.yaml"))
+    net, prog = ctx.network, ctx.program
+    stage, units = _stage(ctx)
+    load = ctx.loads.moe_load(units[0], 0)
+    assert 0 < load.dispatch_ib_bytes < load.combine_ib_bytes
+    assert 0 < load.dispatch_nvlink_bytes < load.combine_nvlink_bytes
+    f, b = prog.chunk(stage, "F", 0), prog.chunk(stage, "B", 0)
+    for chunk, name, payload, notify in ((f, "dispatch", "dispatch", True), (f, "combine", "combine", False),
+                                         (b, "combine_b", "dispatch", False), (b, "dispatch_b", "combine", False)):
+        i = next(i for i, t in enumerate(chunk.tasks) if t.name == name and t.layer == units[0].index)
+        ib, nvl = getattr(load, f"{payload}_ib_bytes"), getattr(load, f"{payload}_nvlink_bytes")
+        assert chunk.tasks[i].seconds == net.alltoall_seconds(ib, nvl, notify=notify,
+                                                              preceding_compute_s=_before(chunk, i)), name
+        assert chunk.tasks[i].links == NIC | NVLINK
+
+
+def test_pipeline_sends_carry_the_hidden_state_of_the_gpus_tokens(gpt):
+    """A stage boundary passes tokens x hidden in BF16: 512 x 256 x 2 B; under sequence parallelism each TP rank
+    holds (and sends) 1/TP of the sequence."""
+    assert build_context(gpt()).program.p2p_bytes() == 512 * 256 * 2
+    assert build_context(gpt("parallel.tp=2", "parallel.sequence_parallel=true")).program.p2p_bytes() == 512 * 256
+    assert build_context(gpt("parallel.tp=2")).program.p2p_bytes() == 512 * 256 * 2
