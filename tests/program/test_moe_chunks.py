@@ -74,10 +74,12 @@ def test_backward_moves_each_others_payloads_and_recompute_resends_both(moe):
     assert not [t for t in plain.tasks if t.name.endswith("_recompute")]
 
 
-def test_expert_rows_reach_the_grouped_gemms(moe):
+@pytest.mark.parametrize("tp", [(), ("parallel.tp=2", "parallel.sequence_parallel=true")], ids=["tp1", "tp2_sp"])
+def test_expert_rows_reach_the_grouped_gemms(moe, tp):
     """The compute of a MoE stage's forward adds up to its ops' costs with each MoE layer's rows per local
-    expert (the busiest rank's, skewed routing here), other layers' ops without."""
-    ctx = build_context(moe("experts.skew=zipf"))
+    expert (the busiest rank's, skewed routing here), other layers' ops without; under TP the experts run
+    before the MoE block's TP region (its shared experts), with the same rows."""
+    ctx = build_context(moe("experts.skew=zipf", *tp))
     prog, coster = ctx.program, ctx.program.coster
     stage, _ = _stage(ctx)
     for mb in (0, 1):
