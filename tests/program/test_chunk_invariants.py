@@ -91,9 +91,13 @@ def test_pipelined_collectives_move_the_same_bytes_in_tp_minus_one_slices(gpt, p
         assert _compute(a) >= _compute(b) * (1 - 1e-12)
 
 
-@pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_parts_streams_links_and_order(gpt, layout):
-    ctx = _ctx(gpt, layout)
+MOE_LAYOUTS = {"moe": (), "moe_full_recompute": ("parallel.recompute=full",),
+               "moe_tp2_sp": ("parallel.tp=2", "parallel.sequence_parallel=true")}
+
+
+@pytest.mark.parametrize("layout", [*LAYOUTS, *MOE_LAYOUTS])
+def test_parts_streams_links_and_order(gpt, moe, layout):
+    ctx = _ctx(gpt, layout) if layout in LAYOUTS else build_context(moe(*MOE_LAYOUTS[layout]))
     prog = ctx.program
     for stage, units in enumerate(ctx.partition.stages):
         for kind in ("F", "B", "I", "W"):
