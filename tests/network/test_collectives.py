@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sim.loading import load_scenario
-from sim.network.alltoall import expert_a2a_seconds
+from sim.network.alltoall import expected_max_normal, expert_a2a_seconds
 from sim.network.collectives import Network
 from sim.network.fabric import fabric_path, place_group
 from sim.network.nccl import collective_seconds, group_on_fabric, p2p_link, send_seconds
@@ -136,3 +136,18 @@ def test_expert_replicas_are_ep_apart():
     net = network("parallel.ep=2", job="workloads/tiny_moe_job.yaml")
     assert net.stage_gpus == 4
     assert net.expert_dp_group() == group_on_fabric(2, 2, net.node, net.fabric, nvls=net.nvls)
+
+
+def test_the_jobs_deepep_profile_and_in_situ_wait_reach_the_all_to_all():
+    """DeepEP V2's profile (not the default V1) prices a V2 job's all-to-all; compute just before it adds the
+    expected wait for the slowest of the EP group's 64 ranks: jitter x compute x E[max of 64 normals]."""
+    v2 = network("software.a2a_library=deepep_v2", job="deepseek_v3.yaml")
+    v1 = network(job="deepseek_v3.yaml")
+    assert v2.a2a_profile is not None and v2.a2a_profile.name != v1.a2a_profile.name
+    assert v2.alltoall_seconds(4e7, 1e8, notify=True) != v1.alltoall_seconds(4e7, 1e8, notify=True)
+    s = v1.scenario
+    args = dict(ep=64, stride=1, node=v1.node, gpu_name=s.cluster.gpu.name, fabric=v1.fabric,
+                comm_sms=s.parallel.comm_sms, notify=True, profile=v1.a2a_profile, arch=s.cluster.gpu.arch)
+    waited = expert_a2a_seconds(4e7, 1e8, preceding_compute_s=1e-3, **args)
+    assert waited.wait_s == pytest.approx(v1.a2a_profile.jitter_frac * 1e-3 * expected_max_normal(64))
+    assert expert_a2a_seconds(4e7, 1e8, **args).wait_s == 0.0
