@@ -9,7 +9,7 @@ import pytest
 
 from sim.calibrate.table import CalibrationTable, DeviceInfo, Entry
 from sim.config import AttentionCurve, GpuEfficiency, GpuSpec, PeakTflops, PrecisionSpec
-from sim.costs import attention
+from sim.costs import attention, gemm
 from sim.costs.calibration import attention_fwd_flops
 from sim.costs.kernels import CostModel
 from sim.costs.ops import OpCoster
@@ -201,3 +201,54 @@ def test_unfused_attention_is_slower_than_flash_and_grows_quadratically():
     assert long / short > 10  # 16x the scores, some fixed costs amortized
     fwd_flops = 4.0 * 4096 * 4096 * 128 * 16
     assert long > attention.flash_seconds(g, "bf16", fwd_flops, 4096, False, False)
+
+
+def test_unfused_kernels_per_score_element_by_hand():
+    """Each kernel over the scores (BF16 2 B, mask 1 B). Forward unfused softmax: scale r2 w2, mask r2 w2, softmax
+    r2 w2; dropout r2 w2 + mask. Backward: dropout backward r2 + mask + w2, then the softmax backward r2 r2 w2
+    fused, or r2 r2 w2 and the scale's r2 w2 unfused."""
+    assert attention.unfused_score_bytes(False, dropout=True, fused_softmax=False) == (4.0, 4.0, 4.0, 5.0)
+    assert attention.unfused_score_bytes(True, dropout=False, fused_softmax=False) == (6.0, 4.0)
+    assert attention.unfused_score_bytes(True, dropout=False, fused_softmax=True) == (6.0,)
+
+
+def test_unfused_path_by_hand():
+    """2 sequences x 3 heads = 6 batched GEMMs of s x s scores. Forward: S = Q K^T ([s, d_qk] x [d_qk, s]) and
+    O = P V ([s, s] x [s, d_v]); backward dV = P^T dO, dP = dO V^T ([s, d_v] x [d_v, s]), dQ = dS K and
+    dK = dS^T Q (two [s, s] x [s, d_qk]); each GEMM batched as 6 groups of s rows. The memory-bound kernels move
+    their bytes per score element x 6 s^2, each costed by ``memory_seconds`` under the name ``softmax``."""
+    g = gpu()
+    s, dq, dv = 256, 64, 32
+    seen = []
+
+    def mem(b, name):
+        seen.append(name)
+        return b / 1e12
+
+    def bmm(m, n, k):
+        return gemm.gemm_seconds(g, "bf16", 6 * m, n, k, (m,) * 6)
+
+    scores = 6.0 * s * s
+    fwd = attention.unfused_seconds(g, mem, 2, s, 3, dq, dv, False, True, False)
+    assert fwd == pytest.approx(bmm(s, s, dq) + bmm(s, dv, s) + (4 + 4 + 4 + 5) * scores / 1e12)
+    bwd = attention.unfused_seconds(g, mem, 2, s, 3, dq, dv, True, False, True)
+    assert bwd == pytest.approx(bmm(s, dv, s) + bmm(s, s, dv) + 2 * bmm(s, dq, s) + 6 * scores / 1e12)
+    assert set(seen) == {"softmax"}
+    # Less than one sequence's heads still runs one batched GEMM.
+    assert attention.unfused_seconds(g, mem, 0.1, s, 3, dq, dv, False, False, True) == pytest.approx(
+        gemm.gemm_seconds(g, "bf16", s, s, dq, (s,)) + gemm.gemm_seconds(g, "bf16", s, dv, s, (s,))
+        + 4 * s * s / 1e12)
+
+
+def test_flash_seconds_add_the_launch_and_fallbacks_keep_the_default_flag():
+    g = gpu(kernel_overhead_us=5.0)
+    base = attention.flash_seconds(gpu(), "bf16", 1e12, 4096, False, False)
+    assert attention.flash_seconds(g, "bf16", 1e12, 4096, False, False) == pytest.approx(base + 5e-6)
+    assert attention.flash_curve(g) == attention.flash_curve(g, "default")
+    assert attention.flash_curve(g).default is True and attention.flash_curve(g).note is None
+    own = attention.flash_curve(gpu("sm90", attention_kernels={"fa2": FA2_TOY}), "fa2")
+    assert own.curve == FA2_TOY and own.default is False
+    # No curve of its own: the default curve, still the one calibration tables describe, with a note.
+    fallback = attention.flash_curve(gpu("sm90"), "cudnn")
+    assert fallback.curve == gpu("sm90").efficiency.attention_curve and fallback.default is True
+    assert "no cudnn curve" in (fallback.note or "") and "assumed, of no named kernel" in (fallback.note or "")

@@ -6,13 +6,28 @@ from __future__ import annotations
 import math
 
 import pytest
+import yaml
 
-from sim.calibrate.table import CalibrationTable, DeviceInfo, Entry
+from sim.calibrate.table import CalibrationTable, DeviceInfo, Entry, load_table
 from sim.config import PrecisionSpec
 from sim.costs import gemm
-from sim.costs.calibration import PRIOR_COUNT, Calibration, same_silicon
+from sim.costs.attention import flash_seconds
+from sim.costs.calibration import (
+    PASS_PENALTY,
+    PRIOR_COUNT,
+    PRIOR_WEIGHT,
+    SIGMA,
+    Calibration,
+    Correction,
+    Resolved,
+    attention_fwd_flops,
+    memory_model_seconds,
+    resolve_calibration,
+    same_silicon,
+)
 from sim.costs.kernels import CostModel
-from sim.loading import load_cluster
+from sim.errors import SimInputError
+from sim.loading import load_cluster, load_scenario
 
 H800 = load_cluster("deepseek_h800_2048").gpu
 H100 = load_cluster("h100_ib_1024").gpu
@@ -120,3 +135,124 @@ def test_a_shared_memo_replays_each_cost_models_own_notes():
     with pytest.raises(ValueError):
         broken.gemm_seconds(512, 4096, 4096, "fp8", pass_="fwd")
     assert not broken._effects and not broken._cache
+
+
+def test_memory_model_and_attention_flops_by_hand():
+    """A memory-bound kernel: 2.01 GB at 60 % of the H800's 3.35 TB/s is 1 ms, plus the 2.5 us launch. Attention
+    forward model FLOPs: 2 x batch x heads x (d_qk + d_v) x s x s_k, the keys halved when causal."""
+    assert H800.hbm_bandwidth_bytes_per_s == 3.35e12 and H800.efficiency.hbm_frac == 0.6
+    assert H800.efficiency.kernel_overhead_us == 2.5
+    assert memory_model_seconds(H800, 2.01e9) == pytest.approx(1e-3 + 2.5e-6, rel=1e-12)
+    assert attention_fwd_flops(1024, 2, 64, 32, False, 3) == 2.0 * 3 * 2 * 96 * 1024 * 1024
+    assert attention_fwd_flops(1024, 2, 64, 32, True, 3) == 2.0 * 3 * 2 * 96 * 1024 * 512
+
+
+def test_same_silicon_falls_back_to_the_model_name_when_a_profile_does_not_say():
+    a100 = load_cluster("a100_ib_3072").gpu
+    bare_h100 = H100.model_copy(update={"silicon": None})
+    assert same_silicon(bare_h100, H100) and same_silicon(H100, bare_h100)  # the same model name
+    assert not same_silicon(bare_h100, H800)  # silicon unknown on one side: H100 is not H800 by name
+    assert not same_silicon(a100.model_copy(update={"silicon": None}), H100)
+
+
+def test_a_kind_without_measurements_is_left_alone():
+    cal = Calibration(table(entry(4096, 4096, 4096, 2.0)), H800)
+    assert cal.gemm("bf16", "fwd", 4096, 4096, 4096) == Correction(1.0, math.inf)
+    assert cal.attention("bf16", False, 4096, 16, 192, 128) == Correction(1.0, math.inf)
+    assert cal.memory("norm", 1e6) == Correction(1.0, math.inf)
+
+
+def test_gaussian_weights_and_pass_priors_by_hand():
+    """One fwd GEMM measured 2x slower (log kappa L = log 1/2) and one dgrad GEMM 2x faster (log 2), far apart.
+    Prior of a pass: the mean of its own measurements tempered by PRIOR_COUNT pseudo-measurements at 0, L / 5.
+    A query a factor 2 (one sigma) from the fwd measurement weighs it exp(-1/2); a factor 4, exp(-2); the
+    dgrad one, 6 sigma farther, adds nothing. A pass other than the measured one is PASS_PENALTY farther."""
+    lo, hi = entry(1024, 4096, 4096, 2.0, gemm_pass="fwd"), entry(1 << 22, 4096, 4096, 0.5, gemm_pass="dgrad")
+    cal = Calibration(table(lo, hi), H800)
+    la, lb = math.log(0.5), math.log(2.0)
+    prior_fwd, prior_dgrad = la / (1 + PRIOR_COUNT), lb / (1 + PRIOR_COUNT)
+
+    def blend(w: float, log_kappa: float, prior: float) -> float:
+        return math.exp((PRIOR_WEIGHT * prior + w * log_kappa) / (PRIOR_WEIGHT + w))
+
+    one_sigma = cal.gemm("fp8", "fwd", 2048, 4096, 4096)
+    assert one_sigma.distance == pytest.approx(SIGMA)
+    assert one_sigma.kappa == pytest.approx(blend(math.exp(-0.5), la, prior_fwd), rel=1e-6)
+    two_sigma = cal.gemm("fp8", "fwd", 4096, 4096, 4096)
+    assert two_sigma.kappa == pytest.approx(blend(math.exp(-2.0), la, prior_fwd), rel=1e-6)
+    # Far from both: each pass's own prior, not the mean of all measurements.
+    assert cal.gemm("fp8", "fwd", 64, 64, 64).kappa == pytest.approx(math.exp(prior_fwd), rel=1e-6)
+    assert cal.gemm("fp8", "dgrad", 64, 64, 64).kappa == pytest.approx(math.exp(prior_dgrad), rel=1e-6)
+    # An isolated GEMM (no pass) takes every measurement at its distance and the mean of all as prior.
+    assert cal.gemm("fp8", None, 64, 64, 64).kappa == pytest.approx(math.exp((la + lb) / 6), rel=1e-6)
+    # A wgrad query at the fwd shape: no wgrad measurement (prior of all), the fwd one a penalty away.
+    other = cal.gemm("fp8", "wgrad", 1024, 4096, 4096)
+    assert other.distance == pytest.approx(PASS_PENALTY)
+    w = math.exp(-0.5 * (PASS_PENALTY / SIGMA) ** 2)
+    assert other.kappa == pytest.approx(blend(w, la, (la + lb) / 6), rel=1e-6)
+
+
+def test_grouped_attention_and_memory_entries_compare_with_their_own_models():
+    """Each measured kernel is compared with the model of that kernel: a grouped GEMM with its per-group padded
+    model, an attention backward with the backward (causal unless the shape says not), a memory kernel with the
+    memory model; so an entry measured at exactly its model's time corrects by 1 (log kappa 0) at its shape."""
+    rows = (1000.0,) * 4
+    t_grouped = gemm.gemm_seconds(H800, "fp8", 4000, 2048, 7168, rows, "fwd")
+    grouped = Entry(kind="grouped_gemm", dtype="fp8", name="experts", gemm_pass="fwd",
+                    shape={"m": 4000, "n": 2048, "k": 7168, "groups": 4}, seconds=t_grouped, samples=1,
+                    flops=2.0 * 4000 * 2048 * 7168, achieved_flops_per_s=2.0 * 4000 * 2048 * 7168 / t_grouped)
+    points = []
+    for causal, batch in ((1.0, 2.0), (0.0, 1.0)):
+        fwd = attention_fwd_flops(4096, 16, 192, 128, bool(causal), batch)
+        t_att = flash_seconds(H800, "bf16", fwd, 4096, bool(causal), True)
+        att = Entry(kind="attention_bwd", dtype="bf16", name="fa3", shape={
+            "seq": 4096, "heads": 16, "qk_dim": 192, "v_dim": 128, "causal": causal, "batch": batch},
+            seconds=t_att, samples=1, flops=2 * fwd, achieved_flops_per_s=2 * fwd / t_att)
+        points.append(att)
+    t_mem = memory_model_seconds(H800, 3e8)
+    mem = Entry(kind="memory", dtype="bf16", name="norm", shape={"bytes": 3e8}, seconds=t_mem, samples=1,
+                bytes=3e8, achieved_bytes_per_s=3e8 / t_mem)
+    cal = Calibration(table(grouped, *points, mem), H800)
+    by_group = cal._points
+    assert [p.log_kappa for p in by_group[("gemm", "fp8")]] == pytest.approx([0.0])
+    assert [p.log_kappa for p in by_group[("attention", "bf16")]] == pytest.approx([0.0, 0.0], abs=1e-12)
+    assert by_group[("attention", "bf16")][0].tag == "attention_bwd"
+    (m,) = by_group[("memory", "any")]
+    assert (m.key, m.tag) == ((math.log(3e8),), "norm") and m.log_kappa == pytest.approx(0.0, abs=1e-12)
+    assert cal.attention("bf16", True, 4096, 16, 192, 128).kappa == pytest.approx(1.0)
+    assert cal.memory("norm", 3e8) == Correction(pytest.approx(1.0), 0.0)
+
+
+def test_which_table_a_scenario_uses():
+    """The job's own H800 trace table on its H800s: that table, measured on the H800 profile, nothing to say. On
+    H100s (the same GH100 silicon): the same table and source, with a note that bandwidth-bound costs come from
+    the H100's profile. On H20s (another die): refused when the user named the table (strict), else set aside
+    with a warning. No table: nothing."""
+    own = load_scenario("workloads/deepseek_v3.yaml")
+    r = resolve_calibration(own)
+    assert r.table is not None and r.table is load_table(own.calibration)
+    assert r.source == H800 and (r.warning, r.note) == (None, None)
+    h100 = resolve_calibration(load_scenario("workloads/deepseek_v3.yaml", overrides=["cluster=h100_ib_1024"]))
+    assert h100.table is r.table and h100.source == H800 and h100.warning is None
+    assert h100.note is not None and "applied to H100-SXM-80GB (same compute silicon" in h100.note
+    h20 = load_scenario("workloads/deepseek_v3.yaml", overrides=["cluster=h20_ib_1024"])
+    with pytest.raises(SimInputError, match="measured on NVIDIA H800 but the scenario's GPU is H20"):
+        resolve_calibration(h20)
+    lenient = resolve_calibration(h20, strict=False)
+    assert (lenient.table, lenient.source, lenient.note) == (None, None, None)
+    assert lenient.warning == ("the job's calibration (NVIDIA H800) does not describe H20-96GB: profile "
+                               "efficiencies used")
+    assert resolve_calibration(load_scenario("workloads/tiny_moe_job.yaml")) == Resolved()
+
+
+def test_a_cpu_table_is_pipeline_validation_only(tmp_path):
+    cpu = CalibrationTable(schema_version=1, entries=(entry(4096, 4096, 4096, 1.0),), device=DeviceInfo(
+        name="x86 host", kind="cpu", source="test", created="2026-01-01"))
+    path = tmp_path / "cpu.yaml"
+    path.write_text(yaml.safe_dump(cpu.model_dump(mode="json")))
+    s = load_scenario("workloads/deepseek_v3.yaml", overrides=[f"calibration={path}"])
+    with pytest.raises(SimInputError, match="CPU timings validate the calibration pipeline only"):
+        resolve_calibration(s)
+    r = resolve_calibration(s, allow_cpu=True)
+    assert r.table is not None and r.table.device.kind == "cpu" and r.source == s.cluster.gpu
+    assert r.warning is not None and r.warning.startswith("PIPELINE VALIDATION ONLY") and r.note is None

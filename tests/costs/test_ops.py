@@ -116,3 +116,54 @@ def test_the_loss_keeps_fp32_logits_unless_fused():
     fp32 = unit_activation_bytes_per_token(head, "none", PrecisionSpec(), GPT, tp=8,
                                            software=SoftwareSpec(cross_entropy="megatron_fp32"))
     assert fp32 - base == pytest.approx((4 - 2) * GPT.vocab_size / 8)  # split by TP: vocabulary-parallel
+
+
+LLAMA = load_scenario("llama3_70b_h100.yaml").model  # RMSNorm, SwiGLU, no biases
+NO_DROP = SoftwareSpec(fused_kernels=False, hidden_dropout=0.0)
+
+
+@pytest.mark.parametrize(("op", "pass_", "sw", "model", "kernels"), [
+    # Eager RMSNorm: square-mean r2 (reduction in cache), rsqrt-scale r2 w2, weight multiply r2 w2; its backward
+    # two kernels of r2 r2 w2. Fused (Apex/TE): one r2 w2 forward, one r2 r2 w2 backward.
+    (Op("n", "norm", "attn", width=8), "fwd", EAGER, LLAMA, (("norm", 2.0), ("norm", 4.0), ("norm", 4.0))),
+    (Op("n", "norm", "attn", width=8), "fwd", MEGATRON, LLAMA, (("norm", 4.0),)),
+    (Op("n", "norm", "attn", width=8), "dgrad", EAGER, LLAMA, (("norm", 6.0), ("norm", 6.0))),
+    (Op("n", "norm", "attn", width=8), "dgrad", MEGATRON, LLAMA, (("norm", 6.0),)),
+    (Op("n", "norm", "attn", width=8), "dgrad", EAGER, GPT, (("norm", 6.0),)),  # LayerNorm: one kernel anyway
+    # Residual: fused bias-dropout-add r2 r2 w2 (+ mask 1); eager bias add, dropout, add; backward the mask.
+    (Op("r", "residual", "mlp", width=8), "fwd", MEGATRON, GPT, (("residual_add", 7.0),)),
+    (Op("r", "residual", "mlp", width=8), "fwd", SoftwareSpec(fused_kernels=True), GPT, (("residual_add", 6.0),)),
+    (Op("r", "residual", "mlp", width=8), "fwd", EAGER, GPT,
+     (("bias_add", 4.0), ("dropout", 5.0), ("residual_add", 6.0))),
+    (Op("r", "residual", "mlp", width=8), "fwd", NO_DROP, LLAMA, (("residual_add", 6.0),)),
+    (Op("r", "residual", "mlp", width=8), "dgrad", EAGER, GPT, (("dropout", 5.0),)),
+    # SwiGLU over gate + up (width): fused r2 w1 per input element, eager silu r1 w1 then multiply r2 w1;
+    # backward fused r2 r1(grad) w2, eager that and the multiply's r2 w1.
+    (Op("ffn_act", "elementwise", "mlp", width=8), "fwd", MEGATRON, LLAMA, (("swiglu", 3.0),)),
+    (Op("ffn_act", "elementwise", "mlp", width=8), "fwd", EAGER, LLAMA, (("swiglu", 2.0), ("swiglu", 3.0))),
+    (Op("ffn_act", "elementwise", "mlp", width=8), "dgrad", MEGATRON, LLAMA, (("swiglu", 5.0),)),
+    (Op("ffn_act", "elementwise", "mlp", width=8), "dgrad", EAGER, LLAMA, (("swiglu", 5.0), ("swiglu", 3.0))),
+    # GeLU: fused bias + GeLU r2 w2; eager with a bias first adds it (r2 w2); backward r2 r2 w2.
+    (Op("ffn_act", "elementwise", "mlp", width=8), "fwd", MEGATRON, GPT, (("gelu", 4.0),)),
+    (Op("ffn_act", "elementwise", "mlp", width=8), "fwd", EAGER, GPT, (("bias_add", 4.0), ("gelu", 4.0))),
+    (Op("ffn_act", "elementwise", "mlp", width=8), "dgrad", EAGER, GPT, (("gelu", 6.0),)),
+    # The loss per logit element (names as the calibration harness measures them): Megatron-LM's FP32 kernels,
+    # torch's upcast + log-softmax, or one fused kernel.
+    (Op("cross_entropy", "elementwise", "head", width=8), "fwd", SoftwareSpec(cross_entropy="megatron_fp32"), GPT,
+     (("ce_cast", 6.0), ("ce_max", 4.0), ("ce_sub", 8.0), ("ce_exp", 8.0), ("ce_sum", 4.0), ("ce_softmax", 8.0))),
+    (Op("cross_entropy", "elementwise", "head", width=8), "dgrad", SoftwareSpec(cross_entropy="megatron_fp32"), GPT,
+     (("ce_grad", 8.0), ("ce_cast", 6.0))),
+    (Op("cross_entropy", "elementwise", "head", width=8), "fwd", SoftwareSpec(cross_entropy="torch_fp32"), GPT,
+     (("ce_cast", 6.0), ("log_softmax", 8.0))),
+    (Op("cross_entropy", "elementwise", "head", width=8), "dgrad", SoftwareSpec(cross_entropy="torch_fp32"), GPT,
+     (("log_softmax", 12.0), ("ce_cast", 6.0))),
+    (Op("cross_entropy", "elementwise", "head", width=8), "fwd", SoftwareSpec(), GPT, (("cross_entropy", 2.0),)),
+    (Op("cross_entropy", "elementwise", "head", width=8), "dgrad", SoftwareSpec(), GPT, (("cross_entropy", 4.0),)),
+    # Any other memory-bound op (rope, casts): read and write each element forward, r2 r2 w2 backward.
+    (Op("rope", "elementwise", "attn", width=8), "fwd", EAGER, GPT, (("rope", 4.0),)),
+    (Op("rope", "elementwise", "attn", width=8), "dgrad", EAGER, GPT, (("rope", 6.0),)),
+])
+def test_kernel_names_and_bytes_by_branch(op, pass_, sw, model, kernels):
+    """The names are what a calibration table's memory-bound entries are matched on (the harness measures
+    ``norm``, ``swiglu``, ... under these names), so each branch's list is stated in full."""
+    assert elementwise_kernels(op, pass_, sw, model) == kernels

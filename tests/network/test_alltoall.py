@@ -186,3 +186,38 @@ def test_monotone_finite_positive(ib: float, nvl: float, bib: float, bnv: float,
         t = A2ATraffic(ib * k, nvl, nodes * 8, nodes) if which == "ib_bytes" else A2ATraffic(ib, nvl * k, nodes * 8,
                                                                                               nodes)
         assert a2a_seconds(t, links, sms, TOY, notify=notify).total_s >= base * (1 - 1e-12)
+
+
+def test_every_bad_traffic_names_its_field_and_empty_traffic_is_all_zero() -> None:
+    empty = a2a_seconds(A2ATraffic(0, 0, 1, 1), LINKS, 20, TOY)
+    assert (empty.launch_s, empty.handshake_s, empty.transfer_s, empty.wait_s, empty.ib_s, empty.nvlink_s,
+            empty.sm_s) == (0.0,) * 7
+    for traffic, message in ((A2ATraffic(-1, 0, 2, 1), "traffic: bytes must be >= 0"),
+                             (A2ATraffic(0, -1, 2, 1), "traffic: bytes must be >= 0"),
+                             (A2ATraffic(1, 1, 0, 1), "traffic: ranks and nodes must be >= 1"),
+                             (A2ATraffic(1, 1, 2, 0), "traffic: ranks and nodes must be >= 1")):
+        with pytest.raises(ValueError, match=f"^{message}$"):
+            a2a_seconds(traffic, LINKS, 20, TOY)
+    with pytest.raises(ValueError, match=r"^preceding_compute_s: must be >= 0$"):
+        a2a_seconds(TRAFFIC, LINKS, 20, TOY, preceding_compute_s=-1.0)
+    no_nic = A2ALinks(ib_bytes_per_s=0.0, nvlink_bytes_per_s=160e9, network_latency_s=2.8e-6,
+                      nvlink_latency_s=3.33e-6, per_sm_bytes_per_s=10e9)
+    with pytest.raises(ValueError, match=r"^links: IB bytes but no scale-out bandwidth$"):
+        a2a_seconds(TRAFFIC, no_nic, 20, TOY)
+    # NVLink-only traffic needs no NIC, and one byte over IB is IB time.
+    assert a2a_seconds(A2ATraffic(0, 1e6, 8, 1), no_nic, 20, TOY).ib_s == 0.0
+    assert a2a_seconds(A2ATraffic(1.0, 1e6, 16, 2), LINKS, 20, TOY).ib_s == pytest.approx(1.0 / 46e9)
+    with pytest.raises(ValueError, match=r"known: G$"):
+        TOY.arch_of("unknown GPU")
+    two = TOY.model_copy(update={"per_sm_gb_per_s": {"sm90": 10.0, "sm100": 12.0}})
+    with pytest.raises(ValueError, match=r"sm100, sm90$"):
+        two.per_sm_bytes_per_s("sm70")
+
+
+def test_handshake_barrier_grows_with_log2_nodes() -> None:
+    """The notify handshake's barrier: ceil(log2 nodes) network latencies plus one NVLink hop; on one node just
+    the NVLink hop (and the cached layout skips it)."""
+    one, eight = handshake_seconds(1, LINKS, True), handshake_seconds(8, LINKS, True)
+    two = handshake_seconds(2, LINKS, True)
+    assert eight - two == pytest.approx(2 * (handshake_seconds(4, LINKS, True) - two))  # 3 - 1 = 2 x (2 - 1)
+    assert one < two < eight

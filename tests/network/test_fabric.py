@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from sim.config.fabric import PRESETS, FabricSpec, check_fits, default_fabric, max_gpus
 from sim.config.hardware import NodeSpec
 from sim.network.fabric import (
+    Placement,
+    TrafficSplit,
     fabric_path,
     max_switch_hops,
     nodes_per_leaf,
@@ -218,3 +220,55 @@ def test_more_oversubscription_never_helps(r1: float, r2: float, nodes: int) -> 
     b = a.model_copy(update={"leaf_oversubscription": hi})
     s = traffic_split(a, 8, place_group(nodes, 8, 8), "all_to_all")
     assert scaleout_efficiency(b, s) <= scaleout_efficiency(a, s)
+
+
+def test_place_group_edges_by_hand() -> None:
+    """Strides that do not divide the node: stride 3 on 8 GPUs puts 8 // 3 = 2 members per node (whole ranks);
+    stride 5 one per node. A group of one is on its own rail. One GPU per node is a valid node."""
+    three = place_group(3, 3, 8)
+    assert (three.ranks_per_node, three.num_nodes, three.node_stride) == (2, 2, 1.0)
+    assert three.same_rail_frac == 1.0  # the one remote member: 1 other node, 1 remote member
+    five = place_group(4, 5, 8)
+    assert (five.ranks_per_node, five.num_nodes) == (1, 4)
+    assert place_group(1, 16, 8).same_rail_frac == 1.0 and place_group(1, 16, 8).node_stride == 2.0
+    two = place_group(16, 2, 8)  # 4 per node on 4 nodes: of 12 remote peers, 3 share my in-node index
+    assert two.same_rail_frac == pytest.approx(3 / 12)
+    assert place_group(2, 1, 1) == Placement(2, 1, 1, 1, 2, 1.0, 1.0)
+    for args, field in (((0, 1, 8), "size"), ((2, 0, 8), "stride"), ((2, 1, 0), "gpus_per_node")):
+        with pytest.raises(ValueError, match=rf"^{field}: must be >= 1 \(got 0\)$"):
+            place_group(*args)
+
+
+def test_a_multi_plane_fabric_always_forwards_across_rails() -> None:
+    """No path between planes (ISCA'25 5.1): cross-rail traffic goes over NVLink to the right rail with or
+    without PXN; a rail-optimized fabric without PXN sends it up to the spine instead."""
+    ep = place_group(64, 1, 8)
+    with_pxn = traffic_split(MPFT, 8, ep, "all_to_all", pxn=True)
+    assert traffic_split(MPFT, 8, ep, "all_to_all", pxn=False) == with_pxn and with_pxn.rail_change > 0
+    assert traffic_split(FT2, 8, ep, "all_to_all", pxn=False).rail_change == 0.0
+    path = fabric_path(FT2, H800, ep, "all_to_all", pxn=False)
+    assert path.split == traffic_split(FT2, 8, ep, "all_to_all", pxn=False)
+    assert path.efficiency == scaleout_efficiency(FT2, path.split)
+    assert path.latency_s == path.network_latency_s  # nothing forwarded over NVLink
+    assert fabric_path(FT2, H800, ep, "all_to_all").latency_s == pytest.approx(
+        fabric_path(FT2, H800, ep, "all_to_all").network_latency_s + 3.33e-6)
+
+
+def test_scaleout_efficiency_by_hand() -> None:
+    """Leaf uplinks 2:1 and spine 2:1 oversubscribed. Half the GPU's bytes stay in the node; of the network half,
+    0.45 leaves the leaf and 0.4 the pod: leaf load 2 x 0.45 / 0.5 = 1.8, pod load 2 x 2 x 0.4 / 0.5 = 3.2, so the
+    GPU gets 1 / 3.2 of its NIC. With 0.1 leaving the pod instead: leaf load 2 x 0.4 / 0.5 = 1.6 dominates."""
+    over = FT3.model_copy(update={"leaf_oversubscription": 2.0, "spine_oversubscription": 2.0})
+    assert scaleout_efficiency(over, TrafficSplit(0.5, 0.05, 0.05, 0.4, 0.0)) == pytest.approx(1 / 3.2)
+    assert scaleout_efficiency(over, TrafficSplit(0.5, 0.1, 0.3, 0.1, 0.0)) == pytest.approx(1 / 1.6)
+    assert scaleout_efficiency(over, TrafficSplit(1.0, 0.0, 0.0, 0.0, 0.0)) == 1.0
+
+
+def test_fabric_path_refuses_what_it_cannot_carry() -> None:
+    with pytest.raises(ValueError, match=r"^placement: made for 4 GPUs per node, the node has 8$"):
+        fabric_path(FT2, H800, place_group(8, 1, 4), "ring")
+    no_nic = H800.model_copy(update={"nics_per_node": 0})
+    inside = fabric_path(FT2, no_nic, place_group(8, 1, 8), "ring")
+    assert inside.scaleout_bytes_per_s == 0.0 and inside.hops == 0
+    with pytest.raises(ValueError, match=r"^fabric\.kind: a group spanning 2 nodes needs a scale-out network"):
+        fabric_path(FT2, no_nic, place_group(16, 1, 8), "ring")

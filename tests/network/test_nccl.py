@@ -162,3 +162,82 @@ def test_monotone_finite_positive(kind: str, s: float, ppn: int, nodes: int, nvl
         faster = CommGroup(g.size, ppn, nodes, nvl * (k if which == "nvl" else 1), net * (k if which == "net" else 1),
                            0.45e-6, nvls)
         assert collective_seconds(kind, s, faster) <= t * (1 + 1e-12)  # type: ignore[arg-type]
+
+
+def _opt(kind: str, s: float, g: CommGroup, algo: str, proto: str):
+    return next(o for o in collective_options(kind, s, g) if (o.algorithm, o.protocol) == (algo, proto))
+
+
+def test_every_protocols_bandwidth_factor_by_hand() -> None:
+    """tuning.cc's protocol factors on busBw: ring LL 1/4 (1/3 for a one-node gather), LL128 0.92 (0.7 with one
+    rank per node); tree 0.92 x (LL 1/3.8, LL128 7/9 on one node or 120/128 across nodes), algBw half of that.
+    Two nodes of two ranks: busBw = min(NVLink 370, 2 x 46) = 92 GB/s; one rank per node: the NIC's 46."""
+    two_by_two = CommGroup(4, 2, 2, 370e9, 46e9)
+    one_per_node = CommGroup(4, 1, 4, 370e9, 46e9)
+    bus = 92e9
+    assert _opt("all_gather", 1e9, two_by_two, "ring", "LL").algbw_bytes_per_s == pytest.approx(bus * 0.25 * 4 / 3)
+    assert _opt("all_gather", 1e9, ONE_NODE, "ring", "LL").algbw_bytes_per_s == pytest.approx(
+        370e9 / 3 * 8 / 7, rel=1e-6)
+    assert _opt("all_gather", 1e9, two_by_two, "ring", "LL128").algbw_bytes_per_s == pytest.approx(bus * 0.92 * 4 / 3)
+    assert _opt("all_gather", 1e9, one_per_node, "ring", "LL128").algbw_bytes_per_s == pytest.approx(
+        46e9 * 0.7 * 4 / 3)
+    assert _opt("all_reduce", 1e9, one_per_node, "ring", "Simple").algbw_bytes_per_s == pytest.approx(46e9 * 4 / 6)
+    tree = {p: _opt("all_reduce", 1e9, two_by_two, "tree", p).algbw_bytes_per_s for p in ("LL", "LL128", "Simple")}
+    assert tree == pytest.approx({"LL": bus * 0.92 / 3.8 * 0.5, "LL128": bus * 0.92 * 0.9375 * 0.5,
+                                  "Simple": bus * 0.92 * 0.5}, rel=1e-6)
+    one = _opt("all_reduce", 1e9, ONE_NODE, "tree", "LL128").algbw_bytes_per_s
+    assert one == pytest.approx(370e9 * 0.92 * 7 / 9 * 0.5, rel=1e-6)
+    for o in collective_options("all_reduce", 1e9, two_by_two):
+        assert o.seconds == pytest.approx(o.latency_s + 1e9 / o.algbw_bytes_per_s)
+
+
+def test_inter_node_ring_latency_by_hand() -> None:
+    """Two nodes of two ranks, switch hops 1 us. All-gather: 3 steps, 1 across nodes; all-reduce 6 and 2. The
+    intra-node steps cost at least the network post overhead (1 us; x3 = 3 us for Simple, below NVLink's 3.4)."""
+    g = CommGroup(4, 2, 2, 370e9, 46e9, 1e-6)
+    ll = _opt("all_gather", 0.0, g, "ring", "LL").latency_s
+    assert ll == pytest.approx((6.6 + 2 * 1.0 + 1 * (2.7 + 1.0)) * 1e-6)
+    simple = _opt("all_gather", 0.0, g, "ring", "Simple").latency_s
+    assert simple == pytest.approx((8.4 + 2 * 3.4 + 1 * (14.0 + 2 * 1.0)) * 1e-6)  # Simple: hops twice
+    ar = _opt("all_reduce", 0.0, g, "ring", "LL128").latency_s
+    assert ar == pytest.approx((14.0 + 4 * 1.9 + 2 * (4.0 + 1.0)) * 1e-6)
+    no_overhead = load_nccl_profile().model_copy(update={"simple_net_overhead_factor": 5.0})
+    slow = next(o for o in collective_options("all_gather", 0.0, g, no_overhead) if o.protocol == "Simple"
+                and o.algorithm == "ring")
+    assert slow.latency_s == pytest.approx((8.4 + 2 * 5.0 + 1 * 16.0) * 1e-6)  # 5 us > NVLink's 3.4
+
+
+def test_nothing_to_do_and_the_profile_reaches_the_choice() -> None:
+    none = best_collective("all_reduce", 1e9, CommGroup(1, 1, 1, 370e9, 0.0))
+    assert (none.algorithm, none.protocol, none.latency_s, none.algbw_bytes_per_s, none.seconds) == (
+        "none", "none", 0.0, math.inf, 0.0)
+    assert best_collective("all_reduce", 0.0, ONE_NODE).seconds == 0.0
+    assert best_collective("all_reduce", 1.0, ONE_NODE).seconds > 0
+    slower = load_nccl_profile().model_copy(update={"base_latency_us": {
+        k: {p: v + 100.0 for p, v in d.items()} for k, d in load_nccl_profile().base_latency_us.items()}})
+    for kind in ("all_reduce", "all_gather"):
+        assert collective_seconds(kind, 1e3, ONE_NODE, slower) == pytest.approx(
+            collective_seconds(kind, 1e3, ONE_NODE) + 100e-6)
+    # NVLS only inside one node.
+    assert not [o for o in collective_options("all_reduce", 1e6, CommGroup(16, 8, 2, 370e9, 46e9, nvls=True))
+                if o.algorithm == "nvls"]
+    nvls = _opt("all_reduce", 1e9, CommGroup(8, 8, 1, 370e9, 0.0, nvls=True), "nvls", "Simple")
+    assert (nvls.latency_s, nvls.algbw_bytes_per_s) == (pytest.approx(23e-6), pytest.approx(0.743 * 370e9))
+    assert collective_options("all_gather", 1e6, CommGroup(2, 1, 2, 370e9, 0.5))  # slow, but a network
+    with pytest.raises(ValueError, match="ranks_per_node and num_nodes must be >= 1"):
+        collective_options("all_reduce", 1e6, CommGroup(0, 1, 1, 370e9, 0.0))
+    with pytest.raises(ValueError, match="ranks_per_node and num_nodes must be >= 1"):
+        collective_options("all_reduce", 1e6, CommGroup(2, 1, 0, 370e9, 0.0))
+    with pytest.raises(ValueError, match=r"bytes_: must be >= 0 \(got -1"):
+        collective_options("all_reduce", -1.0, ONE_NODE)
+    with pytest.raises(ValueError, match=r"bytes_: must be >= 0 \(got -1"):
+        send_seconds(-1.0, p2p_link(H100, PRESETS["deepseek_mpft"], 1))
+
+
+def test_groups_inside_one_node_have_no_network() -> None:
+    g = group_on_fabric(8, 1, H100, PRESETS["deepseek_mpft"])
+    assert (g.net_bytes_per_s, g.net_switch_latency_s, g.nvls) == (0.0, 0.0, False)
+    assert group_on_fabric(8, 1, H100, PRESETS["deepseek_mpft"], nvls=True).nvls
+    # A pipeline neighbour exactly one node away is across the network.
+    mpft = PRESETS["deepseek_mpft"]
+    assert p2p_link(H100, mpft, 8).bytes_per_s < p2p_link(H100, mpft, 7).bytes_per_s
