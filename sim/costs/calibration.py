@@ -98,7 +98,8 @@ class Calibration:
             # a training trace is compared with GEMMs in a training step, a harness's timings with isolated ones
             in_training = e.gemm_pass if self.table.device.kind == "trace" else None
             modelled = gemm.gemm_seconds(self.source, e.dtype, s["m"], s["n"], s["k"], rows, in_training)
-            return _Point((math.log(s["m"]), math.log(s["n"]), math.log(s["k"])), e.gemm_pass or "",
+            # keyed by one group's rows, as the cost model asks (a grouped GEMM's efficiency is its groups')
+            return _Point((math.log(s["m"] / groups), math.log(s["n"]), math.log(s["k"])), e.gemm_pass or "",
                           math.log(modelled / measured))
         if e.kind in ("attention_fwd", "attention_bwd"):
             causal = bool(s.get("causal", 1.0))

@@ -223,6 +223,22 @@ def test_grouped_attention_and_memory_entries_compare_with_their_own_models():
     assert cal.memory("norm", 3e8) == Correction(pytest.approx(1.0), 0.0)
 
 
+def test_a_grouped_gemm_is_found_at_its_own_measured_shape():
+    """A grouped GEMM's point is keyed by one group's rows, as the cost model asks for it (m / groups), so the
+    cost of exactly the measured shape is at distance 0 from its measurement and takes its correction (keyed
+    by the total rows it was log(4) away: "up to 4.0x from the nearest measured shape")."""
+    rows = (1000.0,) * 4
+    t = gemm.gemm_seconds(H800, "fp8", 4000, 2048, 7168, rows, "fwd") * 1.25  # measured 25 % slower
+    grouped = Entry(kind="grouped_gemm", dtype="fp8", name="experts", gemm_pass="fwd",
+                    shape={"m": 4000, "n": 2048, "k": 7168, "groups": 4}, seconds=t, samples=1,
+                    flops=2.0 * 4000 * 2048 * 7168, achieved_flops_per_s=2.0 * 4000 * 2048 * 7168 / t)
+    cm = CostModel(H800, FP8, table(grouped), H800)
+    c = cm.calibration.gemm("fp8", "fwd", 1000, 2048, 7168)
+    assert c.distance == pytest.approx(0.0)
+    assert cm.gemm_seconds(4000, 2048, 7168, "fp8", rows, "fwd") > gemm.gemm_seconds(
+        H800, "fp8", 4000, 2048, 7168, rows, "fwd") * 1.15  # most of the measured 25 % applies
+
+
 def test_which_table_a_scenario_uses():
     """The job's own H800 trace table on its H800s: that table, measured on the H800 profile, nothing to say. On
     H100s (the same GH100 silicon): the same table and source, with a note that bandwidth-bound costs come from
