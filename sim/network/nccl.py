@@ -170,7 +170,8 @@ def _nvls(s: float, g: CommGroup, prof: NcclProfile) -> CollectiveTime:
 
 def collective_options(kind: CollectiveKind, bytes_: float, group: CommGroup,
                        profile: NcclProfile | None = None) -> list[CollectiveTime]:
-    """Every (algorithm, protocol) NCCL would consider for this collective, with its modelled time."""
+    """Every (algorithm, protocol) NCCL would consider for this collective, with its modelled time; a group of
+    one has nothing to exchange and no option (:func:`best_collective` costs it nothing)."""
     if kind not in ("all_reduce", "reduce_scatter", "all_gather"):
         raise ValueError(f"kind: unknown {kind!r}; allowed: all_reduce, reduce_scatter, all_gather")
     if bytes_ < 0:
@@ -179,6 +180,8 @@ def collective_options(kind: CollectiveKind, bytes_: float, group: CommGroup,
         raise ValueError("group: size, ranks_per_node and num_nodes must be >= 1")
     if group.num_nodes > 1 and group.net_bytes_per_s <= 0:
         raise ValueError("group: spans nodes but has no scale-out bandwidth")
+    if group.size == 1:
+        return []
     prof = profile or load_nccl_profile()
     out = [_ring(kind, bytes_, group, prof, p) for p in PROTOCOLS]
     if kind == "all_reduce":

@@ -118,6 +118,14 @@ def test_bad_input_names_the_field() -> None:
         collective_options("all_reduce", 1.0, CommGroup(16, 8, 2, 370e9, 0.0))
 
 
+def test_a_group_of_one_has_nothing_to_exchange() -> None:
+    """A ring of one rank has no steps: no option (it divided by n - 1 = 0 before), and nothing to pay."""
+    one = CommGroup(1, 1, 1, 370e9, 0.0)
+    for kind in ("all_reduce", "reduce_scatter", "all_gather"):
+        assert collective_options(kind, 1e6, one) == []
+        assert collective_seconds(kind, 1e6, one) == 0.0
+
+
 WHAT_IF = [
     # (fabric A, fabric B, size, stride, differs?, reason)
     (PRESETS["deepseek_mpft"], PRESETS["ft2_64"], 128, 1, False, "DP ring on 16 nodes stays on one rail leaf"),
