@@ -14,7 +14,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from sim.assemble import Assembler, Timing, hook_dims, routing_is_skewed, schedule_hooks
 from sim.config import Scenario
@@ -133,9 +133,8 @@ def _reduction_key(part: tuple[int, str, int], skewed: bool) -> Any:
     return part if skewed else part[:2]
 
 
-@dataclass(frozen=True, slots=True)
-class Slot:
-    """One action, compiled for :func:`evaluate`."""
+class Slot(NamedTuple):
+    """One action, compiled for :func:`evaluate` (a named tuple: tens of thousands are built per schedule)."""
 
     cls: ClassKey
     parts: tuple[tuple[int, str, int], ...]
@@ -254,16 +253,15 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
         q = pending[r]
         head[r] = (q[0][0] if q[0][0] > dp_free[r] else dp_free[r]) if q else inf
 
-    key_of = (lambda s: s.parts) if table.skewed else (lambda s: s.cls)
     timings, timing, sends, send = table.timings, table.timing, table.sends, table.send
     ready = list(range(n_ranks - 1, -1, -1))
     while ready:
         r = ready.pop()
         slots, i, t, acc, txr = comp.ranks[r], ptr[r], free[r], sums[r], tx[r]
         while i < len(slots):
-            slot = slots[i]
+            cls, parts, inputs, outputs, pair, triggers, part = slots[i]  # a Slot, in field order
             blocked = False
-            for k in slot.inputs:
+            for k in inputs:
                 e = arrive[k]
                 if e < 0.0:
                     parked.setdefault(k, []).append(r)
@@ -273,11 +271,10 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
                     t = e
             if blocked:
                 break
-            key = key_of(slot)
-            secs, (bf, bi, bw) = timings.get(key) or timing(key, slot.parts)
+            key = parts if skewed else cls
+            secs, (bf, bi, bw) = timings.get(key) or timing(key, parts)
             t += secs
-            part = slot.backward
-            reduces = part is not None and (overlap or every) and (every or bool(slot.triggers))
+            reduces = part is not None and (overlap or every) and (every or bool(triggers))
             if reduces and overlap:  # its buckets, asked for their delay after the action starts
                 delay, buckets = table.reduction(_reduction_key(part, skewed), part)
                 first = t - secs + delay
@@ -285,13 +282,13 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
                                   for j, b in enumerate(buckets))
                 ask(r)
             acc[0] += secs
-            if slot.pair:
+            if pair:
                 acc[4] += bf + bi + bw
             else:
                 acc[1] += bf
                 acc[2] += bi
                 acc[3] += bw
-            for k, dst in slot.outputs:
+            for k, dst in outputs:
                 seconds, links = sends.get((r, dst)) or send(r, dst)
                 if dst == r or seconds <= 0:
                     arrive[k] = t

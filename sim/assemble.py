@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sim.config import Scenario
 from sim.engine import PlannedAction, RankPlan, Send, TailItem, isolated_run
@@ -100,9 +100,8 @@ def clear_caches() -> None:
     TIMINGS.clear()
 
 
-@dataclass(frozen=True, slots=True)
-class ActionHooks:
-    """What one action needs that depends on the schedule alone."""
+class ActionHooks(NamedTuple):
+    """What one action needs that depends on the schedule alone (a named tuple: one per action of a schedule)."""
 
     action: Action                                   # what it is (its label is formatted on demand)
     category: str

@@ -56,6 +56,7 @@ class Phase(StrEnum):
 
 
 BACKWARD_INPUT = (Phase.B, Phase.I)
+_F, _FB = Phase.F, Phase.FB  # looked up once: Enum class attribute access is slow on 3.11 (actions are many)
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -72,9 +73,9 @@ class Action:
     def __post_init__(self) -> None:
         if not isinstance(self.phase, Phase):
             object.__setattr__(self, "phase", Phase(self.phase))
-        if self.phase is Phase.FB:
+        if self.phase is _FB:
             f, b = self.fwd, self.bwd
-            if f is None or b is None or f.phase is not Phase.F or b.phase not in BACKWARD_INPUT:
+            if f is None or b is None or f.phase is not _F or b.phase not in BACKWARD_INPUT:
                 raise ValueError("an FB action pairs an F action (fwd) with a B or I action (bwd)")
             if (self.stage, self.microbatch, self.direction) != (f.stage, f.microbatch, f.direction):
                 raise ValueError("an FB action carries the stage, micro-batch and direction of its fwd part")
