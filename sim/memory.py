@@ -70,13 +70,13 @@ def peak_activation_bytes(schedule: Schedule, stage_bytes: Sequence[float]) -> l
 
 def _peaks(schedule: Schedule, stage_bytes: Sequence[float]) -> list[float]:
     """Per rank, the largest ``counts . stage_bytes`` over the rank's in-flight counts after each forward
-    (:func:`_in_flight`): bytes are never negative, so only the counts no other count covers can be the peak."""
+    (:func:`in_flight_counts`): bytes are never negative, so only the counts no other count covers can be the peak."""
     return [max((sum(c * stage_bytes[s] for s, c in zip(stages, counts, strict=True)) for counts in frontier),
                 default=0.0)
-            for stages, frontier in _in_flight(schedule)]
+            for stages, frontier in in_flight_counts(schedule)]
 
 
-def _in_flight(schedule: Schedule) -> list[tuple[tuple[int, ...], list[tuple[int, ...]]]]:
+def in_flight_counts(schedule: Schedule) -> list[tuple[tuple[int, ...], list[tuple[int, ...]]]]:
     """Per rank, its stages and the micro-batches in flight on each of them right after each forward starts
     (each forward adds one, each full backward (B) or deferred weight gradient (W) frees one), keeping only
     the count vectors no other covers in every stage. Depends on the schedule alone: kept on it."""

@@ -28,13 +28,12 @@ from typing import Any
 import numpy as np
 
 from sim.config import ModelSpec, ParallelSpec, PrecisionSpec, Scenario
-from sim.memory import model_state_bytes
+from sim.memory import in_flight_counts, model_state_bytes
 from sim.model.activations import stage_activation_bytes
 from sim.model.counts import stage_expert_params, stage_params
 from sim.model.stages import StagePartition, partition
 from sim.pipeline import all_stages_of, num_stages
 from sim.program.sharding import unit_param_counts
-from sim.schedules.actions import Phase
 from sim.schedules.generators import build_schedule
 from sim.sweep.rules import Layout
 from sim.sweep.space import PARALLEL_AXES, Space
@@ -76,36 +75,16 @@ class _Peaks:
 
 
 def schedule_peaks(schedule: str, pp: int, num_microbatches: int, vpp: int) -> _Peaks:
-    """Count vectors of the schedule (see the module docstring); ``m`` read at ``2 pp`` when larger.
-
-    Held counts only grow between backwards, so only the counts just before an action that frees activations
-    (and at the end) can be a peak; equal vectors are kept once."""
+    """Count vectors of the schedule (see the module docstring; :func:`sim.memory.in_flight_counts`, the same
+    frontier a simulation's memory reads); ``m`` read at ``2 pp`` when larger."""
     m = num_microbatches if schedule == "gpipe" or num_microbatches <= 2 * pp else 2 * pp
-    sched = build_schedule(schedule, pp, m, vpp)
     stages = num_stages(schedule, pp, vpp)
     blocks: list[np.ndarray] = []
     starts, row = [], 0
-    for actions in sched.ranks:
-        touched = sorted({p.stage for a in actions for p in a.parts()})
-        col = {st: i for i, st in enumerate(touched)}
-        held = [0] * len(touched)
-        seen: set[tuple[int, ...]] = set()
-        for a in actions:
-            parts = a.parts()
-            frees = [col[p.stage] for p in parts if p.phase in (Phase.B, Phase.W)]
-            for p in parts:
-                if p.phase is Phase.F:
-                    held[col[p.stage]] += 1
-            if frees:
-                seen.add(tuple(held))
-            for c in frees:
-                held[c] -= 1
-        seen.add(tuple(held))
-        compact = np.array(sorted(seen), dtype=float).reshape(-1, len(touched))
-        if len(touched) == 1:
-            compact = compact.max(axis=0, keepdims=True)
-        block = np.zeros((len(compact), stages))
-        block[:, touched] = compact
+    for touched, frontier in in_flight_counts(build_schedule(schedule, pp, m, vpp)):
+        block = np.zeros((max(1, len(frontier)), stages))
+        if frontier:
+            block[:, list(touched)] = np.array(frontier, dtype=float)
         blocks.append(block)
         starts.append(row)
         row += len(block)
