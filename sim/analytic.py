@@ -37,10 +37,9 @@ from typing import Any
 from sim.analytic_eval import Evaluation, Table, build_table, evaluate
 from sim.assemble import routing_is_skewed, scenario_key
 from sim.config import Scenario, evolve
-from sim.metrics import CATEGORIES, StepResult, flops_per_token
+from sim.metrics import CATEGORIES, StepResult, result_of
 from sim.pipeline import check_schedule
 from sim.schedules.generators import build_schedule
-from sim.units import SECONDS_PER_HOUR, TERA
 
 __all__ = ["TABLES", "analytic_step", "clear_caches"]
 
@@ -201,30 +200,9 @@ def analytic_step(scenario: Scenario, *, allow_cpu_calibration: bool = False,
 
 def _result(s: Scenario, table: Table, step: float, per_rank: list[dict[str, float]], finish: list[float],
             peaks: list[float], wall_s: float) -> StepResult:
-    gpu = s.cluster.gpu
-    nranks = len(per_rank)
-    tokens = s.training.tokens_per_step
-    mean = {k: sum(b[k] for b in per_rank) / nranks for k in CATEGORIES}
-    busy = [sum(b[k] for k in ("forward", "backward_input", "backward_weight", "overlapped", "optimizer"))
-            for b in per_rank]
-
-    def mfu(causal: bool, dtype: str) -> float | None:
-        if dtype == "fp8" and not gpu.supports_fp8:
-            return None
-        flops = tokens * flops_per_token(s.model, s.training.seq_len, causal)
-        return flops / (step * s.num_gpus * gpu.peak_flops_per_s(dtype))
-
     rows = [{"rank": r, "weights_bytes": w, "gradients_bytes": g, "optimizer_bytes": o,
              "activations_bytes": peaks[r], "total_bytes": w + g + o + peaks[r]}
             for r, (w, g, o) in enumerate(table.model_states)]
-    peak = max(row["total_bytes"] for row in rows)
-    tps = tokens / step / s.num_gpus
-    return StepResult(
-        scenario=s.name, mode="analytic", step_time_s=step, tokens_per_step=tokens, tokens_per_s_per_gpu=tps,
-        gpu_hours_per_trillion_tokens=TERA / tps / SECONDS_PER_HOUR,
-        mfu={"bf16_causal": mfu(True, "bf16"), "bf16_noncausal": mfu(False, "bf16"),
-             "fp8_causal": mfu(True, "fp8")},
-        breakdown_s=mean, breakdown_per_rank_s=per_rank, busy_per_rank_s=busy, finish_per_rank_s=finish,
-        peak_memory_per_gpu_bytes=peak, memory_per_rank=rows, memory_capacity_bytes=gpu.hbm_bytes,
-        oom=peak > gpu.hbm_bytes, imbalance=table.imbalance, num_events=0, wall_time_s=wall_s,
-        notes=list(table.notes), warnings=list(table.warnings), trace=None)
+    return result_of(s, mode="analytic", step=step, per_rank=per_rank, finish=finish, memory_rows=rows,
+                     imbalance=table.imbalance, num_events=0, wall_s=wall_s, notes=list(table.notes),
+                     warnings=list(table.warnings), trace=None)

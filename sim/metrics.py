@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from sim.config import ModelSpec
+from sim.config import ModelSpec, Scenario
 from sim.context import StepContext
 from sim.engine import EngineResult
 from sim.model import counts
@@ -95,18 +95,27 @@ def flops_per_token(model: ModelSpec, seq_len: int, causal: bool) -> float:
         model, seq_len, causal)
 
 
-def model_flops_per_step(ctx: StepContext, causal: bool) -> float:
-    s = ctx.scenario
-    return s.training.tokens_per_step * flops_per_token(s.model, s.training.seq_len, causal)
-
-
 def step_result(ctx: StepContext, result: EngineResult, *, mode: str, wall_s: float) -> StepResult:
     s = ctx.scenario
-    gpu = s.cluster.gpu
     step = result.makespan_s
+    rows = [{"rank": b.rank, "weights_bytes": b.weights, "gradients_bytes": b.gradients,
+             "optimizer_bytes": b.optimizer, "activations_bytes": b.activations, "total_bytes": b.total}
+            for b in ctx.memory]
+    return result_of(s, mode=mode, step=step, per_rank=rank_breakdown(result.trace.actions, step,
+                                                                      len(result.finish_s)),
+                     finish=result.finish_s, memory_rows=rows, imbalance=ctx.loads.imbalance,
+                     num_events=result.trace.num_tasks + len(result.trace.actions), wall_s=wall_s,
+                     notes=[*ctx.notes, *ctx.costs.notes], warnings=list(ctx.warnings), trace=result.trace)
+
+
+def result_of(s: Scenario, *, mode: str, step: float, per_rank: list[dict[str, float]], finish: list[float],
+              memory_rows: list[dict[str, float]], imbalance: float, num_events: int, wall_s: float,
+              notes: list[str], warnings: list[str], trace: Trace | None) -> StepResult:
+    """The :class:`StepResult` of a step of ``s`` lasting ``step`` seconds, from its per-rank breakdown and
+    memory rows (every tier reports through here: the means, busy times, MFU and throughput are derived once)."""
+    gpu = s.cluster.gpu
     tokens = s.training.tokens_per_step
-    nranks = len(result.finish_s)
-    per_rank = rank_breakdown(result.trace.actions, step, nranks)
+    nranks = len(per_rank)
     mean = {k: sum(b[k] for b in per_rank) / nranks for k in CATEGORIES}
     busy = [sum(b[k] for k in ("forward", "backward_input", "backward_weight", "overlapped", "optimizer"))
             for b in per_rank]
@@ -114,21 +123,17 @@ def step_result(ctx: StepContext, result: EngineResult, *, mode: str, wall_s: fl
     def mfu(causal: bool, dtype: str) -> float | None:
         if dtype == "fp8" and not gpu.supports_fp8:
             return None
-        return model_flops_per_step(ctx, causal) / (step * s.num_gpus * gpu.peak_flops_per_s(dtype))
+        flops = tokens * flops_per_token(s.model, s.training.seq_len, causal)
+        return flops / (step * s.num_gpus * gpu.peak_flops_per_s(dtype))
 
-    mem = ctx.memory
-    rows = [{"rank": b.rank, "weights_bytes": b.weights, "gradients_bytes": b.gradients,
-             "optimizer_bytes": b.optimizer, "activations_bytes": b.activations, "total_bytes": b.total}
-            for b in mem]
-    peak = max(b.total for b in mem)
+    peak = max(row["total_bytes"] for row in memory_rows)
     tps = tokens / step / s.num_gpus
     return StepResult(
         scenario=s.name, mode=mode, step_time_s=step, tokens_per_step=tokens, tokens_per_s_per_gpu=tps,
         gpu_hours_per_trillion_tokens=TERA / tps / SECONDS_PER_HOUR,
         mfu={"bf16_causal": mfu(True, "bf16"), "bf16_noncausal": mfu(False, "bf16"),
              "fp8_causal": mfu(True, "fp8")},
-        breakdown_s=mean, breakdown_per_rank_s=per_rank, busy_per_rank_s=busy, finish_per_rank_s=result.finish_s,
-        peak_memory_per_gpu_bytes=peak, memory_per_rank=rows, memory_capacity_bytes=gpu.hbm_bytes,
-        oom=peak > gpu.hbm_bytes, imbalance=ctx.loads.imbalance,
-        num_events=result.trace.num_tasks + len(result.trace.actions), wall_time_s=wall_s,
-        notes=[*ctx.notes, *ctx.costs.notes], warnings=list(ctx.warnings), trace=result.trace)
+        breakdown_s=mean, breakdown_per_rank_s=per_rank, busy_per_rank_s=busy, finish_per_rank_s=finish,
+        peak_memory_per_gpu_bytes=peak, memory_per_rank=memory_rows, memory_capacity_bytes=gpu.hbm_bytes,
+        oom=peak > gpu.hbm_bytes, imbalance=imbalance, num_events=num_events, wall_time_s=wall_s,
+        notes=notes, warnings=warnings, trace=trace)
