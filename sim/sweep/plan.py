@@ -111,8 +111,10 @@ def recommend(frame: pd.DataFrame, spec: SweepSpec, top: int = 3) -> dict[str, A
     illegal = frame[frame["rule"].isin(["hardware", "layout", "batch", "schedule"]).fillna(False).astype(bool)]
     if len(illegal):
         by = illegal["rule"].fillna("layout").value_counts().to_dict()
+        distinct = illegal.drop_duplicates("reason")
+        first = distinct.drop_duplicates("rule")  # one reason of each rule before a second of any
         lost["illegal"] = {"count": len(illegal), "by_rule": {str(k): int(v) for k, v in by.items()},
-                           "examples": _pick(illegal.drop_duplicates("reason"), cols, "{reason}", 3)}
+                           "examples": _pick(pd.concat([first, distinct.drop(first.index)]), cols, "{reason}", 3)}
     oom = frame[_is(frame, "rule", "memory") | (frame["status"] == "oom")].sort_values("memory_per_gpu_gb")
     if len(oom):
         lost["oom"] = {"count": len(oom), "examples": _pick(

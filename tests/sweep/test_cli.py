@@ -83,6 +83,11 @@ def test_plan_recommends_and_explains(runner, tmp_path):
     assert [x["usd"] for x in recs] == sorted(x["usd"] for x in recs)
     assert {"illegal", "slower"} <= set(d["runners_up"])
     assert yaml.safe_load(spec_out.read_text())["axes"]["gpus"] == [16, 32]
+    # the examples show one reason of each rule before a second of any: here a layout rule (more stages than
+    # layers) among the many schedule preconditions
+    illegal = d["runners_up"]["illegal"]
+    assert set(illegal["by_rule"]) == {"schedule", "layout"}
+    assert [x["why"].split(":")[0] for x in illegal["examples"][:2]] == ["parallel.schedule", "parallel.pp"]
 
 
 def test_plan_bad_tokens_exit_2(runner):
