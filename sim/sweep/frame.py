@@ -79,10 +79,9 @@ def build_frame(space: Space, v: Verdicts, results: dict[str, dict[int, dict[str
         elif name == "gpus":
             gpus = base["cluster"]["num_nodes"] * base["cluster"]["node"]["gpus_per_node"]
             cols[name] = np.full(n, gpus, dtype=np.int64)
-        elif name == "dp":
-            cols[name] = np.repeat(v.dp, v.inner_size)
-        elif name == "num_microbatches":
-            cols[name] = np.repeat(v.num_microbatches, v.inner_size)
+        elif name in ("dp", "num_microbatches"):  # unknown (-1) where a rule refused the point before its layout
+            raw = np.repeat(getattr(v, name), v.inner_size)
+            cols[name] = pd.arrays.IntegerArray(np.where(raw < 0, 0, raw), raw < 0)
         elif name == "usd_per_gpu_hour":
             hw = cols["hardware"]
             prices = {h: (space.clusters[h] if h in space.clusters else base["cluster"]).get("usd_per_gpu_hour", 2.0)

@@ -36,6 +36,19 @@ def test_sweep_json_parquet_and_plot(runner, tmp_path):
     assert png.stat().st_size > 10_000
 
 
+def test_a_point_refused_before_its_layout_has_no_dp(runner, tmp_path):
+    """EP 3 cannot divide the tiny job's data-parallel ranks: the point is refused by the layout rule before a DP is
+    known, so its dp and micro-batch count are missing (not -1, which a layout label once printed as DP-1)."""
+    out = tmp_path / "r.parquet"
+    spec = write_spec(tmp_path, tiny_data(pp=[2], ep=[2, 3]))
+    r = runner.invoke(main, ["sweep", spec, "--workers", "1", "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    frame = pd.read_parquet(out)
+    refused = frame[frame["ep"] == 3]
+    assert len(refused) and refused["dp"].isna().all() and refused["num_microbatches"].isna().all()
+    assert (frame.loc[frame["ep"] == 2, "dp"] > 0).all()
+
+
 def test_sweep_human_report(runner, tmp_path):
     r = runner.invoke(main, ["sweep", write_spec(tmp_path, tiny_data()), "--workers", "1"])
     assert r.exit_code == 0, r.output
