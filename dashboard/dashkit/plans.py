@@ -32,15 +32,15 @@ GPU_COUNTS = tuple(8 * 2**i for i in range(12))  # 8 .. 16,384
 
 
 def sig(x: float) -> str:
-    """Four significant figures with a K or M suffix: 5.232M, 50.21K, 12.34."""
+    """Four significant figures with a K or M suffix (as ``sim estimate`` prints): 5.232M, 50.21K, 12.34."""
     for unit, f in (("M", 1e6), ("K", 1e3)):
         if abs(x) >= f:
             return f"{x / f:.4g}{unit}"
     return f"{x:.4g}"
 
 
-def money(x: float) -> str:
-    return ("-" if x < 0 else "") + "$" + sig(abs(x))
+def money(x: float, signed: bool = False) -> str:
+    return ("-" if x < 0 else "+" if signed else "") + "$" + sig(abs(x))
 
 
 def days(d: float) -> str:

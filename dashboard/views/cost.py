@@ -12,27 +12,12 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 from dashkit import bridge, bridge_run, charts, state
+from dashkit.plans import days, money, sig
 
 TITLE = "Cost"
 ORDER = 50
 ICON = ":material/payments:"
 PRICE = "co_price"
-
-
-def sig(x: float) -> str:
-    """Four significant figures with a K or M suffix (as ``sim estimate`` prints): 2.986M, 50.21K, 12.34."""
-    for unit, f in (("M", 1e6), ("K", 1e3)):
-        if abs(x) >= f:
-            return f"{x / f:.4g}{unit}"
-    return f"{x:.4g}"
-
-
-def money(x: float, signed: bool = False) -> str:
-    return ("-" if x < 0 else "+" if signed else "") + "$" + sig(abs(x))
-
-
-def days(d: float) -> str:
-    return f"{d:,.1f}" if d >= 10 else f"{d:.3g}"
 
 
 def energy(kwh: float) -> str:
