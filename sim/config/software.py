@@ -45,6 +45,12 @@ class SoftwareSpec(Frozen):
         "FP32); compile fuses either")
     kernel_launch_us: float | None = Field(default=None, ge=0, le=1000, description="time between kernels on a "
                                            "busy stream; default: the GPU profile's kernel_overhead_us")
+    dp_collective_efficiency: float = Field(
+        default=1.0, gt=0, le=1, description="the fraction of NCCL's modelled bandwidth that the stack's data-"
+        "parallel collectives (gradient reductions, ZeRO/FSDP parameter gathers) reach: 1 for stacks that hand "
+        "NCCL large flat buckets (Megatron-LM, FSDP2); lower for stacks whose collectives run per parameter "
+        "through Python hooks. A property of the software, fitted where no mechanism explains it (see the "
+        "profile's sources)")
     step_overhead_s: float = Field(default=0.0, ge=0, le=3600, description="host work per step that the GPU "
                                    "waits for: data loading, logging, synchronization")
     a2a_library: A2aLibrary | None = Field(default=None, description="expert all-to-all: DeepEP (kernels on "

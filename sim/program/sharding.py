@@ -121,11 +121,12 @@ class DpTraffic:
         expert = (self.experts,) if scenario.model.is_moe else ()
         self.gather_links = group_links(self.shard, *expert)
         self.reduce_links = group_links(self.shard, self.replicas, *expert)
+        self.efficiency = scenario.software.dp_collective_efficiency
 
     def gather_seconds(self, dense: float, expert: float) -> float:
         """All-gather ``dense`` and ``expert`` parameters (per GPU, unsharded) over their shard groups."""
         return (self.net.collective_seconds("all_gather", dense * self.weight_b, self.shard)
-                + self.net.collective_seconds("all_gather", expert * self.weight_b, self.experts))
+                + self.net.collective_seconds("all_gather", expert * self.weight_b, self.experts)) / self.efficiency
 
     def reduce_seconds(self, dense: float, expert: float) -> float:
         """Reduce the gradients of ``dense`` and ``expert`` parameters: all-reduce (ZeRO-0), else reduce-scatter
@@ -135,7 +136,7 @@ class DpTraffic:
                 + self.net.collective_seconds(kind, expert * self.grad_b, self.experts))
         if self.plan.zero_stage == 3 and self.replicas.size > 1:
             secs += self.net.collective_seconds("all_reduce", dense * self.grad_b / self.shard.size, self.replicas)
-        return secs
+        return secs / self.efficiency
 
     def buckets(self, grads: Iterable[tuple[float, float]], gather: bool = False) -> list[tuple[int, float]]:
         """Gradient buckets in the order units finish their weight gradients: ``grads`` gives (dense, expert)

@@ -183,6 +183,19 @@ def test_dp_collectives_by_hand(gpt, moe):
     assert mdp.gather_links == group_links(mdp.shard, mdp.experts)
 
 
+def test_dp_collective_efficiency_divides_every_data_parallel_collective(gpt):
+    """``software.dp_collective_efficiency`` e: a stack reaching e of NCCL's bandwidth takes 1/e as long for each
+    gather and reduction (ZeRO-3 with hybrid sharding exercises the reduce-scatter and the replicas' all-reduce)."""
+    base = ("parallel.zero_stage=3", "parallel.fsdp_shard_group=4")
+    s1 = gpt(*base, nodes=2)
+    s4 = gpt(*base, "software.dp_collective_efficiency=0.25", nodes=2)
+    dp1, dp4 = DpTraffic(s1, build_context(s1).network), DpTraffic(s4, build_context(s4).network)
+    assert dp4.gather_seconds(1e6, 0.0) == pytest.approx(4 * dp1.gather_seconds(1e6, 0.0))
+    assert dp4.reduce_seconds(1e6, 0.0) == pytest.approx(4 * dp1.reduce_seconds(1e6, 0.0))
+    b1, b4 = dp1.buckets([(1e6, 0.0), (2e6, 0.0)]), dp4.buckets([(1e6, 0.0), (2e6, 0.0)])
+    assert [t for _, t in b4] == pytest.approx([4 * t for _, t in b1])
+
+
 def test_unit_parameter_counts_split_dense_by_tp_and_experts_by_ep(moe):
     ctx = build_context(moe())
     unit = next(u for st in ctx.partition.stages for u in st if u.moe)
