@@ -169,7 +169,7 @@ def _tail(table: Table, r: int, finish: float, syncs: list[float]) -> tuple[floa
             t += table.grad_sync_s[stage]
         end_bg = t
     waited = max(finish, end_bg)
-    return waited + table.optimizer_s[r] + table.exposed_gather_s[r], waited - finish
+    return waited + table.tied_sync_s[r] + table.optimizer_s[r] + table.exposed_gather_s[r], waited - finish
 
 
 def analytic_step(scenario: Scenario, *, allow_cpu_calibration: bool = False,
@@ -190,7 +190,7 @@ def analytic_step(scenario: Scenario, *, allow_cpu_calibration: bool = False,
         dur, bf, bi, bw, ov, _peak = row[1:Evaluation.SYNCS]
         b = dict.fromkeys(CATEGORIES, 0.0)
         b["forward"], b["backward_input"], b["backward_weight"], b["overlapped"] = bf, bi, bw, ov
-        b["exposed_comm"] = (dur - bf - bi - bw - ov) + waits[r] + table.exposed_gather_s[r]
+        b["exposed_comm"] = (dur - bf - bi - bw - ov) + waits[r] + table.exposed_gather_s[r] + table.tied_sync_s[r]
         b["optimizer"] = table.optimizer_s[r]
         b["bubble"] = max(0.0, step - sum(v for k, v in b.items() if k != "bubble"))
         per_rank.append(b)

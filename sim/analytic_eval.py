@@ -48,6 +48,7 @@ class Table:
     gather_sides: tuple[int, ...]                # link sides (0 NIC, 1 NVLink) a parameter gather holds
     reduce_sides: tuple[int, ...]                # link sides a gradient reduction holds
     exposed_gather_s: list[float]                # parameter gather after the optimizer, per rank
+    tied_sync_s: list[float]                     # tied embeddings' all-reduce before the optimizer, per rank
     grad_sync_s: list[float]                     # per stage
     optimizer_s: list[float]                     # per rank
     overlap_grad_reduce: bool
@@ -104,6 +105,7 @@ def build_table(scenario: Scenario, allow_cpu: bool, strict: bool) -> Table:
                           else () for st, g in zip(stages, gather, strict=True)],
         gather_sides=_sides(traffic.gather_links), reduce_sides=_sides(traffic.reduce_links),
         exposed_gather_s=[0.0] * p.pp if overlapped_gather else gather,
+        tied_sync_s=[tail.tied_embedding_seconds(st) for st in stages],
         grad_sync_s=[tail.grad_sync_seconds(s) for s in range(scenario.num_stages)],
         optimizer_s=[asm.timings.get(tail.optimizer_work(st), asm.num_sms, asm.comm_sms, asm.static_sms)[0]
                      for st in stages],  # as the engine runs it: at the compute rate a static SM split leaves

@@ -319,6 +319,8 @@ class Assembler:
                                          tuple(starts.get(i, ())), self.timed(work, key) if fast else None))
         late = tuple(tail.grad_sync_work(stage) for stage in late_stages)
         items = [TailItem(tail.optimizer_work(stages), "optimizer", Category.OPTIMIZER)]
+        if tail.tied_embedding_seconds(stages) > 0:
+            items.insert(0, TailItem(tail.tied_embedding_work(stages), "tied_embedding_sync", Category.EXPOSED_COMM))
         prologue: tuple[Work, ...] = ()
         if tail.param_gather_seconds(stages) > 0:
             if p.overlap_param_gather or tail.plan.zero_stage == 3:

@@ -51,6 +51,11 @@ class SoftwareSpec(Frozen):
         "NCCL large flat buckets (Megatron-LM, FSDP2); lower for stacks whose collectives run per parameter "
         "through Python hooks. A property of the software, fitted where no mechanism explains it (see the "
         "profile's sources)")
+    zero1_grad_reduce: Literal["reduce_scatter", "all_reduce"] = Field(
+        default="reduce_scatter", description="ZeRO-1 gradient reduction: reduce_scatter (each rank receives the "
+        "reduced shard it updates: Megatron-LM's distributed optimizer, DeepSpeed ZeRO-1 in fp16) or all_reduce "
+        "(the whole gradient is all-reduced and each rank updates its shard: DeepSpeed's BF16 optimizer under "
+        "its pipeline engine, as BLOOM-176B ran); no effect at other ZeRO stages")
     step_overhead_s: float = Field(default=0.0, ge=0, le=3600, description="host work per step that the GPU "
                                    "waits for: data loading, logging, synchronization")
     a2a_library: A2aLibrary | None = Field(default=None, description="expert all-to-all: DeepEP (kernels on "

@@ -95,6 +95,12 @@ class Network:
         """Replicas of one expert shard: the ranks of the stage outside its EP group, ``ep`` apart."""
         return self._group(max(1, self.stage_gpus // self.ep), self.ep)
 
+    def embedding_group(self) -> CommGroup:
+        """The first and the last pipeline stage's ranks with the same data, context and tensor index: the pair
+        that keeps tied input and output embeddings in sync."""
+        pp = self.scenario.parallel.pp
+        return self._group(2, (pp - 1) * self.stage_gpus) if pp > 1 else self._group(1, 1)
+
     # ----------------------------------------------------------------- transfers
     def collective_seconds(self, kind: Collective, bytes_: float, group: CommGroup) -> float:
         """NCCL's collective over ``group`` on a buffer of ``bytes_`` (the full, unsharded size)."""

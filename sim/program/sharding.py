@@ -63,6 +63,7 @@ class ShardingPlan:
     reshard: bool
     prefetch: int
     bucket_bytes: float
+    zero1_all_reduce: bool = False
 
     @classmethod
     def of(cls, s: Scenario) -> ShardingPlan:
@@ -71,7 +72,8 @@ class ShardingPlan:
             bucket = p.grad_bucket_mb * 1e6
         else:  # Megatron-Core DistributedDataParallelConfig: max(40M, 1M x DP) elements per bucket
             bucket = max(40e6, 1e6 * s.grad_replicas) * dtype_bytes(s.precision.grad_reduce)
-        return cls(p.zero_stage, p.pp, s.fsdp_reshard, p.fsdp_prefetch, bucket)
+        return cls(p.zero_stage, p.pp, s.fsdp_reshard, p.fsdp_prefetch, bucket,
+                   s.software.zero1_grad_reduce == "all_reduce")
 
     @property
     def gather_forward(self) -> bool:
@@ -96,7 +98,10 @@ class ShardingPlan:
 
     @property
     def grad_kind(self) -> Collective:
-        return "all_reduce" if self.zero_stage == 0 else "reduce_scatter"
+        """All-reduce without sharded states (ZeRO-0) or when the stack all-reduces ZeRO-1 gradients in full;
+        else a reduce-scatter, each rank receiving the shard it updates."""
+        full = self.zero_stage == 0 or (self.zero_stage == 1 and self.zero1_all_reduce)
+        return "all_reduce" if full else "reduce_scatter"
 
     @property
     def params_stay_gathered(self) -> bool:
@@ -137,6 +142,12 @@ class DpTraffic:
         if self.plan.zero_stage == 3 and self.replicas.size > 1:
             secs += self.net.collective_seconds("all_reduce", dense * self.grad_b / self.shard.size, self.replicas)
         return secs / self.efficiency
+
+    def tied_embedding_seconds(self, params: float) -> float:
+        """All-reduce the gradient of ``params`` tied embedding parameters (per GPU) between the first and the
+        last pipeline stage (:meth:`sim.network.Network.embedding_group`)."""
+        return self.net.collective_seconds("all_reduce", params * self.grad_b,
+                                           self.net.embedding_group()) / self.efficiency
 
     def buckets(self, grads: Iterable[tuple[float, float]], gather: bool = False) -> list[tuple[int, float]]:
         """Gradient buckets in the order units finish their weight gradients: ``grads`` gives (dense, expert)

@@ -9,7 +9,9 @@ reduction runs after the rank's last action (or, for reductions after every micr
 that produced the gradients). ZeRO-1/2 all-gather the updated parameters once per step, after the optimizer or
 beside the next step's first forwards (``overlap_param_gather``, as Megatron-LM does); ZeRO-3 under a pipeline
 without resharding gathers its stages once at the start of the step. Collectives run on the data-parallel
-stream, over the GPU's NIC and NVLink port, holding communication SMs.
+stream, over the GPU's NIC and NVLink port, holding communication SMs. Tied input and output embeddings on
+different pipeline ranks add an exposed all-reduce of the embedding's gradient between the first and the last
+stage before the optimizer (:meth:`StepTail.tied_embedding_seconds`).
 
 The optimizer (AdamW) is memory-bound. Per parameter of the local shard it reads and writes the master
 weight and both moments, reads the gradient (twice: once for the global norm used by clipping) and writes
@@ -26,7 +28,7 @@ from sim.costs.kernels import CostModel
 from sim.model.counts import stage_expert_params, stage_params
 from sim.model.stages import StagePartition
 from sim.network import Network
-from sim.program.sharding import DpTraffic, unit_param_counts
+from sim.program.sharding import DpTraffic, group_links, unit_param_counts
 from sim.program.tasks import Task, Work
 from sim.timeline import Stream
 from sim.units import dtype_bytes
@@ -61,6 +63,16 @@ class StepTail:
             return 0.0
         return sum(self.traffic.gather_seconds(self.dense[s], self.expert[s]) for s in stages)
 
+    def tied_embedding_seconds(self, stages: Sequence[int]) -> float:
+        """Tied input and output embeddings on different pipeline ranks: once the backward is done, the first
+        and the last stage all-reduce the word embedding's gradient before the optimizer (Megatron-LM's
+        ``_allreduce_word_embedding_grads``, DeepSpeed's pipeline ``ReduceTiedGrads``), exposed. Both ranks of
+        the pair pay it; the rank holding both ends (DualPipe's V), or neither, nothing."""
+        m, last = self.s.model, self.s.num_stages - 1
+        if not m.tie_word_embeddings or last == 0 or (0 in stages) == (last in stages):
+            return 0.0
+        return self.traffic.tied_embedding_seconds(m.vocab_size * m.dim / self.s.parallel.tp)
+
     def optimizer_seconds(self, stages: Sequence[int]) -> float:
         prec = self.s.precision
         sharded = self.plan.zero_stage >= 1
@@ -82,7 +94,7 @@ class StepTail:
 
     @property
     def grad_name(self) -> str:
-        return "grad_all_reduce" if self.plan.zero_stage == 0 else "grad_reduce_scatter"
+        return "grad_all_reduce" if self.plan.grad_kind == "all_reduce" else "grad_reduce_scatter"
 
     def grad_sync_work(self, stage: int) -> Work:
         return self._collective(self.grad_name, self.grad_sync_seconds(stage), self.traffic.reduce_links)
@@ -116,6 +128,10 @@ class StepTail:
         links = self.traffic.gather_links
         return Work.of(tuple(Task("param_all_gather", "tail", Stream.DP, seconds, links=links, holds_sms=True)
                              for _, seconds in self.traffic.buckets(params, gather=True)))
+
+    def tied_embedding_work(self, stages: Sequence[int]) -> Work:
+        return self._collective("tied_embedding_all_reduce", self.tied_embedding_seconds(stages),
+                                group_links(self.net.embedding_group()))
 
     def optimizer_work(self, stages: Sequence[int]) -> Work:
         return Work.of((Task("optimizer", "tail", Stream.COMPUTE, self.optimizer_seconds(stages)),))

@@ -10,6 +10,7 @@ from sim.network.nccl import CommGroup
 from sim.program.sharding import DpTraffic, ShardingPlan, group_links, unit_param_counts
 from sim.program.tail import StepTail
 from sim.program.tasks import NIC, NVLINK
+from sim.step import simulate_step
 from sim.timeline import Stream
 
 
@@ -105,6 +106,53 @@ def test_when_each_zero_stage_communicates(zero, pp, reshard, fwd, bwd, per_step
     plan = ShardingPlan(zero, pp, reshard, 1, 1e6)
     assert (plan.gather_forward, plan.gather_backward, plan.gather_per_step, plan.reduce_every_microbatch,
             plan.params_stay_gathered, plan.grad_kind) == (fwd, bwd, per_step, every_mb, stay, kind)
+
+
+@pytest.mark.parametrize(("zero", "kind"), [(0, "all_reduce"), (1, "all_reduce"), (2, "reduce_scatter"),
+                                           (3, "reduce_scatter")])
+def test_zero1_full_all_reduce_only_changes_zero_stage_one(zero, kind):
+    """DeepSpeed's BF16 optimizer under its pipeline all-reduces ZeRO-1 gradients in full; stages 2 and 3
+    reduce-scatter by definition (the gradients themselves are sharded)."""
+    assert ShardingPlan(zero, 2, False, 1, 1e6, zero1_all_reduce=True).grad_kind == kind
+
+
+def test_zero1_all_reduce_costs_an_all_reduce_and_names_it(gpt):
+    s = gpt("software.zero1_grad_reduce=all_reduce", nodes=2)
+    tail = StepTail(s, build_context(s).partition, build_context(s).network, build_context(s).costs)
+    dp = tail.traffic
+    assert tail.grad_name == "grad_all_reduce"
+    assert dp.reduce_seconds(1e6, 0.0) == pytest.approx(
+        dp.net.collective_seconds("all_reduce", 1e6 * dp.grad_b, dp.shard))
+    assert dp.reduce_seconds(1e6, 0.0) > DpTraffic(gpt(nodes=2), dp.net).reduce_seconds(1e6, 0.0)
+
+
+def test_tied_embedding_sync_by_hand(gpt):
+    """Tied embeddings over 2 pipeline stages on 2 nodes (1 GPU per node in the pair): the first and the last
+    stage all-reduce V x h / tp gradient elements between themselves; untied embeddings, or one stage, none."""
+    s = gpt("model.tie_word_embeddings=true", "parallel.pp=2", "parallel.tp=2", nodes=2)
+    ctx = build_context(s)
+    tail = ctx.tail
+    group = ctx.network.embedding_group()
+    assert (group.size, group.num_nodes) == (2, 2)
+    want = ctx.network.collective_seconds("all_reduce", 1024 * 256 / 2 * tail.traffic.grad_b, group)
+    assert want > 0
+    assert tail.tied_embedding_seconds([0]) == pytest.approx(want)
+    assert tail.tied_embedding_seconds([1]) == pytest.approx(want)
+    assert tail.tied_embedding_seconds([0, 1]) == 0.0  # both ends on one rank (a V schedule)
+    assert _tail(gpt("parallel.pp=2", nodes=2))[0].tied_embedding_seconds([0]) == 0.0  # untied
+    assert _tail(gpt("model.tie_word_embeddings=true", nodes=2))[0].tied_embedding_seconds([0]) == 0.0  # pp 1
+
+
+def test_tied_embedding_sync_is_in_the_step_of_every_tier(gpt):
+    """The all-reduce is exposed on the ranks of the pair and counted as exposed communication, the same in
+    the engine (fast) and the analytic tier."""
+    s = gpt("model.tie_word_embeddings=true", "parallel.pp=2", nodes=2)
+    secs = build_context(s).tail.tied_embedding_seconds([0])
+    fast, analytic = simulate_step(s, mode="fast"), simulate_step(s, mode="analytic")
+    assert analytic.step_time_s == pytest.approx(fast.step_time_s, rel=1e-6)
+    assert fast.breakdown_per_rank_s[0]["exposed_comm"] >= secs
+    assert analytic.breakdown_per_rank_s[0]["exposed_comm"] == pytest.approx(
+        fast.breakdown_per_rank_s[0]["exposed_comm"], rel=1e-6)
 
 
 def test_group_links_by_hand():
