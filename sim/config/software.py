@@ -51,6 +51,11 @@ class SoftwareSpec(Frozen):
         "NCCL large flat buckets (Megatron-LM, FSDP2); lower for stacks whose collectives run per parameter "
         "through Python hooks. A property of the software, fitted where no mechanism explains it (see the "
         "profile's sources)")
+    grad_accumulation: Literal["fused", "fp32_pass"] = Field(
+        default="fused", description="how micro-batch gradients accumulate: fused (the weight-gradient GEMM adds "
+        "into the FP32 main gradient, Megatron-LM's gradient_accumulation_fusion, or gradients accumulate in "
+        "their own buffer); fp32_pass (after every micro-batch's backward a separate pass adds each BF16 gradient "
+        "into an FP32 copy: DeepSpeed's BF16 optimizer, update_hp_grads; 18 B per parameter of the stage)")
     zero1_grad_reduce: Literal["reduce_scatter", "all_reduce"] = Field(
         default="reduce_scatter", description="ZeRO-1 gradient reduction: reduce_scatter (each rank receives the "
         "reduced shard it updates: Megatron-LM's distributed optimizer, DeepSpeed ZeRO-1 in fp16) or all_reduce "

@@ -33,6 +33,7 @@ from typing import Literal
 
 from sim.config import Scenario
 from sim.costs.ops import OpCoster
+from sim.model.counts import stage_expert_params, stage_params
 from sim.model.ops import Op
 from sim.model.stages import StagePartition, Unit
 from sim.network import Network
@@ -91,6 +92,10 @@ class Program(BlockTasks):
         kv_heads = m.n_heads if m.attention == "mla" else m.kv_heads
         self.kv_heads = max(1, kv_heads // p.tp)
         self.cp_links = group_links(network.cp_group())
+        self.grad_pass = scenario.software.grad_accumulation == "fp32_pass"
+        experts = stage_expert_params(partition)
+        self.stage_params = [(a - e) / p.tp + e / max(1, p.ep)
+                             for a, e in zip(stage_params(partition, m), experts, strict=True)]
 
     # --------------------------------------------------------------- public
     def chunk_key(self, stage: int, kind: ChunkKind, microbatch: int) -> tuple:
@@ -129,12 +134,24 @@ class Program(BlockTasks):
             else:
                 self._backward(b, units[i], loads[i], kind, inline)
             b.groups.append(tuple(range(start, len(b.tasks))))
+        if kind in ("B", "W") and self.grad_pass:
+            self._accumulate_fp32(b, key[0], units[0].index)
         if kind == "I":
             for t, window in b.windows.items():
                 task, wkey = b.tasks[t], b.window_keys[t]
                 keep = inline[wkey] = min(inline[wkey], window * self.comm_rate)
                 b.tasks[t] = Task(task.name, task.part, task.stream, keep, task.deps, task.layer)
         return b.build(self._ready_times(b) if kind in ("B", "W") else ())
+
+    #: Bytes per parameter of DeepSpeed's update_hp_grads, ``hp.add_(lp.grad.to(fp32))``: read the BF16 gradient
+    #: (2), write and read its FP32 copy (4 + 4), read and write the FP32 accumulator (4 + 4).
+    FP32_PASS_BYTES = 18
+
+    def _accumulate_fp32(self, b: ChunkBuilder, stage: int, layer: int) -> None:
+        """``software.grad_accumulation: fp32_pass``: once the chunk's weight gradients are done, one memory-bound
+        pass adds every gradient of the stage into its FP32 copy, before the chunk ends (and sends)."""
+        secs = self.coster.costs.memory_seconds(self.stage_params[stage] * self.FP32_PASS_BYTES, "grad_accumulation")
+        b.add("grad_accumulate", "W", Stream.COMPUTE, secs, tuple(b.grads_done), layer)
 
     def _ready_times(self, b: ChunkBuilder) -> tuple[float, ...]:
         """Seconds into the chunk at which each unit's weight gradients are complete, from the compute stream's

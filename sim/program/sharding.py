@@ -122,6 +122,7 @@ class DpTraffic:
         self.replicas = network.replica_group()
         self.experts = network.expert_dp_group()
         self.grad_b = dtype_bytes(scenario.precision.grad_reduce)
+        self.accum_b = dtype_bytes(scenario.precision.grads)  # the accumulated gradient (Megatron's main_grad)
         self.weight_b = dtype_bytes(scenario.precision.weights)
         expert = (self.experts,) if scenario.model.is_moe else ()
         self.gather_links = group_links(self.shard, *expert)
@@ -145,8 +146,9 @@ class DpTraffic:
 
     def tied_embedding_seconds(self, params: float) -> float:
         """All-reduce the gradient of ``params`` tied embedding parameters (per GPU) between the first and the
-        last pipeline stage (:meth:`sim.network.Network.embedding_group`)."""
-        return self.net.collective_seconds("all_reduce", params * self.grad_b,
+        last pipeline stage (:meth:`sim.network.Network.embedding_group`), in the dtype gradients accumulate in
+        (``precision.grads``: Megatron-LM reduces ``main_grad``, DeepSpeed the BF16 optimizer's FP32 copy)."""
+        return self.net.collective_seconds("all_reduce", params * self.accum_b,
                                            self.net.embedding_group()) / self.efficiency
 
     def buckets(self, grads: Iterable[tuple[float, float]], gather: bool = False) -> list[tuple[int, float]]:
