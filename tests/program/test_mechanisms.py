@@ -331,3 +331,27 @@ def test_run_and_experts_share_one_default_of_redundant_experts(moe):
     assert redundant_experts(with_policy(s, "eplb")) == s.parallel.ep  # one per GPU of the EP group
     assert redundant_experts(moe("experts.policy=eplb")) == s.parallel.ep
     assert redundant_experts(moe("experts.policy=eplb", "experts.num_redundant_experts=8")) == 8
+
+
+# ------------------------------------------------------------------------------ gradient accumulation
+
+
+def test_fp32_gradient_pass_after_every_weight_gradient_chunk(gpt):
+    """``software.grad_accumulation: fp32_pass`` (DeepSpeed's BF16 optimizer): each chunk that produces weight
+    gradients (B, W) ends with one memory-bound pass of 18 B per parameter of the stage (read the BF16 gradient,
+    write and read its FP32 cast, read and write the FP32 accumulator); F and I chunks have none, and the
+    default (fused accumulation) has none anywhere."""
+    s = gpt("software.grad_accumulation=fp32_pass", "parallel.pp=2")
+    ctx = build_context(s)
+    prog = ctx.program
+    layer = sum(op.params for op in _layer(s).ops)  # the tiny GPT: 4 layers, 2 per stage, no TP
+    stage0 = 2 * layer + sum(op.params for op in model_units(s.model)[0].ops)  # + the embedding
+    for kind in ("B", "W"):
+        (task,) = _names(prog.chunk(0, kind, 0), "grad_accumulate")
+        assert task.stream == Stream.COMPUTE and task.part == "W"
+        assert task.seconds == pytest.approx(ctx.costs.memory_seconds(stage0 * 18, "grad_accumulation"))
+    for kind in ("F", "I"):
+        assert not _names(prog.chunk(0, kind, 0), "grad_accumulate")
+    plain = build_context(gpt("parallel.pp=2")).program
+    assert not _names(plain.chunk(0, "B", 0), "grad_accumulate")
+    assert simulate_step(s, mode="fast").step_time_s > simulate_step(gpt("parallel.pp=2"), mode="fast").step_time_s
