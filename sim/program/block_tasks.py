@@ -144,12 +144,20 @@ class BlockTasks:
             emit_w(remat)
         self._compute(b, unit, f"{name}_b", f"{name}.pre", plan.pre, "I", load)
 
+    def _chunk_secs(self, unit: Unit, key: str, ops: tuple[Op, ...], part: Part, load: MoeLoad | None) -> float:
+        """One of the ``tp`` chunks of a GEMM pipelined with a TP collective: 1/``tp`` of the whole GEMM, not a GEMM
+        of 1/``tp`` of the rows on its own. Both overlap implementations issue the chunks on several streams
+        (Transformer Engine's userbuffers round-robin over up to 3 compute streams, comm_gemm_overlap.h; PyTorch's
+        symmetric-memory AsyncTP alternates 2, "greatly reducing quantization inefficiency"), so a chunk's last,
+        partial wave of tiles shares the GPU with the next chunk's first."""
+        return self._secs(unit, key, ops, part, load) / self.tp
+
     def _gather_then(self, b: ChunkBuilder, unit: Unit, name: str, key: str, ops: tuple[Op, ...], part: Part,
                      load: MoeLoad | None, comm_s: float, comm: str) -> None:
         """An all-gather pipelined with the GEMM reading it, ``tp`` chunks: the local chunk first, then each
-        arriving chunk (ring exchange)."""
+        arriving chunk (ring exchange). Each chunk costs 1/``tp`` of the whole GEMM (:meth:`_chunk_secs`)."""
         n = self.tp
-        g = self._secs(unit, key, ops, part, load, div=n)
+        g = self._chunk_secs(unit, key, ops, part, load)
         before, prev = b.last, None
         b.chain(name, part, Stream.COMPUTE, g, unit.index)
         for _ in range(1, n):
@@ -163,9 +171,10 @@ class BlockTasks:
                       load: MoeLoad | None, comm_s: float, comm: str,
                       after_compute: Callable[[], None] | None = None) -> None:
         """A GEMM pipelined with the reduce-scatter of its output, ``tp`` chunks (the first one stays local);
-        ``after_compute`` adds work beside the scatter's tail once the GEMM chunks are issued."""
+        ``after_compute`` adds work beside the scatter's tail once the GEMM chunks are issued. Each chunk costs
+        1/``tp`` of the whole GEMM (:meth:`_chunk_secs`)."""
         n = self.tp
-        g = self._secs(unit, key, ops, part, load, div=n)
+        g = self._chunk_secs(unit, key, ops, part, load)
         b.chain(name, part, Stream.COMPUTE, g, unit.index)
         sends = []
         for _ in range(1, n):

@@ -12,8 +12,9 @@ after the region in forward and one of the input gradient in backward, or with s
 all-gather on entry and a reduce-scatter on exit in each pass, plus the backward all-gather that
 re-materialises the region's input for the weight gradients, beside the input-gradient compute (Korthikanti et
 al. 2022 section 4.2.2). With ``tp_comm_overlap`` a gather and its first GEMM, and a last GEMM and its reduce-
-scatter, run as ``tp`` chunks pipelined against each other (TE userbuffers' ring exchange; the chunked GEMMs pay
-their smaller shapes), so how much is hidden follows from the two durations. Context parallelism splits the
+scatter, run as ``tp`` chunks pipelined against each other (TE userbuffers' ring exchange; the chunk GEMMs overlap
+each other on several streams, so together they cost the whole GEMM), so how much is hidden follows from the two
+durations. Context parallelism splits the
 attention core into ``cp`` steps: ``ring`` passes key/value blocks around the CP group beside the steps
 (backward: the blocks and their gradients), ``all_gather`` gathers K and V before the core and reduce-scatters
 their gradients after it, exposed (Megatron-Core ``context_parallel.rst``; Llama 3 section 3.3.2).

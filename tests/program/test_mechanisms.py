@@ -136,6 +136,23 @@ def test_tp_comm_overlap_hides_part_of_the_collectives_never_more(gpt):
     assert len([t for t in f1.tasks if t.name == "tp_ag_attn"]) == 4 * (4 - 1)  # tp - 1 ring steps per layer
 
 
+def test_tp_overlap_chunks_together_cost_the_whole_gemm(gpt):
+    """The chunk GEMMs of an overlapped gather run on several streams (TE: up to 3, AsyncTP: 2), so their partial
+    waves fill each other: the tp chunks of the MLP's first GEMM add up to that GEMM unchunked, not to tp GEMMs of
+    1/tp of the rows each (which pay wave quantization once per chunk)."""
+    s = gpt("parallel.tp=8", "parallel.sequence_parallel=true", "parallel.tp_comm_overlap=true", *WIDE)
+    ctx = build_context(s)
+    prog = ctx.program
+    f = prog.chunk(0, "F", 0)
+    up = [op for op in _layer(s).ops if op.name == "ffn_up"]
+    whole = sum(prog.coster.seconds(op, "fwd", prog.tokens) for op in up)
+    alone = sum(prog.coster.seconds(op, "fwd", prog.tokens / 8) for op in up)
+    assert alone * 8 > whole * 1.01  # the shape where it matters: 512-row chunks quantize worse
+    mlp = [t.seconds for t in f.tasks if t.name == "mlp"]
+    chunks = mlp[1:9]  # the first layer's MLP: its norm, then the 8 chunks of the up-projection
+    assert chunks == pytest.approx([whole / 8] * 8, rel=1e-9)
+
+
 # ------------------------------------------------------------------------------ recompute
 
 
