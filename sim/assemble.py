@@ -223,6 +223,7 @@ class Assembler:
         self.inp = inp
         self.timings = TIMINGS if timings is None else timings
         self.p2p_bytes = inp.program.p2p_bytes()
+        self.p2p_regather_s = inp.program.p2p_regather_seconds()
         #: balanced routing: a stage's chunk of a kind is the same work for every micro-batch
         self.uniform = not routing_is_skewed(inp.scenario)
         self._keys: dict[tuple[int, str, int], tuple] = {}
@@ -267,12 +268,14 @@ class Assembler:
         return self.timed(*self.work(parts))
 
     def send(self, src: int, dst: int) -> tuple[float, int]:
-        """Seconds and link mask of one stage-boundary transfer from rank ``src`` to ``dst``."""
+        """Seconds and link mask of one stage-boundary transfer from rank ``src`` to ``dst`` (with the scatter/
+        gather optimization, the receiver's TP all-gather counts as part of the transfer)."""
         hit = self._sends.get((src, dst))
         if hit is None:
             net = self.inp.network
             same = net.same_node(src, dst)
-            hit = self._sends[(src, dst)] = (net.p2p_seconds(self.p2p_bytes, same), NVLINK if same else NIC)
+            secs = net.p2p_seconds(self.p2p_bytes, same) + self.p2p_regather_s
+            hit = self._sends[(src, dst)] = (secs, NVLINK if same else NIC)
         return hit
 
     def reduction(self, part: PartKey) -> tuple[float, Work]:

@@ -51,6 +51,11 @@ class SoftwareSpec(Frozen):
         "NCCL large flat buckets (Megatron-LM, FSDP2); lower for stacks whose collectives run per parameter "
         "through Python hooks. A property of the software, fitted where no mechanism explains it (see the "
         "profile's sources)")
+    pp_scatter_gather: bool = Field(
+        default=False, description="with tensor parallelism and no sequence parallelism, each TP rank sends 1/tp of "
+        "a stage-boundary activation (or its gradient) and the receiving TP group all-gathers it over NVLink "
+        "(Megatron-LM's scatter/gather optimization, Narayanan et al. 2021 section 4.1, on by default; DeepSpeed's "
+        "pipeline engine partitions them likewise when TP > 1); without it every TP rank sends the whole tensor")
     grad_accumulation: Literal["fused", "fp32_pass"] = Field(
         default="fused", description="how micro-batch gradients accumulate: fused (the weight-gradient GEMM adds "
         "into the FP32 main gradient, Megatron-LM's gradient_accumulation_fusion, or gradients accumulate in "

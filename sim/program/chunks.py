@@ -119,8 +119,17 @@ class Program(BlockTasks):
 
     def p2p_bytes(self) -> float:
         """Activations (forward) or their gradients (backward) crossing a stage boundary, BF16: the GPU's
-        tokens (1/CP of each sequence), split by TP under sequence parallelism."""
-        return self.tokens * self.s.model.dim * dtype_bytes("bf16") / (self.tp if self.sp else 1)
+        tokens (1/CP of each sequence), split by TP under sequence parallelism or the scatter/gather
+        optimization (:meth:`p2p_regather_seconds`)."""
+        split = self.sp or self.s.software.pp_scatter_gather
+        return self.tokens * self.s.model.dim * dtype_bytes("bf16") / (self.tp if split else 1)
+
+    def p2p_regather_seconds(self) -> float:
+        """Scatter/gather without sequence parallelism: the receiving TP group all-gathers the slices it was
+        sent over NVLink before using them (0 otherwise)."""
+        if self.sp or not self.s.software.pp_scatter_gather or self.tp == 1:
+            return 0.0
+        return self.net.collective_seconds("all_gather", self.p2p_bytes() * self.tp, self.net.tp_group())
 
     # --------------------------------------------------------------- building
     def _build(self, units: tuple[Unit, ...], kind: ChunkKind, loads: tuple[MoeLoad | None, ...], key: tuple

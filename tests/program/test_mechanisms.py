@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from sim.assemble import rank_plans
+from sim.assemble import Assembler, rank_plans
 from sim.context import build_context
 from sim.engine import isolated_run
 from sim.errors import SimInputError
@@ -372,3 +372,28 @@ def test_fp32_gradient_pass_after_every_weight_gradient_chunk(gpt):
     plain = build_context(gpt("parallel.pp=2")).program
     assert not _names(plain.chunk(0, "B", 0), "grad_accumulate")
     assert simulate_step(s, mode="fast").step_time_s > simulate_step(gpt("parallel.pp=2"), mode="fast").step_time_s
+
+
+# ------------------------------------------------------------------------------ pipeline sends
+
+
+def test_scatter_gather_sends_a_tp_slice_and_regathers_it(gpt):
+    """Megatron-LM's scatter/gather optimization (Narayanan et al. 2021 4.1): each TP rank sends 1/tp of the
+    boundary activation, and the receiving TP group all-gathers the whole tensor over NVLink. With sequence
+    parallelism the activation is already split: no regather. Off: every TP rank sends all of it."""
+    base = ("parallel.tp=4", "parallel.pp=2")
+    full = build_context(gpt(*base)).program
+    sg_ctx = build_context(gpt(*base, "software.pp_scatter_gather=true"))
+    sg = sg_ctx.program
+    whole = sg.tokens * D * 2  # BF16
+    assert full.p2p_bytes() == pytest.approx(whole)
+    assert full.p2p_regather_seconds() == 0.0
+    assert sg.p2p_bytes() == pytest.approx(whole / 4)
+    net = sg_ctx.network
+    assert sg.p2p_regather_seconds() == pytest.approx(net.collective_seconds("all_gather", whole, net.tp_group()))
+    sp = build_context(gpt(*base, "parallel.sequence_parallel=true", "software.pp_scatter_gather=true")).program
+    assert sp.p2p_bytes() == pytest.approx(whole / 4) and sp.p2p_regather_seconds() == 0.0
+    asm_sg, asm_full = Assembler(sg_ctx.inputs), Assembler(build_context(gpt(*base)).inputs)
+    assert asm_sg.send(0, 1)[0] == pytest.approx(net.p2p_seconds(whole / 4, net.same_node(0, 1))
+                                                 + sg.p2p_regather_seconds())
+    assert asm_full.send(0, 1)[0] == pytest.approx(net.p2p_seconds(whole, net.same_node(0, 1)))
