@@ -14,10 +14,10 @@ re-materialises the region's input for the weight gradients, beside the input-gr
 al. 2022 section 4.2.2). With ``tp_comm_overlap`` a gather and its first GEMM, and a last GEMM and its reduce-
 scatter, run as ``tp`` chunks pipelined against each other (TE userbuffers' ring exchange; the chunk GEMMs overlap
 each other on several streams, so together they cost the whole GEMM), so how much is hidden follows from the two
-durations. Context parallelism splits the
-attention core into ``cp`` steps: ``ring`` passes key/value blocks around the CP group beside the steps
-(backward: the blocks and their gradients), ``all_gather`` gathers K and V before the core and reduce-scatters
-their gradients after it, exposed (Megatron-Core ``context_parallel.rst``; Llama 3 section 3.3.2).
+durations. Context parallelism splits the attention core into ``cp`` steps: ``ring`` passes key/value blocks
+around the CP group beside the steps (backward: the blocks and their gradients), ``all_gather`` gathers K and V
+before the core and reduce-scatters their gradients after it, exposed (Megatron-Core ``context_parallel.rst``;
+Llama 3 section 3.3.2).
 
 ZeRO-3 gathers each unit's parameters on the data-parallel stream, ``fsdp_prefetch`` units ahead of the one
 computing (:mod:`sim.program.sharding`). A split backward (I) keeps beside its all-to-all and collectives the
@@ -160,7 +160,8 @@ class Program(BlockTasks):
     def _accumulate_fp32(self, b: ChunkBuilder, stage: int, layer: int) -> None:
         """``software.grad_accumulation: fp32_pass``: once the chunk's weight gradients are done, one memory-bound
         pass adds every gradient of the stage into its FP32 copy, before the chunk ends (and sends)."""
-        secs = self.coster.costs.memory_seconds(self.stage_params[stage] * self.FP32_PASS_BYTES, "grad_accumulation")
+        bytes_ = self.stage_params[stage] * self.FP32_PASS_BYTES
+        secs = self.coster.costs.memory_seconds(bytes_, "grad_accumulation")
         b.add("grad_accumulate", "W", Stream.COMPUTE, secs, tuple(b.grads_done), layer)
 
     def _ready_times(self, b: ChunkBuilder) -> tuple[float, ...]:
