@@ -47,12 +47,13 @@ def days(d: float) -> str:
     return f"{d:,.1f}" if d >= 10 else f"{d:.3g}"
 
 
-def tokens_text(n: float) -> str:
-    """1.48e13 -> 14.8T (what the tokens field starts from; ``sim plan --tokens`` reads it back)."""
+def tokens_text(n: float, digits: int = 6) -> str:
+    """1.48e13 -> 14.8T with up to ``digits`` significant digits (6: what the tokens field starts from, which
+    ``sim plan --tokens`` reads back; 4: as ``sim estimate`` prints)."""
     for unit, f in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= f:
-            return f"{n / f:.6g}{unit}"
-    return f"{n:.6g}"
+            return f"{n / f:.{digits}g}{unit}"
+    return f"{n:.{digits}g}"
 
 
 def gpu_choices(num_gpus: int) -> list[int]:

@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 from dashkit import bridge, bridge_run, charts, state
-from dashkit.plans import days, money, sig
+from dashkit.plans import days, money, sig, tokens_text
 
 TITLE = "Cost"
 ORDER = 50
@@ -22,14 +22,6 @@ PRICE = "co_price"
 
 def energy(kwh: float) -> str:
     return f"{kwh / 1e3:,.0f} MWh" if kwh >= 1e4 else f"{kwh:.3g} kWh"
-
-
-def tokens(n: float) -> str:
-    """1.493e13 -> 14.93T (as ``sim estimate``)."""
-    for unit, f in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= f:
-            return f"{n / f:.4g}{unit}"
-    return f"{n:.4g}"
 
 
 def price_range(base: float) -> float:
@@ -103,7 +95,7 @@ def _phases(v: Any, price: float) -> None:
         "t CO2": num(format="%.1f"), "GPU busy": num(format="percent"),
         "why the layout changed": st.column_config.TextColumn(width="large")})
     t = v.total
-    st.caption(f"Total: {t['steps']:,} steps, {tokens(t['tokens'])} tokens, {sig(t['gpu_hours'])} GPU-hours, "
+    st.caption(f"Total: {t['steps']:,} steps, {tokens_text(t['tokens'], 4)} tokens, {sig(t['gpu_hours'])} GPU-hours, "
                f"{days(t['days'])} days, {money(v.usd(price))}, {energy(t['kwh'])}"
                + ("" if t["co2_kg"] is None else f", {t['co2_kg'] / 1e3:,.4g} t CO2") + ".")
     changed = df[df["why the layout changed"] != ""]
