@@ -92,7 +92,8 @@ class BlockTasks:
             kind: Collective = "reduce_scatter" if self.sp else "all_reduce"
             secs = self._tp_seconds(kind, plan.reduce_width)
             if last is not None:
-                self._then_scatter(b, unit, name, f"{name}.last", last.ops, "F", load, secs, f"tp_rs_{name}")
+                self._then_scatter(b, unit, name, f"{name}.last", last.ops, "F", load, secs, f"tp_rs_{name}",
+                                   plan.reduce_width)
             else:
                 self._comm(b, f"tp_rs_{name}" if self.sp else f"tp_{name}", "F", secs, layer)
         self._compute(b, unit, name, f"{name}.post", plan.post, "F", load)
@@ -136,7 +137,7 @@ class BlockTasks:
             secs = self._tp_seconds(kind, plan.gather_width if self.sp else plan.reduce_width)
             if first is not None:
                 self._then_scatter(b, unit, f"{name}_b", f"{name}.0", first.ops, "I", load, secs,
-                                   f"tp_rs_{name}_b", lambda: emit_w(remat))
+                                   f"tp_rs_{name}_b", 0, lambda: emit_w(remat))
             else:
                 self._comm(b, f"tp_rs_{name}_b" if self.sp else f"tp_{name}_b", "I", secs, layer)
         elif first is not None:
@@ -168,11 +169,17 @@ class BlockTasks:
             b.chain(name, part, Stream.COMPUTE, g, unit.index, also=(prev,))
 
     def _then_scatter(self, b: ChunkBuilder, unit: Unit, name: str, key: str, ops: tuple[Op, ...], part: Part,
-                      load: MoeLoad | None, comm_s: float, comm: str,
+                      load: MoeLoad | None, comm_s: float, comm: str, sum_width: int,
                       after_compute: Callable[[], None] | None = None) -> None:
-        """A GEMM pipelined with the reduce-scatter of its output, ``tp`` chunks (the first one stays local);
-        ``after_compute`` adds work beside the scatter's tail once the GEMM chunks are issued. Each chunk costs
-        1/``tp`` of the whole GEMM (:meth:`_chunk_secs`)."""
+        """A GEMM pipelined with the reduce-scatter of its output, ``tp`` chunks (the first one stays local); each
+        chunk costs 1/``tp`` of the whole GEMM (:meth:`_chunk_secs`).
+
+        ``sum_width`` > 0 (the forward's row-parallel GEMM): the chunks leave unreduced and, once the last has
+        left, one memory-bound kernel sums the ``tp`` partials this rank received (Transformer Engine's
+        split_overlap_rs ends with ``torch::sum_out`` over them; PyTorch's fused_matmul_reduce_scatter sums
+        the stacked partials): it reads the tokens x ``sum_width`` unreduced output and writes 1/``tp`` of it.
+        Otherwise (the backward's input gradient, whose reduce-scatter TE overlaps in bulk with the weight
+        gradients) ``after_compute`` adds the weight-gradient work beside the scatter's tail."""
         n = self.tp
         g = self._chunk_secs(unit, key, ops, part, load)
         b.chain(name, part, Stream.COMPUTE, g, unit.index)
@@ -184,6 +191,10 @@ class BlockTasks:
         if after_compute is not None:
             after_compute()
         b.last = sends[-1]
+        if sum_width > 0:
+            partials = self.tokens * sum_width * dtype_bytes("bf16")
+            reduce_s = self.coster.costs.memory_seconds(partials * (1 + 1 / n), "tp_reduce")
+            b.last = b.add(name, part, Stream.COMPUTE, reduce_s, (sends[-1],), unit.index)
 
     def _core(self, b: ChunkBuilder, unit: Unit, op: Op, part: Part, load: MoeLoad | None) -> None:
         """The attention core over ``cp`` ring steps or after an all-gather of K and V (see the docstring)."""

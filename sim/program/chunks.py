@@ -162,7 +162,7 @@ class Program(BlockTasks):
         pass adds every gradient of the stage into its FP32 copy, before the chunk ends (and sends)."""
         bytes_ = self.stage_params[stage] * self.FP32_PASS_BYTES
         secs = self.coster.costs.memory_seconds(bytes_, "grad_accumulation")
-        b.add("grad_accumulate", "W", Stream.COMPUTE, secs, tuple(b.grads_done), layer)
+        b.add("fp32_grads_w", "W", Stream.COMPUTE, secs, tuple(b.grads_done), layer)
 
     def _ready_times(self, b: ChunkBuilder) -> tuple[float, ...]:
         """Seconds into the chunk at which each unit's weight gradients are complete, from the compute stream's

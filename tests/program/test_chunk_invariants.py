@@ -64,7 +64,8 @@ def test_compute_tasks_add_up_to_the_op_costs_of_their_pass(gpt, layout):
                                               ("sp_overlap_full_recompute", "sp_full_recompute")])
 def test_pipelined_collectives_move_the_same_bytes_in_tp_minus_one_slices(gpt, piped, plain):
     """Each pipelined collective is ``tp - 1`` slices (the local chunk needs no transfer) that add up to the
-    collective it replaces; the chunked GEMMs pay their smaller shapes, so compute never shrinks."""
+    collective it replaces; the chunks together cost the whole GEMM and the reduce-scatter's sum of partials
+    adds to it, so compute never shrinks."""
     overlap = _ctx(gpt, piped)
     base = build_context(gpt(*[o for o in LAYOUTS[piped] if "overlap" not in o])) if plain is None else _ctx(gpt,
                                                                                                              plain)

@@ -153,6 +153,30 @@ def test_tp_overlap_chunks_together_cost_the_whole_gemm(gpt):
     assert chunks == pytest.approx([whole / 8] * 8, rel=1e-9)
 
 
+def test_tp_overlap_forward_reduce_scatter_ends_with_a_sum_of_the_partials(gpt):
+    """The forward's row-parallel GEMM sends each chunk of its output unreduced; both overlap implementations
+    then sum the tp partials in one memory-bound kernel (TE's split_overlap_rs: torch::sum_out; PyTorch's
+    fused_matmul_reduce_scatter): it reads the tokens x h unreduced output and writes 1/tp of it, once the last
+    chunk has left, and what follows waits for it. NCCL reduces inside its kernel: no such task without overlap."""
+    def after_last_send(chunk, send):
+        last = max(i for i, t in enumerate(chunk.tasks) if t.name == send)
+        return [i for i, t in enumerate(chunk.tasks) if t.deps == (last,) and t.stream == Stream.COMPUTE]
+
+    ctx = build_context(gpt("parallel.tp=8", "parallel.sequence_parallel=true", "parallel.tp_comm_overlap=true",
+                            *WIDE))
+    f = ctx.program.chunk(0, "F", 0)
+    (i,) = after_last_send(f, "tp_rs_attn")
+    want = ctx.costs.memory_seconds(ctx.program.tokens * 4096 * 2 * (1 + 1 / 8), "tp_reduce")
+    assert f.tasks[i].name == "attn" and f.tasks[i].seconds == pytest.approx(want)
+    assert any(i in t.deps for t in f.tasks[i + 1:])  # the next piece waits for the sum
+    # The chunks add up to the whole GEMMs, so the overlapped forward's compute exceeds the plain one's by exactly
+    # the two sums (attention and MLP) of every layer on the stage.
+    plain = build_context(gpt("parallel.tp=8", "parallel.sequence_parallel=true", *WIDE)).program.chunk(0, "F", 0)
+    layers = sum(u.kind == "layer" for u in ctx.partition.stages[0])
+    compute = lambda c: sum(t.seconds for t in c.tasks if t.stream == Stream.COMPUTE)  # noqa: E731
+    assert compute(f) - compute(plain) == pytest.approx(2 * layers * want, rel=1e-6)
+
+
 # ------------------------------------------------------------------------------ recompute
 
 
@@ -364,13 +388,13 @@ def test_fp32_gradient_pass_after_every_weight_gradient_chunk(gpt):
     layer = sum(op.params for op in _layer(s).ops)  # the tiny GPT: 4 layers, 2 per stage, no TP
     stage0 = 2 * layer + sum(op.params for op in model_units(s.model)[0].ops)  # + the embedding
     for kind in ("B", "W"):
-        (task,) = _names(prog.chunk(0, kind, 0), "grad_accumulate")
+        (task,) = _names(prog.chunk(0, kind, 0), "fp32_grads_w")
         assert task.stream == Stream.COMPUTE and task.part == "W"
         assert task.seconds == pytest.approx(ctx.costs.memory_seconds(stage0 * 18, "grad_accumulation"))
     for kind in ("F", "I"):
-        assert not _names(prog.chunk(0, kind, 0), "grad_accumulate")
+        assert not _names(prog.chunk(0, kind, 0), "fp32_grads_w")
     plain = build_context(gpt("parallel.pp=2")).program
-    assert not _names(plain.chunk(0, "B", 0), "grad_accumulate")
+    assert not _names(plain.chunk(0, "B", 0), "fp32_grads_w")
     assert simulate_step(s, mode="fast").step_time_s > simulate_step(gpt("parallel.pp=2"), mode="fast").step_time_s
 
 
