@@ -168,6 +168,11 @@ ROWS = [
     Row("dense: tied embeddings", ("model.tie_word_embeddings=true",), 1.0003, 1.01, "the first and the last stage "
         "all-reduce the 128,256 x 8,192 / 8 embedding gradient over IB before the optimizer: ~10 ms of a ~10 s "
         "step", job=DENSE),
+    Row("dense: FP32 gradient-accumulation pass", ("software.grad_accumulation=fp32_pass",), 1.02, 1.15, "after "
+        "every micro-batch's backward a memory-bound pass of 18 B per stage parameter (about 2.2B per GPU: ~20 ms at "
+        "2 TB/s) on the critical path of each backward", job=DENSE),
+    Row("dense: pipeline scatter/gather under SP", ("software.pp_scatter_gather=true",), 0.9999, 1.0001,
+        "sequence parallelism already splits the boundary activations by TP: nothing more to scatter", job=DENSE),
 ]
 
 
