@@ -117,3 +117,10 @@ def stage_params(layout: StagePartition, m: ModelSpec) -> list[int]:
 def stage_expert_params(layout: StagePartition) -> list[int]:
     return [sum(op.params for u in units for op in u.ops if op.name.startswith("experts_"))
             for units in layout.stages]
+
+
+def stage_params_per_gpu(layout: StagePartition, m: ModelSpec, tp: int, ep: int) -> tuple[list[float], list[float]]:
+    """Per stage, (dense parameters per GPU, routed-expert parameters per GPU): dense split by TP, experts by EP."""
+    experts = stage_expert_params(layout)
+    dense = [(a - e) / tp for a, e in zip(stage_params(layout, m), experts, strict=True)]
+    return dense, [e / ep for e in experts]

@@ -34,7 +34,7 @@ from typing import Literal
 
 from sim.config import Scenario
 from sim.costs.ops import OpCoster
-from sim.model.counts import stage_expert_params, stage_params
+from sim.model.counts import stage_params_per_gpu
 from sim.model.ops import Op
 from sim.model.stages import StagePartition, Unit
 from sim.network import Network
@@ -94,9 +94,8 @@ class Program(BlockTasks):
         self.kv_heads = max(1, kv_heads // p.tp)
         self.cp_links = group_links(network.cp_group())
         self.grad_pass = scenario.software.grad_accumulation == "fp32_pass"
-        experts = stage_expert_params(partition)
-        self.stage_params = [(a - e) / p.tp + e / max(1, p.ep)
-                             for a, e in zip(stage_params(partition, m), experts, strict=True)]
+        dense, expert = stage_params_per_gpu(partition, m, p.tp, p.ep)
+        self.stage_params = [d + e for d, e in zip(dense, expert, strict=True)]
 
     # --------------------------------------------------------------- public
     def chunk_key(self, stage: int, kind: ChunkKind, microbatch: int) -> tuple:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 from sim.config import Scenario
 from sim.costs.kernels import CostModel
-from sim.model.counts import stage_expert_params, stage_params
+from sim.model.counts import stage_params_per_gpu
 from sim.model.stages import StagePartition
 from sim.network import Network
 from sim.program.sharding import DpTraffic, group_links, unit_param_counts
@@ -43,10 +43,7 @@ class StepTail:
         self.costs = costs
         self.partition = partition
         p = scenario.parallel
-        params = stage_params(partition, scenario.model)
-        experts = stage_expert_params(partition)
-        self.dense = [(a - e) / p.tp for a, e in zip(params, experts, strict=True)]
-        self.expert = [e / p.ep for e in experts]
+        self.dense, self.expert = stage_params_per_gpu(partition, scenario.model, p.tp, p.ep)
         self.traffic = DpTraffic(scenario, network)
         self.plan = self.traffic.plan
         self.shard_size = network.shard_group().size
