@@ -61,6 +61,12 @@ class SoftwareSpec(Frozen):
         "into the FP32 main gradient, Megatron-LM's gradient_accumulation_fusion, or gradients accumulate in "
         "their own buffer); fp32_pass (after every micro-batch's backward a separate pass adds each BF16 gradient "
         "into an FP32 copy: DeepSpeed's BF16 optimizer, update_hp_grads; 18 B per parameter of the stage)")
+    fsdp_copies: bool = Field(
+        default=False, description="ZeRO-3 as PyTorch FSDP2 (fully_shard) runs it: each gathered layer group is "
+        "copied out of the all-gather buffer into its parameters (split_with_sizes_copy: read and write the "
+        "unsharded parameters) and each layer group's gradients are copied into the reduce-scatter buffer in "
+        "precision.grad_reduce (chunk_cat: read the gradients, write them cast), on the compute stream; stacks with "
+        "flat parameter and gradient buffers (FSDP1, Megatron-LM, DeepSpeed) gather and reduce in place")
     zero1_grad_reduce: Literal["reduce_scatter", "all_reduce"] = Field(
         default="reduce_scatter", description="ZeRO-1 gradient reduction: reduce_scatter (each rank receives the "
         "reduced shard it updates: Megatron-LM's distributed optimizer, DeepSpeed ZeRO-1 in fp16) or all_reduce "

@@ -20,7 +20,10 @@ before the core and reduce-scatters their gradients after it, exposed (Megatron-
 Llama 3 section 3.3.2).
 
 ZeRO-3 gathers each unit's parameters on the data-parallel stream, ``fsdp_prefetch`` units ahead of the one
-computing (:mod:`sim.program.sharding`). A split backward (I) keeps beside its all-to-all and collectives the
+computing (:mod:`sim.program.sharding`); as FSDP2 (``software.fsdp_copies``) the compute stream then copies them out
+of the gather buffer before the unit computes, and copies each unit's gradients into the reduce-scatter buffer
+once they are done (when gradients are reduced per micro-batch; under a pipeline FSDP2 gathers and reduces once
+per step, and those two copies, about 0.1 % of a pipelined step, are left out). A split backward (I) keeps beside its all-to-all and collectives the
 weight-gradient work a full backward runs there (up to the communication's length), so deferring the rest (W)
 never costs more than the full backward. Tasks carry their own dependencies (indices in the chunk); the engine
 runs each stream's tasks in the chunk's order, a task starting when its dependencies and its stream predecessor
@@ -94,6 +97,7 @@ class Program(BlockTasks):
         self.kv_heads = max(1, kv_heads // p.tp)
         self.cp_links = group_links(network.cp_group())
         self.grad_pass = scenario.software.grad_accumulation == "fp32_pass"
+        self.fsdp_copies = scenario.software.fsdp_copies and self.sharding.zero_stage == 3
         dense, expert = stage_params_per_gpu(partition, m, p.tp, p.ep)
         self.stage_params = [d + e for d, e in zip(dense, expert, strict=True)]
 
@@ -232,6 +236,18 @@ class Program(BlockTasks):
         back = plan.prefetch + 1
         after = b.unit_ends[-back] if len(b.unit_ends) >= back else None
         b.gate = b.add("fsdp_gather", part, Stream.DP, secs, (after,), unit.index, self.dp.gather_links, True)
+        if self.fsdp_copies:  # FSDP2's copy-out, in the unit's pre-forward (pre-backward) hook
+            b.chain("fsdp_copy_out", part, Stream.COMPUTE, self._fsdp_copy_seconds(unit, "out"), unit.index)
+
+    def _fsdp_copy_seconds(self, unit: Unit, which: Literal["out", "in"]) -> float:
+        """``software.fsdp_copies``: FSDP2 copying one unit's gathered parameters out of the all-gather buffer
+        (``out``: read and write them in ``precision.weights``), or its gradients into the reduce-scatter buffer
+        (``in``: read them in ``precision.weights``, the unsharded parameters' dtype, write them in
+        ``precision.grad_reduce``); torch ``_fsdp_collectives.py``: ``split_with_sizes_copy``, ``chunk_cat``."""
+        params = sum(unit_param_counts(unit, self.tp, self.s.parallel.ep))
+        weight_b = dtype_bytes(self.s.precision.weights)
+        per_param = 2 * weight_b if which == "out" else weight_b + dtype_bytes(self.s.precision.grad_reduce)
+        return self.coster.costs.memory_seconds(params * per_param, f"fsdp_copy_{which}")
 
     # --------------------------------------------------------------- units
     def _forward(self, b: ChunkBuilder, unit: Unit, load: MoeLoad | None) -> None:
@@ -282,4 +298,8 @@ class Program(BlockTasks):
                 b.chain("dispatch_b", "I", Stream.COMM, secs, unit.index, links, True)
         b.unit_ends.append(b.last if b.last is not None else 0)
         if kind != "I":
-            b.grads_done.append(done[-1] if done else (b.last if b.last is not None else 0))
+            grads = done[-1] if done else (b.last if b.last is not None else 0)
+            if self.fsdp_copies and self.sharding.reduce_every_microbatch:  # FSDP2's post-backward copy-in
+                grads = b.add("fsdp_copy_in_w", "W", Stream.COMPUTE, self._fsdp_copy_seconds(unit, "in"), (grads,),
+                              unit.index)
+            b.grads_done.append(grads)

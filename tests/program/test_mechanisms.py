@@ -239,6 +239,34 @@ def test_fsdp_gathers_each_layer_group_per_micro_batch(gpt):
     assert piped.tail.param_gather_seconds([0]) > 0  # once per step instead
 
 
+def test_fsdp2_copies_gathered_parameters_out_and_gradients_in_on_the_compute_stream(gpt):
+    """``software.fsdp_copies`` (FSDP2): after each unit's gather the compute stream copies the unsharded
+    parameters out of the gather buffer (read and write, BF16: 4 B per parameter) before the unit computes; after
+    its backward it copies the gradients into the reduce-scatter buffer (read BF16, write FP32: 6 B per
+    parameter), which the reduction waits for. Flat-buffer stacks (the default) copy nothing; under a pipeline
+    (one gather and one reduction per step) no chunk carries them."""
+    s = gpt("parallel.zero_stage=3", "software.fsdp_copies=true", "precision.grad_reduce=fp32")
+    ctx = build_context(s)
+    f, b = ctx.program.chunk(0, "F", 0), ctx.program.chunk(0, "B", 0)
+    layer = sum(op.params for op in _layer(s).ops)
+    outs, ins = _names(f, "fsdp_copy_out"), _names(b, "fsdp_copy_in_w")
+    assert len(outs) == len(_names(b, "fsdp_copy_out")) == len(ins) == 6    # embedding, 4 layers, head
+    assert outs[1].seconds == pytest.approx(ctx.costs.memory_seconds(layer * 4, "fsdp_copy_out"))
+    assert ins[1].seconds == pytest.approx(ctx.costs.memory_seconds(layer * 6, "fsdp_copy_in"))
+    assert all(t.stream == Stream.COMPUTE for t in outs + ins) and all(t.part == "W" for t in ins)
+    gathers = [i for i, t in enumerate(f.tasks) if t.name == "fsdp_gather"]
+    copies = [i for i, t in enumerate(f.tasks) if t.name == "fsdp_copy_out"]
+    for g, c in zip(gathers, copies, strict=True):
+        assert g in f.tasks[c].deps                       # the copy waits for its gather
+        assert c in f.tasks[c + 1].deps                   # and the unit's first kernel for the copy
+    assert not _names(build_context(gpt("parallel.zero_stage=3")).program.chunk(0, "F", 0), "fsdp_copy_out")
+    piped = build_context(gpt("parallel.zero_stage=3", "software.fsdp_copies=true", "parallel.pp=2",
+                              "parallel.fsdp_reshard_after_forward=false", "training.global_batch_size=32"))
+    assert not _names(piped.program.chunk(0, "B", 0), "fsdp_copy_in_w")
+    base = simulate_step(gpt("parallel.zero_stage=3", "precision.grad_reduce=fp32"), mode="fast").step_time_s
+    assert simulate_step(s, mode="fast").step_time_s > base
+
+
 def test_fsdp_prefetch_depth_sets_which_compute_a_gather_waits_for(gpt):
     for depth in (0, 1, 2):
         f = build_context(gpt("parallel.zero_stage=3", f"parallel.fsdp_prefetch={depth}")).program.chunk(0, "F", 0)
