@@ -29,7 +29,10 @@ mask + softmax, and dropout on the probabilities as kernels of their own. Backwa
 ``dP = dO V^T``, dropout and softmax backward, ``dQ = dS K``, ``dK = dS^T Q``. HBM bytes per score element
 (BF16 values, 1-byte masks): forward 2 (S) + 4 (softmax, fused; 12 unfused) + 5 (dropout, when on) + 2 (P read
 by the second GEMM); backward 2 + 2 + 5 + 6 + 2 + 2; about 32 B in all with dropout, against 33-37.5 B measured
-(FA1 Fig. 2: 40.3 GB for 1.07e9 score elements).
+for PyTorch's unfused softmax (FA1 Fig. 2: 40.3 GB for 1.07e9 score elements). Under a causal mask the fused
+kernel (Megatron-LM's ``scaled_upper_triang_masked_softmax``, also Megatron-Core's and Transformer Engine's)
+reads only each row's first ``row + 1`` scores and writes the whole row, zeros above the diagonal: forward
+1 + 2 = 3 B, backward (dP and P read over the triangle, dS written whole) 2 + 2 = 4 B; 29 B in all.
 """
 
 from __future__ import annotations
@@ -90,25 +93,28 @@ def _bmm(gpu: GpuSpec, groups: int, m: float, n: float, k: float) -> float:
     return gemm.gemm_seconds(gpu, "bf16", m * groups, n, k, (m,) * groups)
 
 
-def unfused_score_bytes(backward: bool, dropout: bool, fused_softmax: bool) -> tuple[float, ...]:
-    """HBM bytes per score element of each memory-bound kernel over the scores (see the module docstring)."""
+def unfused_score_bytes(backward: bool, dropout: bool, fused_softmax: bool, causal: bool = False
+                        ) -> tuple[float, ...]:
+    """HBM bytes per score element of each memory-bound kernel over the scores (see the module docstring);
+    ``causal``: the fused softmax reads only the scores on and below the diagonal (half of them)."""
     b = dtype_bytes("bf16")
     mask = dtype_bytes("fp8")  # a 1-byte mask
+    read = 0.5 if causal and fused_softmax else 1.0  # the share of each row a fused causal softmax reads
     if not backward:
-        softmax = (2 * b,) if fused_softmax else (2 * b, 2 * b, 2 * b)
+        softmax = (read * b + b,) if fused_softmax else (2 * b, 2 * b, 2 * b)
         return (*softmax, *((2 * b + mask,) if dropout else ()))
-    softmax = (3 * b,) if fused_softmax else (3 * b, 2 * b)
+    softmax = (2 * read * b + b,) if fused_softmax else (3 * b, 2 * b)
     return (*((2 * b + mask,) if dropout else ()), *softmax)
 
 
 def unfused_seconds(gpu: GpuSpec, memory_seconds, batch: float, seq: int, heads: int, qk_dim: int, v_dim: int,
-                    backward: bool, dropout: bool, fused_softmax: bool) -> float:
+                    backward: bool, dropout: bool, fused_softmax: bool, causal: bool = True) -> float:
     """The unfused path for ``batch`` sequences and ``heads`` local heads; ``memory_seconds(bytes, name)`` costs
     one memory-bound kernel (the cost model's, calibrated)."""
     groups = max(1, round(batch * heads))
     scores = groups * float(seq) * seq
     kernels = [memory_seconds(per * scores, "softmax") for per in unfused_score_bytes(backward, dropout,
-                                                                                      fused_softmax)]
+                                                                                      fused_softmax, causal)]
     if not backward:
         gemms = _bmm(gpu, groups, seq, seq, qk_dim) + _bmm(gpu, groups, seq, v_dim, seq)
     else:

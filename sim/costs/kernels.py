@@ -215,17 +215,17 @@ class CostModel:
         return self._store(key, t)
 
     def unfused_attention_seconds(self, pass_: Pass, tokens: float, seq_len: int, heads: int, qk_dim: int,
-                                  v_dim: int, dropout: bool, fused_softmax: bool) -> float:
+                                  v_dim: int, dropout: bool, fused_softmax: bool, causal: bool = True) -> float:
         """Attention as batched GEMMs over materialized scores (:mod:`sim.costs.attention`)."""
         if pass_ == "wgrad" or tokens <= 0:
             return 0.0
-        key = ("unfused_attention", pass_, tokens, seq_len, heads, qk_dim, v_dim, dropout, fused_softmax)
+        key = ("unfused_attention", pass_, tokens, seq_len, heads, qk_dim, v_dim, dropout, fused_softmax, causal)
         hit = self._hit(key)
         if hit is not None:
             return hit
         with self._computing():
             t = unfused_seconds(self.gpu, self.memory_seconds, tokens / seq_len, seq_len, heads, qk_dim, v_dim,
-                                pass_ != "fwd", dropout, fused_softmax)
+                                pass_ != "fwd", dropout, fused_softmax, causal)
         return self._store(key, t)
 
     # ------------------------------------------------------------------ memory-bound

@@ -212,6 +212,17 @@ def test_unfused_kernels_per_score_element_by_hand():
     assert attention.unfused_score_bytes(True, dropout=False, fused_softmax=True) == (6.0,)
 
 
+def test_fused_causal_softmax_reads_only_the_triangle():
+    """Megatron-LM's scaled_upper_triang_masked_softmax (as vendored by ColossalAI, "from NVIDIA Megatron"): the
+    forward loads row i's first i + 1 scores and stores the whole row (zeros above the diagonal), so over s x s
+    scores it reads half and writes all: 1 + 2 = 3 B. The backward loads dP and P over the triangle and stores
+    dS whole: 1 + 1 + 2 = 4 B. The unfused softmax (three torch kernels) reads everything whatever the mask."""
+    assert attention.unfused_score_bytes(False, dropout=False, fused_softmax=True, causal=True) == (3.0,)
+    assert attention.unfused_score_bytes(True, dropout=False, fused_softmax=True, causal=True) == (4.0,)
+    assert attention.unfused_score_bytes(True, dropout=True, fused_softmax=True, causal=True) == (5.0, 4.0)
+    assert attention.unfused_score_bytes(False, dropout=False, fused_softmax=False, causal=True) == (4.0, 4.0, 4.0)
+
+
 def test_unfused_path_by_hand():
     """2 sequences x 3 heads = 6 batched GEMMs of s x s scores. Forward: S = Q K^T ([s, d_qk] x [d_qk, s]) and
     O = P V ([s, s] x [s, d_v]); backward dV = P^T dO, dP = dO V^T ([s, d_v] x [d_v, s]), dQ = dS K and
@@ -231,11 +242,14 @@ def test_unfused_path_by_hand():
     scores = 6.0 * s * s
     fwd = attention.unfused_seconds(g, mem, 2, s, 3, dq, dv, False, True, False)
     assert fwd == pytest.approx(bmm(s, s, dq) + bmm(s, dv, s) + (4 + 4 + 4 + 5) * scores / 1e12)
-    bwd = attention.unfused_seconds(g, mem, 2, s, 3, dq, dv, True, False, True)
+    bwd = attention.unfused_seconds(g, mem, 2, s, 3, dq, dv, True, False, True, causal=False)
     assert bwd == pytest.approx(bmm(s, dv, s) + bmm(s, s, dv) + 2 * bmm(s, dq, s) + 6 * scores / 1e12)
+    # Causal (the default): the fused softmax backward reads dP and P over the triangle only, 2 + 2 B.
+    causal = attention.unfused_seconds(g, mem, 2, s, 3, dq, dv, True, False, True)
+    assert causal == pytest.approx(bmm(s, dv, s) + bmm(s, s, dv) + 2 * bmm(s, dq, s) + 4 * scores / 1e12)
     assert set(seen) == {"softmax"}
     # Less than one sequence's heads still runs one batched GEMM.
-    assert attention.unfused_seconds(g, mem, 0.1, s, 3, dq, dv, False, False, True) == pytest.approx(
+    assert attention.unfused_seconds(g, mem, 0.1, s, 3, dq, dv, False, False, True, False) == pytest.approx(
         gemm.gemm_seconds(g, "bf16", s, s, dq, (s,)) + gemm.gemm_seconds(g, "bf16", s, dv, s, (s,))
         + 4 * s * s / 1e12)
 
