@@ -32,9 +32,12 @@ class ParallelSpec(Frozen):
     dp: int | None = Field(default=None, ge=1, description="derived from the GPU count when omitted")
     ep: int = Field(default=1, ge=1, description="expert parallel size, spanning data-parallel ranks")
     cp: int = Field(default=1, ge=1, description="context parallel size: each sequence split over cp GPUs")
-    cp_mode: Literal["ring", "all_gather"] = Field(
+    cp_mode: Literal["ring", "all_gather", "pytorch"] = Field(
         default="ring", description="ring: KV blocks passed around the CP group, overlapped with attention "
-        "(Megatron-Core); all_gather: K and V all-gathered before attention, exposed (Llama 3)")
+        "(Megatron-Core); all_gather: K and V all-gathered before attention, exposed, their gradients reduce-"
+        "scattered after it (Llama 3); pytorch: PyTorch's context_parallel (torch 2.5-2.6, rotate_method "
+        "allgather; torchtitan): K and V all-gathered once per pass beside the diagonal step, their gradients "
+        "passed around the ring in FP32, each beside the next step")
     sequence_parallel: bool = False
     schedule: ScheduleName = "1f1b"
     vpp: int = Field(default=1, ge=1, description="virtual stages per rank (interleaved-1f1b)")

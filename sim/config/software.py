@@ -61,6 +61,10 @@ class SoftwareSpec(Frozen):
         "into the FP32 main gradient, Megatron-LM's gradient_accumulation_fusion, or gradients accumulate in "
         "their own buffer); fp32_pass (after every micro-batch's backward a separate pass adds each BF16 gradient "
         "into an FP32 copy: DeepSpeed's BF16 optimizer, update_hp_grads; 18 B per parameter of the stage)")
+    repeat_kv: bool = Field(
+        default=False, description="grouped-query attention's keys and values are repeated to the query heads "
+        "before the attention kernel (torchtitan's Llama: repeat_kv, then F.scaled_dot_product_attention), so "
+        "context-parallel exchanges move n_heads, not n_kv_heads, heads of K and V")
     fsdp_copies: bool = Field(
         default=False, description="ZeRO-3 as PyTorch FSDP2 (fully_shard) runs it: each gathered layer group is "
         "copied out of the all-gather buffer into its parameters (split_with_sizes_copy: read and write the "

@@ -201,6 +201,9 @@ class BlockTasks:
         name = "attn" if part == "F" else "attn_b"
         secs = self._secs(unit, "core", (op,), part, load)
         kv = self._kv_bytes(op)
+        if self.cp_mode == "pytorch":
+            self._core_pytorch(b, unit, op, part, load, secs, kv)
+            return
         if self.cp_mode == "all_gather":
             full = kv * self.cp
             gather = self.net.collective_seconds("all_gather", full, self.net.cp_group())
@@ -225,6 +228,43 @@ class BlockTasks:
         if part != "F":
             b.chain("cp_dkv", part, Stream.COMM, self.net.cp_ring_step_seconds(kv), unit.index, self.cp_links, True,
                     also=(comm,))
+
+    def _core_pytorch(self, b: ChunkBuilder, unit: Unit, op: Op, part: Part, load: MoeLoad | None, secs: float,
+                      kv: float) -> None:
+        """PyTorch's context_parallel (torch 2.6 ``_templated_ring_attention`` and its backward, rotate_method
+        allgather): each pass all-gathers K and V asynchronously and computes the diagonal step (its own block,
+        1/``cp`` of the core) meanwhile; the other steps need the gathered blocks. The backward (after the
+        recomputed forward, when the core is recomputed: a pass of its own) gathers them again, and after each
+        step sends the accumulated K and V gradients, in FP32 (``convert_to_f32``), to the next rank; the
+        compute stream waits for a send before the step after next, and for the last one at the end."""
+        full = self.net.collective_seconds("all_gather", kv * self.cp, self.net.cp_group())
+        name = "attn" if part == "F" else "attn_b"
+
+        def forward_steps(seconds: float) -> None:
+            gather = b.add("cp_kv_gather", part, Stream.COMM, full, (b.last,), unit.index, self.cp_links, True)
+            b.chain(name, part, Stream.COMPUTE, seconds / self.cp, unit.index)
+            for step in range(1, self.cp):
+                b.chain(name, part, Stream.COMPUTE, seconds / self.cp, unit.index,
+                        also=(gather,) if step == 1 else ())
+
+        if part == "F":
+            forward_steps(secs)
+            return
+        again = self.coster.recompute_fraction(op)
+        fwd = again * self._secs(unit, "core", (op,), "F", load) if again > 0 else 0.0
+        if fwd > 0:
+            forward_steps(fwd)
+        bwd = (secs - fwd) / self.cp
+        gather = b.add("cp_kv_gather", part, Stream.COMM, full, (b.last,), unit.index, self.cp_links, True)
+        send_s = self.net.cp_ring_step_seconds(2 * kv)  # the K and V gradients in FP32
+        sends: list[int] = []
+        for step in range(self.cp):
+            waits = (gather,) if step == 1 else (sends[-2],) if step >= 2 else ()
+            done = b.chain(name, part, Stream.COMPUTE, bwd, unit.index, also=waits)
+            sends.append(b.add("cp_dkv", part, Stream.COMM, send_s, (done, *sends[-1:]), unit.index, self.cp_links,
+                               True))
+            b.last = done
+        b.gate = sends[-1]  # the gradients are home before the next kernel uses them
 
     def _recompute_comm(self, b: ChunkBuilder, unit: Unit, plan: BlockPlan, ep: bool, load: MoeLoad | None) -> None:
         """Full recompute re-runs a block's forward, its communication included: the TP collectives, or the

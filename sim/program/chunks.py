@@ -17,7 +17,8 @@ each other on several streams, so together they cost the whole GEMM), so how muc
 durations. Context parallelism splits the attention core into ``cp`` steps: ``ring`` passes key/value blocks
 around the CP group beside the steps (backward: the blocks and their gradients), ``all_gather`` gathers K and V
 before the core and reduce-scatters their gradients after it, exposed (Megatron-Core ``context_parallel.rst``;
-Llama 3 section 3.3.2).
+Llama 3 section 3.3.2); ``pytorch`` gathers K and V once per pass beside the diagonal step and passes their FP32
+gradients around the ring (torch 2.6 ``distributed/tensor/experimental/_attention.py``).
 
 ZeRO-3 gathers each unit's parameters on the data-parallel stream, ``fsdp_prefetch`` units ahead of the one
 computing (:mod:`sim.program.sharding`); as FSDP2 (``software.fsdp_copies``) the compute stream then copies them out
@@ -93,7 +94,7 @@ class Program(BlockTasks):
         gpu = scenario.cluster.gpu
         self.comm_rate = (gpu.num_sms - p.comm_sms) / gpu.num_sms
         self.static = scenario.sm_partition == "static"
-        kv_heads = m.n_heads if m.attention == "mla" else m.kv_heads
+        kv_heads = m.n_heads if m.attention == "mla" or scenario.software.repeat_kv else m.kv_heads
         self.kv_heads = max(1, kv_heads // p.tp)
         self.cp_links = group_links(network.cp_group())
         self.grad_pass = scenario.software.grad_accumulation == "fp32_pass"

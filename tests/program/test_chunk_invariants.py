@@ -26,6 +26,7 @@ TP4_OVERLAP = ("parallel.tp=4", "parallel.sequence_parallel=true", "parallel.tp_
 LAYOUTS = {
     "tp": TP2, "sp": SP, "sp_overlap": OVERLAP, "tp4_overlap": TP4_OVERLAP,
     "cp_ring": ("parallel.cp=2",), "cp_gather": ("parallel.cp=2", "parallel.cp_mode=all_gather"),
+    "cp_pytorch": ("parallel.cp=4", "parallel.cp_mode=pytorch", "parallel.recompute=full"),
     "tp_cp_ring": (*SP, "parallel.cp=2"),
     "sp_full_recompute": (*SP, "parallel.recompute=full"),
     "sp_overlap_full_recompute": (*OVERLAP, "parallel.recompute=full"),

@@ -65,6 +65,45 @@ def test_all_gather_context_parallelism_gathers_kv_once_per_layer(gpt):
     assert len(_names(b, "cp_kv_gather")) == 4 and len(_names(b, "cp_dkv_scatter")) == 4
 
 
+def test_pytorch_context_parallelism_gathers_beside_the_diagonal_step_and_passes_fp32_gradients(gpt):
+    """``cp_mode: pytorch`` (torch 2.6 ``_templated_ring_attention`` with the all-gather rotater): per layer and
+    pass one all-gather of the whole sequence's K and V, which only the second step waits for (the first is the
+    rank's own diagonal block); the backward gathers again for the recomputed forward and for itself, then after
+    each of its ``cp`` steps sends the K and V gradients on in FP32 (2 x the BF16 bytes): step k waits for the
+    send of step k - 2, and the next kernel after the core for the last send."""
+    cp = 4
+    s = gpt(f"parallel.cp={cp}", "parallel.cp_mode=pytorch", "parallel.recompute=full")
+    ctx = build_context(s)
+    prog, net = ctx.program, ctx.network
+    attention = next(op for op in _layer(s).ops if op.kind == "attention")
+    kv = prog._kv_bytes(attention)
+    assert kv == SEQ // cp * H * (64 + 64) * 2
+    gather_s = net.collective_seconds("all_gather", kv * cp, net.cp_group())
+    f, b = prog.chunk(0, "F", 0), prog.chunk(0, "B", 0)
+    assert [t.seconds for t in _names(f, "cp_kv_gather")] == [gather_s] * 4
+    assert len(_names(b, "cp_kv_gather")) == 2 * 4                 # recomputed forward, then the backward
+    assert not _names(f, "cp_dkv") and len(_names(b, "cp_dkv")) == cp * 4
+    assert all(t.seconds == net.cp_ring_step_seconds(2 * kv) for t in _names(b, "cp_dkv"))
+    t = f.tasks
+    g = next(i for i, x in enumerate(t) if x.name == "cp_kv_gather")
+    steps = [i for i in range(g + 1, g + 1 + cp)]
+    assert all(t[i].name == "attn" for i in steps)
+    assert g not in t[steps[0]].deps and g in t[steps[1]].deps   # the diagonal step runs beside the gather
+    t = b.tasks
+    sends = [i for i, x in enumerate(t) if x.name == "cp_dkv"][:cp]
+    bwd = [i - 1 for i in sends]                                  # each send follows its step
+    assert all(t[i].name == "attn_b" and i in t[j].deps for i, j in zip(bwd, sends, strict=True))
+    for k in range(2, cp):
+        assert sends[k - 2] in t[bwd[k]].deps
+    after = next(i for i in range(sends[-1] + 1, len(t)) if t[i].stream == Stream.COMPUTE)
+    assert sends[-1] in t[after].deps
+    # GQA with repeat_kv (torchtitan): K and V travel with the query heads' count.
+    gqa = ("model.attention=gqa", "model.n_kv_heads=1", f"parallel.cp={cp}", "parallel.cp_mode=pytorch")
+    few = build_context(gpt(*gqa)).program._kv_bytes(attention)
+    many = build_context(gpt(*gqa, "software.repeat_kv=true")).program._kv_bytes(attention)
+    assert few == kv / H and many == kv
+
+
 def test_context_parallelism_halves_activation_memory_and_attention_work(gpt):
     one, two = gpt(), gpt("parallel.cp=2")
     assert two.dp == one.dp // 2 and two.tokens_per_gpu == one.tokens_per_gpu // 2
