@@ -118,6 +118,16 @@ class PrecisionSpec(Frozen):
     combine: Literal["bf16", "fp8"] = "bf16"
     activation_tile: int = Field(default=128, ge=1, description="1 x N activation quantization tile")
     weight_block: int = Field(default=128, ge=1, description="N x N weight quantization block")
+    fp8_scaling: Literal["tilewise", "tensorwise"] = Field(
+        default="tilewise", description="how FP8 GEMM operands are scaled: tilewise (DeepSeek-V3: activations "
+        "quantized in 1 x N tiles by the cast kernel itself, weights re-quantized once per step after the "
+        "optimizer); tensorwise (torchao Float8Linear with dynamic scaling under torch.compile, as torchtitan: "
+        "the weights are reduced to their absolute maximum and cast in every forward, and the input- and weight-"
+        "gradient GEMMs re-lay their cached FP8 operands out)")
+    fp8_weight_gather: bool = Field(
+        default=False, description="ZeRO-3 gathers the weights of the FP8 GEMMs in FP8, each rank casting its shard "
+        "before the all-gather, so the forward casts no weight (torchao's enable_fsdp_float8_all_gather with "
+        "precompute_float8_dynamic_scale_for_fsdp); needs fp8_scaling tensorwise, fprop fp8 and zero_stage 3")
 
     @property
     def uses_fp8(self) -> bool:

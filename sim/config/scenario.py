@@ -199,7 +199,11 @@ class Scenario(Frozen):
                              "(embedding) and the last (output head) may have zero layers")
 
     def _check_sharding(self, dp: int) -> None:
-        p = self.parallel
+        p, prec = self.parallel, self.precision
+        if prec.fp8_weight_gather and (p.zero_stage != 3 or prec.fprop != "fp8" or prec.fp8_scaling != "tensorwise"):
+            raise ValueError("precision.fp8_weight_gather: gathers FP8 weights under ZeRO-3; needs zero_stage 3, "
+                             f"fprop fp8 and fp8_scaling tensorwise (got zero_stage {p.zero_stage}, fprop "
+                             f"{prec.fprop}, fp8_scaling {prec.fp8_scaling})")
         if p.zero_stage != 3:
             for key in ("fsdp_shard_group", "fsdp_reshard_after_forward"):
                 if getattr(p, key) is not None:

@@ -69,8 +69,10 @@ class SoftwareSpec(Frozen):
         default=False, description="ZeRO-3 as PyTorch FSDP2 (fully_shard) runs it: each gathered layer group is "
         "copied out of the all-gather buffer into its parameters (split_with_sizes_copy: read and write the "
         "unsharded parameters) and each layer group's gradients are copied into the reduce-scatter buffer in "
-        "precision.grad_reduce (chunk_cat: read the gradients, write them cast), on the compute stream; stacks with "
-        "flat parameter and gradient buffers (FSDP1, Megatron-LM, DeepSpeed) gather and reduce in place")
+        "precision.grad_reduce (chunk_cat: read the gradients, write them cast), on the compute stream; while "
+        "gradient sync is off (a pipeline's micro-batches before a stage's last backward) each unit's gradients are "
+        "added into an accumulator in precision.grad_reduce instead; stacks with flat parameter and gradient "
+        "buffers (FSDP1, Megatron-LM, DeepSpeed) gather and reduce in place")
     zero1_grad_reduce: Literal["reduce_scatter", "all_reduce"] = Field(
         default="reduce_scatter", description="ZeRO-1 gradient reduction: reduce_scatter (each rank receives the "
         "reduced shard it updates: Megatron-LM's distributed optimizer, DeepSpeed ZeRO-1 in fp16) or all_reduce "

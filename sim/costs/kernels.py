@@ -159,18 +159,18 @@ class CostModel:
         fwd: ``m x n x k``; dgrad: ``m x k x n``; wgrad: ``n x k x m`` (contraction over the rows).
         """
         dtype = self.gemm_dtype(pass_, precision_class)
-        cast_unit = dtype_bytes("bf16") + dtype_bytes("fp8")  # read BF16, write FP8 (per element)
         if pass_ == "fwd":
             t = self.gemm_seconds(m, n, k, dtype, group_rows, "fwd")
-            cast = cast_unit * m * k
         elif pass_ == "dgrad":
             t = self.gemm_seconds(m, k, n, dtype, group_rows, "dgrad")
-            cast = cast_unit * m * n
         else:
             t = self._wgrad_seconds(m, n, k, dtype, group_rows)
-            cast = dtype_bytes("fp8") * 2 * m * k + cast_unit * m * n  # transpose the cached FP8 input
         if dtype == "fp8":
-            t += self.memory_seconds(cast, "fp8_cast")
+            weights = len(group_rows) if group_rows else 1  # one weight per expert of a grouped GEMM
+            scaling = self.precision.fp8_scaling
+            if scaling == "tensorwise" and self.precision.fp8_weight_gather and pass_ == "fwd":
+                scaling = "tilewise"  # the gathered weight is FP8 already: the forward casts only the input
+            t += self.memory_seconds(fp8_cast_bytes(pass_, m, n, k, scaling, weights), "fp8_cast")
         return t
 
     def _wgrad_seconds(self, m: float, n: int, k: int, dtype: str, group_rows: tuple[float, ...] | None) -> float:
@@ -244,6 +244,29 @@ class CostModel:
                 self._record("memory-bound kernels", c)
                 t /= c.kappa
         return self._store(key, t)
+
+
+def fp8_cast_bytes(pass_: Pass, m: float, n: int, k: int, scaling: str, weights: int = 1) -> float:
+    """HBM bytes of the FP8 casts around one pass of a linear layer with ``weights`` weights of ``[n, k]`` (the
+    experts of a grouped GEMM) over ``m`` rows. A cast reads BF16 and writes FP8 (3 B per element), a re-layout
+    reads and writes FP8 (2 B), an absolute-maximum reduction reads BF16 (2 B).
+
+    tilewise (DeepSeek-V3 3.3): fwd casts the input (3 m k); dgrad the output gradient (3 m n); wgrad transposes
+    the cached FP8 input (2 m k) and casts the output gradient in 128 x 1 tiles (3 m n); the weights are
+    re-quantized once per step with the optimizer (:mod:`sim.program.tail`).
+    tensorwise (torchao 0.7 ``Float8Linear``, dynamic scaling, under torch.compile as torchtitan runs it): the
+    activations' and gradients' maxima are reduced in their producers' kernels, so their casts cost as above;
+    the weight is reduced and cast in every forward (2 + 3 per element) and its cached FP8 copy re-laid out
+    column-major for ``torch._scaled_mm`` in dgrad (2); wgrad re-lays out the cached FP8 output gradient and
+    input (2 m n + 2 m k) instead of casting again. With ``precision.fp8_weight_gather`` the weight arrives in
+    FP8 from the ZeRO-3 gather (cast on the shard, before it): the forward casts the input only."""
+    cast, relayout, amax = dtype_bytes("bf16") + dtype_bytes("fp8"), 2 * dtype_bytes("fp8"), dtype_bytes("bf16")
+    weight = weights * n * k
+    if pass_ == "fwd":
+        return cast * m * k + ((amax + cast) * weight if scaling == "tensorwise" else 0.0)
+    if pass_ == "dgrad":
+        return cast * m * n + (relayout * weight if scaling == "tensorwise" else 0.0)
+    return relayout * m * k + (relayout if scaling == "tensorwise" else cast) * m * n
 
 
 #: Memos shared by cost models of the same content (see :func:`cost_model`), least recently used first out.

@@ -23,8 +23,9 @@ gradients around the ring (torch 2.6 ``distributed/tensor/experimental/_attentio
 ZeRO-3 gathers each unit's parameters on the data-parallel stream, ``fsdp_prefetch`` units ahead of the one
 computing (:mod:`sim.program.sharding`); as FSDP2 (``software.fsdp_copies``) the compute stream then copies them out
 of the gather buffer before the unit computes, and copies each unit's gradients into the reduce-scatter buffer
-once they are done (when gradients are reduced per micro-batch; under a pipeline FSDP2 gathers and reduces once
-per step, and those two copies, about 0.1 % of a pipelined step, are left out). A split backward (I) keeps beside its all-to-all and collectives the
+once they are done. Under a pipeline FSDP2 syncs gradients only at a stage's last backward: each micro-batch adds
+the unit's gradients into an FP32 accumulator instead, and the once-per-step gather and reduction copies (about
+0.1 % of a pipelined step) are left out. A split backward (I) keeps beside its all-to-all and collectives the
 weight-gradient work a full backward runs there (up to the communication's length), so deferring the rest (W)
 never costs more than the full backward. Tasks carry their own dependencies (indices in the chunk); the engine
 runs each stream's tasks in the chunk's order, a task starting when its dependencies and its stream predecessor
@@ -240,14 +241,18 @@ class Program(BlockTasks):
         if self.fsdp_copies:  # FSDP2's copy-out, in the unit's pre-forward (pre-backward) hook
             b.chain("fsdp_copy_out", part, Stream.COMPUTE, self._fsdp_copy_seconds(unit, "out"), unit.index)
 
-    def _fsdp_copy_seconds(self, unit: Unit, which: Literal["out", "in"]) -> float:
+    def _fsdp_copy_seconds(self, unit: Unit, which: Literal["out", "in", "accumulate"]) -> float:
         """``software.fsdp_copies``: FSDP2 copying one unit's gathered parameters out of the all-gather buffer
-        (``out``: read and write them in ``precision.weights``), or its gradients into the reduce-scatter buffer
+        (``out``: read and write them in the gathered dtype), its gradients into the reduce-scatter buffer
         (``in``: read them in ``precision.weights``, the unsharded parameters' dtype, write them in
-        ``precision.grad_reduce``); torch ``_fsdp_collectives.py``: ``split_with_sizes_copy``, ``chunk_cat``."""
+        ``precision.grad_reduce``; torch ``_fsdp_collectives.py``: ``split_with_sizes_copy``, ``chunk_cat``), or,
+        while gradient sync is off (a pipeline's micro-batches before a stage's last backward), adding them into
+        the accumulated gradient in ``precision.grad_reduce`` (``accumulate``: read the gradient, read and write
+        the accumulator; ``_fsdp_param.py``: ``unsharded_accumulated_grad += unsharded_param.grad``)."""
         params = sum(unit_param_counts(unit, self.tp, self.s.parallel.ep))
-        weight_b = dtype_bytes(self.s.precision.weights)
-        per_param = 2 * weight_b if which == "out" else weight_b + dtype_bytes(self.s.precision.grad_reduce)
+        gathered_b = self.dp.weight_b  # what the all-gather moved: FP8 with precision.fp8_weight_gather
+        grad_b, reduce_b = dtype_bytes(self.s.precision.weights), dtype_bytes(self.s.precision.grad_reduce)
+        per_param = {"out": 2 * gathered_b, "in": grad_b + reduce_b, "accumulate": grad_b + 2 * reduce_b}[which]
         return self.coster.costs.memory_seconds(params * per_param, f"fsdp_copy_{which}")
 
     # --------------------------------------------------------------- units
@@ -300,7 +305,8 @@ class Program(BlockTasks):
         b.unit_ends.append(b.last if b.last is not None else 0)
         if kind != "I":
             grads = done[-1] if done else (b.last if b.last is not None else 0)
-            if self.fsdp_copies and self.sharding.reduce_every_microbatch:  # FSDP2's post-backward copy-in
-                grads = b.add("fsdp_copy_in_w", "W", Stream.COMPUTE, self._fsdp_copy_seconds(unit, "in"), (grads,),
-                              unit.index)
+            if self.fsdp_copies:  # FSDP2's post-backward: the reduce-scatter's copy-in, or the FP32 accumulation
+                which: Literal["in", "accumulate"] = "in" if self.sharding.reduce_every_microbatch else "accumulate"
+                name = "fsdp_copy_in_w" if which == "in" else "fsdp_accumulate_w"
+                grads = b.add(name, "W", Stream.COMPUTE, self._fsdp_copy_seconds(unit, which), (grads,), unit.index)
             b.grads_done.append(grads)

@@ -21,7 +21,7 @@ the ``dp x cp / g`` shard groups; gathers and reduce-scatters run inside the sha
 gradient shard is all-reduced across the replicas. Dense parameters are split by TP and shared by the data-
 and context-parallel ranks; routed experts are split by EP and replicated over the expert-data-parallel ranks,
 over which their states are sharded (no hybrid sharding for experts). Gradients travel in
-``precision.grad_reduce``, parameters in ``precision.weights``.
+``precision.grad_reduce``, parameters in ``precision.weights`` (FP8 with ``precision.fp8_weight_gather``).
 """
 
 from __future__ import annotations
@@ -123,7 +123,9 @@ class DpTraffic:
         self.experts = network.expert_dp_group()
         self.grad_b = dtype_bytes(scenario.precision.grad_reduce)
         self.accum_b = dtype_bytes(scenario.precision.grads)  # the accumulated gradient (Megatron's main_grad)
-        self.weight_b = dtype_bytes(scenario.precision.weights)
+        prec = scenario.precision
+        # FP8 weight gathers move the FP8 GEMMs' weights (nearly all parameters; norms and embeddings are noise)
+        self.weight_b = dtype_bytes("fp8") if prec.fp8_weight_gather else dtype_bytes(prec.weights)
         expert = (self.experts,) if scenario.model.is_moe else ()
         self.gather_links = group_links(self.shard, *expert)
         self.reduce_links = group_links(self.shard, self.replicas, *expert)

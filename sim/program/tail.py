@@ -15,7 +15,7 @@ stage before the optimizer (:meth:`StepTail.tied_embedding_seconds`).
 
 The optimizer (AdamW) is memory-bound. Per parameter of the local shard it reads and writes the master
 weight and both moments, reads the gradient (twice: once for the global norm used by clipping) and writes
-the working weight; with an FP8 recipe every working weight is re-quantized once per step (read BF16,
+the working weight; with a tilewise FP8 recipe every working weight is re-quantized once per step (read BF16,
 write FP8).
 """
 
@@ -79,7 +79,8 @@ class StepTail:
         per_param = (2 * dtype_bytes(prec.master_weights) + 4 * dtype_bytes(prec.optimizer_states)
                      + 2 * dtype_bytes(prec.grads) + dtype_bytes(prec.weights))
         seconds = self.costs.memory_seconds(shard * per_param, "optimizer")
-        if prec.fprop == "fp8" or prec.dgrad == "fp8" or prec.wgrad == "fp8":
+        tilewise = prec.fp8_scaling == "tilewise"  # tensorwise scaling casts the weights in every forward instead
+        if tilewise and (prec.fprop == "fp8" or prec.dgrad == "fp8" or prec.wgrad == "fp8"):
             seconds += self.costs.memory_seconds((dense + expert) * (dtype_bytes("bf16") + dtype_bytes("fp8")),
                                                  "fp8_cast")
         return seconds

@@ -72,6 +72,29 @@ def test_fp8_passes_add_their_cast_kernels_by_hand():
         best(N, K, M, "wgrad") + cast(2 * M * K + 3 * M * N))
 
 
+def test_tensorwise_fp8_casts_the_weight_every_forward_and_relays_operands_out_by_hand():
+    """torchao Float8Linear (dynamic tensorwise scaling, compiled): activations cast as in the tilewise recipe
+    (3 B per element, their maxima reduced in the producers' kernels); the weight reduced (read 2 B) and cast
+    (3 B) in every forward, 5 B per weight element; dgrad re-lays the cached FP8 weight out column-major (read 1,
+    write 1: 2 B per weight element); wgrad re-lays the cached FP8 output gradient and input out (2 B each)
+    instead of casting. With FP8 weight gathers the forward casts no weight (the gathered weight is FP8)."""
+    c = CostModel(H800, PrecisionSpec(fprop="fp8", dgrad="fp8", wgrad="fp8", fp8_scaling="tensorwise"))
+    assert c.gemm_pass_seconds("fwd", M, N, K, "linear") == pytest.approx(
+        best(M, N, K, "fwd") + cast(3 * M * K + 5 * N * K))
+    assert c.gemm_pass_seconds("dgrad", M, N, K, "linear") == pytest.approx(
+        best(M, K, N, "dgrad") + cast(3 * M * N + 2 * N * K))
+    assert c.gemm_pass_seconds("wgrad", M, N, K, "linear") == pytest.approx(
+        best(N, K, M, "wgrad") + cast(2 * M * K + 2 * M * N))
+    gathered = CostModel(H800, PrecisionSpec(fprop="fp8", dgrad="fp8", wgrad="fp8", fp8_scaling="tensorwise",
+                                             fp8_weight_gather=True))
+    assert gathered.gemm_pass_seconds("fwd", M, N, K, "linear") == pytest.approx(
+        best(M, N, K, "fwd") + cast(3 * M * K))
+    assert gathered.gemm_pass_seconds("dgrad", M, N, K, "linear") == c.gemm_pass_seconds("dgrad", M, N, K, "linear")
+    # A grouped GEMM casts one weight per expert.
+    rows = (700.0, 1300.0)
+    assert kernels.fp8_cast_bytes("fwd", 2000, N, K, "tensorwise", len(rows)) == 3 * 2000 * K + 5 * 2 * N * K
+
+
 def test_only_linear_layers_follow_the_fp8_recipe():
     """Other GEMM classes (router, attention projections kept in BF16 by the recipe) run in BF16, uncast."""
     c = CostModel(H800, FP8)

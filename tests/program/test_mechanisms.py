@@ -299,11 +299,38 @@ def test_fsdp2_copies_gathered_parameters_out_and_gradients_in_on_the_compute_st
         assert g in f.tasks[c].deps                       # the copy waits for its gather
         assert c in f.tasks[c + 1].deps                   # and the unit's first kernel for the copy
     assert not _names(build_context(gpt("parallel.zero_stage=3")).program.chunk(0, "F", 0), "fsdp_copy_out")
+    # Under a pipeline gradients sync once per step: each micro-batch adds its BF16 gradients into the FP32
+    # accumulator instead (read 2 B, read and write 4 B: 10 B per parameter).
     piped = build_context(gpt("parallel.zero_stage=3", "software.fsdp_copies=true", "parallel.pp=2",
-                              "parallel.fsdp_reshard_after_forward=false", "training.global_batch_size=32"))
-    assert not _names(piped.program.chunk(0, "B", 0), "fsdp_copy_in_w")
+                              "parallel.fsdp_reshard_after_forward=false", "training.global_batch_size=32",
+                              "precision.grad_reduce=fp32"))
+    pb = piped.program.chunk(0, "B", 0)
+    assert not _names(pb, "fsdp_copy_in_w")
+    added = _names(pb, "fsdp_accumulate_w")
+    assert len(added) == 3                                            # embedding and 2 layers on stage 0
+    assert added[1].seconds == pytest.approx(piped.costs.memory_seconds(layer * 10, "fsdp_copy_accumulate"))
     base = simulate_step(gpt("parallel.zero_stage=3", "precision.grad_reduce=fp32"), mode="fast").step_time_s
     assert simulate_step(s, mode="fast").step_time_s > base
+
+
+def test_fp8_weight_gathers_move_one_byte_per_parameter_and_need_fsdp_with_fp8(gpt):
+    """``precision.fp8_weight_gather`` (torchao's FSDP float8 all-gather): ZeRO-3 gathers 1 B per parameter instead
+    of BF16's 2, and FSDP2's copy-out moves FP8 too; refused outside ZeRO-3 with tensorwise FP8 GEMMs."""
+    fp8 = ("parallel.zero_stage=3", "software.fsdp_copies=true", "precision.fprop=fp8", "precision.dgrad=fp8",
+           "precision.wgrad=fp8", "precision.fp8_scaling=tensorwise")
+    s = gpt(*fp8, "precision.fp8_weight_gather=true", "cluster=h100_ib_1024", "cluster.num_nodes=2", nodes=2)
+    ctx = build_context(s)
+    layer = sum(op.params for op in _layer(s).ops)
+    net = ctx.network
+    f = ctx.program.chunk(0, "F", 0)
+    assert _names(f, "fsdp_gather")[1].seconds == net.collective_seconds("all_gather", layer * 1, net.shard_group())
+    assert _names(f, "fsdp_copy_out")[1].seconds == pytest.approx(ctx.costs.memory_seconds(layer * 2,
+                                                                                            "fsdp_copy_out"))
+    for bad in (("parallel.zero_stage=1", "precision.fprop=fp8", "precision.fp8_scaling=tensorwise"),
+                ("parallel.zero_stage=3", "precision.fp8_scaling=tensorwise"),
+                ("parallel.zero_stage=3", "precision.fprop=fp8")):
+        with pytest.raises(SimInputError, match=r"precision\.fp8_weight_gather"):
+            gpt(*bad, "precision.fp8_weight_gather=true", "cluster=h100_ib_1024", "cluster.num_nodes=1")
 
 
 def test_fsdp_prefetch_depth_sets_which_compute_a_gather_waits_for(gpt):

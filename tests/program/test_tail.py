@@ -48,6 +48,10 @@ def test_optimizer_bytes_per_parameter_by_hand(moe):
     assert tail.shard_size > 1 and expert > 0
     assert tail.optimizer_seconds(stages) == pytest.approx(shard * 26 + (dense + expert) * 3)
     assert costs.names == ["optimizer", "fp8_cast"]
+    # Tensorwise scaling (torchao) casts the weights in every forward instead: no re-quantization here.
+    tensorwise, costs = _tail(moe("precision.fp8_scaling=tensorwise"))
+    assert tensorwise.optimizer_seconds(stages) == pytest.approx(shard * 26)
+    assert costs.names == ["optimizer"]
     unsharded, costs = _tail(moe("parallel.zero_stage=0", "precision.fprop=bf16", "precision.dgrad=bf16",
                                       "precision.wgrad=bf16"))
     q = unsharded.s.precision
