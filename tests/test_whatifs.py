@@ -173,6 +173,14 @@ ROWS = [
         "2 TB/s) on the critical path of each backward", job=DENSE),
     Row("dense: pipeline scatter/gather under SP", ("software.pp_scatter_gather=true",), 0.9999, 1.0001,
         "sequence parallelism already splits the boundary activations by TP: nothing more to scatter", job=DENSE),
+    Row("dense: FSDP2 copies under ZeRO-3", ("parallel.zero_stage=3", "software.fsdp_copies=true"), 1.01, 1.08,
+        "the compute stream adds, per micro-batch and stage, memory-bound passes over the stage's 2.2B parameters "
+        "per GPU (gradients into the accumulator, 6 B each in BF16: ~7 ms at 2 TB/s) beside ~180 ms of compute",
+        ref=("parallel.zero_stage=3",), job=DENSE),
+    Row("dense: K and V repeated to the query heads under all-gather CP", ("parallel.cp=2",
+        "parallel.cp_mode=all_gather", "software.repeat_kv=true"), 1.05, 1.25, "the exposed K/V all-gathers and "
+        "gradient reduce-scatters over InfiniBand carry 64 heads instead of 8 (8x the bytes: ~1 ms per layer and "
+        "micro-batch beside ~9 ms of its compute)", ref=("parallel.cp=2", "parallel.cp_mode=all_gather"), job=DENSE),
 ]
 
 
