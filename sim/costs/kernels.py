@@ -167,10 +167,9 @@ class CostModel:
             t = self._wgrad_seconds(m, n, k, dtype, group_rows)
         if dtype == "fp8":
             weights = len(group_rows) if group_rows else 1  # one weight per expert of a grouped GEMM
-            scaling = self.precision.fp8_scaling
-            if scaling == "tensorwise" and self.precision.fp8_weight_gather and pass_ == "fwd":
-                scaling = "tilewise"  # the gathered weight is FP8 already: the forward casts only the input
-            t += self.memory_seconds(fp8_cast_bytes(pass_, m, n, k, scaling, weights), "fp8_cast")
+            if pass_ == "fwd" and self.precision.fp8_weight_gather:
+                weights = 0  # the weight arrives in FP8 from the ZeRO-3 gather: the forward casts the input only
+            t += self.memory_seconds(fp8_cast_bytes(pass_, m, n, k, self.precision.fp8_scaling, weights), "fp8_cast")
         return t
 
     def _wgrad_seconds(self, m: float, n: int, k: int, dtype: str, group_rows: tuple[float, ...] | None) -> float:
@@ -247,9 +246,10 @@ class CostModel:
 
 
 def fp8_cast_bytes(pass_: Pass, m: float, n: int, k: int, scaling: str, weights: int = 1) -> float:
-    """HBM bytes of the FP8 casts around one pass of a linear layer with ``weights`` weights of ``[n, k]`` (the
-    experts of a grouped GEMM) over ``m`` rows. A cast reads BF16 and writes FP8 (3 B per element), a re-layout
-    reads and writes FP8 (2 B), an absolute-maximum reduction reads BF16 (2 B).
+    """HBM bytes of the FP8 casts around one pass of a linear layer with weights of ``[n, k]`` over ``m`` rows;
+    ``weights``: how many weights the pass casts or re-lays out (the experts of a grouped GEMM; 0 when they
+    arrive in FP8). A cast reads BF16 and writes FP8 (3 B per element), a re-layout reads and writes FP8 (2 B),
+    an absolute-maximum reduction reads BF16 (2 B).
 
     tilewise (DeepSeek-V3 3.3): fwd casts the input (3 m k); dgrad the output gradient (3 m n); wgrad transposes
     the cached FP8 input (2 m k) and casts the output gradient in 128 x 1 tiles (3 m n); the weights are
@@ -259,7 +259,7 @@ def fp8_cast_bytes(pass_: Pass, m: float, n: int, k: int, scaling: str, weights:
     the weight is reduced and cast in every forward (2 + 3 per element) and its cached FP8 copy re-laid out
     column-major for ``torch._scaled_mm`` in dgrad (2); wgrad re-lays out the cached FP8 output gradient and
     input (2 m n + 2 m k) instead of casting again. With ``precision.fp8_weight_gather`` the weight arrives in
-    FP8 from the ZeRO-3 gather (cast on the shard, before it): the forward casts the input only."""
+    FP8 from the ZeRO-3 gather (cast on the shard, before it), so the caller passes no weight to the forward."""
     cast, relayout, amax = dtype_bytes("bf16") + dtype_bytes("fp8"), 2 * dtype_bytes("fp8"), dtype_bytes("bf16")
     weight = weights * n * k
     if pass_ == "fwd":

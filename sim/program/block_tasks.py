@@ -263,7 +263,6 @@ class BlockTasks:
             done = b.chain(name, part, Stream.COMPUTE, bwd, unit.index, also=waits)
             sends.append(b.add("cp_dkv", part, Stream.COMM, send_s, (done, *sends[-1:]), unit.index, self.cp_links,
                                True))
-            b.last = done
         b.gate = sends[-1]  # the gradients are home before the next kernel uses them
 
     def _recompute_comm(self, b: ChunkBuilder, unit: Unit, plan: BlockPlan, ep: bool, load: MoeLoad | None) -> None:
