@@ -2,7 +2,8 @@
 
 Activations are the tensors each op saves for its backward (``sim.model.ops.Saved``), minus those the recompute
 policy re-creates in the backward (:mod:`sim.model.parallelism`: a tensor is dropped when its producer is
-re-run). ``full`` keeps only each layer's input (a checkpoint). With FlashAttention the ``S x S`` scores are
+re-run). ``full`` keeps only each layer's input (a checkpoint); no policy re-runs the output head and the loss
+(``NEVER_RECOMPUTED``), so the head keeps its input and the loss its logits under every policy. With FlashAttention the ``S x S`` scores are
 never stored, so Korthikanti et al.'s ``selective`` policy saves only the attention output here; an unfused
 attention (``software.attention``) keeps its softmax output, dropout mask and dropped-out scores, which the
 ``selective`` policy drops with the core.
@@ -21,7 +22,7 @@ from __future__ import annotations
 from sim.config import ModelSpec, PrecisionSpec, Scenario, SoftwareSpec
 from sim.config.parallel import RECOMPUTE_POLICIES
 from sim.model.ops import Op
-from sim.model.parallelism import dropped, recompute_spec, recomputed, saved_tp_split
+from sim.model.parallelism import NEVER_RECOMPUTED, dropped, recompute_spec, recomputed, saved_tp_split
 from sim.model.stages import StagePartition, Unit
 from sim.units import dtype_bytes
 
@@ -60,10 +61,12 @@ def unit_activation_bytes_per_token(unit: Unit, policy: str | tuple[str, ...], p
     if unit.kind == "embed":
         return 0.0
     spec = recompute_spec(model, policy)
-    if spec[1]:
-        return _layer_input_bytes(unit) / (tp if sp else 1)
     total = 0.0
+    if spec[1] and unit.kind in ("layer", "mtp"):
+        total = _layer_input_bytes(unit) / (tp if sp else 1)
     for i, op in enumerate(unit.ops):
+        if spec[1] and op.block not in NEVER_RECOMPUTED:
+            continue  # inside the checkpoint: re-created in the backward
         for s in op.saves:
             kept = 1.0 - dropped(unit.ops, i, s, spec)
             if kept > 0:

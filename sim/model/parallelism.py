@@ -176,10 +176,20 @@ def recompute_spec(m: ModelSpec, policy: str | tuple[str, ...]) -> RecomputeSpec
     return frozenset(out), False, partial
 
 
+#: Blocks no recompute policy re-runs: every stack checkpoints its transformer layers (Megatron-LM's
+#: ``--recompute-granularity full`` and ``selective`` wrap TransformerLayer / core attention; torchtitan's AC
+#: wraps each TransformerBlock; Megatron-DeepSpeed's ``--checkpoint-activations`` the ParallelTransformerLayer
+#: modules), so the embedding, the final norm, the output projection and the loss run once and keep their
+#: tensors (Narayanan et al. 2021, Eq. 3: the logit layer is counted 3x, the layers 4x).
+NEVER_RECOMPUTED: frozenset[str] = frozenset({"embed", "head"})
+
+
 def recompute_fraction(spec: RecomputeSpec, op: Op) -> float:
     """The fraction of ``op``'s forward the policy ``spec`` (from :func:`recompute_spec`) re-runs in the
     backward: 1 or 0, or a part of a fused GEMM op."""
     names, full, partial = spec
+    if op.block in NEVER_RECOMPUTED:
+        return 0.0
     if full or op.name in names or (op.kind == "norm" and "*norm" in names) or (is_core(op) and "*core" in names):
         return 1.0
     for name, frac in partial:

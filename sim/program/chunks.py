@@ -41,6 +41,7 @@ from sim.config import Scenario
 from sim.costs.ops import OpCoster
 from sim.model.counts import stage_params_per_gpu
 from sim.model.ops import Op
+from sim.model.parallelism import NEVER_RECOMPUTED
 from sim.model.stages import StagePartition, Unit
 from sim.network import Network
 from sim.program.block_tasks import BlockTasks
@@ -294,7 +295,7 @@ class Program(BlockTasks):
                 secs, links = self._a2a(b, load, "dispatch", notify=False)  # combine(B): the dispatch's payload
                 b.chain("combine_b", "I", Stream.COMM, secs, unit.index, links, True)
             if want_i:
-                if self.full_recompute:
+                if self.full_recompute and not all(op.block in NEVER_RECOMPUTED for op in plan.ops):
                     self._recompute_comm(b, unit, plan, ep, load)
                 self._bwd_block(b, unit, plan, load, emit_w)
             else:

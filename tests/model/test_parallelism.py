@@ -70,3 +70,37 @@ def test_tensors_of_a_partly_rerun_producer_are_dropped_in_that_part(llama):
     # against 'activations' (which re-runs SwiGLU: drops ffn_down's saved input), alternate also drops the norm
     # outputs the projections read, the wk share of q/k/v and half the SwiGLU input
     assert act - alt == pytest.approx(x_norm + frac_k * qkv_saved + 0.5 * swiglu_in)
+
+
+def _head(s):
+    return next(u for u in model_units(s.model) if u.kind == "head")
+
+
+@pytest.mark.parametrize("policy", ["full", "selective", "alternate_matmuls"])
+def test_no_policy_reruns_the_output_head_or_the_loss(llama, policy):
+    """Stacks checkpoint transformer layers only: the final norm, the output projection and the loss run once."""
+    spec = recompute_spec(llama.model, policy)
+    assert {op.name: recompute_fraction(spec, op) for op in _head(llama).ops} == {
+        "final_norm": 0.0, "head": 0.0, "cross_entropy": 0.0}
+    core = next(op for op in _layer(llama).ops if op.name == ("attention" if policy != "alternate_matmuls"
+                                                              else "o_proj"))
+    assert recompute_fraction(spec, core) == 1.0  # while the policy does re-run part of each layer
+
+
+def test_full_recompute_costs_the_head_input_gradient_without_a_forward(llama):
+    full = load_scenario("workloads/llama3_70b_h100.yaml", overrides=["parallel.recompute=full"])
+    coster = OpCoster(full, CostModel(full.cluster.gpu, PrecisionSpec()))
+    head = next(op for op in _head(llama).ops if op.name == "head")
+    assert coster.seconds(head, "input", 4096.0) == pytest.approx(coster._pass(head, "dgrad", 4096.0, ()))
+
+
+def test_under_full_recompute_the_head_keeps_its_input_and_the_loss_its_fp32_logits(llama):
+    """Llama 3 70B, vocabulary 128,256, hidden 8,192: per token the head keeps its BF16 input (2 x 8,192 B), the
+    final norm its BF16 input (the same size) and an unfused loss the FP32 logits (4 x 128,256 B), however the
+    layers are recomputed; a layer keeps only its BF16 input (2 x 8,192 B)."""
+    prec, m, sw = PrecisionSpec(), llama.model, llama.software.model_copy(update={"compile": False,
+                                                                                   "cross_entropy": "torch_fp32"})
+    head = unit_activation_bytes_per_token(_head(llama), "full", prec, m, software=sw)
+    assert head == 2 * 8192 + 2 * 8192 + 4 * 128256
+    assert unit_activation_bytes_per_token(_head(llama), "none", prec, m, software=sw) == head
+    assert unit_activation_bytes_per_token(_layer(llama), "full", prec, m, software=sw) == 2 * 8192
