@@ -20,7 +20,7 @@ from sim.assemble import Assembler, Timing, hook_dims, routing_is_skewed, schedu
 from sim.config import Scenario
 from sim.context import build_context
 from sim.memory import model_state_bytes, peak_activation_bytes
-from sim.model.activations import stage_activation_bytes
+from sim.model.activations import stage_activation_bytes, stage_workspace_bytes
 from sim.model.counts import stage_expert_params, stage_params
 from sim.pipeline import all_stages_of
 from sim.program.tasks import NIC, NVLINK
@@ -55,6 +55,7 @@ class Table:
     reduce_every: bool                           # gradients reduced after every micro-batch's backward
     model_states: list[tuple[float, float, float]]  # per rank: weights, gradients, optimizer states bytes
     stage_bytes: tuple[float, ...]               # activations one micro-batch leaves on each stage
+    stage_work: tuple[float, ...]                # the largest working set of a backward on each stage
     imbalance: float
     notes: tuple[str, ...]
     warnings: tuple[str, ...]
@@ -112,7 +113,8 @@ def build_table(scenario: Scenario, allow_cpu: bool, strict: bool) -> Table:
         overlap_grad_reduce=p.overlap_grad_reduce, reduce_every=tail.plan.reduce_every_microbatch,
         model_states=[model_state_bytes(sum(sp[s] for s in st), sum(se[s] for s in st), scenario)
                       for st in stages],
-        stage_bytes=tuple(stage_activation_bytes(ctx.partition, scenario)), imbalance=ctx.loads.imbalance,
+        stage_bytes=tuple(stage_activation_bytes(ctx.partition, scenario)),
+        stage_work=tuple(stage_workspace_bytes(ctx.partition, scenario)), imbalance=ctx.loads.imbalance,
         notes=(), warnings=())
     comp = compiled(ctx.schedule)
     for r, slots in enumerate(comp.ranks):
@@ -317,5 +319,6 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
     peaks = peak_activation_bytes(sched, table.stage_bytes)
     rows = []
     for r in range(n_ranks):
-        rows.append([free[r], *sums[r], peaks[r], *(trig[r].get(s, free[r]) for s in table.stages[r])])
+        work = max(table.stage_work[s] for s in table.stages[r])
+        rows.append([free[r], *sums[r], peaks[r] + work, *(trig[r].get(s, free[r]) for s in table.stages[r])])
     return Evaluation(rows)

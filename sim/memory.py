@@ -19,7 +19,9 @@ Activations: a micro-batch's activations on a stage (:mod:`sim.model.activations
 its forward until the end of the backward that frees them: the full backward, or the deferred weight
 gradient when the backward is split (a W still needs the layer inputs). A rank runs one action at a time, so
 the peak follows from the order of its actions alone (:func:`peak_activation_bytes`), whatever the durations;
-the engine would track the same peak.
+the engine would track the same peak. On top of it a rank holds the working set of the backward it is running
+(:func:`sim.model.activations.stage_workspace_bytes`: the tensors recompute re-creates, the loss's logits
+gradient, K and V gathered by context parallelism), the largest of its stages'; ``activations`` counts both.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 
 from sim.config import ParallelSpec, Scenario
 from sim.experts.placement import redundant_experts
-from sim.model.activations import stage_activation_bytes
+from sim.model.activations import stage_activation_bytes, stage_workspace_bytes
 from sim.model.counts import stage_expert_params, stage_params
 from sim.model.stages import StagePartition
 from sim.pipeline import all_stages_of
@@ -46,7 +48,7 @@ class MemoryBreakdown:
     weights: float
     gradients: float
     optimizer: float
-    activations: float
+    activations: float  # kept for backwards at the peak, plus the working set of the backward then running
 
     @property
     def total(self) -> float:
@@ -150,10 +152,11 @@ def memory_per_rank(scenario: Scenario, partition: StagePartition, schedule: Sch
     sp = stage_params(partition, scenario.model)
     se = stage_expert_params(partition)
     acts = peak_activation_bytes(schedule, stage_activation_bytes(partition, scenario))
+    work = stage_workspace_bytes(partition, scenario)
     out = []
     for r, stages in enumerate(all_stages_of(p.schedule, p.pp, p.vpp)):
         largest = max((sum(unit_param_counts(u, p.tp, p.ep)) for s in stages for u in partition.stages[s]),
                       default=0.0)
         w, g, o = model_state_bytes(sum(sp[s] for s in stages), sum(se[s] for s in stages), scenario, largest)
-        out.append(MemoryBreakdown(r, w, g, o, acts[r]))
+        out.append(MemoryBreakdown(r, w, g, o, acts[r] + max(work[s] for s in stages)))
     return out

@@ -39,3 +39,22 @@ def test_peaks_equal_the_walk_for_any_nonnegative_stage_bytes(name, pp, m, vpp, 
     got = peak_activation_bytes(sched, stage_bytes)
     want = _walk(sched, stage_bytes)
     assert all(abs(g - w) <= 1e-9 * max(1.0, w) for g, w in zip(got, want, strict=True)), (got, want)
+
+
+def test_a_ranks_activations_add_the_largest_backward_working_set_of_its_stages():
+    """Llama 3 70B on PP 2 with full recompute and an FP32 loss: the last rank also holds the logits gradient
+    (4 B x 128,256 / TP per token of the micro-batch), the first only one layer's re-created tensors."""
+    from sim.loading import load_scenario
+    from sim.memory import memory_per_rank
+    from sim.model.activations import stage_activation_bytes, stage_workspace_bytes
+    from sim.model.stages import partition
+
+    s = load_scenario("workloads/llama3_70b_h100.yaml", overrides=[
+        "parallel.pp=2", "parallel.recompute=full", "software.cross_entropy=torch_fp32", "software.compile=false"])
+    p = s.parallel
+    lay = partition(s.model, 2, p.stage_layers, p.stage_split, s.training.seq_len)
+    schedule = build_schedule(p.schedule, 2, s.num_microbatches, p.vpp)
+    kept = peak_activation_bytes(schedule, stage_activation_bytes(lay, s))
+    work = stage_workspace_bytes(lay, s)
+    assert work[1] >= 4 * 128256 / p.tp * s.tokens_per_gpu > work[0] > 0
+    assert [m.activations for m in memory_per_rank(s, lay, schedule)] == [kept[0] + work[0], kept[1] + work[1]]

@@ -70,11 +70,19 @@ def unit_activation_bytes_per_token(unit: Unit, policy: str | tuple[str, ...], p
         for s in op.saves:
             kept = 1.0 - dropped(unit.ops, i, s, spec)
             if kept > 0:
-                total += (kept * s.elems * _saved_dtype_bytes(s.dtype, precision, software)
-                          / saved_tp_split(op, tp, sp))
+                total += (kept * s.elems * _kv_repeat(op, s.name, model, software)
+                          * _saved_dtype_bytes(s.dtype, precision, software) / saved_tp_split(op, tp, sp))
         if op.kind == "attention" and not recomputed(spec, op):
             total += _unfused_scores_bytes(op, software, seq_len) / tp
     return total
+
+
+def _kv_repeat(op: Op, name: str, model: ModelSpec, software: SoftwareSpec | None) -> float:
+    """How many times the attention kernel's saved K and V are the projections' (``software.repeat_kv``: the
+    stack repeats the KV heads to the query heads before the kernel, which saves what it was given)."""
+    if op.kind != "attention" or name not in ("k", "v") or model.attention == "mla":
+        return 1.0
+    return model.n_heads / model.kv_heads if software is not None and software.repeat_kv else 1.0
 
 
 def _unfused_scores_bytes(op: Op, software: SoftwareSpec | None, seq_len: int) -> float:
@@ -104,3 +112,38 @@ def stage_activation_bytes(partition: StagePartition, scenario: Scenario) -> lis
                                                         scenario.software, scenario.training.seq_len) for u in units)
         out.append(per_token * tokens)
     return out
+
+
+def unit_workspace_bytes_per_token(unit: Unit, scenario: Scenario) -> float:
+    """Bytes per token of the local micro-batch that one unit's backward holds on top of the activations kept
+    for it, per GPU: what it alone needs while it runs, so a rank's peak adds the largest of its units'.
+
+    - Recompute: the backward re-creates the tensors the policy dropped (its forward re-run saves them again),
+      so they are held until that unit's backward ends: the unit's bytes without recompute minus with it.
+    - The loss: its backward writes a gradient of the logits as large as the logits it keeps.
+    - Context parallelism that all-gathers K and V (``all_gather``, ``pytorch``): the whole sequence's K and V
+      of the layer (``cp`` times the local ones), gathered again in the backward; the ring passes one block
+      at a time (two in flight), which is small beside it and left out."""
+    p, m, sw, prec = scenario.parallel, scenario.model, scenario.software, scenario.precision
+    sp = p.sequence_parallel and p.tp > 1
+    seq = scenario.training.seq_len
+    total = 0.0
+    if unit.kind in ("layer", "mtp"):
+        held = unit_activation_bytes_per_token(unit, p.recompute, prec, m, p.tp, sp, sw, seq)
+        total += unit_activation_bytes_per_token(unit, "none", prec, m, p.tp, sp, sw, seq) - held
+    for op in unit.ops:
+        for s in op.saves:
+            if s.dtype == "loss":
+                total += s.elems * _saved_dtype_bytes(s.dtype, prec, sw) / saved_tp_split(op, p.tp, sp)
+        if op.kind == "attention" and p.cp > 1 and p.cp_mode in ("all_gather", "pytorch") and m.attention != "mla":
+            kv = sum(s.elems * _kv_repeat(op, s.name, m, sw) for s in op.saves if s.name in ("k", "v"))
+            total += kv * dtype_bytes("bf16") * p.cp / p.tp
+    return total
+
+
+def stage_workspace_bytes(partition: StagePartition, scenario: Scenario) -> list[float]:
+    """The largest working set (:func:`unit_workspace_bytes_per_token`) of one micro-batch's backward on each
+    stage, per GPU."""
+    tokens = scenario.tokens_per_gpu
+    return [max((unit_workspace_bytes_per_token(u, scenario) for u in units), default=0.0) * tokens
+            for units in partition.stages]

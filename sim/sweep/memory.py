@@ -5,7 +5,8 @@ The same arithmetic as ``sim.memory.memory_per_rank`` (what a simulation reports
 model states per rank from ``sim.memory.model_state_bytes`` over the stages the schedule places on the rank
 (``sim.pipeline.all_stages_of``), plus the peak of activations held at once, from the schedule's order of
 forwards and backwards (``sim.memory.peak_activation_bytes``) with each stage's bytes from
-``sim.model.activations.stage_activation_bytes``. What changes is the caching:
+``sim.model.activations.stage_activation_bytes``, and the largest backward working set of the rank's stages
+(``stage_workspace_bytes``). What changes is the caching:
 
 - the stage partition and its parameters, per stage count and split;
 - model states, per layout (not per micro-batch size or recompute policy);
@@ -29,7 +30,7 @@ import numpy as np
 
 from sim.config import ModelSpec, ParallelSpec, PrecisionSpec, Scenario
 from sim.memory import in_flight_counts, model_state_bytes
-from sim.model.activations import stage_activation_bytes
+from sim.model.activations import stage_activation_bytes, stage_workspace_bytes
 from sim.model.counts import stage_expert_params, stage_params
 from sim.model.stages import StagePartition, partition
 from sim.pipeline import all_stages_of, num_stages
@@ -169,29 +170,33 @@ class MemoryModel:
             peaks = self._peaks.get(pk)
             if peaks is None:
                 peaks = self._peaks[pk] = schedule_peaks(*pk)
-            hit = self._act_cache[key] = np.maximum.reduceat(peaks.counts @ stage_bytes, peaks.starts)
+            work = self._stage_bytes(point, lay, par, view, pkey, stage_workspace_bytes)
+            ranks = all_stages_of(par.schedule, par.pp, par.vpp)
+            hit = self._act_cache[key] = (np.maximum.reduceat(peaks.counts @ stage_bytes, peaks.starts)
+                                          + np.array([work[list(st)].max() for st in ranks]))
         return hit
 
     def _stage_bytes(self, point: tuple[Any, ...], lay: Layout, par: ParallelSpec, view: _View,
-                     pkey: tuple[Any, ...]) -> np.ndarray:
-        """Activation bytes per stage of one micro-batch: the library's per-token bytes (computed once per
-        partition, recompute policy and precision) scaled by tokens / TP, as it scales them. The scaling is
-        checked against the library on the first point of each entry; where it does not hold (a mechanism
-        that scales otherwise), every shape is computed by the library."""
+                     pkey: tuple[Any, ...], fn: Any = stage_activation_bytes) -> np.ndarray:
+        """Bytes per stage of one micro-batch by the library's ``fn`` (activations kept, or the backward's
+        working set): its per-token bytes (computed once per partition, recompute policy and precision) scaled
+        by tokens / TP, as it scales them. The scaling is checked against the library on the first point of
+        each entry; where it does not hold (a mechanism that scales otherwise), every shape is computed by the
+        library."""
         parts = self._parts[pkey][0]
-        key = (pkey, lay.precision, par.recompute, *(point[i] for i in self.idx
-                                                     if self.space.axes[i].name in _OTHER_BYTES))
+        key = (fn.__name__, pkey, lay.precision, par.recompute, *(point[i] for i in self.idx
+                                                                  if self.space.axes[i].name in _OTHER_BYTES))
         unit = self._bytes_cache.get(key)
         if unit is None:
             one = dataclasses.replace(view, parallel=par.model_copy(update={"tp": 1}), tokens_per_microbatch=1)
-            unit = np.array(stage_activation_bytes(parts, one), dtype=float)  # type: ignore[arg-type]
-            exact = np.array(stage_activation_bytes(parts, view), dtype=float)  # type: ignore[arg-type]
+            unit = np.array(fn(parts, one), dtype=float)
+            exact = np.array(fn(parts, view), dtype=float)
             scaled = unit * view.tokens_per_microbatch / par.tp
             if not np.allclose(scaled, exact, rtol=1e-12, atol=0.0):
                 unit = np.full_like(unit, np.nan)  # not linear: exact calls from now on
             self._bytes_cache[key] = unit
         if np.isnan(unit).any():
-            return np.array(stage_activation_bytes(parts, view), dtype=float)  # type: ignore[arg-type]
+            return np.array(fn(parts, view), dtype=float)
         return unit * view.tokens_per_microbatch / par.tp
 
     def peaks(self, point: tuple[Any, ...], lay: Layout) -> np.ndarray:
