@@ -135,10 +135,13 @@ def model_state_bytes(params: float, expert_params: float, scenario: Scenario, l
         return dense / dp_dense + experts / dp_expert if sharded else dense + experts * slots
 
     z = p.zero_stage
+    # what a ZeRO-3 gather produces: the weights' dtype, or FP8 (torchao's FP8 all-gather: the gathered FP8
+    # tensor is the working weight)
+    gw = dtype_bytes("fp8") if z == 3 and prec.fp8_weight_gather else w
     if z == 3 and (plan.params_stay_gathered or not plan.gather_forward):
-        weights = held(False) * w
+        weights = held(False) * gw
     elif z == 3:
-        weights = (held(True) + min(largest_unit * (plan.prefetch + 1), held(False))) * w
+        weights = held(True) * w + min(largest_unit * (plan.prefetch + 1), held(False)) * gw
     else:
         weights = held(False) * w
     grads = held(z >= 2 and (z == 2 or plan.reduce_every_microbatch)) * g

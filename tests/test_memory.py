@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -58,3 +59,22 @@ def test_a_ranks_activations_add_the_largest_backward_working_set_of_its_stages(
     work = stage_workspace_bytes(lay, s)
     assert work[1] >= 4 * 128256 / p.tp * s.tokens_per_gpu > work[0] > 0
     assert [m.activations for m in memory_per_rank(s, lay, schedule)] == [kept[0] + work[0], kept[1] + work[1]]
+
+
+def test_fp8_weight_gathers_hold_one_byte_per_gathered_parameter():
+    """ZeRO-3 without a pipeline: the shard in BF16 plus the gathered units in BF16, or in FP8 when the stack
+    all-gathers FP8 weights (torchao): the gathered part halves, the shard stays."""
+    from sim.loading import load_scenario
+    from sim.memory import model_state_bytes
+
+    base = ["parallel.pp=1", "parallel.tp=1", "parallel.zero_stage=3", "precision.fprop=fp8", "cluster.num_nodes=64",
+            "precision.fp8_scaling=tensorwise"]
+    bf16 = load_scenario("workloads/llama3_70b_h100.yaml", overrides=base)
+    fp8 = load_scenario("workloads/llama3_70b_h100.yaml", overrides=[*base, "precision.fp8_weight_gather=true"])
+    params, unit = 70e9, 0.8e9
+    w16, _, _ = model_state_bytes(params, 0.0, bf16, unit)
+    w8, _, _ = model_state_bytes(params, 0.0, fp8, unit)
+    shard = params / bf16.fsdp_shard_size * 2
+    gathered = unit * (bf16.parallel.fsdp_prefetch + 1)
+    assert w16 == pytest.approx(shard + 2 * gathered)
+    assert w8 == pytest.approx(shard + gathered)
