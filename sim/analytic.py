@@ -66,6 +66,7 @@ class TableCache:
                 if len(self._d) > self.maxsize:
                     self._d.popitem(last=False)
         else:
+            assert key is not None  # a hit has a key
             self._d.move_to_end(key)
         return hit
 

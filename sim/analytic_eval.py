@@ -280,6 +280,7 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
             t += secs
             reduces = part is not None and (overlap or every) and (every or bool(triggers))
             if reduces and overlap:  # its buckets, asked for their delay after the action starts
+                assert part is not None  # reduces implies it
                 delay, buckets = table.reduction(_reduction_key(part, skewed), part)
                 first = t - secs + delay
                 pending[r].extend((first if j == 0 else 0.0, b, part[0], reduce_sides)

@@ -78,7 +78,7 @@ def check_outputs(outputs: Iterable[tuple[str | None, str, Iterable[str]]]) -> N
         seen[key] = option
 
 
-def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], None], option: str = "output") -> None:
+def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], object], option: str = "output") -> None:
     """Write via a temporary file in the same folder, renamed into place only when complete."""
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")

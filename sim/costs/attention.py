@@ -101,7 +101,7 @@ def unfused_score_bytes(backward: bool, dropout: bool, fused_softmax: bool, caus
     mask = dtype_bytes("fp8")  # a 1-byte mask
     read = 0.5 if causal and fused_softmax else 1.0  # the share of each row a fused causal softmax reads
     if not backward:
-        softmax = (read * b + b,) if fused_softmax else (2 * b, 2 * b, 2 * b)
+        softmax: tuple[float, ...] = (read * b + b,) if fused_softmax else (2 * b, 2 * b, 2 * b)
         return (*softmax, *((2 * b + mask,) if dropout else ()))
     softmax = (2 * read * b + b,) if fused_softmax else (3 * b, 2 * b)
     return (*((2 * b + mask,) if dropout else ()), *softmax)

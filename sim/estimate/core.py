@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from pydantic import ValidationError
 
@@ -21,7 +21,7 @@ from sim.errors import SimInputError, format_validation_error
 from sim.estimate.layout import Choice, check, describe, layout_of, search
 from sim.estimate.phases import phase_data, phase_field, run_spec, validate_phase
 from sim.estimate.ramp import integrate, ramp_batches
-from sim.step import simulate_step
+from sim.step import Mode, simulate_step
 from sim.units import GB
 
 #: ``progress(label, done, planned)``: called after each step simulation.
@@ -117,7 +117,7 @@ class Simulator:
         if hit is not None:
             return hit
         # A job's own calibration table is set aside (with a warning) when --hardware moves it to another GPU.
-        r = simulate_step(s, mode=self.mode, strict_calibration=False)
+        r = simulate_step(s, mode=cast(Mode, self.mode), strict_calibration=False)  # simulate_step checks it
         self.cache[key] = r
         self.count += 1
         self.planned = max(self.planned, self.count)

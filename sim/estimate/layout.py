@@ -26,7 +26,7 @@ the fastest whose simulated peak memory fits is chosen, and the reason says what
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -104,7 +104,7 @@ def _tiers(p: ParallelSpec, gpn: int) -> list[list[dict[str, Any]]]:
     tps = sorted({t for t in (1, 2, 4, 8, p.tp) if t <= gpn})
     cps = sorted({c for c in (1, 2, 4, 8, p.cp) if c <= gpn})
 
-    def grid(tp_cp: list[tuple[int, int]], recompute: list[str]) -> list[dict[str, Any]]:
+    def grid(tp_cp: list[tuple[int, int]], recompute: Sequence[str | tuple[str, ...]]) -> list[dict[str, Any]]:
         out = []
         for sched, pp, mbs, (tp, cp), rc in itertools.product(SCHEDULES, pps, mbss, tp_cp, recompute):
             out.append({"schedule": sched, "vpp": 2 if sched == "interleaved-1f1b" else 1, "pp": pp,

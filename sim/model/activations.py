@@ -3,8 +3,9 @@
 Activations are the tensors each op saves for its backward (``sim.model.ops.Saved``), minus those the recompute
 policy re-creates in the backward (:mod:`sim.model.parallelism`: a tensor is dropped when its producer is
 re-run). ``full`` keeps only each layer's input (a checkpoint); no policy re-runs the output head and the loss
-(``NEVER_RECOMPUTED``), so the head keeps its input and the loss its logits under every policy. With FlashAttention the ``S x S`` scores are
-never stored, so Korthikanti et al.'s ``selective`` policy saves only the attention output here; an unfused
+(``NEVER_RECOMPUTED``), so the head keeps its input and the loss its logits under every policy. With
+FlashAttention the ``S x S`` scores are never stored, so Korthikanti et al.'s ``selective`` policy saves only
+the attention output here; an unfused
 attention (``software.attention``) keeps its softmax output, dropout mask and dropped-out scores, which the
 ``selective`` policy drops with the core.
 

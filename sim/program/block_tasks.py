@@ -6,6 +6,7 @@ them, the context-parallel exchanges of the attention core, and what full recomp
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 from sim.config import Scenario
 from sim.costs.ops import OpCoster
@@ -39,7 +40,8 @@ class BlockTasks:
               div: int = 1) -> float:
         raise NotImplementedError
 
-    def _a2a(self, b: ChunkBuilder, load: MoeLoad, payload: str, notify: bool) -> tuple[float, int]:
+    def _a2a(self, b: ChunkBuilder, load: MoeLoad, payload: Literal["dispatch", "combine"], notify: bool
+             ) -> tuple[float, int]:
         raise NotImplementedError
 
     def _tp_seconds(self, kind: Collective, width: int) -> float:
@@ -183,7 +185,7 @@ class BlockTasks:
         n = self.tp
         g = self._chunk_secs(unit, key, ops, part, load)
         b.chain(name, part, Stream.COMPUTE, g, unit.index)
-        sends = []
+        sends: list[int] = []
         for _ in range(1, n):
             gemm = b.chain(name, part, Stream.COMPUTE, g, unit.index)
             sends.append(b.add(comm, part, Stream.COMM, comm_s / (n - 1), (gemm, sends[-1] if sends else None),

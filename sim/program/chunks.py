@@ -39,6 +39,7 @@ from typing import Literal
 
 from sim.config import Scenario
 from sim.costs.ops import OpCoster
+from sim.costs.ops import Part as CostPart
 from sim.model.counts import stage_params_per_gpu
 from sim.model.ops import Op
 from sim.model.parallelism import NEVER_RECOMPUTED
@@ -57,7 +58,7 @@ __all__ = ["Chunk", "ChunkKind", "LoadFn", "Program"]
 
 LoadFn = Callable[[Unit, int], MoeLoad]  # (MoE unit, micro-batch) -> load
 #: The cost-model part of each chunk part: forward, input gradient (with recompute), weight gradient.
-_COST_PART = {"F": "fwd", "I": "input", "W": "weight"}
+_COST_PART: dict[str, CostPart] = {"F": "fwd", "I": "input", "W": "weight"}
 
 
 class Program(BlockTasks):
@@ -214,7 +215,7 @@ class Program(BlockTasks):
         if hit is None:
             cost_part = _COST_PART[part]
             rows_d = tuple(r / div for r in rows)
-            hit = self._secs_memo[memo] = sum(self.coster.seconds(op, cost_part, self.tokens / div, rows_d)  # type: ignore[arg-type]
+            hit = self._secs_memo[memo] = sum(self.coster.seconds(op, cost_part, self.tokens / div, rows_d)
                                               for op in ops)
         return hit
 

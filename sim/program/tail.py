@@ -48,7 +48,7 @@ class StepTail:
         self.plan = self.traffic.plan
         self.shard_size = network.shard_group().size
         self.expert_dp_size = network.expert_dp_group().size
-        self._reduction: dict[tuple, Work] = {}
+        self._reduction: dict[tuple, tuple[float, Work]] = {}
 
     # ------------------------------------------------------------------ seconds
     def grad_sync_seconds(self, stage: int) -> float:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -249,7 +249,7 @@ def run_sweep(spec: SweepSpec, spec_dir: Path | None = None, *, executor: Execut
             run.resume(rank_tier, "rank")
             if detail_tier:
                 run.resume(detail_tier, "detail")
-        kids = sorted({i // v.num_prices for i in np.flatnonzero(v.status == CANDIDATE)})
+        kids = cast(list[int], sorted({i // v.num_prices for i in np.flatnonzero(v.status == CANDIDATE)}))
         if ev.dominance and spec.objective in ("usd", "days"):
             kids = _dominance(run, rank_tier, kids, spec, notes)
         elif ev.dominance:

@@ -72,8 +72,8 @@ class LocalExecutor:
 
     def map(self, space: Space, batches: Iterable[Batch], tier: str) -> Iterator[Results]:
         if self.workers == 1:
-            for b in batches:
-                yield evaluate_batch(space, b, tier)
+            for batch in batches:
+                yield evaluate_batch(space, batch, tier)
             return
         pool = self._get_pool(space)
         pending: set[Future[Results]] = set()

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -208,12 +208,12 @@ class MemoryModel:
         rs = self.space.axes[r_i].values if r_i is not None else (None,)
         states, acts = [], []
         for z in zs:
-            p = point if z is None else (*point[:z_i], z, *point[z_i + 1:])
+            p = point if z is None else (*point[:z_i], z, *point[cast(int, z_i) + 1:])
             par = self._parallel(p, lay)
             pkey = self._partition(par, lay.seq_len)
             states.append(self._states(p, lay, par, _View(self.model, par, prec, lay.dp, 0, self.base), pkey))
         for r in rs:
-            p = point if r is None else (*point[:r_i], r, *point[r_i + 1:])
+            p = point if r is None else (*point[:r_i], r, *point[cast(int, r_i) + 1:])
             par = self._parallel(p, lay)
             pkey = self._partition(par, lay.seq_len)
             view = _View(self.model, par, prec, lay.dp, lay.micro_batch_size * lay.seq_len, self.base)

@@ -76,7 +76,8 @@ class RangeSpec(Frozen):
         return self
 
     def values(self) -> tuple[float, ...]:
-        out, x, i = [], self.start, 0
+        out: list[float] = []
+        x, i = self.start, 0
         while x <= self.to * (1 + 1e-12) and len(out) <= 100_000:
             out.append(x)
             i += 1

@@ -24,14 +24,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
 from sim.config import Scenario
 from sim.errors import SimInputError
 from sim.loading import load_scenario, profiles_dir
-from sim.step import simulate_step
+from sim.step import Mode, simulate_step
 from sim.units import GB
 from sim.validation.cases import Case, parse_override
 from sim.validation.metrics import predict
@@ -236,7 +236,7 @@ def run_case(case: Case, mode: str, files: _JobFiles) -> CaseResult:
     scenario = None
     try:
         scenario = load_scenario(files.job_for(case), overrides=overrides)
-        result = simulate_step(scenario, mode=mode)
+        result = simulate_step(scenario, mode=cast(Mode, mode))  # simulate_step checks it
         predicted = predict(m.metric, scenario, result.step_time_s, result.tokens_per_s_per_gpu, m.peak_tflops)
         if not math.isfinite(predicted) or predicted <= 0:
             raise ValueError(f"the simulated {m.metric} is {predicted!r}")
