@@ -20,6 +20,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from sim.sweep.rules import NOT_A_CONFIGURATION
+
 #: Verdicts, best first (the summary's order).
 VERDICTS = ("recommended", "costlier", "slower", "over budget", "oom", "dominated", "illegal", "failed")
 ILLEGAL_RULES = ("hardware", "layout", "batch", "schedule")
@@ -69,7 +71,7 @@ def default_gpus(num_gpus: int, per_node: int) -> list[int]:
 
 def vpp_values(schedules: list[str], base_vpp: int) -> list[int]:
     """Virtual stages to pair with the schedules: 1 for the plain ones, the job's (at least 2) for interleaved
-    1F1B (the pairs that do not match are pruned by the schedule rule, in no time)."""
+    1F1B (the pairs that do not match are no configuration: rule ``n/a``, pruned in no time and left out)."""
     out = set()
     if any(s != "interleaved-1f1b" for s in schedules):
         out.add(1)
@@ -97,8 +99,9 @@ def meets(frame: pd.DataFrame, deadline_days: float | None, budget_usd: float | 
 def classify(frame: pd.DataFrame, deadline_days: float | None, budget_usd: float | None,
              recommended: int | None) -> pd.DataFrame:
     """``frame`` (a plan's points) with ``meets_constraints``, ``verdict`` and ``why`` (module docstring);
-    ``recommended`` is the index of the recommended point."""
-    df = frame.copy()
+    ``recommended`` is the index of the recommended point. Points that are no configuration (rule ``n/a``:
+    a schedule paired with a vpp it does not take) are left out."""
+    df = frame[frame["rule"].fillna("").ne(NOT_A_CONFIGURATION)].reset_index(drop=True)  # not layouts: see above
     n = len(df)
     ok = (df["status"] == "ok").to_numpy()
     day = df["days"].to_numpy(dtype=float)

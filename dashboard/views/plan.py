@@ -159,8 +159,7 @@ def _results(v: Any, name: str) -> None:
     st.download_button("Download every configuration (CSV)", lambda: plans.csv(points), file_name=f"plan-{name}.csv",
                        mime="text/csv", on_click="ignore", help="One row per configuration: layout, figures, verdict "
                        "and why (written when pressed).")
-    c = v.counts
-    st.caption(f"{c['points']:,} configurations; {v.simulations:,} simulated ({v.tier} tier, one process) in "
+    st.caption(f"{len(v.points):,} configurations; {v.simulations:,} simulated ({v.tier} tier, one process) in "
                f"{v.wall_time_s:.1f} s. `sim plan` also re-simulates its ten best in detail (`--top-k`).")
     for n in v.notes:
         st.caption(f"Note: {n}")

@@ -78,7 +78,7 @@ def _print(d: dict[str, Any]) -> None:
     cons = [f"deadline {d['deadline_days']:g} days" if d["deadline_days"] else "",
             f"budget {_money(d['budget_usd'])}" if d["budget_usd"] else ""]
     click.echo(f"plan for {d['workload']}: {d['tokens'] / 1e12:.4g}T tokens"
-               + "".join(f", {x}" for x in cons if x) + f"; {c['points']:,} configurations, "
+               + "".join(f", {x}" for x in cons if x) + f"; {d['configurations']:,} configurations, "
                f"{c.get('rank_simulations', 0):,} simulated ({d['tier']}), {c.get('detail_simulations', 0)} in "
                f"detail, {d['timings_s']['total_s']:.1f} s")
     if d["recommendations"]:

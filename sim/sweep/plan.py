@@ -7,7 +7,9 @@ around the workload's own layout (``default_axes``; ``--axis key=v1,v2`` replace
 keys of a spec's ``axes``). ``recommend`` reads the results: the best points that meet both constraints, then,
 for the rest, the reason each group lost: ``illegal`` (a layout or schedule rule), ``oom`` (memory), ``slower``
 (misses the deadline), ``over_budget``, ``dominated`` (provably slower and dearer than an evaluated point) and
-``costlier`` (meets both, costs more), each with its count and its closest example.
+``costlier`` (meets both, costs more), each with its count and its closest example. Points that are no
+configuration (a schedule without virtual stages at a swept vpp > 1, interleaved 1F1B at vpp 1: the grid pairs
+every schedule with vpp 1 and 2) are left out of the count of configurations and of the reasons.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import yaml
 from sim.errors import SimInputError
 from sim.loading import load_scenario
 from sim.sweep.pareto import label_columns, layout_label
+from sim.sweep.rules import NOT_A_CONFIGURATION
 from sim.sweep.spec import SweepSpec, parse_spec
 
 _SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12, "P": 1e15}
@@ -140,7 +143,8 @@ def recommend(frame: pd.DataFrame, spec: SweepSpec, top: int = 3) -> dict[str, A
              "why": f"meets both, ${r['usd']:,.0f}: +${r['usd'] - best['usd']:,.0f} "
                     f"(+{r['usd'] / best['usd'] - 1:.1%}) over the cheapest, {r['days']:.1f} days"}
             for _, r in rest.head(3).iterrows()]}
-    out: dict[str, Any] = {"recommendations": recs, "runners_up": lost}
+    out: dict[str, Any] = {"recommendations": recs, "runners_up": lost,
+                           "configurations": len(frame) - int(_is(frame, "rule", NOT_A_CONFIGURATION).sum())}
     if not recs:
         out["binding"] = _binding(ok, spec)
     return out

@@ -11,6 +11,8 @@ message. Rule names in the results:
 - ``layout``: divisibility and placement (``tp x pp`` divides the GPUs, TP inside a node and dividing the
   heads, EP dividing the experts and ``dp x tp``, no more stages than layers, FP8 only on GPUs that have it);
 - ``batch``: the global batch does not split into ``dp x micro_batch_size`` micro-batches;
+- ``n/a``: no configuration: a swept ``vpp`` > 1 with a schedule that has no virtual stages, or interleaved
+  1F1B at vpp 1 (the product of the ``schedule`` and ``vpp`` axes makes these);
 - ``schedule``: a schedule precondition (DualPipe's even micro-batches >= 2 pp, interleaving's vpp >= 2 and
   micro-batches divisible by pp; deepseek-ai/DualPipe, Megatron-LM).
 
@@ -22,7 +24,7 @@ micro-batches < 2 x 16).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from pydantic import ValidationError
 
@@ -32,6 +34,10 @@ from sim.pipeline import check_schedule, num_stages
 from sim.sweep.space import Space
 
 Verdict = tuple[str, str]  # (rule, reason)
+#: The rule of a point that is no configuration at all: the product of the axes paired a schedule without
+#: virtual stages with a swept vpp > 1 (the same configuration is the point at vpp 1), or interleaved 1F1B
+#: with vpp 1 (which is 1F1B).
+NOT_A_CONFIGURATION = "n/a"
 #: Axes the first group of rules reads (:meth:`Rules.prefix`): when they lead the enumeration, a verdict on
 #: them covers every point that shares them.
 PREFIX = ("hardware", "gpus", "tp", "pp", "dp", "ep", "cp")
@@ -116,7 +122,7 @@ class Rules:
         label = self._v(point, "precision", None)
         hit = self._fp8.get(label)
         if hit is None:
-            axis = self.space.axes[self._get["precision"]] if label is not None else None
+            axis = self.space.axes[cast(int, self._get["precision"])] if label is not None else None
             change = axis.changes[label] if axis is not None and axis.changes else {}
             hit = PrecisionSpec.model_validate({**self.space.base["precision"], **change}).uses_fp8
             self._fp8[label] = hit
@@ -168,6 +174,11 @@ class Rules:
         """The rules that read the rest of the point (batch, schedule, stages, SMs, FP8), once :meth:`prefix`
         passed."""
         m, pp, dp = self.model, lay.pp, lay.dp
+        if self._get["vpp"] is not None and (lay.vpp == 1) != (lay.schedule != "interleaved-1f1b"):
+            return NOT_A_CONFIGURATION, (
+                "parallel.vpp: interleaved-1f1b with one virtual stage per rank is 1f1b; it is swept at vpp >= 2"
+                if lay.vpp == 1 else f"parallel.vpp: {lay.vpp} virtual stages per rank apply only to "
+                f"interleaved-1f1b; {lay.schedule} is swept at vpp 1")
         if self._get["num_microbatches"] is None:
             if lay.global_batch_size % (dp * lay.micro_batch_size):
                 return "batch", (f"training.global_batch_size: {lay.global_batch_size} sequences must divide "

@@ -96,6 +96,12 @@ def test_plan_recommends_and_explains(runner, tmp_path):
     assert [x["usd"] for x in recs] == sorted(x["usd"] for x in recs)
     assert {"illegal", "slower"} <= set(d["runners_up"])
     assert yaml.safe_load(spec_out.read_text())["axes"]["gpus"] == [16, 32]
+    # the default grid pairs each of its schedules (the job's, 1F1B, ZB1P, interleaved) with vpp 1 and 2: half the
+    # points are no configuration (a schedule without virtual stages at vpp 2, interleaving at vpp 1), counted
+    # neither as configurations nor as losers
+    assert d["counts"]["points"] == 2 * d["configurations"]
+    lost = sum(v["count"] for k, v in d["runners_up"].items() if k != "costlier")
+    assert lost + len(recs) + d["runners_up"].get("costlier", {"count": 0})["count"] <= d["configurations"]
     # the examples show one reason of each rule before a second of any: here a layout rule (more stages than
     # layers) among the many schedule preconditions
     illegal = d["runners_up"]["illegal"]

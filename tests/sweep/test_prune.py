@@ -59,7 +59,8 @@ def space_point(space, i):
     ({"micro_batch_size": [1, 3]}, {"micro_batch_size": 3}, "batch", "global_batch_size"),
     ({"micro_batch_size": [1, 2]}, {"micro_batch_size": 2}, "schedule", "dualpipe needs num_microbatches >= 2 * pp"),
     ({"schedule": ["1f1b", "interleaved-1f1b"]}, {"schedule": "interleaved-1f1b"}, "schedule", "vpp >= 2"),
-    ({"vpp": [1, 2]}, {"vpp": 2}, "schedule", "applies only to interleaved"),
+    # the product of the axes makes points that are no configuration (the vpp-1 point, or 1F1B, is the one)
+    ({"vpp": [1, 2]}, {"vpp": 2}, "n/a", "apply only to interleaved-1f1b"),
 ])
 def test_illegal_layouts_are_pruned_by_their_rule(axes, values, rule, words):
     space = build_space(parse_spec({"base": "tiny_moe_job.yaml", "axes": axes}))
@@ -152,3 +153,18 @@ def test_dominance_prunes_only_provably_dominated_points():
     ok = pruned.frame["status"] == "ok"
     assert (pareto_mask(pruned.frame["days"].where(ok), pruned.frame["usd"].where(ok))
             == every.frame["pareto"].to_numpy()).all()  # the same front with and without pruning
+
+
+def test_a_schedule_and_vpp_product_leaves_one_configuration_per_schedule():
+    """1F1B x {1, 2} and interleaved x {1, 2}: 1F1B at vpp 2 repeats 1F1B and interleaving at vpp 1 is 1F1B, so
+    both are no configuration (rule n/a), not an illegal one."""
+    space = build_space(parse_spec({"base": "tiny_moe_job.yaml",
+                                    "axes": {"schedule": ["1f1b", "interleaved-1f1b"], "vpp": [1, 2]}}))
+    for values, words in [({"schedule": "1f1b", "vpp": 2}, "apply only to interleaved-1f1b"),
+                          ({"schedule": "interleaved-1f1b", "vpp": 1}, "one virtual stage per rank is 1f1b")]:
+        v, i = verdict(space, **values)
+        assert (v.status[i], v.rule[i]) == (RULE, "n/a") and words in v.reason[i]
+    v, i = verdict(space, schedule="1f1b", vpp=1)
+    assert v.rule[i] != "n/a"
+    v, i = verdict(space, schedule="interleaved-1f1b", vpp=2)
+    assert v.rule[i] != "n/a"
