@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 from sim.assemble import Assembler, Timing, hook_dims, routing_is_skewed, schedule_hooks
 from sim.config import Scenario
 from sim.context import build_context
-from sim.memory import model_state_bytes, peak_activation_bytes
+from sim.memory import peak_activation_bytes, rank_model_states
 from sim.model.activations import stage_activation_bytes, stage_workspace_bytes
 from sim.model.counts import stage_expert_params, stage_params
 from sim.pipeline import all_stages_of
@@ -111,8 +111,7 @@ def build_table(scenario: Scenario, allow_cpu: bool, strict: bool) -> Table:
         optimizer_s=[asm.timings.get(tail.optimizer_work(st), asm.num_sms, asm.comm_sms, asm.static_sms)[0]
                      for st in stages],  # as the engine runs it: at the compute rate a static SM split leaves
         overlap_grad_reduce=p.overlap_grad_reduce, reduce_every=tail.plan.reduce_every_microbatch,
-        model_states=[model_state_bytes(sum(sp[s] for s in st), sum(se[s] for s in st), scenario)
-                      for st in stages],
+        model_states=[rank_model_states(ctx.partition, scenario, st, sp, se) for st in stages],
         stage_bytes=tuple(stage_activation_bytes(ctx.partition, scenario)),
         stage_work=tuple(stage_workspace_bytes(ctx.partition, scenario)), imbalance=ctx.loads.imbalance,
         notes=(), warnings=())

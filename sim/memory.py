@@ -33,9 +33,10 @@ from sim.config import ParallelSpec, Scenario
 from sim.experts.placement import redundant_experts
 from sim.model.activations import stage_activation_bytes, stage_workspace_bytes
 from sim.model.counts import stage_expert_params, stage_params
-from sim.model.stages import StagePartition
+from sim.model.ops import Op
+from sim.model.stages import StagePartition, Unit
 from sim.pipeline import all_stages_of
-from sim.program.sharding import ShardingPlan, unit_param_counts
+from sim.program.sharding import ShardingPlan
 from sim.schedules.actions import Phase, Schedule
 from sim.units import dtype_bytes
 
@@ -113,11 +114,51 @@ def in_flight_counts(schedule: Schedule) -> list[tuple[tuple[int, ...], list[tup
     return out
 
 
-def model_state_bytes(params: float, expert_params: float, scenario: Scenario, largest_unit: float = 0.0
-                      ) -> tuple[float, float, float]:
+@dataclass(frozen=True, slots=True)
+class Zero3Gathers:
+    """What ZeRO-3 holds gathered on one GPU of a pipeline rank, besides its shards.
+
+    ``working``: bytes of the parameters gathered at once while a rank computes: FSDP gathers whole units (a
+    layer, the embedding, the head), the one computing and ``fsdp_prefetch`` ahead, so the largest unit times
+    ``fsdp_prefetch + 1``; DeepSpeed (``software.zero3_max_live_params``, its ``stage3_max_live_parameters``)
+    gathers module by module and releases once more than that many parameters are live, so at most that many,
+    or its largest single module when that is bigger. ``fp8_params``: the linear layers' weights per GPU, which
+    FP8 weight gathers (``precision.fp8_weight_gather``, torchao) hold in 1 B; the embedding, the output head and
+    the norms are gathered in the weights' dtype."""
+
+    working: float = 0.0
+    fp8_params: float = 0.0
+
+    @classmethod
+    def of(cls, units: Sequence[Unit], scenario: Scenario) -> Zero3Gathers:
+        p, prec = scenario.parallel, scenario.precision
+        if p.zero_stage != 3:
+            return cls()
+        w = dtype_bytes(prec.weights)
+
+        def per_gpu(op: Op) -> float:
+            return op.params / (p.ep if op.name.startswith("experts_") else p.tp)
+
+        def fp8(op: Op) -> bool:
+            return prec.fp8_weight_gather and op.kind in ("gemm", "grouped_gemm") and op.precision_class == "linear"
+
+        def op_bytes(op: Op) -> float:
+            return per_gpu(op) * (dtype_bytes("fp8") if fp8(op) else w)
+
+        units_bytes = [sum(op_bytes(op) for op in u.ops) for u in units]
+        working = max(units_bytes, default=0.0) * (p.fsdp_prefetch + 1)
+        live = scenario.software.zero3_max_live_params
+        if live is not None:
+            largest_module = max((op_bytes(op) for u in units for op in u.ops), default=0.0)
+            working = max(largest_module, live * w)
+        return cls(min(working, sum(units_bytes)), sum(per_gpu(op) for u in units for op in u.ops if fp8(op)))
+
+
+def model_state_bytes(params: float, expert_params: float, scenario: Scenario,
+                      gathers: Zero3Gathers = Zero3Gathers()) -> tuple[float, float, float]:
     """(weights, gradients, optimizer states) bytes per GPU for ``params`` of which ``expert_params`` are
-    routed experts, under the scenario's TP, EP, DP x CP and ZeRO stage; ``largest_unit``: the parameters per
-    GPU of the largest unit ZeRO-3 gathers at once."""
+    routed experts, under the scenario's TP, EP, DP x CP and ZeRO stage; ``gathers``: what ZeRO-3 holds
+    gathered (:class:`Zero3Gathers`, of the rank's units)."""
     p: ParallelSpec = scenario.parallel
     prec = scenario.precision
     plan = ShardingPlan.of(scenario)
@@ -135,18 +176,24 @@ def model_state_bytes(params: float, expert_params: float, scenario: Scenario, l
         return dense / dp_dense + experts / dp_expert if sharded else dense + experts * slots
 
     z = p.zero_stage
-    # what a ZeRO-3 gather produces: the weights' dtype, or FP8 (torchao's FP8 all-gather: the gathered FP8
-    # tensor is the working weight)
-    gw = dtype_bytes("fp8") if z == 3 and prec.fp8_weight_gather else w
     if z == 3 and (plan.params_stay_gathered or not plan.gather_forward):
-        weights = held(False) * gw
+        weights = held(False) * w - gathers.fp8_params * (w - dtype_bytes("fp8"))  # all of them, gathered
     elif z == 3:
-        weights = held(True) * w + min(largest_unit * (plan.prefetch + 1), held(False)) * gw
+        weights = held(True) * w + min(gathers.working, held(False) * w)
     else:
         weights = held(False) * w
     grads = held(z >= 2 and (z == 2 or plan.reduce_every_microbatch)) * g
     optim = held(z >= 1) * opt
     return weights, grads, optim
+
+
+def rank_model_states(partition: StagePartition, scenario: Scenario, stages: Sequence[int],
+                      sp: Sequence[float], se: Sequence[float]) -> tuple[float, float, float]:
+    """(weights, gradients, optimizer states) bytes per GPU of the rank that holds ``stages`` (``sp``, ``se``:
+    parameters and routed-expert parameters per stage)."""
+    units = [u for s in stages for u in partition.stages[s]]
+    return model_state_bytes(sum(sp[s] for s in stages), sum(se[s] for s in stages), scenario,
+                             Zero3Gathers.of(units, scenario))
 
 
 def memory_per_rank(scenario: Scenario, partition: StagePartition, schedule: Schedule) -> list[MemoryBreakdown]:
@@ -158,8 +205,6 @@ def memory_per_rank(scenario: Scenario, partition: StagePartition, schedule: Sch
     work = stage_workspace_bytes(partition, scenario)
     out = []
     for r, stages in enumerate(all_stages_of(p.schedule, p.pp, p.vpp)):
-        largest = max((sum(unit_param_counts(u, p.tp, p.ep)) for s in stages for u in partition.stages[s]),
-                      default=0.0)
-        w, g, o = model_state_bytes(sum(sp[s] for s in stages), sum(se[s] for s in stages), scenario, largest)
+        w, g, o = rank_model_states(partition, scenario, stages, sp, se)
         out.append(MemoryBreakdown(r, w, g, o, acts[r] + max(work[s] for s in stages)))
     return out

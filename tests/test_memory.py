@@ -61,20 +61,63 @@ def test_a_ranks_activations_add_the_largest_backward_working_set_of_its_stages(
     assert [m.activations for m in memory_per_rank(s, lay, schedule)] == [kept[0] + work[0], kept[1] + work[1]]
 
 
-def test_fp8_weight_gathers_hold_one_byte_per_gathered_parameter():
-    """ZeRO-3 without a pipeline: the shard in BF16 plus the gathered units in BF16, or in FP8 when the stack
-    all-gathers FP8 weights (torchao): the gathered part halves, the shard stays."""
+def _llama70b_zero3(*extra):
     from sim.loading import load_scenario
-    from sim.memory import model_state_bytes
 
-    base = ["parallel.pp=1", "parallel.tp=1", "parallel.zero_stage=3", "precision.fprop=fp8", "cluster.num_nodes=64",
-            "precision.fp8_scaling=tensorwise"]
-    bf16 = load_scenario("workloads/llama3_70b_h100.yaml", overrides=base)
-    fp8 = load_scenario("workloads/llama3_70b_h100.yaml", overrides=[*base, "precision.fp8_weight_gather=true"])
-    params, unit = 70e9, 0.8e9
-    w16, _, _ = model_state_bytes(params, 0.0, bf16, unit)
-    w8, _, _ = model_state_bytes(params, 0.0, fp8, unit)
-    shard = params / bf16.fsdp_shard_size * 2
-    gathered = unit * (bf16.parallel.fsdp_prefetch + 1)
-    assert w16 == pytest.approx(shard + 2 * gathered)
-    assert w8 == pytest.approx(shard + gathered)
+    return load_scenario("workloads/llama3_70b_h100.yaml", overrides=[
+        "parallel.pp=1", "parallel.tp=1", "parallel.zero_stage=3", "precision.fprop=fp8", "cluster.num_nodes=64",
+        "precision.fp8_scaling=tensorwise", *extra])
+
+
+# Llama 3 70B per layer: linear weights (64 + 2 x 8) x 128 x 8,192 (q, k, v) + 8,192^2 (o) + 3 x 28,672 x 8,192
+# (gate, up, down), and two RMSNorm weights of 8,192; the embedding 128,256 x 8,192.
+LINEAR = 10240 * 8192 + 8192 * 8192 + 3 * 28672 * 8192
+NORMS = 2 * 8192
+EMBED = 128256 * 8192
+
+
+def test_fsdp_holds_its_largest_units_gathered_and_fp8_gathers_hold_linear_weights_in_one_byte():
+    from sim.memory import Zero3Gathers
+    from sim.model.stages import model_units
+
+    bf16, fp8 = _llama70b_zero3(), _llama70b_zero3("precision.fp8_weight_gather=true")
+    units = model_units(bf16.model)
+    layer = next(u for u in units if u.kind == "layer")
+    ahead = bf16.parallel.fsdp_prefetch + 1
+    layers = [layer] * 8
+    assert Zero3Gathers.of(layers, bf16).working == pytest.approx(ahead * 2 * (LINEAR + NORMS))
+    assert Zero3Gathers.of([layer], bf16).working == pytest.approx(2 * (LINEAR + NORMS))  # no more than there is
+    only_layers = Zero3Gathers.of(layers, fp8)
+    assert only_layers.working == pytest.approx(ahead * (LINEAR + 2 * NORMS))
+    assert only_layers.fp8_params == 8 * LINEAR
+    embed = next(u for u in units if u.kind == "embed")  # gathered in BF16 either way, and the larger unit
+    assert Zero3Gathers.of([*layers, embed], fp8).working == pytest.approx(ahead * 2 * EMBED)
+
+
+def test_deepspeed_holds_its_live_parameters_or_its_largest_module():
+    """stage3_max_live_parameters 1e9 (BF16: 2 GB) over a layer whose largest module, gate + up (2 x 28,672 x
+    8,192 = 470M parameters), is smaller; at 1e8 the module wins; never more than the units hold."""
+    from sim.memory import Zero3Gathers
+    from sim.model.stages import model_units
+
+    layer = next(u for u in model_units(_llama70b_zero3().model) if u.kind == "layer")
+    two = [layer, layer]
+    assert Zero3Gathers.of(two, _llama70b_zero3("software.zero3_max_live_params=1e9")).working == 1e9 * 2
+    assert Zero3Gathers.of(two, _llama70b_zero3("software.zero3_max_live_params=1e8")).working == 2 * 28672 * 8192 * 2
+    assert Zero3Gathers.of([layer], _llama70b_zero3("software.zero3_max_live_params=1e12")).working == pytest.approx(
+        2 * (LINEAR + NORMS))
+
+
+def test_zero3_weights_are_the_shard_plus_what_is_gathered():
+    from sim.memory import Zero3Gathers, model_state_bytes
+
+    s = _llama70b_zero3()
+    params = 70e9
+    w, _, _ = model_state_bytes(params, 0.0, s, Zero3Gathers(working=3e9))
+    assert w == pytest.approx(params / s.fsdp_shard_size * 2 + 3e9)
+    # under a pipeline without resharding every weight stays gathered; FP8 gathers hold the linear ones in 1 B
+    pp = _llama70b_zero3("parallel.pp=2", "parallel.fsdp_reshard_after_forward=false")
+    full, _, _ = model_state_bytes(params, 0.0, pp, Zero3Gathers())
+    assert full == pytest.approx(params * 2)
+    fp8, _, _ = model_state_bytes(params, 0.0, pp, Zero3Gathers(fp8_params=60e9))
+    assert fp8 == pytest.approx(params * 2 - 60e9)

@@ -51,6 +51,10 @@ class SoftwareSpec(Frozen):
         "NCCL large flat buckets (Megatron-LM, FSDP2); lower for stacks whose collectives run per parameter "
         "through Python hooks. A property of the software, fitted where no mechanism explains it (see the "
         "profile's sources)")
+    zero3_max_live_params: float | None = Field(
+        default=None, gt=0, le=1e13, description="ZeRO-3 that gathers module by module (DeepSpeed's "
+        "stage3_max_live_parameters): the parameters it keeps gathered at once, or its largest module when that "
+        "is bigger; None: FSDP, which gathers whole units (a layer) and holds fsdp_prefetch + 1 of them")
     pp_scatter_gather: bool = Field(
         default=False, description="with tensor parallelism and no sequence parallelism, each TP rank sends 1/tp of "
         "a stage-boundary activation (or its gradient) and the receiving TP group all-gathers it over NVLink "

@@ -65,13 +65,16 @@ def unit_activation_bytes_per_token(unit: Unit, policy: str | tuple[str, ...], p
     total = 0.0
     if spec[1] and unit.kind in ("layer", "mtp"):
         total = _layer_input_bytes(unit) / (tp if sp else 1)
+    # the attention kernel keeps the K and V it was given: repeated ones only when no recompute re-creates them
+    # (a policy that re-runs anything recomputes the cheap repeat from the projections' outputs it keeps)
+    repeat = software if not (spec[0] or spec[1] or spec[2]) else None
     for i, op in enumerate(unit.ops):
         if spec[1] and op.block not in NEVER_RECOMPUTED:
             continue  # inside the checkpoint: re-created in the backward
         for s in op.saves:
             kept = 1.0 - dropped(unit.ops, i, s, spec)
             if kept > 0:
-                total += (kept * s.elems * _kv_repeat(op, s.name, model, software)
+                total += (kept * s.elems * _kv_repeat(op, s.name, model, repeat)
                           * _saved_dtype_bytes(s.dtype, precision, software) / saved_tp_split(op, tp, sp))
         if op.kind == "attention" and not recomputed(spec, op):
             total += _unfused_scores_bytes(op, software, seq_len) / tp
@@ -80,7 +83,8 @@ def unit_activation_bytes_per_token(unit: Unit, policy: str | tuple[str, ...], p
 
 def _kv_repeat(op: Op, name: str, model: ModelSpec, software: SoftwareSpec | None) -> float:
     """How many times the attention kernel's saved K and V are the projections' (``software.repeat_kv``: the
-    stack repeats the KV heads to the query heads before the kernel, which saves what it was given)."""
+    stack repeats the KV heads to the query heads before the kernel, which saves what it was given); 1 when
+    ``software`` is None (the repeat is recomputed)."""
     if op.kind != "attention" or name not in ("k", "v") or model.attention == "mla":
         return 1.0
     return model.n_heads / model.kv_heads if software is not None and software.repeat_kv else 1.0
@@ -115,31 +119,45 @@ def stage_activation_bytes(partition: StagePartition, scenario: Scenario) -> lis
     return out
 
 
+def _loss_grad_bytes(software: SoftwareSpec) -> float:
+    """Bytes per logit the loss's backward allocates beside the logits it keeps: a fused or compiled loss writes
+    a BF16 gradient; Megatron-LM's vocabulary-parallel cross entropy turns its saved FP32 softmax into the
+    gradient in place and casts it to BF16 (2 B); PyTorch's eager ``F.cross_entropy(logits.float())`` holds
+    NLL's FP32 gradient and log-softmax's FP32 input gradient at once (8 B) before the BF16 cast."""
+    if software.compile or software.cross_entropy in ("fused", "megatron_fp32"):
+        return dtype_bytes("bf16")
+    return 2 * dtype_bytes("fp32")
+
+
 def unit_workspace_bytes_per_token(unit: Unit, scenario: Scenario) -> float:
     """Bytes per token of the local micro-batch that one unit's backward holds on top of the activations kept
     for it, per GPU: what it alone needs while it runs, so a rank's peak adds the largest of its units'.
 
     - Recompute: the backward re-creates the tensors the policy dropped (its forward re-run saves them again),
-      so they are held until that unit's backward ends: the unit's bytes without recompute minus with it.
-    - The loss: its backward writes a gradient of the logits as large as the logits it keeps.
+      so they are held until that unit's backward ends: the unit's bytes without recompute minus with it (an
+      upper bound for policies that re-run modules one at a time).
+    - The loss: the gradient it writes (:func:`_loss_grad_bytes`). A multi-token-prediction module runs its
+      loss's backward before its layer's, so it holds the larger of the two, not both.
     - Context parallelism that all-gathers K and V (``all_gather``, ``pytorch``): the whole sequence's K and V
-      of the layer (``cp`` times the local ones), gathered again in the backward; the ring passes one block
-      at a time (two in flight), which is small beside it and left out."""
+      of the layer (``cp`` times the local ones; the heads each GPU of a TP group holds, at least one), gathered
+      again in the backward; ``all_gather`` also gathers their gradients whole before reduce-scattering them.
+      The ring passes one block at a time (two in flight), which is small beside it and left out."""
     p, m, sw, prec = scenario.parallel, scenario.model, scenario.software, scenario.precision
     sp = p.sequence_parallel and p.tp > 1
     seq = scenario.training.seq_len
-    total = 0.0
+    layer = loss = 0.0
     if unit.kind in ("layer", "mtp"):
         held = unit_activation_bytes_per_token(unit, p.recompute, prec, m, p.tp, sp, sw, seq)
-        total += unit_activation_bytes_per_token(unit, "none", prec, m, p.tp, sp, sw, seq) - held
+        layer += unit_activation_bytes_per_token(unit, "none", prec, m, p.tp, sp, sw, seq) - held
     for op in unit.ops:
         for s in op.saves:
             if s.dtype == "loss":
-                total += s.elems * _saved_dtype_bytes(s.dtype, prec, sw) / saved_tp_split(op, p.tp, sp)
-        if op.kind == "attention" and p.cp > 1 and p.cp_mode in ("all_gather", "pytorch") and m.attention != "mla":
-            kv = sum(s.elems * _kv_repeat(op, s.name, m, sw) for s in op.saves if s.name in ("k", "v"))
-            total += kv * dtype_bytes("bf16") * p.cp / p.tp
-    return total
+                loss += s.elems * _loss_grad_bytes(sw) / saved_tp_split(op, p.tp, sp)
+        if op.kind == "attention" and p.cp > 1 and p.cp_mode in ("all_gather", "pytorch"):
+            kv_heads = m.n_heads if m.attention == "mla" or sw.repeat_kv else m.kv_heads
+            per_token = max(1, kv_heads // p.tp) * (op.qk_dim + op.v_dim) * dtype_bytes("bf16")
+            layer += per_token * p.cp * (2 if p.cp_mode == "all_gather" else 1)
+    return max(layer, loss)
 
 
 def stage_workspace_bytes(partition: StagePartition, scenario: Scenario) -> list[float]:

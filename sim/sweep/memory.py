@@ -2,7 +2,7 @@
 across many points.
 
 The same arithmetic as ``sim.memory.memory_per_rank`` (what a simulation reports as ``peak_memory_per_gpu``):
-model states per rank from ``sim.memory.model_state_bytes`` over the stages the schedule places on the rank
+model states per rank from ``sim.memory.rank_model_states`` over the stages the schedule places on the rank
 (``sim.pipeline.all_stages_of``), plus the peak of activations held at once, from the schedule's order of
 forwards and backwards (``sim.memory.peak_activation_bytes``) with each stage's bytes from
 ``sim.model.activations.stage_activation_bytes``, and the largest backward working set of the rank's stages
@@ -29,12 +29,11 @@ from typing import Any, cast
 import numpy as np
 
 from sim.config import ModelSpec, ParallelSpec, PrecisionSpec, Scenario
-from sim.memory import in_flight_counts, model_state_bytes
+from sim.memory import in_flight_counts, rank_model_states
 from sim.model.activations import stage_activation_bytes, stage_workspace_bytes
 from sim.model.counts import stage_expert_params, stage_params
 from sim.model.stages import StagePartition, partition
 from sim.pipeline import all_stages_of, num_stages
-from sim.program.sharding import unit_param_counts
 from sim.schedules.generators import build_schedule
 from sim.sweep.rules import Layout
 from sim.sweep.space import PARALLEL_AXES, Space
@@ -150,11 +149,7 @@ class MemoryModel:
             rows = []
             parts = self._parts[pkey][0]
             for stages in all_stages_of(par.schedule, par.pp, par.vpp):
-                idx = list(stages)
-                largest = max((sum(unit_param_counts(u, par.tp, par.ep)) for st in stages
-                               for u in parts.stages[st]), default=0.0)  # what ZeRO-3 gathers at once
-                rows.append(sum(model_state_bytes(float(sp[idx].sum()), float(se[idx].sum()), view,  # type: ignore[arg-type]
-                                                  largest)))
+                rows.append(sum(rank_model_states(parts, view, stages, sp, se)))  # type: ignore[arg-type]
             hit = self._state_cache[key] = np.array(rows)
         return hit
 

@@ -35,29 +35,74 @@ def test_repeated_kv_heads_are_what_the_attention_kernel_keeps():
     layer = _unit(plain, "layer")
     assert _kept(rep, layer, "none") - _kept(plain, layer, "none") == 2 * 7 * KV * 2
     assert _kept(rep, layer, "full") == _kept(plain, layer, "full")  # a checkpoint keeps only the layer input
+    # torchtitan's op-level AC re-runs the cheap repeat from the wk/wv outputs it keeps
+    assert _kept(rep, layer, "alternate_matmuls") == _kept(plain, layer, "alternate_matmuls")
 
 
-@pytest.mark.parametrize("policy", ["full", "selective", "none"])
-def test_a_layers_backward_holds_what_its_policy_dropped(policy):
-    s = _scenario(f"parallel.recompute={policy}")
+def test_a_layers_backward_under_full_recompute_holds_the_whole_layer_again():
+    """Llama 3 70B, FlashAttention, no dropout, TP 1, per token in bytes: the layer's tensors without recompute
+    are the two norm inputs and the two GEMM inputs they feed (4 x 2 x 8,192), Q (2 x 8,192), K and V
+    (2 x 2 x 1,024), the softmax statistics (4 x 64), the attention output (2 x 8,192), the SwiGLU input
+    (2 x 57,344) and the down projection's input (2 x 28,672): 274,688. Full recompute keeps the layer input
+    (2 x 8,192) and re-creates the rest during the backward."""
+    s = _scenario("parallel.recompute=full")
     layer = _unit(s, "layer")
-    assert unit_workspace_bytes_per_token(layer, s) == pytest.approx(_kept(s, layer, "none") - _kept(s, layer, policy))
+    none = 4 * 2 * 8192 + 2 * 8192 + 2 * 2 * 1024 + 4 * 64 + 2 * 8192 + 2 * 57344 + 2 * 28672
+    assert none == 274688 and _kept(s, layer, "none") == none
+    assert unit_workspace_bytes_per_token(layer, s) == none - 2 * 8192
+    assert unit_workspace_bytes_per_token(layer, _scenario("parallel.recompute=none")) == 0
 
 
-def test_the_loss_backward_holds_a_logits_gradient_as_large_as_its_logits():
-    fp32 = _scenario("software.cross_entropy=torch_fp32", "software.compile=false")
-    fused = _scenario("software.cross_entropy=fused")
-    assert unit_workspace_bytes_per_token(_unit(fp32, "head"), fp32) == 4 * 128256
-    assert unit_workspace_bytes_per_token(_unit(fused, "head"), fused) == 2 * 128256
+@pytest.mark.parametrize("loss, compile_, per_logit", [("torch_fp32", False, 8), ("torch_fp32", True, 2),
+                                                       ("megatron_fp32", False, 2), ("fused", False, 2)])
+def test_the_loss_backward_holds_its_gradient(loss, compile_, per_logit):
+    """PyTorch's eager FP32 loss holds NLL's and log-softmax's FP32 gradients at once (8 B per logit);
+    Megatron-LM's turns its saved softmax into the gradient in place and casts it (2 B); fused or compiled
+    losses write a BF16 gradient (2 B). Under TP 8 the vocabulary is split (1/8 of each)."""
+    s = _scenario(f"software.cross_entropy={loss}", f"software.compile={str(compile_).lower()}")
+    assert unit_workspace_bytes_per_token(_unit(s, "head"), s) == per_logit * 128256
+    tp = load_scenario(JOB, overrides=["parallel.tp=8", f"software.cross_entropy={loss}",
+                                       f"software.compile={str(compile_).lower()}"])
+    assert unit_workspace_bytes_per_token(_unit(tp, "head"), tp) == per_logit * 128256 / 8
 
 
-@pytest.mark.parametrize("mode, repeat, gathered", [("ring", False, 0), ("all_gather", False, 4 * 2 * KV * 2),
+def test_an_mtp_module_holds_its_loss_gradient_or_its_layer_not_both():
+    """DeepSeek-V3's multi-token-prediction module runs its loss's backward, frees that gradient, then its
+    layer's: the working set is the larger of the two."""
+    s = load_scenario("workloads/deepseek_v3.yaml", overrides=["parallel.recompute=full"])
+    units = model_units(s.model)
+    mtp = next(u for u in units if u.kind == "mtp")
+    head = next(u for u in units if u.kind == "head")
+    layer = next(u for u in units if u.kind == "layer" and u.moe)
+    work = unit_workspace_bytes_per_token(mtp, s)
+    loss = unit_workspace_bytes_per_token(head, s)
+    assert loss > 0 and work >= loss
+    assert work < loss + unit_workspace_bytes_per_token(layer, s)
+
+
+@pytest.mark.parametrize("mode, repeat, gathered", [("ring", False, 0), ("all_gather", False, 2 * 4 * 2 * KV * 2),
                                                      ("pytorch", True, 4 * 2 * 8 * KV * 2)])
 def test_context_parallel_gathers_hold_the_whole_sequences_k_and_v(mode, repeat, gathered):
     """CP 4: an all-gather holds the K and V (BF16) of all 4 ranks' tokens, per local token 4 x 2 x 1,024
-    elements; repeated to the query heads, 8 times that. The ring holds one block at a time (left out)."""
+    elements, and Llama 3's all-gather CP their gradients too (twice that); PyTorch's, repeated to the query
+    heads, 8 times the K and V. The ring holds one block at a time (left out)."""
     base = _scenario("parallel.recompute=full", "parallel.cp=1", f"software.repeat_kv={str(repeat).lower()}")
     s = _scenario("parallel.recompute=full", "parallel.cp=4", f"parallel.cp_mode={mode}",
                   f"software.repeat_kv={str(repeat).lower()}")
     layer = _unit(s, "layer")
     assert unit_workspace_bytes_per_token(layer, s) - unit_workspace_bytes_per_token(layer, base) == gathered
+
+
+def test_a_tp_rank_gathers_the_kv_heads_it_holds_at_least_one():
+    """TP 8 over Llama 3 70B's 8 KV heads: one head each (K and V of 128), 1/8 of the TP-1 gather; repeated to
+    the 64 query heads, 8 heads each."""
+    def gathered(tp, repeat):
+        over = ["parallel.recompute=full", f"parallel.tp={tp}", f"software.repeat_kv={str(repeat).lower()}",
+                "parallel.cp_mode=pytorch"]
+        one = load_scenario(JOB, overrides=[*over, "parallel.cp=1"])
+        four = load_scenario(JOB, overrides=[*over, "parallel.cp=4"])
+        layer = _unit(one, "layer")
+        return unit_workspace_bytes_per_token(layer, four) - unit_workspace_bytes_per_token(layer, one)
+
+    assert gathered(8, False) == 4 * 2 * 128 * 2
+    assert gathered(8, True) == 4 * 2 * 8 * 128 * 2
