@@ -182,7 +182,8 @@ def main() -> None:
                "layout train the tokens cheapest within the deadline and the budget (`sim plan`).")
     req, cons = _inputs(edits, d)
     if req is not None:
-        st.caption(f"{req.points:,} configurations (the page plans at most {plans.MAX_POINTS:,} and simulates at most "
+        st.caption(f"{req.points:,} points of the axes' product, the pairs of a schedule with a vpp it does not take "
+                   f"left out when planned (the page plans at most {plans.MAX_POINTS:,} points and simulates at most "
                    f"{plans.MAX_SIMULATIONS:,} layouts that pass the rules and the memory model; the analytic tier "
                    "whatever the sidebar says).")
     key = (bridge.key(s), req)

@@ -28,7 +28,7 @@ import numpy as np
 
 from sim.model import counts
 from sim.sweep.memory import MemoryModel
-from sim.sweep.rules import PREFIX, Rules
+from sim.sweep.rules import NOT_A_CONFIGURATION, PREFIX, Rules
 from sim.sweep.space import INNER, Space
 from sim.units import GB
 
@@ -91,9 +91,38 @@ def prune(space: Space, progress: Callable[[int, int], None] | None = None) -> V
         if progress is not None:
             progress(o0 + n_suffix, n_outer)
     v.lower_bound_s = np.repeat(v.lower_bound_s, inner)
+    _mark_not_configurations(space, rules, v)
     if progress is not None:
         progress(n_outer, n_outer)
     return v
+
+
+def _mark_not_configurations(space: Space, rules: Rules, v: Verdicts) -> None:
+    """Label every point whose (schedule, vpp) pair is no configuration (``Rules.not_a_configuration``) with
+    that rule, whatever rule or memory check it met first: such points are left out of a plan's counts."""
+    si, vi = space.index.get("schedule"), space.index.get("vpp")
+    if vi is None:
+        return
+    schedules = space.axes[si].values if si is not None else (rules.par["schedule"],)
+    vpps = space.axes[vi].values
+    reasons = {(a, b): rules.not_a_configuration(s, x) for a, s in enumerate(schedules) for b, x in enumerate(vpps)}
+    if all(r is None for r in reasons.values()):
+        return
+    table = np.full((len(schedules), len(vpps)), -1, dtype=np.int64)  # index into texts, -1: a configuration
+    texts: list[str] = []
+    for (a, b), r in reasons.items():
+        if r is not None:
+            table[a, b] = len(texts)
+            texts.append(r)
+    shape = [len(a.values) for a in space.axes]
+
+    def along(axis: int) -> np.ndarray:  # an axis's value index, shaped to broadcast over the product
+        return np.arange(shape[axis]).reshape([-1 if k == axis else 1 for k in range(len(shape))])
+
+    code = np.broadcast_to(table[along(si) if si is not None else 0, along(vi)], shape).reshape(-1)
+    idx = np.flatnonzero(code >= 0)
+    v.status[idx], v.rule[idx], v.memory_bytes[idx] = RULE, NOT_A_CONFIGURATION, np.nan
+    v.reason[idx] = [texts[c] for c in code[idx]]
 
 
 def _outer(space: Space, v: Verdicts, rules: Rules, mem: MemoryModel, o: int, point: tuple[Any, ...],

@@ -34,9 +34,9 @@ from sim.pipeline import check_schedule, num_stages
 from sim.sweep.space import Space
 
 Verdict = tuple[str, str]  # (rule, reason)
-#: The rule of a point that is no configuration at all: the product of the axes paired a schedule without
-#: virtual stages with a swept vpp > 1 (the same configuration is the point at vpp 1), or interleaved 1F1B
-#: with vpp 1 (which is 1F1B).
+#: The rule of a point that is no configuration at all (:meth:`Rules.not_a_configuration`): the product of the
+#: axes paired a schedule without virtual stages with a swept vpp > 1 (the same configuration is the point at
+#: vpp 1), or interleaved 1F1B with vpp 1 (which is 1F1B). It takes precedence over every other rule.
 NOT_A_CONFIGURATION = "n/a"
 #: Axes the first group of rules reads (:meth:`Rules.prefix`): when they lead the enumeration, a verdict on
 #: them covers every point that shares them.
@@ -128,8 +128,28 @@ class Rules:
             self._fp8[label] = hit
         return hit
 
+    def not_a_configuration(self, schedule: str, vpp: int) -> str | None:
+        """Why a (schedule, vpp) pair of the axes' product is no configuration, or None: a schedule without
+        virtual stages at vpp > 1 when the vpp axis also holds 1 (that point is the configuration), or
+        interleaved 1F1B at vpp 1 (which is 1F1B) when the axis holds a vpp >= 2. Without such a partner the
+        pair is a configuration the schedule rule refuses."""
+        i = self._get["vpp"]
+        if i is None:
+            return None
+        vpps = self.space.axes[i].values
+        if schedule != "interleaved-1f1b" and vpp != 1 and 1 in vpps:
+            return (f"parallel.vpp: {vpp} virtual stages per rank apply only to interleaved-1f1b; {schedule} "
+                    "is swept at vpp 1")
+        if schedule == "interleaved-1f1b" and vpp == 1 and any(x >= 2 for x in vpps):
+            return "parallel.vpp: interleaved-1f1b with one virtual stage per rank is 1f1b; it is swept at vpp >= 2"
+        return None
+
     def check(self, point: tuple[Any, ...]) -> tuple[Verdict | None, Layout | None, ClusterSpec | None]:
         """(rule, reason) of the first rule the point breaks, or None; with its layout and cluster."""
+        na = self.not_a_configuration(self._v(point, "schedule", self.par["schedule"]),
+                                      self._v(point, "vpp", self.par["vpp"]))
+        if na is not None:
+            return (NOT_A_CONFIGURATION, na), None, None
         verdict, cluster = self.prefix(point)
         if verdict is not None or cluster is None:
             return verdict, None, None
@@ -174,11 +194,9 @@ class Rules:
         """The rules that read the rest of the point (batch, schedule, stages, SMs, FP8), once :meth:`prefix`
         passed."""
         m, pp, dp = self.model, lay.pp, lay.dp
-        if self._get["vpp"] is not None and (lay.vpp == 1) != (lay.schedule != "interleaved-1f1b"):
-            return NOT_A_CONFIGURATION, (
-                "parallel.vpp: interleaved-1f1b with one virtual stage per rank is 1f1b; it is swept at vpp >= 2"
-                if lay.vpp == 1 else f"parallel.vpp: {lay.vpp} virtual stages per rank apply only to "
-                f"interleaved-1f1b; {lay.schedule} is swept at vpp 1")
+        na = self.not_a_configuration(lay.schedule, lay.vpp)
+        if na is not None:
+            return NOT_A_CONFIGURATION, na
         if self._get["num_microbatches"] is None:
             if lay.global_batch_size % (dp * lay.micro_batch_size):
                 return "batch", (f"training.global_batch_size: {lay.global_batch_size} sequences must divide "

@@ -145,6 +145,8 @@ class Space:
             elif a.name.count(".") and not a.name.startswith("cluster."):  # cluster keys: in cluster_data
                 section, rest = a.name.split(".", 1)
                 data[section] = _set_path(copy.deepcopy(data[section]), rest, v)
+                if section == "parallel":
+                    par = data["parallel"]  # the axes after this one write into the new mapping
         if par["tp"] > 1 and not any(a.name == "sequence_parallel" for a in self.axes) and \
                 self.base_scenario.model.is_moe:
             par["sequence_parallel"] = True  # a swept TP of an MoE runs with sequence parallelism (it needs it)

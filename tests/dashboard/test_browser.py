@@ -136,7 +136,7 @@ def test_plan_page_plans_the_tiny_job_and_shows_the_recommendation(server, tmp_p
             button.wait_for(timeout=60_000)
             assert not page.locator(METRIC).count()  # nothing runs before the button
             page.get_by_role("button", name="Remove 32").click()  # GPU counts 8 and 16
-            page.get_by_text("576 configurations").wait_for(timeout=60_000)
+            page.get_by_text("576 points").wait_for(timeout=60_000)
             button.click()
             days = page.locator('[data-testid="stMetric"]').filter(has_text="Days")
             days.wait_for(timeout=60_000)

@@ -168,3 +168,56 @@ def test_a_schedule_and_vpp_product_leaves_one_configuration_per_schedule():
     assert v.rule[i] != "n/a"
     v, i = verdict(space, schedule="interleaved-1f1b", vpp=2)
     assert v.rule[i] != "n/a"
+
+
+def test_memory_precheck_equals_the_library_model_with_gqa_cp_zero3_and_an_fp32_loss():
+    """The working-set terms (recompute, the FP32 loss's gradient, K and V gathered by CP, repeated K/V) and
+    ZeRO-3's gathered units, on Llama 3 70B: the pre-check equals sim run's memory point by point."""
+    spec = parse_spec({"base": "llama3_70b_h100.yaml",
+                       "set": {"software.repeat_kv": True, "software.cross_entropy": "torch_fp32",
+                               "software.compile": False, "parallel.cp_mode": "all_gather"},
+                       "axes": {"gpus": [256], "tp": [2, 8], "pp": [1, 4], "cp": [1, 2], "zero_stage": [1, 3],
+                                "micro_batch_size": [1, 2], "recompute": ["none", "selective", "full"]}})
+    space = build_space(spec)
+    rules, mem = Rules(space), MemoryModel(space)
+    legal = [(point, lay) for point in space.points() for bad, lay, _ in [rules.check(point)] if bad is None]
+    assert len(legal) > 20
+    random.seed(2)
+    for point, lay in random.sample(legal, 20):
+        s = space.scenario(point)
+        p = s.parallel
+        parts = partition(s.model, s.num_stages, p.stage_layers, p.stage_split, s.training.seq_len)
+        sched = build_schedule(p.schedule, p.pp, s.num_microbatches, p.vpp)
+        expected = max(b.total for b in memory_per_rank(s, parts, sched))
+        assert mem.peak_bytes(point, lay) == pytest.approx(expected, rel=1e-12), point
+
+
+def test_a_swept_parallel_key_leaves_the_other_parallel_axes_in_place():
+    """A swept ``set`` key under ``parallel`` replaces the point's parallel mapping; the recompute axis after it
+    must still land in the scenario."""
+    space = build_space(parse_spec({"base": "tiny_moe_job.yaml", "axes": {
+        "recompute": ["none", "full"], "set": {"parallel.grad_bucket_mb": [10, 20]}}}))
+    for point in space.points():
+        s = space.scenario(point)
+        assert s.parallel.recompute == space.value(point, "recompute")
+        assert s.parallel.grad_bucket_mb == space.value(point, "parallel.grad_bucket_mb")
+
+
+def test_no_configuration_wins_over_the_rules_a_point_also_breaks():
+    """TP 3 breaks a layout rule, but 1F1B at vpp 2 is no configuration at all: n/a, so a plan neither counts
+    it nor lists it as illegal."""
+    space = build_space(parse_spec({"base": "tiny_moe_job.yaml", "axes": {
+        "tp": [1, 3], "schedule": ["1f1b"], "vpp": [1, 2]}}))
+    v, i = verdict(space, tp=3, schedule="1f1b", vpp=2)
+    assert (v.rule[i], v.status[i]) == ("n/a", RULE)
+    _, j = verdict(space, tp=3, schedule="1f1b", vpp=1)
+    assert v.rule[j] == "layout"
+
+
+def test_a_vpp_without_its_partner_on_the_axis_stays_a_refused_configuration():
+    """vpp 2 and 4 with 1F1B alone: there is no vpp-1 point to stand for, so the schedule rule refuses them
+    (the user asked for something the schedule cannot run) instead of hiding them as n/a."""
+    space = build_space(parse_spec({"base": "tiny_moe_job.yaml", "axes": {"schedule": ["1f1b"], "vpp": [2, 4]}}))
+    v = prune(space)
+    assert set(v.rule) == {"schedule"}
+    assert all("applies only to interleaved" in r for r in v.reason)
