@@ -141,9 +141,23 @@ def _alternate_fractions(m: ModelSpec) -> tuple[tuple[str, float], ...]:
     return tuple(sorted((k, v) for k, v in out.items() if v > 0))
 
 
+#: Blocks no recompute policy re-runs: every stack checkpoints its transformer layers (Megatron-LM's
+#: ``--recompute-granularity full`` and ``selective`` wrap TransformerLayer / core attention; torchtitan's AC
+#: wraps each TransformerBlock; Megatron-DeepSpeed's ``--checkpoint-activations`` the ParallelTransformerLayer
+#: modules), so the embedding, the final norm, the output projection and the loss run once and keep their
+#: tensors (Narayanan et al. 2021, Eq. 3: the logit layer is counted 3x, the layers 4x).
+NEVER_RECOMPUTED: frozenset[str] = frozenset({"embed", "head"})
+
+
 @cache
 def _model_op_names(m: ModelSpec) -> frozenset[str]:
     return frozenset(op.name for u in model_units(m) for op in u.ops)
+
+
+@cache
+def _never_recomputed_names(m: ModelSpec) -> frozenset[str]:
+    """Ops of the embedding and the output head (``NEVER_RECOMPUTED``): no policy may name them."""
+    return frozenset(op.name for u in model_units(m) for op in u.ops if op.block in NEVER_RECOMPUTED)
 
 
 @cache
@@ -165,6 +179,11 @@ def recompute_spec(m: ModelSpec, policy: str | tuple[str, ...]) -> RecomputeSpec
         ops = _module_ops(name)
         if ops is not None:
             out |= ops
+        elif name in _never_recomputed_names(m):
+            raise SimInputError(f"{name!r} is part of the embedding or the output head, which stacks run once "
+                                "and never recompute (they checkpoint transformer layers); name ops of the "
+                                f"layers: {', '.join(sorted(known - _never_recomputed_names(m)))}",
+                                field="parallel.recompute")
         elif name in known:
             out.add(name)
         elif isinstance(policy, str):
@@ -176,12 +195,6 @@ def recompute_spec(m: ModelSpec, policy: str | tuple[str, ...]) -> RecomputeSpec
     return frozenset(out), False, partial
 
 
-#: Blocks no recompute policy re-runs: every stack checkpoints its transformer layers (Megatron-LM's
-#: ``--recompute-granularity full`` and ``selective`` wrap TransformerLayer / core attention; torchtitan's AC
-#: wraps each TransformerBlock; Megatron-DeepSpeed's ``--checkpoint-activations`` the ParallelTransformerLayer
-#: modules), so the embedding, the final norm, the output projection and the loss run once and keep their
-#: tensors (Narayanan et al. 2021, Eq. 3: the logit layer is counted 3x, the layers 4x).
-NEVER_RECOMPUTED: frozenset[str] = frozenset({"embed", "head"})
 
 
 def recompute_fraction(spec: RecomputeSpec, op: Op) -> float:

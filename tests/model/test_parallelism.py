@@ -104,3 +104,12 @@ def test_under_full_recompute_the_head_keeps_its_input_and_the_loss_its_fp32_log
     assert head == 2 * 8192 + 2 * 8192 + 4 * 128256
     assert unit_activation_bytes_per_token(_head(llama), "none", prec, m, software=sw) == head
     assert unit_activation_bytes_per_token(_layer(llama), "full", prec, m, software=sw) == 2 * 8192
+
+
+@pytest.mark.parametrize("name", ["head", "cross_entropy", "final_norm", "embed"])
+def test_a_recompute_list_naming_the_head_or_the_embedding_is_refused(llama, name):
+    from sim.errors import SimInputError
+
+    with pytest.raises(SimInputError) as e:
+        recompute_spec(llama.model, (name, "o_proj"))
+    assert e.value.field == "parallel.recompute" and "never recompute" in str(e.value)
