@@ -262,3 +262,26 @@ def test_no_key_of_the_published_cases_is_still_planned():
     cases = {c.name: c for c in load_cases(PUBLISHED)}
     used = planned_keys_used(cases["torchtitan_llama31_8b_long/fsdp4-cp2-64k"])
     assert "parallel.cp" not in used and "parallel.fsdp_shard_group" not in used
+
+
+def test_every_published_run_fits_in_its_gpus_memory(tmp_path):
+    """These runs happened, so each fits its GPUs' memory: the memory model (states, activation peaks, the
+    backward's working set, ZeRO-3's gathered units) must not call any of them out of memory. A memory check
+    from physics, not an accuracy assertion."""
+    from sim.loading import load_scenario
+    from sim.memory import memory_per_rank
+    from sim.model.stages import partition
+    from sim.schedules.generators import build_schedule
+    from sim.validation.runner import _JobFiles, _software
+
+    files = _JobFiles(tmp_path)
+    over = []
+    for case in load_cases(PUBLISHED):
+        s = load_scenario(files.job_for(case), overrides=_software(case)[1])
+        p = s.parallel
+        lay = partition(s.model, s.num_stages, p.stage_layers, p.stage_split, s.training.seq_len)
+        peak = max(m.total for m in memory_per_rank(s, lay, build_schedule(p.schedule, p.pp, s.num_microbatches,
+                                                                           p.vpp)))
+        if peak > s.cluster.gpu.hbm_bytes:
+            over.append(f"{case.name}: {peak / 1e9:.1f} GB of {s.cluster.gpu.hbm_bytes / 1e9:.0f}")
+    assert not over

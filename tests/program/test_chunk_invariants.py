@@ -252,3 +252,13 @@ def test_full_recompute_resends_each_blocks_tp_collectives_first(gpt, sp):
                 assert t.seconds == net.collective_seconds("all_gather", full, net.tp_group()) and i < first_b
     selective = build_context(gpt(*layout[:-1], "parallel.recompute=selective")).program.chunk(0, "B", 0)
     assert not [t for t in selective.tasks if t.name.endswith("_recompute")]
+
+
+@pytest.mark.parametrize("sp", [True, False])
+def test_full_recompute_resends_nothing_for_the_output_head(gpt, sp):
+    """The output head (vocabulary-parallel GEMM and loss) runs once: its TP collectives are not re-sent in the
+    backward, the layers' are."""
+    ctx = build_context(gpt(*(SP if sp else TP2), "parallel.recompute=full", "parallel.pp=1"))
+    resent = {t.name for t in ctx.program.chunk(0, "B", 0).tasks if t.name.endswith("_recompute")}
+    assert resent == ({"tp_ag_attn_recompute", "tp_ag_mlp_recompute"} if sp else set()) | {
+        "tp_attn_recompute", "tp_mlp_recompute"}  # no tp_*head_recompute
