@@ -17,7 +17,10 @@ forwards and backwards (``sim.memory.peak_activation_bytes``) with each stage's 
   DualPipeV from ``2 pp``; ``tests/sweep`` checks this), so schedules of ``m > 2 pp`` are read at ``2 pp``
   (GPipe, which holds every micro-batch, is read in full).
 
-``tests/sweep/test_memory.py`` checks the result equals ``sim.memory.memory_per_rank`` on real scenarios.
+A space that sweeps other job keys (``set`` keys under ``parallel``, ``software``, ``precision``, ``experts``
+or ``model``, which the cached pieces do not read) is measured point by point with the library itself.
+
+``tests/sweep/test_prune.py`` checks the result equals ``sim.memory.memory_per_rank`` on real scenarios.
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
+from pydantic import ValidationError
 
 from sim.config import ModelSpec, ParallelSpec, PrecisionSpec, Scenario
-from sim.memory import in_flight_counts, rank_model_states
+from sim.errors import SimInputError
+from sim.memory import in_flight_counts, memory_per_rank, rank_model_states
 from sim.model.activations import stage_activation_bytes, stage_workspace_bytes
 from sim.model.counts import stage_expert_params, stage_params
 from sim.model.stages import StagePartition, partition
@@ -42,6 +47,8 @@ from sim.sweep.space import PARALLEL_AXES, Space
 _NOT_STATES = ("micro_batch_size", "num_microbatches", "recompute")
 #: Parallel fields, besides TP, the micro-batch and recompute, that may change activation bytes per token.
 _OTHER_BYTES = ("cp", "sequence_parallel")
+#: Swept ``set`` keys under these sections change what memory reads beyond the named axes.
+_EXACT_KEYS = ("parallel.", "software.", "precision.", "experts.", "model.")
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,9 @@ class MemoryModel:
         self._prec: dict[Any, PrecisionSpec] = {}
         self.axes = [a.name for a in space.axes if a.name in PARALLEL_AXES]
         self.idx = [space.index[a] for a in self.axes]
+        # swept job keys the cached pieces do not read (a software stack, a parallel or precision key outside
+        # the named axes): every point is then built and measured by the library itself
+        self.exact = any(a.name.startswith(_EXACT_KEYS) for a in space.axes)
 
     def _parallel(self, point: tuple[Any, ...], lay: Layout) -> ParallelSpec:
         key = (*tuple(point[i] for i in self.idx), lay.dp)
@@ -201,6 +211,8 @@ class MemoryModel:
         z_i, r_i = self.space.index.get("zero_stage"), self.space.index.get("recompute")
         zs = self.space.axes[z_i].values if z_i is not None else (None,)
         rs = self.space.axes[r_i].values if r_i is not None else (None,)
+        if self.exact:
+            return np.array([[self._exact(point, z_i, z, r_i, r) for r in rs] for z in zs])
         states, acts = [], []
         for z in zs:
             p = point if z is None else (*point[:z_i], z, *point[cast(int, z_i) + 1:])
@@ -214,6 +226,23 @@ class MemoryModel:
             view = _View(self.model, par, prec, lay.dp, lay.micro_batch_size * lay.seq_len, self.base)
             acts.append(self._activations(p, lay, par, view, pkey))
         return (np.array(states)[:, None, :] + np.array(acts)[None, :, :]).max(axis=2)
+
+    def _exact(self, point: tuple[Any, ...], z_i: int | None, z: Any, r_i: int | None, r: Any) -> float:
+        """The library's peak for the point with ZeRO stage ``z`` and recompute ``r`` (NaN when the validators
+        refuse that scenario: the simulation then reports why)."""
+        p = list(point)
+        if z_i is not None:
+            p[z_i] = z
+        if r_i is not None:
+            p[r_i] = r
+        try:
+            s = self.space.scenario(tuple(p))
+        except (ValidationError, SimInputError):
+            return float("nan")
+        par = s.parallel
+        lay = partition(s.model, s.num_stages, par.stage_layers, par.stage_split, s.training.seq_len)
+        sched = build_schedule(par.schedule, par.pp, s.num_microbatches, par.vpp)
+        return max(m.total for m in memory_per_rank(s, lay, sched))
 
     def peak_bytes(self, point: tuple[Any, ...], lay: Layout) -> float:
         """Peak bytes per GPU over the pipeline ranks of one legal point."""

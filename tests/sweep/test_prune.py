@@ -221,3 +221,25 @@ def test_a_vpp_without_its_partner_on_the_axis_stays_a_refused_configuration():
     v = prune(space)
     assert set(v.rule) == {"schedule"}
     assert all("applies only to interleaved" in r for r in v.reason)
+
+
+def test_memory_precheck_follows_swept_software_and_parallel_keys():
+    """A swept loss implementation (its gradient's bytes) and CP mode (its gathers) change memory beyond the
+    named axes: the pre-check measures such spaces with the library, point by point."""
+    spec = parse_spec({"base": "llama3_70b_h100.yaml", "set": {"software.compile": False}, "axes": {
+        "gpus": [256], "tp": [8], "pp": [1], "cp": [2], "recompute": ["selective", "full"],
+        "set": {"software.cross_entropy": ["fused", "torch_fp32"], "parallel.cp_mode": ["ring", "all_gather"]}}})
+    space = build_space(spec)
+    rules, mem = Rules(space), MemoryModel(space)
+    peaks = set()
+    for point in space.points():
+        bad, lay, _ = rules.check(point)
+        assert bad is None, bad
+        s = space.scenario(point)
+        p = s.parallel
+        parts = partition(s.model, s.num_stages, p.stage_layers, p.stage_split, s.training.seq_len)
+        sched = build_schedule(p.schedule, p.pp, s.num_microbatches, p.vpp)
+        expected = max(b.total for b in memory_per_rank(s, parts, sched))
+        assert mem.peak_bytes(point, lay) == pytest.approx(expected, rel=1e-12), point
+        peaks.add(round(expected))
+    assert len(peaks) >= 4  # the swept keys move memory
