@@ -62,9 +62,9 @@ class SimGroup(click.Group):
         """The command list from :data:`COMMANDS`, without importing the commands."""
         names = self.list_commands(ctx)
         limit = formatter.width - 6 - max((len(n) for n in names), default=0)
-        rows = [(name, self.commands[name].get_short_help_str(limit) if name in self.commands
-                 else click.utils.make_default_short_help(  # type: ignore[operator]  # deprecated in click 8.5
-                     COMMANDS[name][2], limit)) for name in names]
+        rows = [(name, (self.commands[name] if name in self.commands
+                        else click.Command(name, help=COMMANDS[name][2])).get_short_help_str(limit))
+                for name in names]
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
