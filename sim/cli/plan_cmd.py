@@ -7,12 +7,9 @@ from typing import Any
 
 import click
 
-from sim.cli.common import echo_json, write_atomic
+from sim.cli.common import echo_json, human_count, write_atomic
 from sim.cli.sweep_cmd import executor_options, run_with_progress, tier_options
-
-
-def _money(x: float) -> str:
-    return f"${x / 1e6:.4g}M" if abs(x) >= 1e6 else f"${x:,.4g}"
+from sim.sweep.plan import money
 
 
 @click.command()
@@ -76,7 +73,7 @@ def plan(workload: str, tokens: str, deadline_days: float | None, budget_usd: st
 def _print(d: dict[str, Any]) -> None:
     c = d["counts"]
     cons = [f"deadline {d['deadline_days']:g} days" if d["deadline_days"] else "",
-            f"budget {_money(d['budget_usd'])}" if d["budget_usd"] else ""]
+            f"budget {money(d['budget_usd'])}" if d["budget_usd"] else ""]
     click.echo(f"plan for {d['workload']}: {d['tokens'] / 1e12:.4g}T tokens"
                + "".join(f", {x}" for x in cons if x) + f"; {d['configurations']:,} configurations, "
                f"{c.get('rank_simulations', 0):,} simulated ({d['tier']}), {c.get('detail_simulations', 0)} in "
@@ -84,7 +81,7 @@ def _print(d: dict[str, Any]) -> None:
     if d["recommendations"]:
         click.echo("recommended (cheapest first):")
         for i, r in enumerate(d["recommendations"], 1):
-            click.echo(f"  {i}. {r['layout']}: {r['days']:.4g} days, {_money(r['usd'])}, {r['gpu_hours']:,.4g} "
+            click.echo(f"  {i}. {r['layout']}: {r['days']:.4g} days, {money(r['usd'])}, {human_count(r['gpu_hours'])} "
                        f"GPU-hours, {r['mwh']:,.4g} MWh, MFU {r['mfu']:.1%}, {r['memory_per_gpu_gb']:.0f} GB/GPU "
                        f"[{r['tier']}]")
     else:

@@ -116,7 +116,7 @@ class DaskExecutor:
         try:
             from dask.distributed import Client, LocalCluster
         except ImportError:
-            raise SimInputError("needs dask[distributed]: pip install 'sim[sweep]'", field="--executor") from None
+            raise SimInputError("needs dask[distributed]: pip install -e '.[sweep]'", field="--executor") from None
         self._cluster = None
         if scheduler:
             try:

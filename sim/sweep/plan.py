@@ -15,6 +15,7 @@ every schedule with vpp 1 and 2) are left out of the count of configurations and
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -90,10 +91,17 @@ def _is(frame: pd.DataFrame, column: str, value: str) -> pd.Series:
     return frame[column].eq(value).fillna(False).astype(bool)
 
 
-def _pick(df: pd.DataFrame, cols: list[str], why: str, n: int = 1) -> list[dict[str, Any]]:
+def money(x: float) -> str:
+    """Dollars as a planner reads them: $5.189M, $45,200."""
+    return f"${x / 1e6:.4g}M" if abs(x) >= 1e6 else f"${x:,.0f}"
+
+
+def _pick(df: pd.DataFrame, cols: list[str], why: str | Callable[[Any], str], n: int = 1) -> list[dict[str, Any]]:
+    """The first ``n`` rows of ``df`` as examples; ``why`` a format string over the row, or a function of it."""
     out = []
     for _, row in df.head(n).iterrows():
-        out.append({"index": int(row["index"]), "layout": layout_label(row, cols), "why": why.format(**row)})
+        text = why(row) if callable(why) else why.format(**row)
+        out.append({"index": int(row["index"]), "layout": layout_label(row, cols), "why": text})
     return out
 
 
@@ -125,14 +133,16 @@ def recommend(frame: pd.DataFrame, spec: SweepSpec, top: int = 3) -> dict[str, A
     if spec.deadline_days is not None:
         slow = ok[ok["days"] > spec.deadline_days].sort_values(["usd", "index"])
         if len(slow):
+            deadline = spec.deadline_days
             lost["slower"] = {"count": len(slow), "examples": _pick(
-                slow, cols, "${usd:,.4g} but {days:.4g} days > the " + f"{spec.deadline_days:g}-day deadline")}
+                slow, cols, lambda r: f"{money(r['usd'])} but {r['days']:.4g} days > the {deadline:g}-day deadline")}
     if spec.budget_usd is not None:
         dear = ok[(ok["usd"] > spec.budget_usd)
                   & (ok["days"] <= (spec.deadline_days or float("inf")))].sort_values(["days", "index"])
         if len(dear):
+            budget = spec.budget_usd
             lost["over_budget"] = {"count": len(dear), "examples": _pick(
-                dear, cols, "{days:.4g} days but ${usd:,.4g} > the " + f"${spec.budget_usd:,.0f} budget")}
+                dear, cols, lambda r: f"{r['days']:.4g} days but {money(r['usd'])} > the {money(budget)} budget")}
     dom = frame[_is(frame, "rule", "dominated")]
     if len(dom):
         lost["dominated"] = {"count": len(dom), "examples": _pick(dom, cols, "{reason}")}
@@ -140,7 +150,7 @@ def recommend(frame: pd.DataFrame, spec: SweepSpec, top: int = 3) -> dict[str, A
         rest = meets.iloc[top:]
         lost["costlier"] = {"count": len(rest), "examples": [
             {"index": int(r["index"]), "layout": layout_label(r, cols),
-             "why": f"meets both, ${r['usd']:,.0f}: +${r['usd'] - best['usd']:,.0f} "
+             "why": f"meets both, {money(r['usd'])}: +{money(r['usd'] - best['usd'])} "
                     f"(+{r['usd'] / best['usd'] - 1:.1%}) over the cheapest, {r['days']:.1f} days"}
             for _, r in rest.head(3).iterrows()]}
     out: dict[str, Any] = {"recommendations": recs, "runners_up": lost,
@@ -159,5 +169,5 @@ def _binding(ok: pd.DataFrame, spec: SweepSpec) -> str:
     if spec.deadline_days is not None and fastest > spec.deadline_days:
         parts.append(f"the fastest point takes {fastest:.4g} days > the {spec.deadline_days:g}-day deadline")
     if spec.budget_usd is not None and cheapest > spec.budget_usd:
-        parts.append(f"the cheapest costs ${cheapest:,.0f} > the ${spec.budget_usd:,.0f} budget")
+        parts.append(f"the cheapest costs {money(cheapest)} > the {money(spec.budget_usd)} budget")
     return "; ".join(parts) or "no single point meets both the deadline and the budget"

@@ -15,6 +15,7 @@ sweep evaluates only what they lack; without it an existing parts folder is an e
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -47,6 +48,8 @@ class Store:
             if resume:
                 raise SimInputError("needs --out (the sweep to resume)", field="--resume")
             return
+        if importlib.util.find_spec("pyarrow") is None:  # before anything is written
+            raise SimInputError("writing Parquet needs pyarrow: pip install -e '.[sweep]'", field="--out")
         if not self.parts.parent.is_dir():
             raise SimInputError(f"folder {self.parts.parent} does not exist", field="--out")
         manifest = self.parts / "_manifest.json"  # "_": not read as data by pyarrow

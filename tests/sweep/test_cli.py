@@ -112,3 +112,23 @@ def test_plan_recommends_and_explains(runner, tmp_path):
 def test_plan_bad_tokens_exit_2(runner):
     r = runner.invoke(main, ["plan", "tiny_moe_job.yaml", "--tokens", "lots"])
     assert r.exit_code == 2 and "--tokens" in r.output
+
+
+def test_out_without_pyarrow_exits_2_before_writing_anything(runner, tmp_path, monkeypatch):
+    """The Quick-start install has no pyarrow: --out must say so, naming the option and the extra, before any
+    part file exists (nothing half-written)."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pyarrow" else real(name, *a))
+    out = tmp_path / "r.parquet"
+    r = runner.invoke(main, ["sweep", "tiny_moe_sweep", "--out", str(out), "--workers", "1"])
+    assert r.exit_code == 2, r.output
+    assert "--out" in r.output and "pyarrow" in r.output and ".[sweep]" in r.output
+    assert not list(tmp_path.iterdir())
+
+
+def test_plan_reasons_print_dollars_as_a_planner_reads_them():
+    from sim.sweep.plan import money
+
+    assert money(6.012e6) == "$6.012M" and money(45_200.4) == "$45,200" and money(5.3e6) == "$5.3M"
