@@ -181,6 +181,11 @@ ROWS = [
         "parallel.cp_mode=all_gather", "software.repeat_kv=true"), 1.05, 1.25, "the exposed K/V all-gathers and "
         "gradient reduce-scatters over InfiniBand carry 64 heads instead of 8 (8x the bytes: ~1 ms per layer and "
         "micro-batch beside ~9 ms of its compute)", ref=("parallel.cp=2", "parallel.cp_mode=all_gather"), job=DENSE),
+    Row("dense: eager FP32 loss vs a fused one (memory, PP 1)", ("parallel.pp=1", "software.compile=false",
+        "software.cross_entropy=torch_fp32"), 1.005, 1.06, "the loss keeps FP32 logits (4 B instead of 2) and its "
+        "backward holds two FP32 gradients (8 B instead of 2) per logit: +8 B x 128,256 / TP 8 x 8,192 tokens, "
+        "about 1 GB beside some 40-70 GB of states and activations", metric="memory",
+        ref=("parallel.pp=1", "software.compile=false", "software.cross_entropy=fused"), job=DENSE),
 ]
 
 
