@@ -58,6 +58,16 @@ def stage_partition(model: ModelSpec, num_stages: int, stage_layers: tuple[int, 
     return partition(model, num_stages, stage_layers, split, seq_len, groups=groups)  # type: ignore[arg-type]
 
 
+def peak_memory_bytes(scenario: Scenario) -> float:
+    """The most bytes any GPU of ``scenario`` holds by the memory model, as ``sim run`` reports it (the same
+    partition, balanced over the stages each rank holds, and schedule), without building the step."""
+    p = scenario.parallel
+    parts = stage_partition(scenario.model, scenario.num_stages, p.stage_layers, p.stage_split,
+                            scenario.training.seq_len, all_stages_of(p.schedule, p.pp, p.vpp))
+    schedule = build_schedule(p.schedule, p.pp, scenario.num_microbatches, p.vpp, p.ep_overlap)
+    return max(m.total for m in memory_per_rank(scenario, parts, schedule))
+
+
 def build_context(scenario: Scenario, *, allow_cpu_calibration: bool = False,
                   strict_calibration: bool = True) -> StepContext:
     p = scenario.parallel

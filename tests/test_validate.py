@@ -268,20 +268,15 @@ def test_every_published_run_fits_in_its_gpus_memory(tmp_path):
     """These runs happened, so each fits its GPUs' memory: the memory model (states, activation peaks, the
     backward's working set, ZeRO-3's gathered units) must not call any of them out of memory. A memory check
     from physics, not an accuracy assertion."""
+    from sim.context import peak_memory_bytes
     from sim.loading import load_scenario
-    from sim.memory import memory_per_rank
-    from sim.model.stages import partition
-    from sim.schedules.generators import build_schedule
     from sim.validation.runner import _JobFiles, _software
 
     files = _JobFiles(tmp_path)
     over = []
     for case in load_cases(PUBLISHED):
         s = load_scenario(files.job_for(case), overrides=_software(case)[1])
-        p = s.parallel
-        lay = partition(s.model, s.num_stages, p.stage_layers, p.stage_split, s.training.seq_len)
-        peak = max(m.total for m in memory_per_rank(s, lay, build_schedule(p.schedule, p.pp, s.num_microbatches,
-                                                                           p.vpp)))
+        peak = peak_memory_bytes(s)
         if peak > s.cluster.gpu.hbm_bytes:
             over.append(f"{case.name}: {peak / 1e9:.1f} GB of {s.cluster.gpu.hbm_bytes / 1e9:.0f}")
     assert not over

@@ -28,16 +28,13 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
-from sim.config import ModelSpec, ParallelSpec, Scenario
+from sim.config import ParallelSpec, Scenario
+from sim.context import peak_memory_bytes
 from sim.estimate.phases import validate_phase
-from sim.memory import memory_per_rank
-from sim.model.stages import StagePartition, partition
 from sim.pipeline import SCHEDULE_NAMES
 from sim.schedules.formulas import published_bubble
-from sim.schedules.generators import build_schedule
 from sim.schedules.listsched import Durations
 from sim.units import GB
 
@@ -74,18 +71,9 @@ def describe(s: Scenario) -> str:
             f"({s.num_microbatches} micro-batches), recompute {p.recompute}")
 
 
-@lru_cache(maxsize=64)
-def _partition(model: ModelSpec, stages: int, stage_layers: tuple[int, ...] | None, split: str, seq_len: int
-               ) -> StagePartition:
-    return partition(model, stages, stage_layers, split, seq_len)  # type: ignore[arg-type]
-
-
 def memory_estimate_bytes(s: Scenario) -> float:
-    """Peak bytes per GPU before simulating: the same memory model ``sim run`` reports (``sim.memory``)."""
-    p = s.parallel
-    parts = _partition(s.model, s.num_stages, p.stage_layers, p.stage_split, s.training.seq_len)
-    schedule = build_schedule(p.schedule, p.pp, s.num_microbatches, p.vpp)
-    return max(r.total for r in memory_per_rank(s, parts, schedule))
+    """Peak bytes per GPU before simulating: what ``sim run`` reports (:func:`sim.context.peak_memory_bytes`)."""
+    return peak_memory_bytes(s)
 
 
 def bubble_proxy(s: Scenario) -> float:

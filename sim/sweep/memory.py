@@ -33,11 +33,12 @@ import numpy as np
 from pydantic import ValidationError
 
 from sim.config import ModelSpec, ParallelSpec, PrecisionSpec, Scenario
+from sim.context import peak_memory_bytes, stage_partition
 from sim.errors import SimInputError
-from sim.memory import in_flight_counts, memory_per_rank, rank_model_states
+from sim.memory import in_flight_counts, rank_model_states
 from sim.model.activations import stage_activation_bytes, stage_workspace_bytes
 from sim.model.counts import stage_expert_params, stage_params
-from sim.model.stages import StagePartition, partition
+from sim.model.stages import StagePartition
 from sim.pipeline import all_stages_of, num_stages
 from sim.schedules.generators import build_schedule
 from sim.sweep.rules import Layout
@@ -142,9 +143,10 @@ class MemoryModel:
 
     def _partition(self, par: ParallelSpec, seq_len: int) -> tuple[Any, ...]:
         stages = num_stages(par.schedule, par.pp, par.vpp)
-        key = (stages, par.stage_layers, par.stage_split, seq_len)
+        groups = all_stages_of(par.schedule, par.pp, par.vpp)  # sim run balances the split over each rank's
+        key = (stages, groups, par.stage_layers, par.stage_split, seq_len)
         if key not in self._parts:
-            lay = partition(self.model, stages, par.stage_layers, par.stage_split, seq_len)
+            lay = stage_partition(self.model, stages, par.stage_layers, par.stage_split, seq_len, groups)
             self._parts[key] = (lay, np.array(stage_params(lay, self.model), dtype=float),
                                 np.array(stage_expert_params(lay), dtype=float))
         return key
@@ -236,13 +238,9 @@ class MemoryModel:
         if r_i is not None:
             p[r_i] = r
         try:
-            s = self.space.scenario(tuple(p))
+            return peak_memory_bytes(self.space.scenario(tuple(p)))
         except (ValidationError, SimInputError):
             return float("nan")
-        par = s.parallel
-        lay = partition(s.model, s.num_stages, par.stage_layers, par.stage_split, s.training.seq_len)
-        sched = build_schedule(par.schedule, par.pp, s.num_microbatches, par.vpp)
-        return max(m.total for m in memory_per_rank(s, lay, sched))
 
     def peak_bytes(self, point: tuple[Any, ...], lay: Layout) -> float:
         """Peak bytes per GPU over the pipeline ranks of one legal point."""

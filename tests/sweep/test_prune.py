@@ -8,8 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from sim.memory import memory_per_rank
-from sim.model.stages import partition
+from sim.context import peak_memory_bytes
 from sim.pipeline import check_schedule
 from sim.schedules.generators import build_schedule
 from sim.sweep import parse_spec
@@ -38,10 +37,7 @@ def test_known_oom_point_is_pruned_for_memory():
     assert v.status[i] == MEMORY and v.rule[i] == "memory"
     assert "GB per GPU of 80 GB" in v.reason[i]
     assert v.memory_bytes[i] > 80 * GB
-    s = space.scenario(space_point(space, i))  # the library's own memory model agrees
-    p = s.parallel
-    lay = partition(s.model, s.num_stages, p.stage_layers, p.stage_split, s.training.seq_len)
-    peak = max(b.total for b in memory_per_rank(s, lay, build_schedule(p.schedule, p.pp, s.num_microbatches)))
+    peak = peak_memory_bytes(space.scenario(space_point(space, i)))  # sim run's memory model agrees
     assert peak == pytest.approx(v.memory_bytes[i], rel=1e-12)
     _, j = verdict(space, pp=16)
     assert v.status[j] == CANDIDATE and v.memory_bytes[j] < 80 * GB
@@ -102,11 +98,7 @@ def test_memory_precheck_equals_the_library_model():
             legal.append((point, lay))
     random.seed(1)
     for point, lay in random.sample(legal, 30):
-        s = space.scenario(point)
-        p = s.parallel
-        parts = partition(s.model, s.num_stages, p.stage_layers, p.stage_split, s.training.seq_len)
-        sched = build_schedule(p.schedule, p.pp, s.num_microbatches, p.vpp)
-        expected = max(b.total for b in memory_per_rank(s, parts, sched))
+        expected = peak_memory_bytes(space.scenario(point))  # what sim run reports
         assert mem.peak_bytes(point, lay) == pytest.approx(expected, rel=1e-12), point
 
 
@@ -184,11 +176,7 @@ def test_memory_precheck_equals_the_library_model_with_gqa_cp_zero3_and_an_fp32_
     assert len(legal) > 20
     random.seed(2)
     for point, lay in random.sample(legal, 20):
-        s = space.scenario(point)
-        p = s.parallel
-        parts = partition(s.model, s.num_stages, p.stage_layers, p.stage_split, s.training.seq_len)
-        sched = build_schedule(p.schedule, p.pp, s.num_microbatches, p.vpp)
-        expected = max(b.total for b in memory_per_rank(s, parts, sched))
+        expected = peak_memory_bytes(space.scenario(point))  # what sim run reports
         assert mem.peak_bytes(point, lay) == pytest.approx(expected, rel=1e-12), point
 
 
@@ -235,11 +223,21 @@ def test_memory_precheck_follows_swept_software_and_parallel_keys():
     for point in space.points():
         bad, lay, _ = rules.check(point)
         assert bad is None, bad
-        s = space.scenario(point)
-        p = s.parallel
-        parts = partition(s.model, s.num_stages, p.stage_layers, p.stage_split, s.training.seq_len)
-        sched = build_schedule(p.schedule, p.pp, s.num_microbatches, p.vpp)
-        expected = max(b.total for b in memory_per_rank(s, parts, sched))
+        expected = peak_memory_bytes(space.scenario(point))  # what sim run reports
         assert mem.peak_bytes(point, lay) == pytest.approx(expected, rel=1e-12), point
         peaks.add(round(expected))
     assert len(peaks) >= 4  # the swept keys move memory
+
+
+def test_memory_precheck_uses_sim_runs_rank_balanced_split():
+    """DualPipeV holds two stages per rank and sim run balances the split over each rank's pair: the pre-check
+    must read that split (reading the per-stage one put DeepSeek-V3 at 60.8 GB where sim run says 55.3)."""
+    from sim.step import simulate_step
+
+    space = build_space(parse_spec({"base": "deepseek_v3.yaml", "axes": {"schedule": ["dualpipev", "dualpipe"]}}))
+    rules, mem = Rules(space), MemoryModel(space)
+    for point in space.points():
+        bad, lay, _ = rules.check(point)
+        assert bad is None
+        ran = simulate_step(space.scenario(point), mode="analytic", record_trace=False).peak_memory_per_gpu_bytes
+        assert mem.peak_bytes(point, lay) == pytest.approx(ran, rel=1e-12), point
