@@ -5,9 +5,9 @@ policy re-creates in the backward (:mod:`sim.model.parallelism`: a tensor is dro
 re-run). ``full`` keeps only each layer's input (a checkpoint); no policy re-runs the output head and the loss
 (``NEVER_RECOMPUTED``), so the head keeps its input and the loss its logits under every policy. With
 FlashAttention the ``S x S`` scores are never stored, so Korthikanti et al.'s ``selective`` policy saves only
-the attention output here; an unfused
-attention (``software.attention``) keeps its softmax output, dropout mask and dropped-out scores, which the
-``selective`` policy drops with the core.
+the attention output here; an unfused attention (``software.attention``) keeps its softmax output, dropout
+mask and dropped-out scores, which the ``selective`` policy drops with the core. A backward also holds a
+working set of its own while it runs (:func:`unit_workspace_bytes_per_token`).
 
 Per GPU (Korthikanti et al. 2022, section 4.2): a tensor read inside the tensor-parallel region is split by TP;
 the norm inputs, the inputs of column-parallel and replicated GEMMs and the full-recompute checkpoint are
