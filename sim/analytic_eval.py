@@ -20,7 +20,7 @@ from sim.assemble import Assembler, Timing, hook_dims, routing_is_skewed, schedu
 from sim.config import Scenario
 from sim.context import build_context
 from sim.memory import peak_activation_bytes, rank_model_states
-from sim.model.activations import stage_activation_bytes, stage_workspace_bytes
+from sim.model.activations import stage_activation_bytes, stage_rerun_bytes, stage_workspace_bytes
 from sim.model.counts import stage_expert_params, stage_params
 from sim.pipeline import all_stages_of
 from sim.program.tasks import NIC, NVLINK
@@ -56,6 +56,7 @@ class Table:
     model_states: list[tuple[float, float, float]]  # per rank: weights, gradients, optimizer states bytes
     stage_bytes: tuple[float, ...]               # activations one micro-batch leaves on each stage
     stage_work: tuple[float, ...]                # the largest working set of a backward on each stage
+    stage_rerun: tuple[float, ...]               # what a split backward's I re-creates for its W, per stage
     imbalance: float
     notes: tuple[str, ...]
     warnings: tuple[str, ...]
@@ -113,7 +114,8 @@ def build_table(scenario: Scenario, allow_cpu: bool, strict: bool) -> Table:
         overlap_grad_reduce=p.overlap_grad_reduce, reduce_every=tail.plan.reduce_every_microbatch,
         model_states=[rank_model_states(ctx.partition, scenario, st, sp, se) for st in stages],
         stage_bytes=tuple(stage_activation_bytes(ctx.partition, scenario)),
-        stage_work=tuple(stage_workspace_bytes(ctx.partition, scenario)), imbalance=ctx.loads.imbalance,
+        stage_work=tuple(stage_workspace_bytes(ctx.partition, scenario)),
+        stage_rerun=tuple(stage_rerun_bytes(ctx.partition, scenario)), imbalance=ctx.loads.imbalance,
         notes=(), warnings=())
     comp = compiled(ctx.schedule)
     for r, slots in enumerate(comp.ranks):
@@ -316,7 +318,7 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
         place(r, inf)
     if any(p < len(slots) for p, slots in zip(ptr, comp.ranks, strict=True)):
         raise RuntimeError(f"schedule {sched.name} deadlocked in the analytic evaluation")  # a generator bug
-    peaks = peak_activation_bytes(sched, table.stage_bytes)
+    peaks = peak_activation_bytes(sched, table.stage_bytes, table.stage_rerun)
     rows = []
     for r in range(n_ranks):
         work = max(table.stage_work[s] for s in table.stages[r])

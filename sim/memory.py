@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from sim.config import ParallelSpec, Scenario
 from sim.experts.placement import redundant_experts
-from sim.model.activations import stage_activation_bytes, stage_workspace_bytes
+from sim.model.activations import stage_activation_bytes, stage_rerun_bytes, stage_workspace_bytes
 from sim.model.counts import stage_expert_params, stage_params
 from sim.model.ops import Op
 from sim.model.stages import StagePartition, Unit
@@ -56,41 +56,51 @@ class MemoryBreakdown:
         return self.weights + self.gradients + self.optimizer + self.activations
 
 
-def peak_activation_bytes(schedule: Schedule, stage_bytes: Sequence[float]) -> list[float]:
+def peak_activation_bytes(schedule: Schedule, stage_bytes: Sequence[float],
+                          rerun_bytes: Sequence[float] = ()) -> list[float]:
     """Per rank, the most activation bytes held at once: each forward adds its stage's bytes when it starts,
-    each full backward (B) or deferred weight gradient (W) frees them when it ends. Memoized on the
-    (immutable) schedule by the stage bytes, for the last few of them."""
-    key = tuple(stage_bytes)
+    each full backward (B) or deferred weight gradient (W) frees them when it ends. Under a split backward the
+    input-gradient pass (I) also re-creates ``rerun_bytes`` of its stage (the GEMM inputs recompute dropped),
+    which its W still reads: held from the I's start to the W's end. Memoized on the (immutable) schedule by
+    the bytes, for the last few of them."""
+    rerun = tuple(rerun_bytes) if rerun_bytes else (0.0,) * len(stage_bytes)
+    key = (*stage_bytes, *rerun)
     memo = schedule._cache.setdefault("memory.peaks", {})
     assert isinstance(memo, dict)
     hit = memo.get(key)
     if hit is None:
-        hit = memo[key] = _peaks(schedule, key)
+        hit = memo[key] = _peaks(schedule, tuple(stage_bytes), rerun)
         while len(memo) > 8:
             del memo[next(iter(memo))]
     return list(hit)
 
 
-def _peaks(schedule: Schedule, stage_bytes: Sequence[float]) -> list[float]:
-    """Per rank, the largest ``counts . stage_bytes`` over the rank's in-flight counts after each forward
-    (:func:`in_flight_counts`): bytes are never negative, so only the counts no other count covers can be the peak."""
-    return [max((sum(c * stage_bytes[s] for s, c in zip(stages, counts, strict=True)) for counts in frontier),
-                default=0.0)
-            for stages, frontier in in_flight_counts(schedule)]
+def _peaks(schedule: Schedule, stage_bytes: Sequence[float], rerun: Sequence[float]) -> list[float]:
+    """Per rank, the largest ``counts . bytes`` over the rank's in-flight counts after each forward or
+    input-gradient pass (:func:`in_flight_counts`): bytes are never negative, so only the counts no other count
+    covers can be the peak."""
+    out = []
+    for stages, frontier in in_flight_counts(schedule):
+        per = [stage_bytes[s] for s in stages] + [rerun[s] for s in stages]
+        out.append(max((sum(c * b for c, b in zip(counts, per, strict=True)) for counts in frontier), default=0.0))
+    return out
 
 
 def in_flight_counts(schedule: Schedule) -> list[tuple[tuple[int, ...], list[tuple[int, ...]]]]:
-    """Per rank, its stages and the micro-batches in flight on each of them right after each forward starts
-    (each forward adds one, each full backward (B) or deferred weight gradient (W) frees one), keeping only
-    the count vectors no other covers in every stage. Depends on the schedule alone: kept on it."""
+    """Per rank, its stages and, right after each forward or split input-gradient pass starts, the count
+    vectors of what it holds: the first half, per stage, the micro-batches in flight (each forward adds one,
+    each full backward (B) or deferred weight gradient (W) frees one); the second half, per stage, the
+    micro-batches between their input-gradient pass (I) and their W. Only the vectors no other covers in every
+    entry are kept. Depends on the schedule alone: kept on it."""
     hit = schedule._cache.get("memory.in_flight")
     if isinstance(hit, list):
         return hit
     out = []
     for actions in schedule.ranks:
         stages = sorted({p.stage for a in actions for p in a.parts()})
+        n = len(stages)
         col = {s: i for i, s in enumerate(stages)}
-        held = [0] * len(stages)
+        held = [0] * (2 * n)
         seen: set[tuple[int, ...]] = set()
         for a in actions:
             parts = a.parts()
@@ -99,16 +109,18 @@ def in_flight_counts(schedule: Schedule) -> list[tuple[tuple[int, ...], list[tup
                 if p.phase is Phase.F:
                     held[col[p.stage]] += 1
                     grew = True
+                elif p.phase is Phase.I:
+                    held[n + col[p.stage]] += 1
+                    grew = True
             if grew:
                 seen.add(tuple(held))
             for p in parts:
                 if p.phase is Phase.B or p.phase is Phase.W:
                     held[col[p.stage]] -= 1
-        if len(stages) == 1:
-            frontier = [max(seen)] if seen else []
-        else:
-            frontier = [c for c in seen
-                        if not any(o != c and all(x >= y for x, y in zip(o, c, strict=True)) for o in seen)]
+                if p.phase is Phase.W:
+                    held[n + col[p.stage]] -= 1
+        frontier = [c for c in seen
+                    if not any(o != c and all(x >= y for x, y in zip(o, c, strict=True)) for o in seen)]
         out.append((tuple(stages), sorted(frontier)))
     schedule._cache["memory.in_flight"] = out
     return out
@@ -201,7 +213,8 @@ def memory_per_rank(scenario: Scenario, partition: StagePartition, schedule: Sch
     p = scenario.parallel
     sp = stage_params(partition, scenario.model)
     se = stage_expert_params(partition)
-    acts = peak_activation_bytes(schedule, stage_activation_bytes(partition, scenario))
+    acts = peak_activation_bytes(schedule, stage_activation_bytes(partition, scenario),
+                                 stage_rerun_bytes(partition, scenario))
     work = stage_workspace_bytes(partition, scenario)
     out = []
     for r, stages in enumerate(all_stages_of(p.schedule, p.pp, p.vpp)):

@@ -14,15 +14,18 @@ from sim.schedules.generators import build_schedule
 NAMES = ("gpipe", "1f1b", "zb1p", "dualpipe", "dualpipev", "interleaved-1f1b")
 
 
-def _walk(schedule, stage_bytes):
-    """The definition: each forward adds its stage's bytes when it starts, each B or W frees them when it ends."""
+def _walk(schedule, stage_bytes, rerun_bytes):
+    """The definition: each forward adds its stage's bytes when it starts, each B or W frees them when it ends;
+    a split backward's I adds its stage's re-created bytes when it starts, its W frees them when it ends."""
     peaks = []
     for actions in schedule.ranks:
         held = peak = 0.0
         for a in actions:
             held += sum(stage_bytes[p.stage] for p in a.parts() if p.phase is Phase.F)
+            held += sum(rerun_bytes[p.stage] for p in a.parts() if p.phase is Phase.I)
             peak = max(peak, held)
             held -= sum(stage_bytes[p.stage] for p in a.parts() if p.phase in (Phase.B, Phase.W))
+            held -= sum(rerun_bytes[p.stage] for p in a.parts() if p.phase is Phase.W)
         peaks.append(peak)
     return peaks
 
@@ -35,10 +38,11 @@ def test_peaks_equal_the_walk_for_any_nonnegative_stage_bytes(name, pp, m, vpp, 
     if check_schedule(name, pp, m, vpp) is not None:
         return
     sched = build_schedule(name, pp, m, vpp)
-    stage_bytes = data.draw(st.lists(st.floats(0, 1e9), min_size=num_stages(name, pp, vpp),
-                                     max_size=num_stages(name, pp, vpp)))
-    got = peak_activation_bytes(sched, stage_bytes)
-    want = _walk(sched, stage_bytes)
+    n = num_stages(name, pp, vpp)
+    stage_bytes = data.draw(st.lists(st.floats(0, 1e9), min_size=n, max_size=n))
+    rerun_bytes = data.draw(st.lists(st.floats(0, 1e9), min_size=n, max_size=n))
+    got = peak_activation_bytes(sched, stage_bytes, rerun_bytes)
+    want = _walk(sched, stage_bytes, rerun_bytes)
     assert all(abs(g - w) <= 1e-9 * max(1.0, w) for g, w in zip(got, want, strict=True)), (got, want)
 
 

@@ -166,3 +166,31 @@ def stage_workspace_bytes(partition: StagePartition, scenario: Scenario) -> list
     tokens = scenario.tokens_per_gpu
     return [max((unit_workspace_bytes_per_token(u, scenario) for u in units), default=0.0) * tokens
             for units in partition.stages]
+
+
+def unit_rerun_bytes_per_token(unit: Unit, scenario: Scenario) -> float:
+    """Bytes per token that one unit's input-gradient pass re-creates and its deferred weight gradient still
+    reads: the inputs of its GEMMs that the recompute policy dropped (a split backward's W multiplies them by
+    the output gradients after the I is done). Zero without recompute, and for the head (never recomputed)."""
+    p, m, sw, prec = scenario.parallel, scenario.model, scenario.software, scenario.precision
+    if unit.kind not in ("layer", "mtp"):
+        return 0.0
+    spec = recompute_spec(m, p.recompute)
+    sp = p.sequence_parallel and p.tp > 1
+    total = 0.0
+    for i, op in enumerate(unit.ops):
+        if op.kind not in ("gemm", "grouped_gemm") or op.block in NEVER_RECOMPUTED:
+            continue
+        for s in op.saves:
+            gone = 1.0 if spec[1] else dropped(unit.ops, i, s, spec)
+            if gone > 0:
+                total += gone * s.elems * _saved_dtype_bytes(s.dtype, prec, sw) / saved_tp_split(op, p.tp, sp)
+    return total
+
+
+def stage_rerun_bytes(partition: StagePartition, scenario: Scenario) -> list[float]:
+    """Per stage, what one micro-batch's input-gradient pass re-creates for its deferred weight gradient
+    (:func:`unit_rerun_bytes_per_token` over the stage's units), per GPU; it matters only to schedules that
+    split the backward (ZB1P, DualPipe, DualPipeV), where it is held from the I to the W."""
+    tokens = scenario.tokens_per_gpu
+    return [sum(unit_rerun_bytes_per_token(u, scenario) for u in units) * tokens for units in partition.stages]

@@ -36,7 +36,7 @@ from sim.config import ModelSpec, ParallelSpec, PrecisionSpec, Scenario
 from sim.context import peak_memory_bytes, stage_partition
 from sim.errors import SimInputError
 from sim.memory import in_flight_counts, rank_model_states
-from sim.model.activations import stage_activation_bytes, stage_workspace_bytes
+from sim.model.activations import stage_activation_bytes, stage_rerun_bytes, stage_workspace_bytes
 from sim.model.counts import stage_expert_params, stage_params
 from sim.model.stages import StagePartition
 from sim.pipeline import all_stages_of, num_stages
@@ -78,7 +78,7 @@ class _View:
 class _Peaks:
     """A schedule's activation peaks: rows of held-micro-batch counts per stage, grouped by rank."""
 
-    counts: np.ndarray  # (rows, stages)
+    counts: np.ndarray  # (rows, 2 x stages): micro-batches kept per stage, then those between their I and W
     starts: np.ndarray  # first row of each rank
 
 
@@ -90,9 +90,10 @@ def schedule_peaks(schedule: str, pp: int, num_microbatches: int, vpp: int) -> _
     blocks: list[np.ndarray] = []
     starts, row = [], 0
     for touched, frontier in in_flight_counts(build_schedule(schedule, pp, m, vpp)):
-        block = np.zeros((max(1, len(frontier)), stages))
+        block = np.zeros((max(1, len(frontier)), 2 * stages))  # kept bytes' counts, then re-created bytes'
         if frontier:
-            block[:, list(touched)] = np.array(frontier, dtype=float)
+            cols = list(touched) + [stages + t for t in touched]
+            block[:, cols] = np.array(frontier, dtype=float)
         blocks.append(block)
         starts.append(row)
         row += len(block)
@@ -172,7 +173,8 @@ class MemoryModel:
         key = (pkey, lay.precision, lay.dp, lay.num_microbatches, pv)
         hit = self._act_cache.get(key)
         if hit is None:
-            stage_bytes = self._stage_bytes(point, lay, par, view, pkey)
+            stage_bytes = np.concatenate([self._stage_bytes(point, lay, par, view, pkey),
+                                          self._stage_bytes(point, lay, par, view, pkey, stage_rerun_bytes)])
             pk = (par.schedule, par.pp, lay.num_microbatches, par.vpp)
             peaks = self._peaks.get(pk)
             if peaks is None:

@@ -107,3 +107,17 @@ def test_a_tp_rank_gathers_the_kv_heads_it_holds_at_least_one():
 
     assert gathered(8, False) == 4 * 2 * 128 * 2
     assert gathered(8, True) == 4 * 2 * 8 * 128 * 2
+
+
+@pytest.mark.parametrize("policy, rerun", [
+    ("none", 0),
+    ("selective", 2 * 8192),  # the core's output, o_proj's input
+    ("full", 2 * (3 * 8192 + 28672)),  # the inputs of qkv_proj, o_proj, ffn_up (8,192 each) and ffn_down (28,672)
+])
+def test_a_split_backward_keeps_the_gemm_inputs_recompute_recreated_for_its_w(policy, rerun):
+    """Per token of Llama 3 70B's layer in BF16: what the I re-creates and the deferred W still multiplies."""
+    from sim.model.activations import unit_rerun_bytes_per_token
+
+    s = _scenario(f"parallel.recompute={policy}")
+    assert unit_rerun_bytes_per_token(_unit(s, "layer"), s) == rerun
+    assert unit_rerun_bytes_per_token(_unit(s, "head"), s) == 0  # never recomputed
