@@ -19,7 +19,9 @@ Activations: a micro-batch's activations on a stage (:mod:`sim.model.activations
 its forward until the end of the backward that frees them: the full backward, or the deferred weight
 gradient when the backward is split (a W still needs the layer inputs). A rank runs one action at a time, so
 the peak follows from the order of its actions alone (:func:`peak_activation_bytes`), whatever the durations;
-the engine would track the same peak. On top of it a rank holds the working set of the backward it is running
+the engine would track the same peak. Under a split backward the input-gradient pass (I) re-creates the GEMM
+inputs the recompute policy dropped, and they stay until its W (:func:`sim.model.activations.stage_rerun_bytes`):
+a second lifetime in the same counts. On top of it a rank holds the working set of the backward it is running
 (:func:`sim.model.activations.stage_workspace_bytes`: the tensors recompute re-creates, the loss's logits
 gradient, K and V gathered by context parallelism), the largest of its stages'; ``activations`` counts both.
 """
