@@ -65,7 +65,7 @@ def peak_activation_bytes(schedule: Schedule, stage_bytes: Sequence[float],
     input-gradient pass (I) also re-creates ``rerun_bytes`` of its stage (the GEMM inputs recompute dropped),
     which its W still reads: held from the I's start to the W's end. Memoized on the (immutable) schedule by
     the bytes, for the last few of them."""
-    rerun = tuple(rerun_bytes) if rerun_bytes else (0.0,) * len(stage_bytes)
+    rerun = tuple(rerun_bytes) if len(rerun_bytes) else (0.0,) * len(stage_bytes)
     key = (*stage_bytes, *rerun)
     memo = schedule._cache.setdefault("memory.peaks", {})
     assert isinstance(memo, dict)
@@ -121,8 +121,11 @@ def in_flight_counts(schedule: Schedule) -> list[tuple[tuple[int, ...], list[tup
                     held[col[p.stage]] -= 1
                 if p.phase is Phase.W:
                     held[n + col[p.stage]] -= 1
-        frontier = [c for c in seen
-                    if not any(o != c and all(x >= y for x, y in zip(o, c, strict=True)) for o in seen)]
+        if n == 1 and not any(c[1] for c in seen):
+            frontier = [max(seen)] if seen else []  # one stage, no split backward: the largest count covers all
+        else:
+            frontier = [c for c in seen
+                        if not any(o != c and all(x >= y for x, y in zip(o, c, strict=True)) for o in seen)]
         out.append((tuple(stages), sorted(frontier)))
     schedule._cache["memory.in_flight"] = out
     return out

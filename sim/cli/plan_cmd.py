@@ -39,7 +39,10 @@ def plan(workload: str, tokens: str, deadline_days: float | None, budget_usd: st
     from sim.sweep import run_sweep
     from sim.sweep.plan import parse_amount, parse_list, plan_spec, recommend
     from sim.sweep.spec import dump_spec
+    from sim.sweep.store import require_parquet
 
+    if out:
+        require_parquet()
     extra: dict[str, list[Any]] = {}
     for text in axes:
         if "=" not in text:

@@ -66,7 +66,10 @@ def sweep(spec_path: str, out: str | None, resume: bool, executor_kind: str, sch
           workers: int | None, tier: str | None, top_k: int | None, plot_out: str | None, as_json: bool) -> None:
     """Sweep the configurations SPEC describes: prune, rank, simulate the best in detail, price them."""
     from sim.sweep import load_spec, run_sweep
+    from sim.sweep.store import require_parquet
 
+    if out:
+        require_parquet()
     spec, spec_dir = load_spec(spec_path)
     result = run_with_progress(lambda ex, bar: run_sweep(spec, spec_dir, executor=ex, out=out, resume=resume,
                                                          progress=bar, tier=tier, top_k=top_k),

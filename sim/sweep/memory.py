@@ -82,14 +82,15 @@ class _Peaks:
     starts: np.ndarray  # first row of each rank
 
 
-def schedule_peaks(schedule: str, pp: int, num_microbatches: int, vpp: int) -> _Peaks:
+def schedule_peaks(schedule: str, pp: int, num_microbatches: int, vpp: int, combined: bool = False) -> _Peaks:
     """Count vectors of the schedule (see the module docstring; :func:`sim.memory.in_flight_counts`, the same
-    frontier a simulation's memory reads); ``m`` read at ``2 pp`` when larger."""
+    frontier a simulation's memory reads; ``combined``: the combined-1F1B form ``parallel.ep_overlap`` runs,
+    which keeps one more micro-batch in flight); ``m`` read at ``2 pp`` when larger."""
     m = num_microbatches if schedule == "gpipe" or num_microbatches <= 2 * pp else 2 * pp
     stages = num_stages(schedule, pp, vpp)
     blocks: list[np.ndarray] = []
     starts, row = [], 0
-    for touched, frontier in in_flight_counts(build_schedule(schedule, pp, m, vpp)):
+    for touched, frontier in in_flight_counts(build_schedule(schedule, pp, m, vpp, combined)):
         block = np.zeros((max(1, len(frontier)), 2 * stages))  # kept bytes' counts, then re-created bytes'
         if frontier:
             cols = list(touched) + [stages + t for t in touched]
@@ -112,7 +113,7 @@ class MemoryModel:
         self._state_cache: dict[tuple[Any, ...], np.ndarray] = {}
         self._act_cache: dict[tuple[Any, ...], np.ndarray] = {}
         self._bytes_cache: dict[tuple[Any, ...], np.ndarray] = {}
-        self._peaks: dict[tuple[str, int, int, int], _Peaks] = {}
+        self._peaks: dict[tuple[str, int, int, int, bool], _Peaks] = {}
         self._par: dict[tuple[Any, ...], ParallelSpec] = {}
         self._prec: dict[Any, PrecisionSpec] = {}
         self.axes = [a.name for a in space.axes if a.name in PARALLEL_AXES]
@@ -120,6 +121,7 @@ class MemoryModel:
         # swept job keys the cached pieces do not read (a software stack, a parallel or precision key outside
         # the named axes): every point is then built and measured by the library itself
         self.exact = any(a.name.startswith(_EXACT_KEYS) for a in space.axes)
+        self._bases: dict[Any, Scenario] = {}
 
     def _parallel(self, point: tuple[Any, ...], lay: Layout) -> ParallelSpec:
         key = (*tuple(point[i] for i in self.idx), lay.dp)
@@ -153,9 +155,10 @@ class MemoryModel:
         return key
 
     def _states(self, point: tuple[Any, ...], lay: Layout, par: ParallelSpec, view: _View,
-                pkey: tuple[Any, ...]) -> np.ndarray:
+                pkey: tuple[Any, ...], balancing: Any = None) -> np.ndarray:
         pv = [point[i] for i in self.idx]
-        key = (pkey, lay.precision, lay.dp, *(v for a, v in zip(self.axes, pv, strict=True) if a not in _NOT_STATES))
+        key = (pkey, lay.precision, lay.dp, balancing,
+               *(v for a, v in zip(self.axes, pv, strict=True) if a not in _NOT_STATES))
         hit = self._state_cache.get(key)
         if hit is None:
             _, sp, se = self._parts[pkey]
@@ -175,7 +178,7 @@ class MemoryModel:
         if hit is None:
             stage_bytes = np.concatenate([self._stage_bytes(point, lay, par, view, pkey),
                                           self._stage_bytes(point, lay, par, view, pkey, stage_rerun_bytes)])
-            pk = (par.schedule, par.pp, lay.num_microbatches, par.vpp)
+            pk = (par.schedule, par.pp, lay.num_microbatches, par.vpp, par.ep_overlap)
             peaks = self._peaks.get(pk)
             if peaks is None:
                 peaks = self._peaks[pk] = schedule_peaks(*pk)
@@ -193,7 +196,10 @@ class MemoryModel:
         each entry; where it does not hold (a mechanism that scales otherwise), every shape is computed by the
         library."""
         parts = self._parts[pkey][0]
-        key = (fn.__name__, pkey, lay.precision, par.recompute, *(point[i] for i in self.idx
+        # TP > 1 without sequence parallelism splits only some tensors: checked apart from TP 1 (which always
+        # scales), so a layout that does not scale falls back to the library
+        key = (fn.__name__, pkey, lay.precision, par.recompute, par.tp > 1, par.sequence_parallel,
+               *(point[i] for i in self.idx
                                                                   if self.space.axes[i].name in _OTHER_BYTES))
         unit = self._bytes_cache.get(key)
         if unit is None:
@@ -209,36 +215,52 @@ class MemoryModel:
         return unit * view.tokens_per_microbatch / par.tp
 
     def peaks(self, point: tuple[Any, ...], lay: Layout) -> np.ndarray:
-        """Peak bytes per GPU of a legal point for every zero stage (rows) and recompute policy (columns) of
-        the space, the point's own values of those two axes set aside."""
+        """Peak bytes per GPU of a legal point for every zero stage, recompute policy and expert balancing of the
+        space (the three inner axes memory reads, in that order), the point's own values of them set aside."""
         prec = self._precision(lay.precision)
-        z_i, r_i = self.space.index.get("zero_stage"), self.space.index.get("recompute")
+        z_i, r_i, b_i = (self.space.index.get(n) for n in ("zero_stage", "recompute", "balancing"))
         zs = self.space.axes[z_i].values if z_i is not None else (None,)
         rs = self.space.axes[r_i].values if r_i is not None else (None,)
+        bs = self.space.axes[b_i].values if b_i is not None else (None,)
         if self.exact:
-            return np.array([[self._exact(point, z_i, z, r_i, r) for r in rs] for z in zs])
+            return np.array([[[self._exact(point, ((z_i, z), (r_i, r), (b_i, b))) for b in bs] for r in rs]
+                             for z in zs])
         states, acts = [], []
         for z in zs:
             p = point if z is None else (*point[:z_i], z, *point[cast(int, z_i) + 1:])
             par = self._parallel(p, lay)
             pkey = self._partition(par, lay.seq_len)
-            states.append(self._states(p, lay, par, _View(self.model, par, prec, lay.dp, 0, self.base), pkey))
+            states.append([self._states(p, lay, par, _View(self.model, par, prec, lay.dp, 0, self._base(b)), pkey,
+                                        b) for b in bs])
         for r in rs:
             p = point if r is None else (*point[:r_i], r, *point[cast(int, r_i) + 1:])
             par = self._parallel(p, lay)
             pkey = self._partition(par, lay.seq_len)
             view = _View(self.model, par, prec, lay.dp, lay.micro_batch_size * lay.seq_len, self.base)
             acts.append(self._activations(p, lay, par, view, pkey))
-        return (np.array(states)[:, None, :] + np.array(acts)[None, :, :]).max(axis=2)
+        return (np.array(states)[:, None, :, :] + np.array(acts)[None, :, None, :]).max(axis=3)
 
-    def _exact(self, point: tuple[Any, ...], z_i: int | None, z: Any, r_i: int | None, r: Any) -> float:
-        """The library's peak for the point with ZeRO stage ``z`` and recompute ``r`` (NaN when the validators
-        refuse that scenario: the simulation then reports why)."""
+    def _base(self, balancing: Any) -> Scenario:
+        """The base scenario under expert balancing ``balancing`` (EPLB's redundant slots are model states; the
+        other policies change no memory), as the space builds a point (one slot per EP rank by default)."""
+        if balancing is None or balancing == self.base.experts.policy:
+            return self.base
+        hit = self._bases.get(balancing)
+        if hit is None:
+            e = self.base.experts
+            update: dict[str, Any] = {"policy": balancing}
+            if balancing == "eplb" and not e.num_redundant_experts:
+                update["num_redundant_experts"] = None  # the scenario's default: one per GPU of the EP group
+            hit = self._bases[balancing] = self.base.model_copy(update={"experts": e.model_copy(update=update)})
+        return hit
+
+    def _exact(self, point: tuple[Any, ...], inner: tuple[tuple[int | None, Any], ...]) -> float:
+        """The library's peak for the point with the inner axes' values ``inner`` (index, value) (NaN when the
+        validators refuse that scenario: the simulation then reports why)."""
         p = list(point)
-        if z_i is not None:
-            p[z_i] = z
-        if r_i is not None:
-            p[r_i] = r
+        for i, v in inner:
+            if i is not None:
+                p[i] = v
         try:
             return peak_memory_bytes(self.space.scenario(tuple(p)))
         except (ValidationError, SimInputError):
@@ -246,8 +268,7 @@ class MemoryModel:
 
     def peak_bytes(self, point: tuple[Any, ...], lay: Layout) -> float:
         """Peak bytes per GPU over the pipeline ranks of one legal point."""
-        z_i, r_i = self.space.index.get("zero_stage"), self.space.index.get("recompute")
         table = self.peaks(point, lay)
-        zi = self.space.axes[z_i].values.index(point[z_i]) if z_i is not None else 0
-        ri = self.space.axes[r_i].values.index(point[r_i]) if r_i is not None else 0
-        return float(table[zi, ri])
+        at = [self.space.axes[i].values.index(point[i]) if i is not None else 0
+              for i in (self.space.index.get(n) for n in ("zero_stage", "recompute", "balancing"))]
+        return float(table[at[0], at[1], at[2]])

@@ -14,6 +14,7 @@ every schedule with vpp 1 and 2) are left out of the count of configurations and
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -92,8 +93,14 @@ def _is(frame: pd.DataFrame, column: str, value: str) -> pd.Series:
 
 
 def money(x: float) -> str:
-    """Dollars as a planner reads them: $5.189M, $45,200."""
-    return f"${x / 1e6:.4g}M" if abs(x) >= 1e6 else f"${x:,.0f}"
+    """Dollars as a planner reads them: $5.189M, $12.35B, $45,200 (a minus sign first)."""
+    if not math.isfinite(x):
+        return f"${x}"
+    sign = "-" if x < 0 else ""
+    for unit, f in (("T", 1e12), ("B", 1e9), ("M", 1e6)):
+        if abs(x) >= f:
+            return f"{sign}${abs(x) / f:.4g}{unit}"
+    return f"{sign}${abs(x):,.0f}"
 
 
 def _pick(df: pd.DataFrame, cols: list[str], why: str | Callable[[Any], str], n: int = 1) -> list[dict[str, Any]]:

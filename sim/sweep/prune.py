@@ -144,8 +144,8 @@ def _outer(space: Space, v: Verdicts, rules: Rules, mem: MemoryModel, o: int, po
     v.clusters[o] = cluster
     cap = cluster.gpu.hbm_bytes
     v.capacity_bytes[sl] = cap
-    table = mem.peaks(point, lay)  # (zero stages, recompute policies)
-    block = np.broadcast_to(table[:, :, None, None], shape).reshape(-1)
+    table = mem.peaks(point, lay)  # (zero stages, recompute policies, balancing policies)
+    block = np.broadcast_to(table[:, :, :, None], shape).reshape(-1)
     v.memory_bytes[sl] = block
     over = block > cap
     if over.any():

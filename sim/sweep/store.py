@@ -32,6 +32,13 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
+def require_parquet(option: str = "--out") -> None:
+    """Refuse ``option`` (exit 2) when pyarrow, which writes and reads the parts, is not installed (the
+    Quick-start install has no ``sweep`` extra): checked before anything is written."""
+    if importlib.util.find_spec("pyarrow") is None:
+        raise SimInputError("writing Parquet needs pyarrow: pip install -e '.[sweep]'", field=option)
+
+
 class Store:
     """Streaming parts of one sweep's results (module docstring); ``out=None`` keeps nothing on disk."""
 
@@ -48,8 +55,7 @@ class Store:
             if resume:
                 raise SimInputError("needs --out (the sweep to resume)", field="--resume")
             return
-        if importlib.util.find_spec("pyarrow") is None:  # before anything is written
-            raise SimInputError("writing Parquet needs pyarrow: pip install -e '.[sweep]'", field="--out")
+        require_parquet()
         if not self.parts.parent.is_dir():
             raise SimInputError(f"folder {self.parts.parent} does not exist", field="--out")
         manifest = self.parts / "_manifest.json"  # "_": not read as data by pyarrow

@@ -132,3 +132,15 @@ def test_plan_reasons_print_dollars_as_a_planner_reads_them():
     from sim.sweep.plan import money
 
     assert money(6.012e6) == "$6.012M" and money(45_200.4) == "$45,200" and money(5.3e6) == "$5.3M"
+    assert money(1.2345e10) == "$12.35B" and money(9.9995e9) == "$9.999B" and money(-5) == "-$5"
+
+
+def test_plan_out_without_pyarrow_writes_not_even_its_spec(runner, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pyarrow" else real(name, *a))
+    r = runner.invoke(main, ["plan", "tiny_moe_job.yaml", "--tokens", "1B", "--gpus", "16", "--workers", "1",
+                             "--out", str(tmp_path / "p.parquet"), "--spec-out", str(tmp_path / "plan.yaml")])
+    assert r.exit_code == 2 and "--out" in r.output and "pyarrow" in r.output
+    assert not list(tmp_path.iterdir())

@@ -243,3 +243,30 @@ def test_memory_precheck_uses_sim_runs_rank_balanced_split():
         assert bad is None
         ran = simulate_step(space.scenario(point), mode="analytic", record_trace=False).peak_memory_per_gpu_bytes
         assert mem.peak_bytes(point, lay) == pytest.approx(ran, rel=1e-12), point
+
+
+@pytest.mark.parametrize("base, axes", [
+    # combined 1F1B (ep_overlap) keeps one more micro-batch in flight
+    ("mixtral_8x7b_h100.yaml", {"pp": [1], "ep_overlap": [False, True]}),
+    ("mixtral_8x7b_h100.yaml", {"pp": [2], "schedule": ["interleaved-1f1b"], "vpp": [2],
+                                "ep_overlap": [False, True]}),
+    # TP without sequence parallelism splits only some saved tensors by TP
+    ("llama3_70b_h100.yaml", {"tp": [1, 8], "pp": [4], "sequence_parallel": [False, True],
+                              "schedule": ["1f1b", "zb1p"], "recompute": ["selective", "full"]}),
+    # EPLB's redundant expert slots are model states
+    ("deepseek_v3.yaml", {"ep": [32, 64], "balancing": ["none", "eplb"]}),
+])
+def test_memory_precheck_equals_sim_run_across_inner_and_overlap_axes(base, axes):
+    from sim.step import simulate_step
+
+    space = build_space(parse_spec({"base": base, "axes": axes}))
+    rules, mem = Rules(space), MemoryModel(space)
+    checked = 0
+    for point in space.points():
+        bad, lay, _ = rules.check(point)
+        if bad is not None:
+            continue
+        ran = simulate_step(space.scenario(point), mode="analytic", record_trace=False).peak_memory_per_gpu_bytes
+        assert mem.peak_bytes(point, lay) == pytest.approx(ran, rel=1e-12), point
+        checked += 1
+    assert checked >= 2
