@@ -121,8 +121,14 @@ def in_flight_counts(schedule: Schedule) -> list[tuple[tuple[int, ...], list[tup
                     held[col[p.stage]] -= 1
                 if p.phase is Phase.W:
                     held[n + col[p.stage]] -= 1
-        if n == 1 and not any(c[1] for c in seen):
-            frontier = [max(seen)] if seen else []  # one stage, no split backward: the largest count covers all
+        if not any(any(c[n:]) for c in seen):  # no split backward on this rank: the kept counts alone
+            kept = {c[:n] for c in seen}
+            pad = (0,) * n
+            if n == 1:
+                frontier = [max(kept) + pad] if kept else []  # one stage: the largest count covers all
+            else:
+                frontier = [c + pad for c in kept
+                            if not any(o != c and all(x >= y for x, y in zip(o, c, strict=True)) for o in kept)]
         else:
             frontier = [c for c in seen
                         if not any(o != c and all(x >= y for x, y in zip(o, c, strict=True)) for o in seen)]

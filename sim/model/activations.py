@@ -20,7 +20,10 @@ The KV cache (inference) is here too: it is per-token model arithmetic of the sa
 
 from __future__ import annotations
 
-from sim.config import ModelSpec, PrecisionSpec, Scenario, SoftwareSpec
+from collections.abc import Callable
+from typing import Any
+
+from sim.config import ModelSpec, ParallelSpec, PrecisionSpec, Scenario, SoftwareSpec
 from sim.config.parallel import RECOMPUTE_POLICIES
 from sim.model.ops import Op
 from sim.model.parallelism import NEVER_RECOMPUTED, dropped, recompute_spec, recomputed, saved_tp_split
@@ -53,12 +56,38 @@ def _saved_dtype_bytes(dtype: str, precision: PrecisionSpec, software: SoftwareS
     return dtype_bytes(dtype)
 
 
+_MEMO: dict[tuple[Any, ...], tuple[float, tuple[Any, ...]]] = {}
+
+
+def _memo(name: str, unit: Unit, configs: tuple[Any, ...], values: tuple[Any, ...],
+          compute: Callable[[], float]) -> float:
+    """``compute()`` once per unit shape (its kind and its ``ops`` tuple, which ``model_units`` shares among the
+    layers of one kind) and set of configuration objects, both by identity (pydantic specs with dict fields do
+    not hash, and hashing every op costs more than the count; the memo keeps the objects alive so an identity
+    is never reused), and plain ``values``. Bounded: cleared past 50,000 entries."""
+    key = (name, unit.kind, unit.moe, id(unit.ops), *(id(c) for c in configs), *values)
+    hit = _MEMO.get(key)
+    if hit is not None:
+        return hit[0]
+    value = compute()
+    if len(_MEMO) > 50_000:
+        _MEMO.clear()
+    _MEMO[key] = (value, (unit.ops, *configs))
+    return value
+
+
 def unit_activation_bytes_per_token(unit: Unit, policy: str | tuple[str, ...], precision: PrecisionSpec,
                                     model: ModelSpec, tp: int = 1, sp: bool = False,
                                     software: SoftwareSpec | None = None, seq_len: int = 0) -> float:
     """Bytes one unit keeps per token of a micro-batch until its backward, on one GPU of a TP group of ``tp``
     (``sp``: sequence parallelism on). ``software`` (default: FlashAttention, no dropout) says whether residual
     dropout masks are kept and whether an unfused attention keeps its ``seq_len``-wide score rows."""
+    return _memo("kept", unit, (precision, model, software), (policy, tp, sp, seq_len),
+                 lambda: _unit_activation_bytes(unit, policy, precision, model, tp, sp, software, seq_len))
+
+
+def _unit_activation_bytes(unit: Unit, policy: str | tuple[str, ...], precision: PrecisionSpec, model: ModelSpec,
+                           tp: int, sp: bool, software: SoftwareSpec | None, seq_len: int) -> float:
     if unit.kind == "embed":
         return 0.0
     spec = recompute_spec(model, policy)
@@ -106,17 +135,31 @@ def _layer_input_bytes(unit: Unit) -> float:
     return dtype_bytes("bf16") * (first_norm.width if first_norm else 0)
 
 
-def stage_activation_bytes(partition: StagePartition, scenario: Scenario) -> list[float]:
-    """Activation bytes one micro-batch leaves on each stage, per GPU (after TP, SP and CP)."""
-    p = scenario.parallel
-    tokens = scenario.tokens_per_gpu
-    sp = p.sequence_parallel and p.tp > 1
+def _per_stage(partition: StagePartition, value: Callable[[Unit], float],
+               reduce: Callable[[list[float]], float]) -> list[float]:
+    """``reduce`` of ``value`` over each stage's units, ``value`` computed once per unit shape (layers of one
+    kind share their ops tuple)."""
+    seen: dict[tuple[str, bool, int], float] = {}
     out = []
     for units in partition.stages:
-        per_token = sum(unit_activation_bytes_per_token(u, p.recompute, scenario.precision, scenario.model, p.tp, sp,
-                                                        scenario.software, scenario.training.seq_len) for u in units)
-        out.append(per_token * tokens)
+        vals = []
+        for u in units:
+            k = (u.kind, u.moe, id(u.ops))
+            v = seen.get(k)
+            if v is None:
+                v = seen[k] = value(u)
+            vals.append(v)
+        out.append(reduce(vals))
     return out
+
+
+def stage_activation_bytes(partition: StagePartition, scenario: Scenario) -> list[float]:
+    """Activation bytes one micro-batch leaves on each stage, per GPU (after TP, SP and CP)."""
+    p, prec, m, sw = scenario.parallel, scenario.precision, scenario.model, scenario.software
+    seq, tokens = scenario.training.seq_len, scenario.tokens_per_gpu
+    sp = p.sequence_parallel and p.tp > 1
+    return [x * tokens for x in _per_stage(
+        partition, lambda u: unit_activation_bytes_per_token(u, p.recompute, prec, m, p.tp, sp, sw, seq), sum)]
 
 
 def _loss_grad_bytes(software: SoftwareSpec) -> float:
@@ -142,9 +185,14 @@ def unit_workspace_bytes_per_token(unit: Unit, scenario: Scenario) -> float:
       of the layer (``cp`` times the local ones; the heads each GPU of a TP group holds, at least one), gathered
       again in the backward; ``all_gather`` also gathers their gradients whole before reduce-scattering them.
       The ring passes one block at a time (two in flight), which is small beside it and left out."""
-    p, m, sw, prec = scenario.parallel, scenario.model, scenario.software, scenario.precision
+    p, m, sw, prec, seq = (scenario.parallel, scenario.model, scenario.software, scenario.precision,
+                           scenario.training.seq_len)
+    return _memo("work", unit, (p, m, sw, prec), (seq,), lambda: _unit_workspace(unit, p, m, sw, prec, seq))
+
+
+def _unit_workspace(unit: Unit, p: ParallelSpec, m: ModelSpec, sw: SoftwareSpec, prec: PrecisionSpec,
+                    seq: int) -> float:
     sp = p.sequence_parallel and p.tp > 1
-    seq = scenario.training.seq_len
     layer = loss = 0.0
     if unit.kind in ("layer", "mtp"):
         held = unit_activation_bytes_per_token(unit, p.recompute, prec, m, p.tp, sp, sw, seq)
@@ -164,17 +212,21 @@ def stage_workspace_bytes(partition: StagePartition, scenario: Scenario) -> list
     """The largest working set (:func:`unit_workspace_bytes_per_token`) of one micro-batch's backward on each
     stage, per GPU."""
     tokens = scenario.tokens_per_gpu
-    return [max((unit_workspace_bytes_per_token(u, scenario) for u in units), default=0.0) * tokens
-            for units in partition.stages]
+    return [x * tokens for x in _per_stage(partition, lambda u: unit_workspace_bytes_per_token(u, scenario),
+                                           lambda v: max(v, default=0.0))]
 
 
 def unit_rerun_bytes_per_token(unit: Unit, scenario: Scenario) -> float:
     """Bytes per token that one unit's input-gradient pass re-creates and its deferred weight gradient still
     reads: the inputs of its GEMMs that the recompute policy dropped (a split backward's W multiplies them by
     the output gradients after the I is done). Zero without recompute, and for the head (never recomputed)."""
-    p, m, sw, prec = scenario.parallel, scenario.model, scenario.software, scenario.precision
     if unit.kind not in ("layer", "mtp"):
         return 0.0
+    p, m, sw, prec = scenario.parallel, scenario.model, scenario.software, scenario.precision
+    return _memo("rerun", unit, (p, m, sw, prec), (), lambda: _unit_rerun(unit, p, m, sw, prec))
+
+
+def _unit_rerun(unit: Unit, p: ParallelSpec, m: ModelSpec, sw: SoftwareSpec, prec: PrecisionSpec) -> float:
     spec = recompute_spec(m, p.recompute)
     sp = p.sequence_parallel and p.tp > 1
     total = 0.0
@@ -193,4 +245,4 @@ def stage_rerun_bytes(partition: StagePartition, scenario: Scenario) -> list[flo
     (:func:`unit_rerun_bytes_per_token` over the stage's units), per GPU; it matters only to schedules that
     split the backward (ZB1P, DualPipe, DualPipeV), where it is held from the I to the W."""
     tokens = scenario.tokens_per_gpu
-    return [sum(unit_rerun_bytes_per_token(u, scenario) for u in units) * tokens for units in partition.stages]
+    return [x * tokens for x in _per_stage(partition, lambda u: unit_rerun_bytes_per_token(u, scenario), sum)]

@@ -51,10 +51,18 @@ class StagePartition:
 
 @cache
 def model_units(m: ModelSpec) -> tuple[Unit, ...]:
-    units = [Unit("embed", "embed", 0, tuple(embedding_ops(m)))]
-    units += [Unit(f"layer{i}", "layer", i, tuple(layer_ops(m, i)), m.is_moe_layer(i)) for i in range(m.n_layers)]
-    units.append(Unit("head", "head", 0, tuple(head_ops(m))))
-    units += [Unit(f"mtp{i}", "mtp", i, tuple(mtp_ops(m)), m.is_moe_layer(m.n_layers - 1))
+    """The model's units in order. Units of one kind share one ``ops`` tuple object (interned), so code that
+    memoizes per unit shape can key on its identity instead of hashing every op."""
+    interned: dict[tuple[Op, ...], tuple[Op, ...]] = {}
+
+    def ops(x: list[Op]) -> tuple[Op, ...]:
+        t = tuple(x)
+        return interned.setdefault(t, t)
+
+    units = [Unit("embed", "embed", 0, ops(embedding_ops(m)))]
+    units += [Unit(f"layer{i}", "layer", i, ops(layer_ops(m, i)), m.is_moe_layer(i)) for i in range(m.n_layers)]
+    units.append(Unit("head", "head", 0, ops(head_ops(m))))
+    units += [Unit(f"mtp{i}", "mtp", i, ops(mtp_ops(m)), m.is_moe_layer(m.n_layers - 1))
               for i in range(m.n_mtp_layers)]
     return tuple(units)
 

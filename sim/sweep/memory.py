@@ -190,29 +190,26 @@ class MemoryModel:
 
     def _stage_bytes(self, point: tuple[Any, ...], lay: Layout, par: ParallelSpec, view: _View,
                      pkey: tuple[Any, ...], fn: Any = stage_activation_bytes) -> np.ndarray:
-        """Bytes per stage of one micro-batch by the library's ``fn`` (activations kept, or the backward's
-        working set): its per-token bytes (computed once per partition, recompute policy and precision) scaled
-        by tokens / TP, as it scales them. The scaling is checked against the library on the first point of
-        each entry; where it does not hold (a mechanism that scales otherwise), every shape is computed by the
-        library."""
+        """Bytes per stage of one micro-batch by the library's ``fn`` (activations kept, what a split backward's I
+        re-creates, or the backward's working set): its bytes per local token (computed once per partition,
+        layout, recompute policy and precision, at the point's own TP and CP) scaled by the local tokens, as the
+        library scales them. The scaling is checked against the library on the first point of each entry; where
+        it does not hold (a mechanism that scales otherwise), every shape is computed by the library."""
         parts = self._parts[pkey][0]
-        # TP > 1 without sequence parallelism splits only some tensors: checked apart from TP 1 (which always
-        # scales), so a layout that does not scale falls back to the library
-        key = (fn.__name__, pkey, lay.precision, par.recompute, par.tp > 1, par.sequence_parallel,
-               *(point[i] for i in self.idx
-                                                                  if self.space.axes[i].name in _OTHER_BYTES))
+        key = (fn.__name__, pkey, lay.precision, par.recompute, par.tp, par.cp, par.sequence_parallel,
+               *(point[i] for i in self.idx if self.space.axes[i].name in _OTHER_BYTES))
         unit = self._bytes_cache.get(key)
+        local = view.tokens_per_microbatch / par.cp
         if unit is None:
-            one = dataclasses.replace(view, parallel=par.model_copy(update={"tp": 1}), tokens_per_microbatch=1)
+            one = dataclasses.replace(view, tokens_per_microbatch=par.cp)  # one local token
             unit = np.array(fn(parts, one), dtype=float)
             exact = np.array(fn(parts, view), dtype=float)
-            scaled = unit * view.tokens_per_microbatch / par.tp
-            if not np.allclose(scaled, exact, rtol=1e-12, atol=0.0):
+            if not np.allclose(unit * local, exact, rtol=1e-12, atol=0.0):
                 unit = np.full_like(unit, np.nan)  # not linear: exact calls from now on
             self._bytes_cache[key] = unit
         if np.isnan(unit).any():
             return np.array(fn(parts, view), dtype=float)
-        return unit * view.tokens_per_microbatch / par.tp
+        return unit * local
 
     def peaks(self, point: tuple[Any, ...], lay: Layout) -> np.ndarray:
         """Peak bytes per GPU of a legal point for every zero stage, recompute policy and expert balancing of the
