@@ -285,7 +285,8 @@ def loads_estimate(s: Scenario, n: int | None = None) -> Estimate:
     layers, ep = moe_layers(s), s.parallel.ep
     slots = m.n_routed_experts + s.redundant_experts
     cells = layers * n * (16 * slots + 128 * ep)
-    est.add(f"expert loads ({layers} MoE layers x {n:,} micro-batches x {slots} expert slots)", cells,
+    mtp = " (MTP included)" if m.n_mtp_layers else ""
+    est.add(f"expert loads ({layers} MoE layers{mtp} x {n:,} micro-batches x {slots} expert slots)", cells,
             _mb_field(s), layers * n * slots / LOAD_CELLS_PER_S)
     steps = s.experts.balancing_steps
     est.add(f"expert balancing ({steps:,} steps before the step)", (steps + 1) * (layers + m.n_routed_experts) * 8,
