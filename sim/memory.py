@@ -122,19 +122,20 @@ def in_flight_counts(schedule: Schedule) -> list[tuple[tuple[int, ...], list[tup
                 if p.phase is Phase.W:
                     held[n + col[p.stage]] -= 1
         if not any(any(c[n:]) for c in seen):  # no split backward on this rank: the kept counts alone
-            kept = {c[:n] for c in seen}
             pad = (0,) * n
-            if n == 1:
-                frontier = [max(kept) + pad] if kept else []  # one stage: the largest count covers all
-            else:
-                frontier = [c + pad for c in kept
-                            if not any(o != c and all(x >= y for x, y in zip(o, c, strict=True)) for o in kept)]
+            frontier = [c + pad for c in _non_dominated({c[:n] for c in seen})]
         else:
-            frontier = [c for c in seen
-                        if not any(o != c and all(x >= y for x, y in zip(o, c, strict=True)) for o in seen)]
+            frontier = _non_dominated(seen)
         out.append((tuple(stages), sorted(frontier)))
     schedule._cache["memory.in_flight"] = out
     return out
+
+
+def _non_dominated(vectors: set[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """The count vectors no other covers in every entry (a single entry: the largest)."""
+    if all(len(c) == 1 for c in vectors):
+        return [max(vectors)] if vectors else []
+    return [c for c in vectors if not any(o != c and all(x >= y for x, y in zip(o, c, strict=True)) for o in vectors)]
 
 
 @dataclass(frozen=True, slots=True)
