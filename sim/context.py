@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
 from sim.assemble import StepInputs
-from sim.config import ModelSpec, Scenario
+from sim.config import GpuSpec, ModelSpec, Scenario
 from sim.costs.calibration import resolve_calibration
 from sim.costs.kernels import CostModel, cost_model
 from sim.costs.ops import OpCoster
@@ -49,6 +49,17 @@ class StepContext:
         return StepInputs(self.scenario, self.program, self.schedule, self.network, self.tail)
 
 
+def stack_gpu(scenario: Scenario) -> GpuSpec:
+    """The GPU as the job's software stack drives it: ``software.kernel_launch_us``, when set, replaces the GPU
+    profile's per-kernel overhead (``efficiency.kernel_overhead_us``, the launch and tail every kernel's cost
+    adds), e.g. an eager stack whose host launches kernels more slowly than they run."""
+    gpu = scenario.cluster.gpu
+    launch = scenario.software.kernel_launch_us
+    if launch is None or launch == gpu.efficiency.kernel_overhead_us:
+        return gpu
+    return gpu.model_copy(update={"efficiency": gpu.efficiency.model_copy(update={"kernel_overhead_us": launch})})
+
+
 @lru_cache(maxsize=64)
 def stage_partition(model: ModelSpec, num_stages: int, stage_layers: tuple[int, ...] | None, split: str,
                     seq_len: int, groups: tuple[tuple[int, ...], ...]) -> StagePartition:
@@ -74,7 +85,7 @@ def build_context(scenario: Scenario, *, allow_cpu_calibration: bool = False,
     parts = stage_partition(scenario.model, scenario.num_stages, p.stage_layers, p.stage_split,
                             scenario.training.seq_len, all_stages_of(p.schedule, p.pp, p.vpp))
     cal = resolve_calibration(scenario, allow_cpu=allow_cpu_calibration, strict=strict_calibration)
-    costs = cost_model(scenario.cluster.gpu, scenario.precision, cal.table, cal.source)
+    costs = cost_model(stack_gpu(scenario), scenario.precision, cal.table, cal.source)
     loads = LoadModel(scenario, parts)
     network = Network(scenario)
     program = Program(scenario, OpCoster(scenario, costs), network, parts, loads.moe_load)

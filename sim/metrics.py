@@ -8,6 +8,8 @@ breakdown is their mean):
 - ``exposed_comm``: time inside actions when the compute stream waits for communication, plus waiting for
   gradient synchronization and an exposed parameter gather at the end of the step;
 - ``optimizer``: the optimizer step;
+- ``host``: host work per step that every GPU waits for (``software.step_overhead_s``: data loading, logging,
+  synchronization), after the simulated step; not in the trace;
 - ``bubble``: everything else: waiting for a neighbouring stage, and idling after the rank's work is done
   while other ranks finish.
 
@@ -30,7 +32,8 @@ from sim.model import counts
 from sim.timeline import ActionEvent, Category, Trace
 from sim.units import SECONDS_PER_HOUR, TERA
 
-CATEGORIES = ("forward", "backward_input", "backward_weight", "overlapped", "bubble", "exposed_comm", "optimizer")
+CATEGORIES = ("forward", "backward_input", "backward_weight", "overlapped", "bubble", "exposed_comm", "optimizer",
+              "host")
 
 
 @dataclass
@@ -112,8 +115,13 @@ def result_of(s: Scenario, *, mode: str, step: float, per_rank: list[dict[str, f
               memory_rows: list[dict[str, float]], imbalance: float, num_events: int, wall_s: float,
               notes: list[str], warnings: list[str], trace: Trace | None) -> StepResult:
     """The :class:`StepResult` of a step of ``s`` lasting ``step`` seconds, from its per-rank breakdown and
-    memory rows (every tier reports through here: the means, busy times, MFU and throughput are derived once)."""
+    memory rows (every tier reports through here: the means, busy times, MFU and throughput are derived once).
+    The software stack's host work per step (``software.step_overhead_s``) is added here, once for every tier."""
     gpu = s.cluster.gpu
+    host = s.software.step_overhead_s
+    if host > 0:
+        step += host
+        per_rank = [{**b, "host": b["host"] + host} for b in per_rank]
     tokens = s.training.tokens_per_step
     nranks = len(per_rank)
     mean = {k: sum(b[k] for b in per_rank) / nranks for k in CATEGORIES}

@@ -94,3 +94,19 @@ def test_every_job_file_simulates(job):
     assert 0 < r.step_time_s < 1e4
     assert sum(r.breakdown_s.values()) == pytest.approx(r.step_time_s, rel=1e-9)
     assert 0 < r.mfu["bf16_causal"] < 1
+
+
+@pytest.mark.parametrize("mode", ["fast", "detailed", "analytic"])
+def test_host_work_per_step_adds_once_on_every_tier(mode):
+    """software.step_overhead_s is host work every GPU waits for after the simulated step: the step grows by
+    exactly that, every rank's breakdown shows it as ``host`` and still sums to the step, and no GPU is busier."""
+    s = load_scenario(TINY)
+    base = simulate_step(s, mode=mode)
+    r = simulate_step(load_scenario(TINY, overrides=["software.step_overhead_s=2.5"]), mode=mode)
+    assert r.step_time_s == pytest.approx(base.step_time_s + 2.5, rel=1e-12)
+    assert r.tokens_per_s_per_gpu == pytest.approx(r.tokens_per_step / r.step_time_s / s.num_gpus, rel=1e-12)
+    assert base.breakdown_s["host"] == 0.0 and r.breakdown_s["host"] == pytest.approx(2.5)
+    for b in r.breakdown_per_rank_s:
+        assert b["host"] == pytest.approx(2.5)
+        assert sum(b.values()) == pytest.approx(r.step_time_s, rel=1e-9)
+    assert r.busy_per_rank_s == pytest.approx(base.busy_per_rank_s)

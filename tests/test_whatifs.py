@@ -171,6 +171,9 @@ ROWS = [
     Row("dense: FP32 gradient-accumulation pass", ("software.grad_accumulation=fp32_pass",), 1.02, 1.15, "after "
         "every micro-batch's backward a memory-bound pass of 18 B per stage parameter (about 2.2B per GPU: ~20 ms at "
         "2 TB/s) on the critical path of each backward", job=DENSE),
+    Row("dense: 20 us per kernel launch", ("software.kernel_launch_us=20",), 1.01, 1.15, "every kernel pays 17.5 us "
+        "more than the H100 profile's 2.5: a TP8 layer runs a few tens of kernels per micro-batch pass, 20 layers x "
+        "32 micro-batches per rank make some 10,000-20,000 kernels, 0.2-0.35 s on a step of seconds", job=DENSE),
     Row("dense: pipeline scatter/gather under SP", ("software.pp_scatter_gather=true",), 0.9999, 1.0001,
         "sequence parallelism already splits the boundary activations by TP: nothing more to scatter", job=DENSE),
     Row("dense: FSDP2 copies under ZeRO-3", ("parallel.zero_stage=3", "software.fsdp_copies=true"), 1.01, 1.08,

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 TIERS = ("detailed", "fast", "analytic")
 
 BREAKDOWN_KEYS = ("forward", "backward_input", "backward_weight", "overlapped", "bubble", "exposed_comm",
-                  "optimizer")
+                  "optimizer", "host")
 
 
 def scenario_options(f):
@@ -173,6 +173,8 @@ def _print_human(scenario: Scenario, r: Any, cal: dict[str, Any] | None) -> None
     click.echo("  breakdown (mean over pipeline ranks)")
     for k in BREAKDOWN_KEYS:
         v = r.breakdown_s[k]
+        if k == "host" and v == 0:
+            continue  # shown only for a stack with host work per step (software.step_overhead_s)
         click.echo(f"    {k:16s} {v:8.3f} s  {v / r.step_time_s:6.1%}")
     verdict = "OUT OF MEMORY" if r.oom else "fits"
     click.echo(f"  peak memory per GPU  {human_bytes(r.peak_memory_per_gpu_bytes)} of "

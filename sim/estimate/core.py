@@ -35,7 +35,7 @@ class Point:
     global_batch_size: int
     step_time_s: float
     busy_s: float  # compute-stream busy seconds per GPU and step, mean over pipeline ranks
-    fixed_s: float  # bubble + optimizer: the part of a step that does not grow with micro-batches
+    fixed_s: float  # bubble + optimizer + host: the part of a step that does not grow with micro-batches
     num_microbatches: int
     layout: dict[str, Any]
     reason: str | None
@@ -130,7 +130,7 @@ class Simulator:
 def _point(choice: Choice) -> Point:
     s, r = choice.scenario, choice.result
     busy = sum(r.busy_per_rank_s) / len(r.busy_per_rank_s)
-    fixed = r.breakdown_s.get("bubble", 0.0) + r.breakdown_s.get("optimizer", 0.0)
+    fixed = sum(r.breakdown_s.get(k, 0.0) for k in ("bubble", "optimizer", "host"))
     return Point(s.training.global_batch_size, r.step_time_s, busy, fixed, s.num_microbatches, layout_of(s),
                  choice.reason, r.peak_memory_per_gpu_bytes)
 

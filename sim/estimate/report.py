@@ -157,8 +157,8 @@ def sensitivities(works: list[PhaseWork], spec: RunSpec, scenario: Scenario, pri
     deadline["deadline_days"] = target
     higher = price * 1.1
     return {
-        "model": "extra GPUs join data parallelism at the same global batch; bubble and optimizer time per "
-                 "step fixed, the rest scales with micro-batches per pipeline (continuous DP)",
+        "model": "extra GPUs join data parallelism at the same global batch; bubble, optimizer and host time "
+                 "per step fixed, the rest scales with micro-batches per pipeline (continuous DP)",
         "gpus_plus_10pct": _delta(total_at(more), base),
         "deadline_plus_1_day": deadline,
         "price_plus_10pct": {"usd_per_gpu_hour": higher, "usd": base["gpu_hours"] * higher,

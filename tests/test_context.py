@@ -1,0 +1,39 @@
+"""What one step is built from (sim.context): the GPU as the software stack drives it, and the peak memory read
+without simulating."""
+
+from __future__ import annotations
+
+import pytest
+
+from sim.context import build_context, stack_gpu
+from sim.loading import load_scenario
+from sim.units import US
+
+TINY = "workloads/tiny_moe_job.yaml"
+UNCALIBRATED = ("calibration=null",)  # the cost model's own times, so a change per kernel shows exactly
+
+
+def test_stack_gpu_is_the_profile_unless_the_stack_sets_a_launch_time():
+    base = load_scenario(TINY)
+    assert stack_gpu(base) is base.cluster.gpu
+    s = load_scenario(TINY, overrides=["software.kernel_launch_us=25"])
+    gpu = stack_gpu(s)
+    assert gpu.efficiency.kernel_overhead_us == 25
+    # nothing else of the GPU changes
+    assert gpu.model_copy(update={"efficiency": s.cluster.gpu.efficiency}) == s.cluster.gpu
+
+
+@pytest.mark.parametrize("launch_us", [0.0, 25.0])
+def test_software_launch_time_replaces_the_profiles_on_every_kernel(launch_us):
+    """software.kernel_launch_us is the per-kernel overhead each kernel's cost adds: a memory-bound kernel and a
+    GEMM each move by exactly the difference from the profile's kernel_overhead_us per kernel (an FP8 GEMM's
+    pass is two kernels: the cast of its input, then the GEMM)."""
+    base = build_context(load_scenario(TINY, overrides=list(UNCALIBRATED))).costs
+    s = load_scenario(TINY, overrides=[*UNCALIBRATED, f"software.kernel_launch_us={launch_us}"])
+    stack = build_context(s).costs
+    delta = (launch_us - s.cluster.gpu.efficiency.kernel_overhead_us) * US
+    assert stack.memory_seconds(1e8, "norm") - base.memory_seconds(1e8, "norm") == pytest.approx(delta, abs=1e-12)
+    kernels = 2 if stack.gemm_dtype("fwd", "linear") == "fp8" else 1
+    gemm = stack.gemm_pass_seconds("fwd", 4096, 2048, 1024, "linear")
+    assert gemm - base.gemm_pass_seconds("fwd", 4096, 2048, 1024, "linear") == pytest.approx(kernels * delta,
+                                                                                                abs=1e-12)
