@@ -18,7 +18,7 @@ def test_run_json_default_keys(runner):
         assert k in out
     assert set(out["mfu"]) == {"bf16_causal", "bf16_noncausal", "fp8_causal"}
     assert set(out["breakdown_s"]) == {"forward", "backward_input", "backward_weight", "overlapped", "bubble",
-                                       "exposed_comm", "optimizer"}
+                                       "exposed_comm", "optimizer", "host"}
 
 
 def test_run_writes_trace_and_gantt(runner, tmp_path):
