@@ -160,9 +160,9 @@ def _per_rank(table: Table, n: int) -> list[list[float]]:
 def _tail(table: Table, r: int, finish: float, syncs: list[float]) -> tuple[float, float]:
     """When rank ``r``'s step ends, and how long it waits for gradient synchronization after its last action
     (``syncs``: when each of its stages' synchronization ends, when reductions run beside the actions: with
-    ``overlap_grad_reduce`` or after every micro-batch)."""
+    ``overlap_grad_reduce``, after every micro-batch or after each stage's last backward)."""
     end_bg = table.prologue_s[r]  # the overlapped parameter gather holds the links from the start
-    if table.overlap_grad_reduce or table.reduce_every:
+    if table.overlap_grad_reduce or table.reduce_every or table.after_stage:
         end_bg = max(end_bg, *syncs)
     else:  # started after the rank's last action, one after the other
         t = max(end_bg, finish)

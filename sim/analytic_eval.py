@@ -51,8 +51,9 @@ class Table:
     tied_sync_s: list[float]                     # tied embeddings' all-reduce before the optimizer, per rank
     grad_sync_s: list[float]                     # per stage
     optimizer_s: list[float]                     # per rank
-    overlap_grad_reduce: bool
+    overlap_grad_reduce: bool                    # buckets beside the backward that completes them
     reduce_every: bool                           # gradients reduced after every micro-batch's backward
+    after_stage: bool                            # whole, after each stage's last backward (ZeRO-3 under PP)
     model_states: list[tuple[float, float, float]]  # per rank: weights, gradients, optimizer states bytes
     stage_bytes: tuple[float, ...]               # activations one micro-batch leaves on each stage
     stage_work: tuple[float, ...]                # the largest working set of a backward on each stage
@@ -97,6 +98,7 @@ def build_table(scenario: Scenario, allow_cpu: bool, strict: bool) -> Table:
     tail = ctx.tail
     gather = [tail.param_gather_seconds(st) for st in stages]
     overlapped_gather = p.overlap_param_gather or tail.plan.zero_stage == 3  # as sim.assemble runs it
+    overlap = p.overlap_grad_reduce and not tail.plan.sync_after_stage  # as sim.assemble runs it
     traffic = tail.traffic
     sp, se = stage_params(ctx.partition, scenario.model), stage_expert_params(ctx.partition)
     table = Table(
@@ -111,7 +113,8 @@ def build_table(scenario: Scenario, allow_cpu: bool, strict: bool) -> Table:
         grad_sync_s=[tail.grad_sync_seconds(s) for s in range(scenario.num_stages)],
         optimizer_s=[asm.timings.get(tail.optimizer_work(st), asm.num_sms, asm.comm_sms, asm.static_sms)[0]
                      for st in stages],  # as the engine runs it: at the compute rate a static SM split leaves
-        overlap_grad_reduce=p.overlap_grad_reduce, reduce_every=tail.plan.reduce_every_microbatch,
+        overlap_grad_reduce=overlap, reduce_every=tail.plan.reduce_every_microbatch,
+        after_stage=tail.plan.sync_after_stage,
         model_states=[rank_model_states(ctx.partition, scenario, st, sp, se) for st in stages],
         stage_bytes=tuple(stage_activation_bytes(ctx.partition, scenario)),
         stage_work=tuple(stage_workspace_bytes(ctx.partition, scenario)),
@@ -123,7 +126,7 @@ def build_table(scenario: Scenario, allow_cpu: bool, strict: bool) -> Table:
             table.timing(slot.parts if skewed else slot.cls, slot.parts)
             for _key, dst in slot.outputs:
                 table.send(r, dst)
-            if p.overlap_grad_reduce and slot.backward is not None:
+            if overlap and slot.backward is not None:
                 table.reduction(_reduction_key(slot.backward, skewed), slot.backward)
     table.notes = (*ctx.notes, *ctx.costs.notes)
     table.warnings = tuple(ctx.warnings)
@@ -226,6 +229,7 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
     inf = float("inf")
     head = [0.0 if q else inf for q in pending]  # when each rank's first pending bucket is asked for
     sync_s, overlap, every, skewed = table.grad_sync_s, table.overlap_grad_reduce, table.reduce_every, table.skewed
+    during = overlap or every or table.after_stage  # reductions run beside the actions, not after the last one
     reduce_sides = table.reduce_sides
     sums = [[0.0] * 5 for _ in range(n_ranks)]
     trig: list[dict[int, float]] = [{} for _ in range(n_ranks)]
@@ -279,7 +283,7 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
             key = parts if skewed else cls
             secs, (bf, bi, bw) = timings.get(key) or timing(key, parts)
             t += secs
-            reduces = part is not None and (overlap or every) and (every or bool(triggers))
+            reduces = part is not None and during and (every or bool(triggers))
             if reduces and overlap:  # its buckets, asked for their delay after the action starts
                 assert part is not None  # reduces implies it
                 delay, buckets = table.reduction(_reduction_key(part, skewed), part)

@@ -6,8 +6,9 @@ arrivals it waits for (its dependencies on other stages), the stage-boundary sen
 the buckets of the backward that completes a stage's gradients (its last backward, or every backward when the
 ZeRO stage reduces per micro-batch, :mod:`sim.program.sharding`) start with that backward as a background work
 (:meth:`~sim.program.tail.StepTail.reduction_work`); without it, the whole stage's reduction starts after the
-rank's last action (or after each backward, for per-micro-batch reductions). The once-per-step parameter
-gather runs beside the first forwards when ``overlap_param_gather`` (Megatron-LM gathers each bucket ahead of
+rank's last action (or after each backward, for per-micro-batch reductions; or after each stage's last backward
+for ZeRO-3 under a pipeline, whose FSDP post-backward follows that backward whatever the flag says). The
+once-per-step parameter gather runs beside the first forwards when ``overlap_param_gather`` (Megatron-LM gathers each bucket ahead of
 its first use; nothing waits for it here), or after the optimizer, exposed. In fast mode every action also
 carries its isolated duration (:func:`sim.engine.isolated_run`), computed once per distinct work.
 
@@ -287,9 +288,10 @@ class Assembler:
         """Gradient reductions of rank ``r``: (delay, work) started with an action, works started when an action
         ends, and the stages reduced after the rank's last action."""
         hooks = schedule_hooks(self.inp.schedule)
-        overlap = self.inp.scenario.parallel.overlap_grad_reduce
         tail = self.inp.tail
+        overlap = self.inp.scenario.parallel.overlap_grad_reduce and not tail.plan.sync_after_stage
         every = tail.plan.reduce_every_microbatch
+        after_stage = tail.plan.sync_after_stage
         last = hooks.last_backward[r]
         starts: dict[int, list[tuple[float, Work]]] = {}
         ends: dict[int, list[Work]] = {}
@@ -300,7 +302,7 @@ class Assembler:
                 continue
             if overlap:
                 starts.setdefault(i, []).append(self.reduction(part))
-            elif every:
+            elif every or after_stage:
                 ends.setdefault(i, []).append(tail.grad_sync_work(part[0]))
             else:
                 late.append(part[0])

@@ -12,7 +12,8 @@ ZeRO (Rajbhandari et al. 2020, section 7) and PyTorch FSDP2 (``fully_shard``), p
   ``fsdp_prefetch`` groups ahead, and again before its backward when ``fsdp_reshard_after_forward`` (3 x the
   parameters per micro-batch with the reduce-scatter); gradients are reduce-scattered after every
   micro-batch's backward. With a pipeline (``pp > 1``), FSDP runs as ``torch.distributed.pipelining`` drives
-  it: gradient sync only at a stage's last backward (``set_requires_gradient_sync``), and without resharding
+  it: gradient sync only once a stage's last backward is done (``set_requires_gradient_sync``, then FSDP's
+  post-backward: the reduce-scatters follow that backward instead of running beside it), and without resharding
   after forward the parameters stay gathered for the whole step (one gather per step: torchtitan's "for PP,
   do not reshard after forward to avoid per-microbatch all-gathers").
 
@@ -90,6 +91,14 @@ class ShardingPlan:
         """One parameter all-gather per step: the updated shards after the optimizer (ZeRO-1/2), or the whole
         stage at the start of the step (ZeRO-3 under a pipeline without resharding)."""
         return self.zero_stage in (1, 2) or (self.zero_stage == 3 and not self.gather_forward)
+
+    @property
+    def sync_after_stage(self) -> bool:
+        """ZeRO-3 under a pipeline: ``torch.distributed.pipelining`` runs every backward of an FSDP stage with
+        gradient sync off and then calls FSDP's post-backward for all its parameter groups once the stage's last
+        backward is done (torch 2.6 ``stage.py`` ``backward_maybe_with_nosync``), so the stage's reduce-scatters
+        start after that backward, never beside it, whatever ``parallel.overlap_grad_reduce`` says."""
+        return self.zero_stage == 3 and self.pp > 1
 
     @property
     def reduce_every_microbatch(self) -> bool:

@@ -98,18 +98,50 @@ def test_megatron_default_bucket_is_40m_elements_or_1m_per_replica(gpt):
     assert wide.grad_replicas == 64 and ShardingPlan.of(wide).bucket_bytes == 64e6 * 4
 
 
-@pytest.mark.parametrize(("zero", "pp", "reshard", "fwd", "bwd", "per_step", "every_mb", "stay", "kind"), [
-    (0, 1, False, False, False, False, False, False, "all_reduce"),
-    (1, 1, False, False, False, True, False, False, "reduce_scatter"),
-    (2, 2, False, False, False, True, True, False, "reduce_scatter"),
-    (3, 1, False, True, False, False, True, True, "reduce_scatter"),
-    (3, 2, False, False, False, True, False, True, "reduce_scatter"),   # the stage gathered once per step
-    (3, 2, True, True, True, False, False, False, "reduce_scatter"),
+@pytest.mark.parametrize(("zero", "pp", "reshard", "fwd", "bwd", "per_step", "every_mb", "stay", "kind", "after"), [
+    (0, 1, False, False, False, False, False, False, "all_reduce", False),
+    (0, 2, False, False, False, False, False, False, "all_reduce", False),  # DDP's hooks fire in the last backward
+    (1, 1, False, False, False, True, False, False, "reduce_scatter", False),
+    (2, 2, False, False, False, True, True, False, "reduce_scatter", False),
+    (3, 1, False, True, False, False, True, True, "reduce_scatter", False),
+    (3, 2, False, False, False, True, False, True, "reduce_scatter", True),   # the stage gathered once per step
+    (3, 2, True, True, True, False, False, False, "reduce_scatter", True),
 ])
-def test_when_each_zero_stage_communicates(zero, pp, reshard, fwd, bwd, per_step, every_mb, stay, kind):
+def test_when_each_zero_stage_communicates(zero, pp, reshard, fwd, bwd, per_step, every_mb, stay, kind, after):
+    """``after``: FSDP under torch.distributed.pipelining reduces a stage once its last backward is done."""
     plan = ShardingPlan(zero, pp, reshard, 1, 1e6)
     assert (plan.gather_forward, plan.gather_backward, plan.gather_per_step, plan.reduce_every_microbatch,
-            plan.params_stay_gathered, plan.grad_kind) == (fwd, bwd, per_step, every_mb, stay, kind)
+            plan.params_stay_gathered, plan.grad_kind, plan.sync_after_stage) == (
+        fwd, bwd, per_step, every_mb, stay, kind, after)
+
+
+@pytest.mark.parametrize("schedule", ["1f1b", "interleaved-1f1b"])
+def test_zero3_under_a_pipeline_reduces_each_stage_after_its_last_backward(gpt, schedule):
+    """torch 2.6 pipelining runs FSDP's post-backward after a stage's last backward (backward_maybe_with_nosync):
+    with overlap_grad_reduce on, no reduce-scatter of a rank starts before the end of the backward that completes
+    its stage, and every tier gives the same step. With one stage per rank (1F1B) that backward is the rank's last
+    action, so the step is exactly the step without overlap."""
+    vpp = ["parallel.vpp=2"] if schedule == "interleaved-1f1b" else []
+    ov = ("parallel.zero_stage=3", "parallel.pp=2", f"parallel.schedule={schedule}", *vpp,
+          "parallel.overlap_grad_reduce=true")
+    s = gpt(*ov, nodes=2)
+    r = simulate_step(s, mode="detailed")
+    assert r.trace is not None
+    for rank in range(s.parallel.pp):
+        ends: dict[str, float] = {}  # stage -> end of its last backward (labels "B<stage>.<micro-batch>")
+        for a in r.trace.actions:
+            if a.rank == rank and a.category == "backward":
+                stage = a.label[1:].split(".")[0]
+                ends[stage] = max(ends.get(stage, 0.0), a.end)
+        assert len(ends) == (2 if vpp else 1)
+        first_reduce = min(t.start for t in r.trace.tasks if t.rank == rank and t.name == "grad_reduce_scatter")
+        assert first_reduce >= min(ends.values()) - 1e-12
+    steps = {m: simulate_step(s, mode=m).step_time_s for m in ("fast", "analytic")}
+    assert steps["fast"] == pytest.approx(r.step_time_s, rel=0.03)
+    assert steps["analytic"] == pytest.approx(steps["fast"], rel=1e-9)
+    if schedule == "1f1b":
+        late = simulate_step(gpt(*ov[:-1], "parallel.overlap_grad_reduce=false", nodes=2), mode="fast").step_time_s
+        assert steps["fast"] == pytest.approx(late, rel=1e-12)
 
 
 @pytest.mark.parametrize(("zero", "kind"), [(0, "all_reduce"), (1, "all_reduce"), (2, "reduce_scatter"),
