@@ -117,7 +117,8 @@ class PrecisionSpec(Frozen):
     dispatch: Literal["fp8", "bf16"] = "bf16"
     combine: Literal["bf16", "fp8"] = "bf16"
     activation_tile: int = Field(default=128, ge=1, description="1 x N activation quantization tile")
-    weight_block: int = Field(default=128, ge=1, description="N x N weight quantization block")
+    weight_block: int = Field(default=128, ge=1, description="N x N weight quantization block: one FP32 scale per "
+                              "block, written with the FP8 weights when a tilewise recipe re-quantizes them")
     fp8_scaling: Literal["tilewise", "tensorwise"] = Field(
         default="tilewise", description="how FP8 GEMM operands are scaled: tilewise (DeepSeek-V3: activations "
         "quantized in 1 x N tiles by the cast kernel itself, weights re-quantized once per step after the "

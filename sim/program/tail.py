@@ -16,7 +16,7 @@ stage before the optimizer (:meth:`StepTail.tied_embedding_seconds`).
 The optimizer (AdamW) is memory-bound. Per parameter of the local shard it reads and writes the master
 weight and both moments, reads the gradient (twice: once for the global norm used by clipping) and writes
 the working weight; with a tilewise FP8 recipe every working weight is re-quantized once per step (read BF16,
-write FP8).
+write FP8 and one FP32 scale per ``precision.weight_block`` square block).
 """
 
 from __future__ import annotations
@@ -81,7 +81,8 @@ class StepTail:
         seconds = self.costs.memory_seconds(shard * per_param, "optimizer")
         tilewise = prec.fp8_scaling == "tilewise"  # tensorwise scaling casts the weights in every forward instead
         if tilewise and (prec.fprop == "fp8" or prec.dgrad == "fp8" or prec.wgrad == "fp8"):
-            seconds += self.costs.memory_seconds((dense + expert) * (dtype_bytes("bf16") + dtype_bytes("fp8")),
+            scale = dtype_bytes("fp32") / prec.weight_block**2  # one FP32 scale per weight_block x weight_block
+            seconds += self.costs.memory_seconds((dense + expert) * (dtype_bytes("bf16") + dtype_bytes("fp8") + scale),
                                                  "fp8_cast")
         return seconds
 

@@ -35,7 +35,8 @@ def test_optimizer_bytes_per_parameter_by_hand(moe):
     """AdamW per parameter of the local shard: master weight read + write (FP32: 2 x 4), both moments read +
     write (BF16 here: 4 x 2), the gradient read twice (FP32: 2 x 4, once for the clipping norm), the working
     weight written (BF16: 2) = 26 B; ZeRO-1 shards it over the data-parallel ranks (dense) and the expert
-    replicas (experts). FP8: every working weight re-quantized, read BF16 + write FP8 = 3 B."""
+    replicas (experts). FP8: every working weight re-quantized, read BF16 + write FP8 = 3 B, plus its block's FP32
+    scale: 4 / 128^2 B in DeepSeek-V3's 128 x 128 blocks, 4 B were every weight its own block."""
     s = moe()
     p = s.precision
     assert (p.master_weights, p.optimizer_states, p.grads, p.weights, p.fprop) == ("fp32", "bf16", "fp32", "bf16",
@@ -46,8 +47,11 @@ def test_optimizer_bytes_per_parameter_by_hand(moe):
     dense, expert = sum(tail.dense), sum(tail.expert)
     shard = dense / tail.shard_size + expert / tail.expert_dp_size
     assert tail.shard_size > 1 and expert > 0
-    assert tail.optimizer_seconds(stages) == pytest.approx(shard * 26 + (dense + expert) * 3)
+    assert p.weight_block == 128
+    assert tail.optimizer_seconds(stages) == pytest.approx(shard * 26 + (dense + expert) * (3 + 4 / 128**2))
     assert costs.names == ["optimizer", "fp8_cast"]
+    per_weight, _ = _tail(moe("precision.weight_block=1"))
+    assert per_weight.optimizer_seconds(stages) == pytest.approx(shard * 26 + (dense + expert) * 7)
     # Tensorwise scaling (torchao) casts the weights in every forward instead: no re-quantization here.
     tensorwise, costs = _tail(moe("precision.fp8_scaling=tensorwise"))
     assert tensorwise.optimizer_seconds(stages) == pytest.approx(shard * 26)
