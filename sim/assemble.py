@@ -8,9 +8,9 @@ ZeRO stage reduces per micro-batch, :mod:`sim.program.sharding`) start with that
 (:meth:`~sim.program.tail.StepTail.reduction_work`); without it, the whole stage's reduction starts after the
 rank's last action (or after each backward, for per-micro-batch reductions; or after each stage's last backward
 for ZeRO-3 under a pipeline, whose FSDP post-backward follows that backward whatever the flag says). The
-once-per-step parameter gather runs beside the first forwards when ``overlap_param_gather`` (Megatron-LM gathers each bucket ahead of
-its first use; nothing waits for it here), or after the optimizer, exposed. In fast mode every action also
-carries its isolated duration (:func:`sim.engine.isolated_run`), computed once per distinct work.
+once-per-step parameter gather runs beside the first forwards when ``overlap_param_gather`` (Megatron-LM gathers
+each bucket ahead of its first use; nothing waits for it here), or after the optimizer, exposed. In fast mode
+every action also carries its isolated duration (:func:`sim.engine.isolated_run`), computed once per distinct work.
 
 What depends on the schedule alone (labels, chunk keys, arrivals, send destinations, the backward of each
 action and the last backward of each stage: :class:`ScheduleHooks`) is derived once per schedule and kept on
