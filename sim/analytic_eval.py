@@ -126,7 +126,7 @@ def build_table(scenario: Scenario, allow_cpu: bool, strict: bool) -> Table:
             table.timing(slot.parts if skewed else slot.cls, slot.parts)
             for _key, dst in slot.outputs:
                 table.send(r, dst)
-            if overlap and slot.backward is not None:
+            if (overlap or table.after_stage) and slot.backward is not None:
                 table.reduction(_reduction_key(slot.backward, skewed), slot.backward)
     table.notes = (*ctx.notes, *ctx.costs.notes)
     table.warnings = tuple(ctx.warnings)
@@ -229,7 +229,8 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
     inf = float("inf")
     head = [0.0 if q else inf for q in pending]  # when each rank's first pending bucket is asked for
     sync_s, overlap, every, skewed = table.grad_sync_s, table.overlap_grad_reduce, table.reduce_every, table.skewed
-    during = overlap or every or table.after_stage  # reductions run beside the actions, not after the last one
+    after = table.after_stage
+    during = overlap or every or after  # reductions run beside the actions, not after the last one
     reduce_sides = table.reduce_sides
     sums = [[0.0] * 5 for _ in range(n_ranks)]
     trig: list[dict[int, float]] = [{} for _ in range(n_ranks)]
@@ -313,8 +314,13 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
                     arrive[k] = txr[side] = start + seconds
                 if parked and k in parked:
                     ready.extend(parked.pop(k))
-            if reduces and not overlap:  # the whole reduction, asked for when the action ends
-                pending[r].append((t, sync_s[part[0]], part[0], reduce_sides))  # type: ignore[index]
+            if reduces and not overlap:  # asked for when the action ends
+                assert part is not None  # reduces implies it
+                if after:  # FSDP's post-backward: the unit buckets back to back
+                    _delay, buckets = table.reduction(_reduction_key(part, skewed), part)
+                    pending[r].extend((t if j == 0 else 0.0, b, part[0], reduce_sides) for j, b in enumerate(buckets))
+                else:  # the whole reduction
+                    pending[r].append((t, sync_s[part[0]], part[0], reduce_sides))
                 ask(r)
             i += 1
         ptr[r], free[r] = i, t

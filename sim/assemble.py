@@ -302,7 +302,9 @@ class Assembler:
                 continue
             if overlap:
                 starts.setdefault(i, []).append(self.reduction(part))
-            elif every or after_stage:
+            elif after_stage:  # FSDP's post-backward: one reduce-scatter per unit, once the backward is done
+                ends.setdefault(i, []).append(self.reduction(part)[1])
+            elif every:
                 ends.setdefault(i, []).append(tail.grad_sync_work(part[0]))
             else:
                 late.append(part[0])

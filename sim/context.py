@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
 from sim.assemble import StepInputs
-from sim.config import GpuSpec, ModelSpec, Scenario
+from sim.config import ModelSpec, Scenario
 from sim.costs.calibration import resolve_calibration
-from sim.costs.kernels import CostModel, cost_model
+from sim.costs.kernels import CostModel, cost_model, stack_gpu
 from sim.costs.ops import OpCoster
 from sim.memory import MemoryBreakdown, memory_per_rank
 from sim.model.stages import StagePartition, partition
@@ -47,17 +47,6 @@ class StepContext:
     @property
     def inputs(self) -> StepInputs:
         return StepInputs(self.scenario, self.program, self.schedule, self.network, self.tail)
-
-
-def stack_gpu(scenario: Scenario) -> GpuSpec:
-    """The GPU as the job's software stack drives it: ``software.kernel_launch_us``, when set, replaces the GPU
-    profile's per-kernel overhead (``efficiency.kernel_overhead_us``, the launch and tail every kernel's cost
-    adds), e.g. an eager stack whose host launches kernels more slowly than they run."""
-    gpu = scenario.cluster.gpu
-    launch = scenario.software.kernel_launch_us
-    if launch is None or launch == gpu.efficiency.kernel_overhead_us:
-        return gpu
-    return gpu.model_copy(update={"efficiency": gpu.efficiency.model_copy(update={"kernel_overhead_us": launch})})
 
 
 @lru_cache(maxsize=64)

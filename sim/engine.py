@@ -440,6 +440,18 @@ class _RankRun:
 
         self.eng.env.timeout(delay).callbacks.append(begin)
 
+    def _background_next(self, work: Work) -> None:
+        """Start ``work`` after the events already due now, counted at once: a stage-boundary send that another
+        rank's action ending at this instant makes takes the links first, as this rank's own sends do (the
+        analytic tier orders such ties the same way)."""
+        self.outstanding += 1
+
+        def begin(_e: object) -> None:
+            self.outstanding -= 1
+            self._background(work, "grad_reduce")
+
+        _after(self.eng.env, 0.0, begin)
+
     def _background_done(self) -> None:
         self.outstanding -= 1
         if self.actions_done and self.outstanding == 0:
@@ -480,7 +492,7 @@ class _RankRun:
         for send in action.outputs:
             eng.send(self.rank, send)
         for work in action.triggers:
-            self._background(work, "grad_reduce")
+            self._background_next(work)
         self.i += 1
         self.advance()
 

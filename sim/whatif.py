@@ -22,6 +22,7 @@ from typing import Any
 from sim.config import GpuSpec, Scenario
 from sim.costs.attention import flash_curve
 from sim.costs.calibration import resolve_calibration
+from sim.costs.kernels import stack_gpu
 
 _GEMM = ("efficiency.gemm_tile_m", "efficiency.gemm_tile_n", "efficiency.gemm_k_fill", "efficiency.gemm_exposed_frac",
          "efficiency.gemm_hbm_frac", "efficiency.kernel_overhead_us", "hbm_bandwidth_tb_per_s", "num_sms")
@@ -65,7 +66,7 @@ def calibration_report(scenario: Scenario, base: Scenario | None = None) -> dict
     resolved = resolve_calibration(scenario, allow_cpu=True, strict=False)
     if resolved.table is None or resolved.source is None:
         return None
-    table, source, target = resolved.table, resolved.source, scenario.cluster.gpu
+    table, source, target = resolved.table, resolved.source, stack_gpu(scenario)  # as the cost model reads it
     sw = scenario.software
     attention = sw.attention == "flash" and flash_curve(target, sw.flash_kernel).default
     kinds = sorted({(("gemm" if e.kind == "grouped_gemm" else e.kind), e.dtype) for e in table.entries
@@ -79,8 +80,10 @@ def calibration_report(scenario: Scenario, base: Scenario | None = None) -> dict
     changed = gpu_differences(source, target)
     if pinned and base is not None:
         changed = gpu_differences(base.cluster.gpu, target)
-    overridden = {f: {"from": old, "to": new, "corrects": sorted(set(fields[f]))}
+    overridden = {f: {"from": old, "to": new, "corrects": sorted(set(fields[f])), "key": f"cluster.gpu.{f}"}
                   for f, (old, new) in changed.items() if f in fields}
+    if sw.kernel_launch_us is not None and "efficiency.kernel_overhead_us" in overridden:
+        overridden["efficiency.kernel_overhead_us"]["key"] = "software.kernel_launch_us"  # stack_gpu's source
     rule = ("pinned: the table's measured times stand, whatever these fields say" if pinned else
             "scaled: a calibrated kernel takes its measured time x modelled(this GPU) / modelled(the measured "
             "GPU's profile), so an override acts as a scale on the measured rate")
@@ -96,8 +99,8 @@ def calibration_lines(report: dict[str, Any] | None) -> list[str]:
     lines = [f"table {Path(report['table']).name} (measured on {report['measured_on']}) corrects "
              f"{', '.join(report['corrects'])}"]
     verb = "has no effect on" if report["rule"] == "pinned" else "scales"
-    for f, change in report["overridden"].items():
-        lines.append(f"cluster.gpu.{f} = {_num(change['to'])} (measured GPU's profile: {_num(change['from'])}) "
+    for change in report["overridden"].values():
+        lines.append(f"{change['key']} = {_num(change['to'])} (measured GPU's profile: {_num(change['from'])}) "
                      f"{verb} the calibrated {', '.join(change['corrects'])}")
     if report["overridden"]:
         lines.append(report["rule_text"])

@@ -173,6 +173,23 @@ def test_a_peak_override_under_calibration_scales_the_measured_rate_and_says_so(
     assert "calibration" in human and "peak_tflops.fp8 = 3957.8" in human and "measured rate" in human
 
 
+def test_a_software_launch_time_under_calibration_is_reported_as_what_it_is(runner):
+    """software.kernel_launch_us acts through the GPU's per-kernel overhead: on the table's own GPU it is no
+    longer "pinned" (the step moves), and the note names the software key, not a GPU field nobody set."""
+    base = ["--mode", "fast", "--json"]
+    r0 = runner.invoke(main, ["run", *base])
+    r1 = runner.invoke(main, ["run", *base, "--set", "software.kernel_launch_us=20"])
+    assert r0.exit_code == 0 and r1.exit_code == 0, r0.output + r1.output
+    a, b = json.loads(r0.stdout), json.loads(r1.stdout)
+    assert a["calibration"]["overridden"] == {} and b["step_time_s"] > a["step_time_s"]
+    cal = b["calibration"]
+    assert cal["rule"] == "scaled"
+    change = cal["overridden"]["efficiency.kernel_overhead_us"]
+    assert (change["key"], change["to"]) == ("software.kernel_launch_us", 20)
+    human = runner.invoke(main, ["run", "--mode", "fast", "--set", "software.kernel_launch_us=20"]).stdout
+    assert "software.kernel_launch_us = 20" in human
+
+
 # ------------------------------------------------------------------------------------------- tracebacks
 
 

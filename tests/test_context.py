@@ -1,26 +1,15 @@
-"""What one step is built from (sim.context): the GPU as the software stack drives it, and the peak memory read
-without simulating."""
+"""What one step is built from (sim.context): the cost model reads the GPU as the software stack drives it."""
 
 from __future__ import annotations
 
 import pytest
 
-from sim.context import build_context, stack_gpu
+from sim.context import build_context
 from sim.loading import load_scenario
 from sim.units import US
 
 TINY = "workloads/tiny_moe_job.yaml"
 UNCALIBRATED = ("calibration=null",)  # the cost model's own times, so a change per kernel shows exactly
-
-
-def test_stack_gpu_is_the_profile_unless_the_stack_sets_a_launch_time():
-    base = load_scenario(TINY)
-    assert stack_gpu(base) is base.cluster.gpu
-    s = load_scenario(TINY, overrides=["software.kernel_launch_us=25"])
-    gpu = stack_gpu(s)
-    assert gpu.efficiency.kernel_overhead_us == 25
-    # nothing else of the GPU changes
-    assert gpu.model_copy(update={"efficiency": s.cluster.gpu.efficiency}) == s.cluster.gpu
 
 
 @pytest.mark.parametrize("launch_us", [0.0, 25.0])

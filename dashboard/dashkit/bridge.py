@@ -237,7 +237,8 @@ def step(scenario_key: str, tier: str, trace: bool = False) -> StepView:
     tr = r.trace
     if trace and tr is not None and tr.actions:
         view.actions = frames.actions(tr.actions)
-        view.bubbles = frames.bubbles(view.actions, r.step_time_s)
+        simulated = r.step_time_s - r.breakdown_s.get("host", 0.0)  # the trace ends before the host's share
+        view.bubbles = frames.bubbles(view.actions, simulated)
         if tr.tasks:
             view.tasks = frames.tasks(tr.tasks)
             view.exposed = frames.exposed(view.actions, view.tasks)

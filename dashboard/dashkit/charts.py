@@ -14,12 +14,12 @@ import pandas as pd
 CATEGORY_COLORS = {
     "forward": "#4c78a8", "backward": "#e45756", "backward_input": "#f58518", "backward_weight": "#eeca3b",
     "overlapped": "#7b4ea3", "optimizer": "#54a24b", "exposed_comm": "#d62728",
-    "exposed communication": "#d62728", "bubble": "#c7c7c7",
+    "exposed communication": "#d62728", "bubble": "#c7c7c7", "host": "#8c6d31",
 }
 LABELS = {"exposed communication": "exposed communication",
           "forward": "forward", "backward": "backward", "backward_input": "backward (input)",
           "backward_weight": "backward (weights)", "overlapped": "overlapped F&B", "optimizer": "optimizer",
-          "exposed_comm": "exposed communication", "bubble": "bubble"}
+          "exposed_comm": "exposed communication", "bubble": "bubble", "host": "host work per step"}
 
 
 def _color(categories: Sequence[str], columns: int = 1) -> alt.Color:

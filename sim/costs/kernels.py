@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sim.calibrate.table import CalibrationTable
-from sim.config import GpuSpec, PrecisionSpec
+from sim.config import GpuSpec, PrecisionSpec, Scenario
 from sim.costs import gemm
 from sim.costs.attention import FlashChoice, flash_curve, flash_seconds, unfused_seconds
 from sim.costs.calibration import Calibration, Correction, attention_fwd_flops, memory_model_seconds
@@ -267,6 +267,17 @@ def fp8_cast_bytes(pass_: Pass, m: float, n: int, k: int, scaling: str, weights:
     if pass_ == "dgrad":
         return cast * m * n + (relayout * weight if scaling == "tensorwise" else 0.0)
     return relayout * m * k + (relayout if scaling == "tensorwise" else cast) * m * n
+
+
+def stack_gpu(scenario: Scenario) -> GpuSpec:
+    """The GPU as the job's software stack drives it: ``software.kernel_launch_us``, when set, replaces the GPU
+    profile's per-kernel overhead (``efficiency.kernel_overhead_us``, the launch and tail every kernel's cost
+    adds), e.g. an eager stack whose host launches kernels more slowly than they run."""
+    gpu = scenario.cluster.gpu
+    launch = scenario.software.kernel_launch_us
+    if launch is None or launch == gpu.efficiency.kernel_overhead_us:
+        return gpu
+    return gpu.model_copy(update={"efficiency": gpu.efficiency.model_copy(update={"kernel_overhead_us": launch})})
 
 
 #: Memos shared by cost models of the same content (see :func:`cost_model`), least recently used first out.

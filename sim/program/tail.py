@@ -6,8 +6,10 @@ completes each unit's weight gradients, and with ``overlap_grad_reduce`` each bu
 soon as its last unit is done, beside the rest of the backward (:meth:`StepTail.reduction_work`: the buckets
 back to back, from the earliest moment none of them starts before its gradients are ready). Without overlap the whole
 reduction runs after the rank's last action (or, for reductions after every micro-batch, after the backward
-that produced the gradients). ZeRO-1/2 all-gather the updated parameters once per step, after the optimizer or
-beside the next step's first forwards (``overlap_param_gather``, as Megatron-LM does); ZeRO-3 under a pipeline
+that produced the gradients). ZeRO-3 under a pipeline never overlaps: each stage's unit buckets start once its
+last backward is done (FSDP's post-backward under PyTorch pipelining, ``ShardingPlan.sync_after_stage``).
+ZeRO-1/2 all-gather the updated parameters once per step, after the optimizer or beside the next step's first
+forwards (``overlap_param_gather``, as Megatron-LM does); ZeRO-3 under a pipeline
 without resharding gathers its stages once at the start of the step. Collectives run on the data-parallel
 stream, over the GPU's NIC and NVLink port, holding communication SMs. Tied input and output embeddings on
 different pipeline ranks add an exposed all-reduce of the embedding's gradient between the first and the last

@@ -12,8 +12,8 @@ from sim.config import PrecisionSpec
 from sim.costs import gemm, kernels
 from sim.costs.attention import flash_seconds, unfused_seconds
 from sim.costs.calibration import Calibration, attention_fwd_flops, memory_model_seconds
-from sim.costs.kernels import CostModel
-from sim.loading import load_cluster
+from sim.costs.kernels import CostModel, stack_gpu
+from sim.loading import load_cluster, load_scenario
 
 # H800: in-training factors differ per pass (fwd 0.863, dgrad 0.896, wgrad 0.638), so a GEMM costed as the
 # wrong pass (or as an isolated GEMM) shows; it has FP8 tensor cores.
@@ -314,3 +314,13 @@ def test_calibrated_attention_corrects_the_default_curve_by_pass():
     assert c.attention_seconds("fwd", 8192, 4096, 16, 192, 128, kernel="fa2") == flash_seconds(
         H800, "bf16", fwd, 4096, True, False, H800.efficiency.attention_kernels["fa2"])
     assert any("not applied to fa2" in n for n in c.notes)
+
+
+def test_stack_gpu_is_the_profile_unless_the_stack_sets_a_launch_time():
+    base = load_scenario("workloads/tiny_moe_job.yaml")
+    assert stack_gpu(base) is base.cluster.gpu
+    s = load_scenario("workloads/tiny_moe_job.yaml", overrides=["software.kernel_launch_us=25"])
+    gpu = stack_gpu(s)
+    assert gpu.efficiency.kernel_overhead_us == 25
+    # nothing else of the GPU changes
+    assert gpu.model_copy(update={"efficiency": s.cluster.gpu.efficiency}) == s.cluster.gpu

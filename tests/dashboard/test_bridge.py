@@ -59,3 +59,17 @@ def test_an_estimate_that_cannot_lay_out_a_phase_names_the_phase_once():
         bridge_run.run_view(bridge.key(s), "fast")
     assert e.value.field == "run.phases.0 (p)"
     assert e.value.message.startswith("the job's layout is illegal") and "layout_search is off" in e.value.message
+
+
+def test_host_work_per_step_is_its_own_category_not_a_bubble():
+    """software.step_overhead_s comes after the simulated step: the Gantt's bubbles end where the trace does, and
+    the breakdown chart shows the host's share under its own label and colour."""
+    from dashkit import charts
+
+    s = load_scenario("workloads/tiny_moe_job.yaml", overrides=["software.step_overhead_s=0.5"])
+    v = bridge.step(bridge.key(s), "fast", trace=True)
+    assert v.breakdown_s["host"] == pytest.approx(0.5)
+    assert v.bubbles["end"].max() == pytest.approx(v.step_time_s - 0.5)
+    bars = charts.breakdown(v.breakdown_s).data
+    host = bars[bars["category"] == "host"]
+    assert list(host["what"]) == ["host work per step"] and host["order"].notna().all()
