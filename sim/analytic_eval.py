@@ -53,7 +53,7 @@ class Table:
     optimizer_s: list[float]                     # per rank
     overlap_grad_reduce: bool                    # buckets beside the backward that completes them
     reduce_every: bool                           # gradients reduced after every micro-batch's backward
-    after_stage: bool                            # whole, after each stage's last backward (ZeRO-3 under PP)
+    after_stage: bool                            # unit buckets after each stage's last backward (ZeRO-3, PP)
     model_states: list[tuple[float, float, float]]  # per rank: weights, gradients, optimizer states bytes
     stage_bytes: tuple[float, ...]               # activations one micro-batch leaves on each stage
     stage_work: tuple[float, ...]                # the largest working set of a backward on each stage

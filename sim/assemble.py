@@ -6,8 +6,8 @@ arrivals it waits for (its dependencies on other stages), the stage-boundary sen
 the buckets of the backward that completes a stage's gradients (its last backward, or every backward when the
 ZeRO stage reduces per micro-batch, :mod:`sim.program.sharding`) start with that backward as a background work
 (:meth:`~sim.program.tail.StepTail.reduction_work`); without it, the whole stage's reduction starts after the
-rank's last action (or after each backward, for per-micro-batch reductions; or after each stage's last backward
-for ZeRO-3 under a pipeline, whose FSDP post-backward follows that backward whatever the flag says). The
+rank's last action (or after each backward, for per-micro-batch reductions). ZeRO-3 under a pipeline reduces
+each stage unit by unit after the stage's last backward, whatever the flag says (FSDP's post-backward). The
 once-per-step parameter gather runs beside the first forwards when ``overlap_param_gather`` (Megatron-LM gathers
 each bucket ahead of its first use; nothing waits for it here), or after the optimizer, exposed. In fast mode
 every action also carries its isolated duration (:func:`sim.engine.isolated_run`), computed once per distinct work.
