@@ -432,25 +432,18 @@ class _RankRun:
         if delay <= 0:
             self._background(work, "grad_reduce")
             return
-        self.outstanding += 1  # counted now: the tail waits for it even if the rank's actions end first
+        self._background_at_event(delay, work)
 
-        def begin(_e: object) -> None:
-            self.outstanding -= 1
-            self._background(work, "grad_reduce")
-
-        self.eng.env.timeout(delay).callbacks.append(begin)
-
-    def _background_next(self, work: Work) -> None:
-        """Start ``work`` after the events already due now, counted at once: a stage-boundary send that another
-        rank's action ending at this instant makes takes the links first, as this rank's own sends do (the
-        analytic tier orders such ties the same way)."""
+    def _background_at_event(self, delay: float, work: Work) -> None:
+        """Start ``work`` from an event ``delay`` seconds from now (0: after the events already due now), counted
+        at once: the tail waits for it even if the rank's actions end first."""
         self.outstanding += 1
 
         def begin(_e: object) -> None:
             self.outstanding -= 1
             self._background(work, "grad_reduce")
 
-        _after(self.eng.env, 0.0, begin)
+        _after(self.eng.env, delay, begin)
 
     def _background_done(self) -> None:
         self.outstanding -= 1
@@ -491,8 +484,10 @@ class _RankRun:
             eng.progress(1)
         for send in action.outputs:
             eng.send(self.rank, send)
+        # Triggered reductions start after the events due now: a send that another rank's action ending at this
+        # instant makes goes first, as this rank's own sends do (the analytic tier orders such ties the same way).
         for work in action.triggers:
-            self._background_next(work)
+            self._background_at_event(0.0, work)
         self.i += 1
         self.advance()
 
