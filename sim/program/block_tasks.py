@@ -21,6 +21,54 @@ from sim.timeline import Stream
 from sim.units import dtype_bytes
 
 
+def ring_bookkeeping_bytes(o_el: float, q_el: float, kv_el: float, lse_el: float) -> dict[str, tuple[float, ...]]:
+    """Bytes of each memory-bound kernel torch 2.6's ring attention runs on the compute stream around its
+    SDPA calls (``torch/distributed/tensor/experimental/_attention.py``, ``convert_to_f32`` on, causal load
+    balancing on), per group of kernels: for ``o_el`` output, ``q_el`` query and ``kv_el`` key-plus-value
+    elements and ``lse_el`` log-sum-exp values (the GPU's tokens, the heads of one TP rank). Bytes are reads
+    plus writes; the outputs and K/V/Q gradients of the SDPA calls are BF16, the running results FP32.
+
+    Forward (``_templated_ring_attention`` with ``_SDPAMerger``):
+
+    - ``kv_cat``: ``torch.cat([key.flatten(), value.flatten()])`` before each step but the last (the
+      all-gather rotater sends only the first, but the concatenation runs every step): 4 B per K/V element;
+    - ``fwd_first``: step 0's output cast to FP32 (``out.to(float32)``): 6 B per output element;
+    - ``fwd_merge``, each later step: the cast (6), ``out - block_out`` (12), the product with
+      ``sigmoid(block_lse - lse)`` (8), ``out - ...`` (12): 38 B per output element, plus five kernels over
+      the log-sum-exp (FP32, one value per token and head: two differences, a sigmoid, a log-sigmoid and the
+      update, 12 + 8 + 12 + 8 + 12 B). The slowest rank sets the pace (the next layer's
+      all-gather waits for every rank): the last rank, whose later steps all merge the whole output (the
+      others merge half of it for some steps and concatenate the halves back, 27 B per element);
+    - ``fwd_end``: the merged output cast back (``out.to(bf16)``): 6 B per output element.
+
+    Backward (``_templated_ring_attention_backward``, the last rank again):
+
+    - ``bwd_first``: FP32 zeros for the Q, K and V gradients (4 B per element) and step 0's K and V gradients
+      added into them (``grad_key += grad_key_``, 10 B per element);
+    - ``bwd_accumulate``, each later step once the previous step's gradients have arrived: the step's K and
+      V gradients (half the blocks: ``key.chunk(2)[0]``) added into the received FP32 buffer and the halves
+      concatenated (``_partial_update``: 5 + 8 = 13 B per K/V element);
+    - ``dkv_cat``, every step before its send: ``torch.cat([grad_key.flatten(), grad_value.flatten()])``
+      in FP32, 8 B per K/V element;
+    - ``dq_accumulate``, every step: ``grad_query += grad_query_`` (10 B per Q element);
+    - ``bwd_end_q``, ``bwd_end_kv``: the Q gradient, then (once the last send is home) the K and V gradients
+      cast to BF16 (6 B per element).
+    """
+    half = kv_el / 2  # K or V alone (the same head dimensions, or near enough: the bytes add up either way)
+    return {
+        "kv_cat": (4 * kv_el,),
+        "fwd_first": (6 * o_el,),
+        "fwd_merge": (6 * o_el, 12 * o_el, 8 * o_el, 12 * o_el, *(x * lse_el for x in (12, 8, 12, 8, 12))),
+        "fwd_end": (6 * o_el,),
+        "bwd_first": (4 * q_el, 4 * half, 4 * half, 10 * half, 10 * half),
+        "bwd_accumulate": (5 * half, 8 * half) * 2,
+        "dkv_cat": (8 * kv_el,),
+        "dq_accumulate": (10 * q_el,),
+        "bwd_end_q": (6 * q_el,),
+        "bwd_end_kv": (6 * kv_el,),
+    }
+
+
 class BlockTasks:
     """Mixin of :class:`~sim.program.chunks.Program`: the tasks of a block, from its layout and costs."""
 
@@ -231,23 +279,42 @@ class BlockTasks:
             b.chain("cp_dkv", part, Stream.COMM, self.net.cp_ring_step_seconds(kv), unit.index, self.cp_links, True,
                     also=(comm,))
 
+    def _ring_bookkeeping(self, op: Op) -> dict[str, float]:
+        """Seconds of each group of :func:`ring_bookkeeping_bytes` for ``op``'s shapes on this GPU."""
+        heads = op.heads // self.tp
+        sizes = ring_bookkeeping_bytes(o_el=self.tokens * heads * op.v_dim, q_el=self.tokens * heads * op.qk_dim,
+                                       kv_el=self._kv_bytes(op) / dtype_bytes("bf16"), lse_el=self.tokens * heads)
+        mem = self.coster.costs.memory_seconds
+        return {key: sum(mem(x, "cp_ring") for x in kernels) for key, kernels in sizes.items()}
+
     def _core_pytorch(self, b: ChunkBuilder, unit: Unit, op: Op, part: Part, load: MoeLoad | None, secs: float,
                       kv: float) -> None:
         """PyTorch's context_parallel (torch 2.6 ``_templated_ring_attention`` and its backward, rotate_method
         allgather): each pass all-gathers K and V asynchronously and computes the diagonal step (its own block,
         1/``cp`` of the core) meanwhile; the other steps need the gathered blocks. The backward (after the
         recomputed forward, when the core is recomputed: a pass of its own) gathers them again, and after each
-        step sends the accumulated K and V gradients, in FP32 (``convert_to_f32``), to the next rank; the
-        compute stream waits for a send before the step after next, and for the last one at the end."""
+        step sends the accumulated K and V gradients, in FP32 (``convert_to_f32``), to the next rank; a step's
+        accumulation waits for the previous step's send (``dkv_rotater.next_buffer()`` after the SDPA call), and
+        the next kernel after the core for the last one. Around the SDPA calls run the memory-bound kernels of
+        :meth:`_ring_bookkeeping` (merging each step's output into the FP32 result, accumulating gradients)."""
         full = self.net.collective_seconds("all_gather", kv * self.cp, self.net.cp_group())
         name = "attn" if part == "F" else "attn_b"
+        ring = "attn_ring" if part == "F" else "attn_ring_b"  # the bookkeeping kernels beside the SDPA calls
+        keep = self._ring_bookkeeping(op)
+        layer = unit.index
 
         def forward_steps(seconds: float) -> None:
-            gather = b.add("cp_kv_gather", part, Stream.COMM, full, (b.last,), unit.index, self.cp_links, True)
-            b.chain(name, part, Stream.COMPUTE, seconds / self.cp, unit.index)
+            cat = b.chain(ring, part, Stream.COMPUTE, keep["kv_cat"], layer)
+            gather = b.add("cp_kv_gather", part, Stream.COMM, full, (cat,), layer, self.cp_links, True)
+            b.chain(name, part, Stream.COMPUTE, seconds / self.cp, layer)
+            b.chain(ring, part, Stream.COMPUTE, keep["fwd_first"], layer)
             for step in range(1, self.cp):
-                b.chain(name, part, Stream.COMPUTE, seconds / self.cp, unit.index,
-                        also=(gather,) if step == 1 else ())
+                waits = (gather,) if step == 1 else ()
+                if step < self.cp - 1:  # the step's own concatenation, once the gathered blocks are there
+                    b.chain(ring, part, Stream.COMPUTE, keep["kv_cat"], layer, also=waits)
+                b.chain(name, part, Stream.COMPUTE, seconds / self.cp, layer, also=waits)
+                b.chain(ring, part, Stream.COMPUTE, keep["fwd_merge"], layer)
+            b.chain(ring, part, Stream.COMPUTE, keep["fwd_end"], layer)
 
         if part == "F":
             forward_steps(secs)
@@ -257,15 +324,23 @@ class BlockTasks:
         if fwd > 0:
             forward_steps(fwd)
         bwd = (secs - fwd) / self.cp
-        gather = b.add("cp_kv_gather", part, Stream.COMM, full, (b.last,), unit.index, self.cp_links, True)
+        cat = b.chain(ring, part, Stream.COMPUTE, keep["kv_cat"], layer)
+        gather = b.add("cp_kv_gather", part, Stream.COMM, full, (cat,), layer, self.cp_links, True)
         send_s = self.net.cp_ring_step_seconds(2 * kv)  # the K and V gradients in FP32
         sends: list[int] = []
         for step in range(self.cp):
-            waits = (gather,) if step == 1 else (sends[-2],) if step >= 2 else ()
-            done = b.chain(name, part, Stream.COMPUTE, bwd, unit.index, also=waits)
-            sends.append(b.add("cp_dkv", part, Stream.COMM, send_s, (done, *sends[-1:]), unit.index, self.cp_links,
+            waits = (gather,) if step == 1 else ()
+            if 0 < step < self.cp - 1:
+                b.chain(ring, part, Stream.COMPUTE, keep["kv_cat"], layer, also=waits)
+            b.chain(name, part, Stream.COMPUTE, bwd, layer, also=waits)
+            first = keep["bwd_first"] if step == 0 else keep["bwd_accumulate"]
+            acc = b.chain(ring, part, Stream.COMPUTE, first + keep["dkv_cat"], layer,
+                          also=tuple(sends[-1:]))
+            sends.append(b.add("cp_dkv", part, Stream.COMM, send_s, (acc, *sends[-1:]), layer, self.cp_links,
                                True))
-        b.gate = sends[-1]  # the gradients are home before the next kernel uses them
+            b.chain(ring, part, Stream.COMPUTE, keep["dq_accumulate"], layer)
+        b.chain(ring, part, Stream.COMPUTE, keep["bwd_end_q"], layer)
+        b.chain(ring, part, Stream.COMPUTE, keep["bwd_end_kv"], layer, also=(sends[-1],))
 
     def _recompute_comm(self, b: ChunkBuilder, unit: Unit, plan: BlockPlan, ep: bool, load: MoeLoad | None) -> None:
         """Full recompute re-runs a block's forward, its communication included: the TP collectives, or the

@@ -67,10 +67,12 @@ def test_all_gather_context_parallelism_gathers_kv_once_per_layer(gpt):
 
 def test_pytorch_context_parallelism_gathers_beside_the_diagonal_step_and_passes_fp32_gradients(gpt):
     """``cp_mode: pytorch`` (torch 2.6 ``_templated_ring_attention`` with the all-gather rotater): per layer and
-    pass one all-gather of the whole sequence's K and V, which only the second step waits for (the first is the
-    rank's own diagonal block); the backward gathers again for the recomputed forward and for itself, then after
-    each of its ``cp`` steps sends the K and V gradients on in FP32 (2 x the BF16 bytes): step k waits for the
-    send of step k - 2, and the next kernel after the core for the last send."""
+    pass one all-gather of the whole sequence's K and V (of the K/V concatenated just before), which only the
+    second step waits for (the first is the rank's own diagonal block); each SDPA step is followed by the merge
+    of its output, each step but the last preceded by a K/V concatenation. The backward gathers again for the
+    recomputed forward and for itself; after each of its ``cp`` steps it adds the step's K and V gradients into
+    the buffer the previous step sent (so that accumulation waits for that send) and sends them on in FP32
+    (2 x the BF16 bytes); the K/V gradients' final cast waits for the last send."""
     cp = 4
     s = gpt(f"parallel.cp={cp}", "parallel.cp_mode=pytorch", "parallel.recompute=full")
     ctx = build_context(s)
@@ -84,24 +86,67 @@ def test_pytorch_context_parallelism_gathers_beside_the_diagonal_step_and_passes
     assert len(_names(b, "cp_kv_gather")) == 2 * 4                 # recomputed forward, then the backward
     assert not _names(f, "cp_dkv") and len(_names(b, "cp_dkv")) == cp * 4
     assert all(t.seconds == net.cp_ring_step_seconds(2 * kv) for t in _names(b, "cp_dkv"))
+    keep = prog._ring_bookkeeping(attention)
     t = f.tasks
     g = next(i for i, x in enumerate(t) if x.name == "cp_kv_gather")
-    steps = [i for i in range(g + 1, g + 1 + cp)]
-    assert all(t[i].name == "attn" for i in steps)
-    assert g not in t[steps[0]].deps and g in t[steps[1]].deps   # the diagonal step runs beside the gather
+    core = [i for i in range(g - 1, len(t)) if t[i].name in ("attn", "attn_ring")][:3 * cp + 0]
+    # cat, [gather], step 0, cast; cat, step 1, merge; cat, step 2, merge; step 3, merge; cast back
+    assert [t[i].name for i in core] == ["attn_ring", "attn", "attn_ring", "attn_ring", "attn", "attn_ring",
+                                         "attn_ring", "attn", "attn_ring", "attn", "attn_ring", "attn_ring"]
+    assert [t[i].seconds for i in core if t[i].name == "attn_ring"] == [
+        keep["kv_cat"], keep["fwd_first"], keep["kv_cat"], keep["fwd_merge"], keep["kv_cat"], keep["fwd_merge"],
+        keep["fwd_merge"], keep["fwd_end"]]
+    steps = [i for i in core if t[i].name == "attn"]
+    assert t[g].deps == (core[0],)                                   # the gather sends the concatenation
+    assert g not in t[steps[0]].deps and g in t[steps[1]].deps      # the diagonal step runs beside the gather
     t = b.tasks
     sends = [i for i, x in enumerate(t) if x.name == "cp_dkv"][:cp]
-    bwd = [i - 1 for i in sends]                                  # each send follows its step
-    assert all(t[i].name == "attn_b" and i in t[j].deps for i, j in zip(bwd, sends, strict=True))
-    for k in range(2, cp):
-        assert sends[k - 2] in t[bwd[k]].deps
-    after = next(i for i in range(sends[-1] + 1, len(t)) if t[i].stream == Stream.COMPUTE)
-    assert sends[-1] in t[after].deps
+    acc = [i - 1 for i in sends]                                    # each send follows its accumulation
+    assert all(t[i].name == "attn_ring_b" and i in t[j].deps for i, j in zip(acc, sends, strict=True))
+    assert t[acc[0]].seconds == keep["bwd_first"] + keep["dkv_cat"]
+    assert all(t[i].seconds == keep["bwd_accumulate"] + keep["dkv_cat"] for i in acc[1:])
+    for k in range(1, cp):
+        assert sends[k - 1] in t[acc[k]].deps and t[acc[k] - 1].name == "attn_b"
+    end = next(i for i in range(sends[-1] + 1, len(t)) if t[i].seconds == keep["bwd_end_kv"])
+    assert sends[-1] in t[end].deps and t[end - 1].seconds == keep["bwd_end_q"]
     # GQA with repeat_kv (torchtitan): K and V travel with the query heads' count.
     gqa = ("model.attention=gqa", "model.n_kv_heads=1", f"parallel.cp={cp}", "parallel.cp_mode=pytorch")
     few = build_context(gpt(*gqa)).program._kv_bytes(attention)
     many = build_context(gpt(*gqa, "software.repeat_kv=true")).program._kv_bytes(attention)
     assert few == kv / H and many == kv
+
+
+def test_pytorch_ring_bookkeeping_bytes_by_hand():
+    """The memory-bound kernels of torch 2.6's ring attention, per element, read plus write (BF16 2 B, FP32 4 B):
+    forward merge of a step (the slowest rank merges the whole output): cast BF16 -> FP32 (2 + 4), ``out -
+    block_out`` (4 + 4 + 4), the product with the sigmoid weights (4 + 4), ``out - ...`` (4 + 4 + 4): 38 B per
+    output element; backward accumulation of a step: half of K and of V added into the received FP32 buffer
+    (4 + 2 + 4 over half the elements) and the halves concatenated (4 + 4): 13 B per K/V element."""
+    from sim.program.block_tasks import ring_bookkeeping_bytes
+
+    o, q, kv, lse = 1000.0, 1000.0, 2000.0, 10.0
+    b = ring_bookkeeping_bytes(o_el=o, q_el=q, kv_el=kv, lse_el=lse)
+    assert sum(b["fwd_merge"]) == 38 * o + (12 + 8 + 12 + 8 + 12) * lse and len(b["fwd_merge"]) == 9
+    assert sum(b["bwd_accumulate"]) == 13 * kv and len(b["bwd_accumulate"]) == 4
+    assert b["kv_cat"] == (2 * kv + 2 * kv,)                 # read and write BF16 K and V
+    assert b["dkv_cat"] == (4 * kv + 4 * kv,)                # the same in FP32
+    assert b["dq_accumulate"] == (4 * q + 2 * q + 4 * q,)    # FP32 += BF16
+    assert sum(b["bwd_first"]) == 4 * (q + kv) + 10 * kv     # zeros, then step 0's K and V gradients added
+    assert b["fwd_first"] == b["fwd_end"] == (6 * o,) and b["bwd_end_q"] == (6 * q,) and b["bwd_end_kv"] == (6 * kv,)
+
+
+def test_pytorch_ring_bookkeeping_grows_with_the_ring(gpt):
+    """The merge and accumulation kernels run once per non-diagonal step, so their time grows with the CP degree
+    at a fixed number of tokens per GPU; at CP 1 there is no ring and none of them."""
+    def ring_s(cp):
+        s = gpt(f"parallel.cp={cp}", "parallel.cp_mode=pytorch", f"training.seq_len={SEQ * cp // 2}")
+        prog = build_context(s).program
+        return sum(t.seconds for kind in ("F", "B") for t in prog.chunk(0, kind, 0).tasks
+                   if t.name.startswith("attn_ring"))
+
+    two, four, eight = ring_s(2), ring_s(4), ring_s(8)
+    assert ring_s(1) == 0 < two < four < eight
+    assert four - two == pytest.approx((eight - four) / 2, rel=0.05)  # linear in the steps (4 more vs 2 more)
 
 
 def test_context_parallelism_halves_activation_memory_and_attention_work(gpt):
