@@ -5,7 +5,7 @@ fields with ``--set software.compile=true``); every field has a default, so a jo
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -33,7 +33,11 @@ class SoftwareSpec(Frozen):
     fused_kernels: bool = Field(default=True, description="bias + activation, bias + dropout + residual add and "
                                 "scale + mask + softmax each run as one kernel (Megatron-LM's fusions)")
     compile: bool = Field(default=False, description="torch.compile fuses each chain of memory-bound kernels "
-                          "between GEMMs into one")
+                          "between GEMMs into one (in the ops compile_scope covers)")
+    compile_scope: Literal["layers", "layers_and_loss", "model"] = Field(
+        default="model", description="what torch.compile covers when compile is on: model (the whole model); "
+        "layers (each transformer layer compiled on its own, as torchtitan's apply_compile does: the final norm "
+        "and the loss outside the layers run eager); layers_and_loss (the loss function compiled too)")
     eager_fp32: bool = Field(default=False, description="unfused RMSNorm and rotary embeddings compute in FP32 "
                              "(Meta's Llama reference code, as in torchtitan: x.float(), the chain, .type_as(x)): "
                              "more kernels moving 4-byte values; no effect when fused_kernels or compile fuses them")
@@ -92,3 +96,19 @@ class SoftwareSpec(Frozen):
         "compute kernels run on the rest (DeepEP with DeepGEMM: 112 of 132 SMs in DeepSeek's trace); dynamic: "
         "communication takes them only while it runs (NCCL); default: static with DeepEP, else dynamic")
     sources: dict[str, str] = Field(default_factory=dict)
+
+    #: Blocks of ops outside the transformer layers (``sim.model.ops``): the embedding, and the final norm, output
+    #: projection and loss.
+    OUTSIDE_LAYERS: ClassVar[frozenset[str]] = frozenset({"embed", "head"})
+
+    def compiles(self, block: str, name: str) -> bool:
+        """Whether torch.compile covers the op ``name`` of ``block`` (``compile``, ``compile_scope``)."""
+        if not self.compile:
+            return False
+        if self.compile_scope == "model" or block not in self.OUTSIDE_LAYERS:
+            return True
+        return self.compile_scope == "layers_and_loss" and name == "cross_entropy"
+
+    @property
+    def loss_compiled(self) -> bool:
+        return self.compiles("head", "cross_entropy")

@@ -12,9 +12,10 @@ the width split by TP inside the TP region and the tokens by TP outside it under
 (Korthikanti et al. 2022). Recompute (``ParallelSpec.recompute``) re-runs an op's forward inside the
 backward-for-input pass.
 
-Memory-bound kernels follow the software stack (``software.fused_kernels``, ``software.compile``, dropout
-probabilities): :func:`elementwise_kernels` lists, per op and pass, the kernels that run and the HBM bytes each
-moves per element of the op's width (BF16 values, 1-byte dropout masks), as Megatron-LM does: it
+Memory-bound kernels follow the software stack (``software.fused_kernels``, ``software.compile`` over the ops
+its ``compile_scope`` covers, dropout probabilities): :func:`elementwise_kernels` lists, per op and pass, the
+kernels that run and the HBM bytes each moves per element of the op's width (BF16 values, 1-byte dropout
+masks), as Megatron-LM does: it
 fuses bias + GeLU (4 B per element instead of 8) and bias + dropout + residual add (7 B instead of 15); eager
 RMSNorm is three kernels (about 10 B) where a fused norm is one (4 B); SwiGLU reads gate and up and writes
 their product (3 B per input element fused, 5 eager). Eager code that upcasts (``software.eager_fp32``,
@@ -49,7 +50,7 @@ Part = Literal["fwd", "input", "weight"]
 def elementwise_kernels(op: Op, pass_: str, sw: SoftwareSpec, model: ModelSpec) -> tuple[tuple[str, float], ...]:
     """(kernel name, bytes per element of ``op.width``) of the memory-bound kernels ``op`` runs in ``pass_``
     (``fwd`` or ``dgrad``; none in ``wgrad``)."""
-    fused = sw.fused_kernels or sw.compile
+    fused = sw.fused_kernels or sw.compiles(op.block, op.name)
     fwd = pass_ == "fwd"
     if op.kind == "norm":
         eager_rms = model.norm == "rmsnorm" and not fused
@@ -73,7 +74,7 @@ def elementwise_kernels(op: Op, pass_: str, sw: SoftwareSpec, model: ModelSpec) 
         return (*((("bias_add", 4.0),) if model.bias else ()), *((("dropout", 5.0),) if drop else ()),
                 ("residual_add", 6.0))
     if op.name == "cross_entropy":  # per logit element (software.cross_entropy)
-        kind = "fused" if sw.compile else sw.cross_entropy
+        kind = "fused" if sw.compiles(op.block, op.name) else sw.cross_entropy
         if kind == "fused":  # read the BF16 logits; the backward writes their BF16 gradient
             return (("cross_entropy", 2.0),) if fwd else (("cross_entropy", 4.0),)
         if kind == "megatron_fp32":
@@ -136,7 +137,8 @@ class OpCoster:
             sw = self.s.software
             if sw.attention == "unfused":
                 return c.unfused_attention_seconds(pass_, tokens, self.seq_len, op.heads // self.tp, op.qk_dim,
-                                                   op.v_dim, sw.attention_dropout > 0, sw.fused_kernels or sw.compile)
+                                                   op.v_dim, sw.attention_dropout > 0,
+                                                   sw.fused_kernels or sw.compiles(op.block, op.name))
             return c.attention_seconds(pass_, tokens, self.seq_len, op.heads // self.tp, op.qk_dim, op.v_dim,
                                        kernel=sw.flash_kernel)
         split = self.tp if (inside_tp(op) or self.sp) else 1

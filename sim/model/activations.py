@@ -167,7 +167,7 @@ def _loss_grad_bytes(software: SoftwareSpec) -> float:
     a BF16 gradient; Megatron-LM's vocabulary-parallel cross entropy turns its saved FP32 softmax into the
     gradient in place and casts it to BF16 (2 B); PyTorch's eager ``F.cross_entropy(logits.float())`` holds
     NLL's FP32 gradient and log-softmax's FP32 input gradient at once (8 B) before the BF16 cast."""
-    if software.compile or software.cross_entropy in ("fused", "megatron_fp32"):
+    if software.loss_compiled or software.cross_entropy in ("fused", "megatron_fp32"):
         return dtype_bytes("bf16")
     return 2 * dtype_bytes("fp32")
 

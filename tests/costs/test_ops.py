@@ -102,6 +102,38 @@ def test_cross_entropy_bytes_per_logit_by_stack():
         assert total(elementwise_kernels(ce, "dgrad", fused, GPT)) == 4
 
 
+@pytest.mark.parametrize("scope, norm_b, loss_b", [("model", 4, 2), ("layers", 36, 14), ("layers_and_loss", 36, 2)])
+def test_compile_scope_decides_which_kernels_fuse(scope, norm_b, loss_b):
+    """torch.compile fuses only the ops it covers. Compiling each transformer layer on its own (torchtitan's
+    apply_compile) leaves the final norm and the loss outside the layers eager: the final RMSNorm in FP32 as
+    six kernels (36 B per element) and ``.float()`` + F.cross_entropy (14 B per logit), while a layer's norm
+    fuses (4 B); compiling the loss too fuses it (2 B); compiling the whole model fuses everything."""
+    llama = load_scenario("llama3_70b_h100.yaml").model
+    sw = SoftwareSpec(fused_kernels=False, eager_fp32=True, cross_entropy="torch_fp32", compile=True,
+                      compile_scope=scope)
+    layer_norm = Op("attn_norm", "norm", "attn", width=8)
+    final_norm = Op("final_norm", "norm", "head", width=8)
+    ce = Op("cross_entropy", "elementwise", "head", width=8)
+    assert total(elementwise_kernels(layer_norm, "fwd", sw, llama)) == 4
+    assert total(elementwise_kernels(final_norm, "fwd", sw, llama)) == norm_b
+    assert total(elementwise_kernels(ce, "fwd", sw, llama)) == loss_b
+    assert sw.loss_compiled == (loss_b == 2)
+    off = sw.model_copy(update={"compile": False})  # without compile the scope changes nothing
+    assert not off.compiles("attn", "attn_norm") and not off.loss_compiled
+    assert total(elementwise_kernels(layer_norm, "fwd", off, llama)) == 36
+
+
+def test_eager_loss_under_layer_compile_slows_the_step():
+    """The same job with the loss and final norm left eager (compile_scope layers) is slower than with the
+    whole model compiled, by the eager loss's and norm's extra traffic only (the layers are unchanged)."""
+    base = ["software=torchtitan_2024", "software.compile=true"]
+    job = "llama3_70b_h100.yaml"
+    whole = simulate_step(load_scenario(job, overrides=[*base, "software.compile_scope=model"]), mode="fast")
+    layers = simulate_step(load_scenario(job, overrides=[*base, "software.compile_scope=layers"]), mode="fast")
+    assert layers.step_time_s > whole.step_time_s
+    assert layers.step_time_s / whole.step_time_s < 1.1  # the head is a small part of a 70B step
+
+
 def test_the_loss_keeps_fp32_logits_unless_fused():
     """Korthikanti et al. 2022 (4.3) count 4 s b v / t bytes of FP32 logits; a fused loss keeps BF16 ones."""
     from sim.config import PrecisionSpec
