@@ -131,8 +131,10 @@ def test_pytorch_ring_bookkeeping_bytes_by_hand():
     assert b["kv_cat"] == (2 * kv + 2 * kv,)                 # read and write BF16 K and V
     assert b["dkv_cat"] == (4 * kv + 4 * kv,)                # the same in FP32
     assert b["dq_accumulate"] == (4 * q + 2 * q + 4 * q,)    # FP32 += BF16
-    assert sum(b["bwd_first"]) == 4 * (q + kv) + 10 * kv     # zeros, then step 0's K and V gradients added
-    assert b["fwd_first"] == b["fwd_end"] == (6 * o,) and b["bwd_end_q"] == (6 * q,) and b["bwd_end_kv"] == (6 * kv,)
+    # zeros, the contiguous() copies of K and V (r2 w2), then step 0's K and V gradients added
+    assert sum(b["bwd_first"]) == 4 * (q + kv) + 4 * kv + 10 * kv
+    assert sum(b["fwd_first"]) == 4 * kv + 6 * o              # the contiguous() copies, then the FP32 cast
+    assert b["fwd_end"] == (6 * o,) and b["bwd_end_q"] == (6 * q,) and b["bwd_end_kv"] == (6 * kv,)
 
 
 def test_pytorch_ring_bookkeeping_grows_with_the_ring(gpt):
