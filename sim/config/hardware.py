@@ -67,7 +67,7 @@ def flash_kernel_problem(kernel: str, arch: str | None) -> str | None:
 
 class AttentionCurve(Frozen):
     """One FlashAttention-class kernel's efficiency curve (:mod:`sim.costs.attention`): in model FLOPs
-    (backward = 2 x forward), ``eta = frac x s / (s + seq_half) x [causal: s / (s + causal_waste)]``."""
+    (backward = 2 x forward), ``eta = frac x s / (s + seq_half) x [causal: causal_frac x s / (s + causal_waste)]``."""
 
     fwd_frac: float = Field(gt=0, le=1, description="asymptotic fraction of the dense peak, forward")
     bwd_frac: float = Field(gt=0, le=1, description="asymptotic fraction of the dense peak, backward")
@@ -75,6 +75,8 @@ class AttentionCurve(Frozen):
                             "asymptotic efficiency")
     causal_waste: float = Field(ge=0, le=1e6, description="keys' work wasted per query block row by causal "
                                 "masks (partly masked tiles)")
+    causal_frac: float = Field(default=1.0, gt=0, le=1, description="what a causal kernel keeps of the "
+                               "non-causal rate at long sequences (query blocks of unequal work)")
 
 
 class GpuEfficiency(Frozen):
@@ -91,6 +93,8 @@ class GpuEfficiency(Frozen):
                                       "FlashAttention reaches half its asymptotic efficiency")
     attention_causal_waste: float = Field(default=0.0, ge=0, le=1e6, description="causal masks waste about "
                                           "this many keys' work per query block row (partly masked tiles)")
+    attention_causal_frac: float = Field(default=1.0, gt=0, le=1, description="what a causal kernel keeps of "
+                                         "the non-causal rate at long sequences (query blocks of unequal work)")
     gemm_tile_m: int = Field(default=128, ge=1, le=4096, description="output tile rows for wave quantization")
     gemm_tile_n: int = Field(default=128, ge=1, le=4096)
     gemm_k_fill: float = Field(default=0.0, ge=0, le=65536, description="K elements of main-loop fill and "
@@ -122,7 +126,8 @@ class GpuEfficiency(Frozen):
         """The default curve: the ``attention_*`` fields (validated by their own bounds)."""
         return AttentionCurve.model_construct(fwd_frac=self.attention_fwd_frac, bwd_frac=self.attention_bwd_frac,
                                               seq_half=self.attention_seq_half,
-                                              causal_waste=self.attention_causal_waste)
+                                              causal_waste=self.attention_causal_waste,
+                                              causal_frac=self.attention_causal_frac)
 
     @model_validator(mode="after")
     def _one_curve_per_kernel(self) -> GpuEfficiency:
