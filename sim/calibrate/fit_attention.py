@@ -4,11 +4,11 @@ figures, one curve per (GPU architecture, kernel).
 ``python -m sim.calibrate.fit_attention`` reads ``hardware_profiles/measurements/flash_attention.yaml``. Each
 Hopper kernel (H100 SXM, BF16: ``fa3``, ``fa2``, ``cudnn``; forward causal and non-causal, backward
 non-causal) fits the five parameters of one curve (forward and backward fractions, ``seq_half``,
-``causal_waste``, ``causal_frac``) on its head-dim-128 rows shorter than 8K, and reports the error on the 8K and 16K rows (held
-out). ``fa3`` is the Hopper profiles' default curve (``attention_*`` fields); ``fa2`` and ``cudnn`` are their
-``attention_kernels``. FA2 on A100 (causal forward + backward, head dim 64) fits the A100's forward fraction
-with the curve's shape and the backward/forward ratio taken from the Hopper FA3 fit (FA2 reports only the
-combined figure), on the same split.
+``causal_waste``, ``causal_frac``) on its head-dim-128 rows shorter than 8K, and reports the error on the 8K
+and 16K rows (held out). ``fa3`` is the Hopper profiles' default curve (``attention_*`` fields); ``fa2`` and
+``cudnn`` are their ``attention_kernels``. FA2 on A100 (causal forward + backward, head dim 64) fits the
+A100's forward fraction with the curve's shape and the backward/forward ratio taken from the Hopper FA3 fit
+(FA2 reports only the combined figure), on the same split.
 
 Head dim: the curve has no head-dim term, and only head-dim-128 rows are fitted (the head dim of Llama,
 GPT-3-class models and DeepSeek's MLA values). The d 64 and 256 rows (FA2, cuDNN) are reported, not fitted: they
