@@ -59,11 +59,6 @@ def test_deepseek_pretraining_within_10pct_of_table1(deepseek):
     assert abs(s["gpu_hours"] / TABLE1["pre-training"] - 1) <= 0.10, s
 
 
-@pytest.mark.xfail(strict=True, reason="141.2K GPU-hours against 119K (+18.6 %): causal attention curves now "
-                   "level off below the non-causal rate as measured (FA3 Figs. 5-6: FA3 causal at 16K within "
-                   "3.4 %, was 10.2 % fast), so 128K attention costs 7 % more; the layouts the search picks for "
-                   "the context phases (full recompute, 1F1B, CP 2 at 128K) are its own, DeepSeek's are not "
-                   "published")
 def test_deepseek_context_extension_within_15pct_of_table1(deepseek):
     s = stage(deepseek, "context extension")
     assert abs(s["gpu_hours"] / TABLE1["context extension"] - 1) <= 0.15, s

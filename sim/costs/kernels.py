@@ -38,7 +38,7 @@ from typing import Any, Literal
 from sim.calibrate.table import CalibrationTable
 from sim.config import GpuSpec, PrecisionSpec, Scenario
 from sim.costs import gemm
-from sim.costs.attention import FlashChoice, flash_curve, flash_seconds, unfused_seconds
+from sim.costs.attention import FlashChoice, flash_curve, flash_efficiency, flash_seconds, unfused_seconds
 from sim.costs.calibration import Calibration, Correction, attention_fwd_flops, memory_model_seconds
 from sim.units import dtype_bytes
 
@@ -212,6 +212,16 @@ class CostModel:
                 self._note(f"attention: the calibration table's attention (measured with the default kernel) "
                            f"not applied to {kernel}; the profile's {kernel} curve used")
         return self._store(key, t)
+
+    def noncausal_share(self, pass_: Pass, seq_len: int, kernel: str = "default") -> float:
+        """The time a non-causal call of the FlashAttention-class ``kernel`` takes for some work, as a share of a
+        causal call's time for the same work (at most 1): a context-parallel ring's blocks after the diagonal
+        are whole, unmasked ones (``is_causal=False``), free of the causal kernels' partly masked tiles and
+        unequal query blocks."""
+        backward = pass_ != "fwd"
+        curve = self.flash_kernel(kernel).curve
+        return (flash_efficiency(curve, seq_len, True, backward)
+                / flash_efficiency(curve, seq_len, False, backward))
 
     def unfused_attention_seconds(self, pass_: Pass, tokens: float, seq_len: int, heads: int, qk_dim: int,
                                   v_dim: int, dropout: bool, fused_softmax: bool, causal: bool = True) -> float:

@@ -128,6 +128,15 @@ class OpCoster:
             return t
         return self._pass(op, "wgrad", tokens, rows_per_expert)
 
+    def offdiagonal_share(self, op: Op, pass_: Literal["fwd", "dgrad"]) -> float:
+        """For the attention core ``op`` under context parallelism: the time of a ring step after the diagonal
+        one (a whole, unmasked block) as a share of the diagonal step's (a causal block of the same work):
+        :meth:`~sim.costs.kernels.CostModel.noncausal_share` of the stack's flash kernel; 1 on the unfused
+        path, which computes every score and masks in the softmax either way."""
+        if self.s.software.attention == "unfused":
+            return 1.0
+        return self.costs.noncausal_share(pass_, self.seq_len, self.s.software.flash_kernel)
+
     def _pass(self, op: Op, pass_: Literal["fwd", "dgrad", "wgrad"], tokens: float,
               rows_per_expert: tuple[float, ...]) -> float:
         c = self.costs

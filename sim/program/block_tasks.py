@@ -267,9 +267,11 @@ class BlockTasks:
                 b.chain("cp_dkv_scatter", part, Stream.COMM, scatter, unit.index, self.cp_links, True)
             return
         # Ring: forward passes K, V blocks; backward passes them and their gradients (and, when the core is
-        # recomputed, the forward's blocks once more).
+        # recomputed, the forward's blocks once more). The diagonal step is a causal block, the others whole
+        # ones (:meth:`_offdiagonal_step`).
         per_step = kv if part == "F" else kv * (2 + self.coster.is_recomputed(op))
         step_s = self.net.cp_ring_step_seconds(per_step)
+        off = self._offdiagonal_step(unit, op, part, load, secs)
         start, comm = b.last, None
         b.chain(name, part, Stream.COMPUTE, secs / self.cp, unit.index)
         for _ in range(1, self.cp):
@@ -277,10 +279,24 @@ class BlockTasks:
             deps = (comm if comm is not None else start,) if part == "F" else (comm, computed)
             comm = b.add("cp_kv", part, Stream.COMM, step_s, deps, unit.index, self.cp_links, True)
             b.last = computed
-            b.chain(name, part, Stream.COMPUTE, secs / self.cp, unit.index, also=(comm,))
+            b.chain(name, part, Stream.COMPUTE, off, unit.index, also=(comm,))
         if part != "F":
             b.chain("cp_dkv", part, Stream.COMM, self.net.cp_ring_step_seconds(kv), unit.index, self.cp_links, True,
                     also=(comm,))
+
+    def _offdiagonal_step(self, unit: Unit, op: Op, part: Part, load: MoeLoad | None, secs: float) -> float:
+        """One ring step after the diagonal of ``part``'s core (``secs`` for all ``cp`` steps at the causal
+        rate). With causal load balancing every step does the same work, but only the diagonal one is a causal
+        call; the others are whole blocks (``is_causal=False``), at the non-causal rate
+        (:meth:`~sim.costs.ops.OpCoster.offdiagonal_share`). A backward that re-runs the core's forward
+        scales that forward at the forward's rate."""
+        step = secs / self.cp
+        if part == "F":
+            return step * self.coster.offdiagonal_share(op, "fwd")
+        again = self.coster.recompute_fraction(op)
+        fwd = again * self._secs(unit, "core", (op,), "F", load) / self.cp if again > 0 else 0.0
+        return (fwd * self.coster.offdiagonal_share(op, "fwd")
+                + (step - fwd) * self.coster.offdiagonal_share(op, "dgrad"))
 
     def _ring_bookkeeping(self, op: Op) -> dict[str, float]:
         """Seconds of each group of :func:`ring_bookkeeping_bytes` for ``op``'s shapes on this GPU."""
@@ -299,7 +315,8 @@ class BlockTasks:
         step sends the accumulated K and V gradients, in FP32 (``convert_to_f32``), to the next rank; a step's
         accumulation waits for the previous step's send (``dkv_rotater.next_buffer()`` after the SDPA call), and
         the next kernel after the core for the last one. Around the SDPA calls run the memory-bound kernels of
-        :meth:`_ring_bookkeeping` (merging each step's output into the FP32 result, accumulating gradients)."""
+        :meth:`_ring_bookkeeping` (merging each step's output into the FP32 result, accumulating gradients).
+        Only the diagonal step is a causal call; the others are whole blocks at the non-causal rate."""
         full = self.net.collective_seconds("all_gather", kv * self.cp, self.net.cp_group())
         name = "attn" if part == "F" else "attn_b"
         ring = "attn_ring" if part == "F" else "attn_ring_b"  # the bookkeeping kernels beside the SDPA calls
@@ -311,11 +328,12 @@ class BlockTasks:
             gather = b.add("cp_kv_gather", part, Stream.COMM, full, (cat,), layer, self.cp_links, True)
             b.chain(name, part, Stream.COMPUTE, seconds / self.cp, layer)
             b.chain(ring, part, Stream.COMPUTE, keep["fwd_first"], layer)
+            off = seconds / self.cp * self.coster.offdiagonal_share(op, "fwd")  # whole blocks after the diagonal
             for step in range(1, self.cp):
                 waits = (gather,) if step == 1 else ()
                 if step < self.cp - 1:  # the step's own concatenation, once the gathered blocks are there
                     b.chain(ring, part, Stream.COMPUTE, keep["kv_cat"], layer, also=waits)
-                b.chain(name, part, Stream.COMPUTE, seconds / self.cp, layer, also=waits)
+                b.chain(name, part, Stream.COMPUTE, off, layer, also=waits)
                 b.chain(ring, part, Stream.COMPUTE, keep["fwd_merge"], layer)
             b.chain(ring, part, Stream.COMPUTE, keep["fwd_end"], layer)
 
@@ -331,11 +349,12 @@ class BlockTasks:
         gather = b.add("cp_kv_gather", part, Stream.COMM, full, (cat,), layer, self.cp_links, True)
         send_s = self.net.cp_ring_step_seconds(2 * kv)  # the K and V gradients in FP32
         sends: list[int] = []
+        off = bwd * self.coster.offdiagonal_share(op, "dgrad")
         for step in range(self.cp):
             waits = (gather,) if step == 1 else ()
             if 0 < step < self.cp - 1:
                 b.chain(ring, part, Stream.COMPUTE, keep["kv_cat"], layer, also=waits)
-            b.chain(name, part, Stream.COMPUTE, bwd, layer, also=waits)
+            b.chain(name, part, Stream.COMPUTE, off if step else bwd, layer, also=waits)
             first = keep["bwd_first"] if step == 0 else keep["bwd_accumulate"]
             acc = b.chain(ring, part, Stream.COMPUTE, first + keep["dkv_cat"], layer,
                           also=tuple(sends[-1:]))

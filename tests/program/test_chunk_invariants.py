@@ -43,8 +43,22 @@ def _compute(chunk, part=None):
 
 
 def _expected(ctx, stage, cost_part):
-    coster, tokens = ctx.program.coster, ctx.program.tokens
-    return sum(coster.seconds(op, cost_part, tokens) for u in ctx.partition.stages[stage] for op in u.ops)
+    """The op costs of the stage's units in one part. Under ring context parallelism the attention core's
+    ``cp`` steps share its cost, the steps after the diagonal one at the non-causal rate (their share of the
+    causal step's time, ``offdiagonal_share``; a backward's re-run forward at the forward's share)."""
+    coster, tokens, cp = ctx.program.coster, ctx.program.tokens, ctx.scenario.parallel.cp
+    total = 0.0
+    for u in ctx.partition.stages[stage]:
+        for op in u.ops:
+            t = coster.seconds(op, cost_part, tokens)
+            if op.kind == "attention" and cp > 1 and ctx.scenario.parallel.cp_mode == "ring" and t > 0:
+                fwd = coster.seconds(op, "fwd", tokens) * coster.recompute_fraction(op) if cost_part == "input" else 0
+                rest = t - fwd if cost_part == "input" else t
+                f_share = coster.offdiagonal_share(op, "fwd")
+                b_share = coster.offdiagonal_share(op, "fwd" if cost_part == "fwd" else "dgrad")
+                t = (fwd + rest) / cp + (cp - 1) / cp * (fwd * f_share + rest * b_share)
+            total += t
+    return total
 
 
 @pytest.mark.parametrize("layout", ["tp", "sp", "cp_ring", "cp_gather", "tp_cp_ring", "sp_full_recompute", "zero3"])
@@ -181,7 +195,8 @@ def test_context_parallel_ring_by_hand(gpt):
     leaves when the core starts (after the task before it), each next one after the previous send; step k waits
     for step k - 1 and block k. Backward: block k (K, V and their gradients, 2 x the bytes; 3 x when the core is
     recomputed, its forward blocks once more) leaves after the previous send and the step that computed it; the
-    own block's gradient comes home last. The core's seconds add up to the op's cost."""
+    own block's gradient comes home last. The diagonal step costs a quarter of the op (a causal call), the
+    three after it the same at the non-causal rate (equal to each other)."""
     for recompute, per in (("none", 2), ("selective", 3)):
         ctx = build_context(gpt("parallel.cp=4", f"parallel.recompute={recompute}"))
         prog, net = ctx.program, ctx.network
@@ -195,8 +210,8 @@ def test_context_parallel_ring_by_hand(gpt):
             sends = [i for i, x in enumerate(t) if x.layer == layer and x.name == "cp_kv"]
             steps = [sends[0] - 1] + [s + 1 for s in sends]
             assert all(t[i].name == name for i in steps)
-            assert sum(t[i].seconds for i in steps) == pytest.approx(prog.coster.seconds(core, cost, prog.tokens))
-            assert len({t[i].seconds for i in steps}) == 1
+            assert t[steps[0]].seconds == pytest.approx(prog.coster.seconds(core, cost, prog.tokens) / 4)
+            assert len({t[i].seconds for i in steps[1:]}) == 1 and t[steps[1]].seconds < t[steps[0]].seconds
             assert [t[s].seconds for s in sends] == [net.cp_ring_step_seconds(step_bytes)] * 3
             assert {(t[s].part, t[s].stream, t[s].links, t[s].holds_sms) for s in sends} == {
                 (part, Stream.COMM, prog.cp_links, True)}

@@ -55,6 +55,31 @@ def test_ring_attention_passes_one_kv_block_per_step(gpt):
     assert len(_names(four, "cp_kv")) == 4 * 3
 
 
+def test_ring_steps_after_the_diagonal_run_at_the_non_causal_rate(gpt):
+    """With causal load balancing every ring step does the same work, but only the diagonal step is a causal
+    kernel call; the others are whole blocks (``is_causal=False``). Their time is the causal step's times
+    causal_frac x s / (s + causal_waste) of the stack's flash curve (the non-causal curve lacks both factors),
+    by hand from the profile's fields; the unfused path masks in the softmax and keeps every step equal."""
+    for mode in ("ring", "pytorch"):
+        s = gpt("parallel.cp=2", f"parallel.cp_mode={mode}")
+        ctx = build_context(s)
+        curve = ctx.program.coster.costs.flash_kernel(s.software.flash_kernel).curve
+        share = curve.causal_frac * SEQ / (SEQ + curve.causal_waste)
+        attention = next(op for op in _layer(s).ops if op.kind == "attention")
+        assert ctx.program.coster.offdiagonal_share(attention, "fwd") == pytest.approx(share, rel=1e-12)
+        t = ctx.program.chunk(0, "F", 0).tasks
+        if mode == "ring":
+            send = next(i for i, x in enumerate(t) if x.name == "cp_kv")
+            steps = [t[send - 1].seconds, t[send + 1].seconds]
+        else:
+            g = next(i for i, x in enumerate(t) if x.name == "cp_kv_gather")
+            steps = [x.seconds for x in t[g + 1:g + 6] if x.name == "attn"]
+        assert steps[1] == pytest.approx(steps[0] * share, rel=1e-9) and share < 1
+    unfused = gpt("parallel.cp=2", "software.attention=unfused")
+    op = next(o for o in _layer(unfused).ops if o.kind == "attention")
+    assert build_context(unfused).program.coster.offdiagonal_share(op, "dgrad") == 1.0
+
+
 def test_all_gather_context_parallelism_gathers_kv_once_per_layer(gpt):
     ctx = build_context(gpt("parallel.cp=2", "parallel.cp_mode=all_gather"))
     kv_all = SEQ * H * (64 + 64) * 2              # the whole sequence's K and V
