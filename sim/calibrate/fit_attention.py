@@ -3,12 +3,12 @@ figures, one curve per (GPU architecture, kernel).
 
 ``python -m sim.calibrate.fit_attention`` reads ``hardware_profiles/measurements/flash_attention.yaml``. Each
 Hopper kernel (H100 SXM, BF16: ``fa3``, ``fa2``, ``cudnn``; forward causal and non-causal, backward
-non-causal) fits the five parameters of one curve (forward and backward fractions, ``seq_half``,
-``causal_waste``, ``causal_frac``) on its head-dim-128 rows shorter than 8K, and reports the error on the 8K
-and 16K rows (held out). ``fa3`` is the Hopper profiles' default curve (``attention_*`` fields); ``fa2`` and
-``cudnn`` are their ``attention_kernels``. FA2 on A100 (causal forward + backward, head dim 64) fits the
-A100's forward fraction with the curve's shape and the backward/forward ratio taken from the Hopper FA3 fit
-(FA2 reports only the combined figure), on the same split.
+non-causal) fits the six parameters of one curve (forward and backward fractions, ``seq_half``,
+``seq_half_bwd``, ``causal_waste``, ``causal_frac``) on its head-dim-128 rows shorter than 8K, and reports the
+error on the 8K and 16K rows (held out). ``fa3`` is the Hopper profiles' default curve (``attention_*``
+fields); ``fa2`` and ``cudnn`` are their ``attention_kernels``. FA2 on A100 (causal forward + backward, head
+dim 64) fits the A100's forward fraction with the curve's shape and the backward/forward ratio taken from the
+same kernel's Hopper fit (FA2 reports only the combined figure), on the same split.
 
 Head dim: the curve has no head-dim term, and only head-dim-128 rows are fitted (the head dim of Llama,
 GPT-3-class models and DeepSeek's MLA values). The d 64 and 256 rows (FA2, cuDNN) are reported, not fitted: they
@@ -45,7 +45,7 @@ def _with(gpu: GpuSpec, **update: float) -> GpuSpec:
 
 def _curve(x: np.ndarray) -> AttentionCurve:
     return AttentionCurve(fwd_frac=float(x[0]), bwd_frac=float(x[1]), seq_half=float(x[2]),
-                          causal_waste=float(x[3]), causal_frac=float(x[4]))
+                          causal_waste=float(x[3]), causal_frac=float(x[4]), seq_half_bwd=float(x[5]))
 
 
 def _predict(gpu: GpuSpec, row: dict[str, Any], curve: AttentionCurve | None = None) -> float:
@@ -85,7 +85,7 @@ class KernelFit:
 
 
 def fit() -> list[KernelFit]:
-    """The curves: Hopper fa3, fa2 and cuDNN, then Ampere FA2 (shape from Hopper fa3)."""
+    """The curves: Hopper fa3, fa2 and cuDNN, then Ampere FA2 (shape from Hopper fa2)."""
     rows = _rows()
     hopper = _with(load_cluster("h100_ib_1024").gpu, kernel_overhead_us=0.0)
     ampere = _with(load_cluster("a100_ib_3072").gpu, kernel_overhead_us=0.0)
@@ -98,17 +98,18 @@ def fit() -> list[KernelFit]:
             c = _curve(x)
             return [float(np.log(_predict(hopper, r, c) / r["tflops"])) for r in train]
 
-        x = least_squares(res, np.array([0.65, 0.45, 200.0, 300.0, 0.9]),
-                          bounds=((0.1, 0.1, 0, 0, 0.5), (1, 1, 1e4, 1e4, 1))).x
+        x = least_squares(res, np.array([0.65, 0.45, 200.0, 300.0, 0.9, 200.0]),
+                          bounds=((0.1, 0.1, 0, 0, 0.5, 0), (1, 1, 1e4, 1e4, 1, 1e4))).x
         curve = _curve(x)
         fits.append(KernelFit("hopper", kernel, f"hopper (H100 SXM) {kernel}", curve,
                               [(r, _predict(hopper, r, curve) / r["tflops"] - 1) for r in k_rows]))
-    shape = fits[0].curve
+    shape = fits[1].curve  # the same kernel (FA2) on Hopper
     ratio = shape.bwd_frac / shape.fwd_frac
     a_rows = [r for r in rows if r["gpu"] == "ampere"]
 
     def a_curve(x: np.ndarray) -> AttentionCurve:
-        return _curve(np.array([x[0], x[0] * ratio, shape.seq_half, shape.causal_waste, shape.causal_frac]))
+        return _curve(np.array([x[0], x[0] * ratio, shape.seq_half, shape.causal_waste, shape.causal_frac,
+                                shape.seq_half_bwd]))
 
     def a_res(x: np.ndarray) -> list[float]:
         c = a_curve(x)
@@ -116,7 +117,7 @@ def fit() -> list[KernelFit]:
 
     ax = least_squares(a_res, np.array([0.6]), bounds=((0.1,), (1.0,))).x
     curve = a_curve(ax)
-    fits.append(KernelFit("ampere", "fa2", "ampere (A100) fa2, shape from Hopper fa3", curve,
+    fits.append(KernelFit("ampere", "fa2", "ampere (A100) fa2, shape from Hopper fa2", curve,
                           [(r, _predict(ampere, r, curve) / r["tflops"] - 1) for r in a_rows]))
     return fits
 
@@ -133,7 +134,8 @@ def main() -> None:
     for f in fits:
         c = f.curve
         print(f"{f.label}: fwd_frac {c.fwd_frac:.3f}, bwd_frac {c.bwd_frac:.3f}, seq_half {c.seq_half:.0f}, "
-              f"causal_waste {c.causal_waste:.0f}, causal_frac {c.causal_frac:.3f}")
+              f"seq_half_bwd {c.seq_half_bwd:.0f}, causal_waste {c.causal_waste:.0f}, "
+              f"causal_frac {c.causal_frac:.3f}")
         print(f"    fitted (seq < 8K): {_summary(f.split('fitted'))}")
         print(f"    held out (seq >= 8K): {_summary(f.split('held_out'))}")
         if f.split("other_d"):

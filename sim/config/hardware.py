@@ -67,12 +67,15 @@ def flash_kernel_problem(kernel: str, arch: str | None) -> str | None:
 
 class AttentionCurve(Frozen):
     """One FlashAttention-class kernel's efficiency curve (:mod:`sim.costs.attention`): in model FLOPs
-    (backward = 2 x forward), ``eta = frac x s / (s + seq_half) x [causal: causal_frac x s / (s + causal_waste)]``."""
+    (backward = 2 x forward), ``eta = frac x s / (s + seq_half) x [causal: causal_frac x s / (s + causal_waste)]``,
+    with the backward's own ``seq_half_bwd`` when given."""
 
     fwd_frac: float = Field(gt=0, le=1, description="asymptotic fraction of the dense peak, forward")
     bwd_frac: float = Field(gt=0, le=1, description="asymptotic fraction of the dense peak, backward")
     seq_half: float = Field(ge=0, le=1e6, description="sequence length at which the kernel reaches half its "
                             "asymptotic efficiency")
+    seq_half_bwd: float | None = Field(default=None, ge=0, le=1e6, description="the same for the backward "
+                                       "kernel (default: seq_half)")
     causal_waste: float = Field(ge=0, le=1e6, description="keys' work wasted per query block row by causal "
                                 "masks (partly masked tiles)")
     causal_frac: float = Field(default=1.0, gt=0, le=1, description="what a causal kernel keeps of the "
@@ -91,6 +94,8 @@ class GpuEfficiency(Frozen):
     hbm_frac: float = Field(gt=0, le=1)
     attention_seq_half: float = Field(default=0.0, ge=0, le=1e6, description="sequence length at which "
                                       "FlashAttention reaches half its asymptotic efficiency")
+    attention_seq_half_bwd: float | None = Field(default=None, ge=0, le=1e6, description="the same for the "
+                                                 "backward kernel (default: attention_seq_half)")
     attention_causal_waste: float = Field(default=0.0, ge=0, le=1e6, description="causal masks waste about "
                                           "this many keys' work per query block row (partly masked tiles)")
     attention_causal_frac: float = Field(default=1.0, gt=0, le=1, description="what a causal kernel keeps of "
@@ -126,6 +131,7 @@ class GpuEfficiency(Frozen):
         """The default curve: the ``attention_*`` fields (validated by their own bounds)."""
         return AttentionCurve.model_construct(fwd_frac=self.attention_fwd_frac, bwd_frac=self.attention_bwd_frac,
                                               seq_half=self.attention_seq_half,
+                                              seq_half_bwd=self.attention_seq_half_bwd,
                                               causal_waste=self.attention_causal_waste,
                                               causal_frac=self.attention_causal_frac)
 

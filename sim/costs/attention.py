@@ -4,15 +4,17 @@ batched GEMMs and memory-bound kernels over materialized scores.
 **Flash** (FlashAttention 2/3, cuDNN, FlashMLA): model FLOPs (forward ``4 s s_k d heads``, ``s_k`` halved when
 causal; backward twice the forward) at ``peak x eta``, with
 
-    eta = frac(pass) x s / (s + attention_seq_half)
+    eta = frac(pass) x s / (s + attention_seq_half[_bwd])
           x [causal: attention_causal_frac x s / (s + attention_causal_waste)]
 
 Short sequences lose to the kernel's fixed costs per query block and, when causal, to the partly masked tiles
-along the diagonal; both vanish as ``s`` grows (FA3 Figs. 5-6, FA2 Fig. 4). What does not vanish is the causal
+along the diagonal; both vanish as ``s`` grows (FA3 Figs. 5-6, FA2 Fig. 4), the backward's more slowly (its
+own ``seq_half_bwd``: FA2 on H100 reaches 98 % of its long-sequence forward rate at 2K but 90 % of its backward
+rate). What does not vanish is the causal
 kernel's imbalance: its query blocks attend to 1, 2, ... key blocks, so the CTAs carry unequal work and the
 last wave runs partly empty. The papers' causal/non-causal ratio at head dim 128 levels off below one (FA2
 0.87, 0.90, 0.905 at 4K, 8K, 16K; cuDNN 0.85, 0.88, 0.91; FA3 0.91, 0.93, 0.95) where ``s / (s + waste)``
-alone would reach 0.98: ``causal_frac`` is that level. The five GPU-profile parameters are fitted to those
+alone would reach 0.98: ``causal_frac`` is that level. The six GPU-profile parameters are fitted to those
 figures by :mod:`sim.calibrate.fit_attention`.
 
 **Kernels.** The curve depends on the kernel as much as on the GPU: on H100, FlashAttention-2 (PyTorch SDPA's
@@ -79,7 +81,8 @@ def flash_curve(gpu: GpuSpec, kernel: str = "default") -> FlashChoice:
 def flash_efficiency(curve: AttentionCurve, seq: float, causal: bool, backward: bool) -> float:
     """Fraction of the dense peak a FlashAttention-class kernel reaches on ``curve``, in model FLOPs."""
     frac = curve.bwd_frac if backward else curve.fwd_frac
-    eta = frac * seq / (seq + curve.seq_half)
+    half = curve.seq_half_bwd if backward and curve.seq_half_bwd is not None else curve.seq_half
+    eta = frac * seq / (seq + half)
     if causal:
         eta *= curve.causal_frac * seq / (seq + curve.causal_waste)
     return eta

@@ -25,7 +25,8 @@ def fits() -> dict[tuple[str, str], fit_attention.KernelFit]:
 
 
 def _rounded(curve) -> tuple[float, ...]:
-    return (round(curve.fwd_frac, 3), round(curve.bwd_frac, 3), round(curve.seq_half), round(curve.causal_waste))
+    return (round(curve.fwd_frac, 3), round(curve.bwd_frac, 3), round(curve.seq_half), round(curve.seq_half_bwd),
+            round(curve.causal_waste), round(curve.causal_frac, 3))
 
 
 @pytest.mark.parametrize("name", HOPPER)
