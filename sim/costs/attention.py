@@ -9,13 +9,12 @@ causal; backward twice the forward) at ``peak x eta``, with
 
 Short sequences lose to the kernel's fixed costs per query block and, when causal, to the partly masked tiles
 along the diagonal; both vanish as ``s`` grows (FA3 Figs. 5-6, FA2 Fig. 4), the backward's more slowly (its
-own ``seq_half_bwd``: FA2 on H100 reaches 98 % of its long-sequence forward rate at 2K but 90 % of its backward
-rate). What does not vanish is the causal
-kernel's imbalance: its query blocks attend to 1, 2, ... key blocks, so the CTAs carry unequal work and the
-last wave runs partly empty. The papers' causal/non-causal ratio at head dim 128 levels off below one (FA2
-0.87, 0.90, 0.905 at 4K, 8K, 16K; cuDNN 0.85, 0.88, 0.91; FA3 0.91, 0.93, 0.95) where ``s / (s + waste)``
-alone would reach 0.98: ``causal_frac`` is that level. The six GPU-profile parameters are fitted to those
-figures by :mod:`sim.calibrate.fit_attention`.
+own ``seq_half_bwd``: FA2 on H100 reaches 98 % of its long-sequence forward rate at 2K but 90 % of its
+backward rate). What does not vanish is the causal kernel's imbalance: its query blocks attend to 1, 2, ...
+key blocks, so the CTAs carry unequal work and the last wave runs partly empty. The papers' causal/non-causal
+ratio at head dim 128 levels off below one (FA2 0.87, 0.90, 0.905 at 4K, 8K, 16K; cuDNN 0.85, 0.88, 0.91;
+FA3 0.91, 0.93, 0.95) where ``s / (s + waste)`` alone would reach 0.98: ``causal_frac`` is that level. The
+six GPU-profile parameters are fitted to those figures by :mod:`sim.calibrate.fit_attention`.
 
 **Kernels.** The curve depends on the kernel as much as on the GPU: on H100, FlashAttention-2 (PyTorch SDPA's
 FLASH backend) reaches about 35 % of the BF16 peak where FlashAttention-3 reaches 60-65 % (FA3 Figs. 5-6), and

@@ -38,9 +38,9 @@ def ring_bookkeeping_bytes(o_el: float, q_el: float, kv_el: float, lse_el: float
     - ``fwd_merge``, each later step: the cast (6), ``out - block_out`` (12), the product with
       ``sigmoid(block_lse - lse)`` (8), ``out - ...`` (12): 38 B per output element, plus five kernels over
       the log-sum-exp (FP32, one value per token and head: two differences, a sigmoid, a log-sigmoid and the
-      update, 12 + 8 + 12 + 8 + 12 B). The slowest rank sets the pace (the next layer's
-      all-gather waits for every rank): the last rank, whose later steps all merge the whole output (the
-      others merge half of it for some steps and concatenate the halves back, 27 B per element);
+      update, 12 + 8 + 12 + 8 + 12 B). The slowest rank sets the pace (the next layer's all-gather waits for
+      every rank): the last rank, whose later steps all merge the whole output (the others merge half of it
+      for some steps and concatenate the halves back, 27 B per element);
     - ``fwd_end``: the merged output cast back (``out.to(bf16)``): 6 B per output element.
 
     Backward (``_templated_ring_attention_backward``, the last rank again):
