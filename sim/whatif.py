@@ -27,7 +27,8 @@ from sim.costs.kernels import stack_gpu
 _GEMM = ("efficiency.gemm_tile_m", "efficiency.gemm_tile_n", "efficiency.gemm_k_fill", "efficiency.gemm_exposed_frac",
          "efficiency.gemm_hbm_frac", "efficiency.kernel_overhead_us", "hbm_bandwidth_tb_per_s", "num_sms")
 _ATTENTION = ("efficiency.attention_fwd_frac", "efficiency.attention_bwd_frac", "efficiency.attention_seq_half",
-              "efficiency.attention_causal_waste", "efficiency.kernel_overhead_us")
+              "efficiency.attention_seq_half_bwd", "efficiency.attention_causal_waste",
+              "efficiency.attention_causal_frac", "efficiency.kernel_overhead_us")
 _MEMORY = ("hbm_bandwidth_tb_per_s", "efficiency.hbm_frac", "efficiency.kernel_overhead_us")
 
 

@@ -13,8 +13,10 @@ own ``seq_half_bwd``: FA2 on H100 reaches 98 % of its long-sequence forward rate
 backward rate). What does not vanish is the causal kernel's imbalance: its query blocks attend to 1, 2, ...
 key blocks, so the CTAs carry unequal work and the last wave runs partly empty. The papers' causal/non-causal
 ratio at head dim 128 levels off below one (FA2 0.87, 0.90, 0.905 at 4K, 8K, 16K; cuDNN 0.85, 0.88, 0.91;
-FA3 0.91, 0.93, 0.95) where ``s / (s + waste)`` alone would reach 0.98: ``causal_frac`` is that level. The
-six GPU-profile parameters are fitted to those figures by :mod:`sim.calibrate.fit_attention`.
+FA3 0.91, 0.93, 0.95) where ``s / (s + waste)`` alone would reach 0.98: ``causal_frac`` is the level the ratio
+tends to (fitted: FA2 0.92, cuDNN 0.90; FA3's fit, 0.98, leaves more of its smaller gap to ``causal_waste``).
+The six GPU-profile parameters are fitted to those figures by :mod:`sim.calibrate.fit_attention`. The papers
+measure no causal backward: the backward is assumed to keep the forward's causal factors.
 
 **Kernels.** The curve depends on the kernel as much as on the GPU: on H100, FlashAttention-2 (PyTorch SDPA's
 FLASH backend) reaches about 35 % of the BF16 peak where FlashAttention-3 reaches 60-65 % (FA3 Figs. 5-6), and

@@ -217,7 +217,9 @@ class CostModel:
         """The time a non-causal call of the FlashAttention-class ``kernel`` takes for some work, as a share of a
         causal call's time for the same work (at most 1): a context-parallel ring's blocks after the diagonal
         are whole, unmasked ones (``is_causal=False``), free of the causal kernels' partly masked tiles and
-        unequal query blocks."""
+        unequal query blocks. The share is the curve's causal factor, ``causal_frac x s / (s + causal_waste)``,
+        the same for both passes (``seq_half`` cancels); for the backward it rests on the forward's causal
+        measurements (no causal backward is measured)."""
         backward = pass_ != "fwd"
         curve = self.flash_kernel(kernel).curve
         return (flash_efficiency(curve, seq_len, True, backward)

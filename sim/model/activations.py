@@ -45,7 +45,7 @@ def _saved_dtype_bytes(dtype: str, precision: PrecisionSpec, software: SoftwareS
     if dtype == "dropout_mask":  # a byte per element, kept only when the stack drops out hidden states
         return 1.0 if software is not None and software.hidden_dropout > 0 else 0.0
     if dtype == "loss":  # the loss's saved logits: FP32 softmax, or what a fused loss keeps (BF16)
-        fp32 = software is not None and not software.compile and software.cross_entropy != "fused"
+        fp32 = software is not None and not software.loss_compiled and software.cross_entropy != "fused"
         return dtype_bytes("fp32") if fp32 else dtype_bytes("bf16")
     if dtype == "gemm_in":
         if precision.fprop == "fp8":
@@ -184,7 +184,10 @@ def unit_workspace_bytes_per_token(unit: Unit, scenario: Scenario) -> float:
     - Context parallelism that all-gathers K and V (``all_gather``, ``pytorch``): the whole sequence's K and V
       of the layer (``cp`` times the local ones; the heads each GPU of a TP group holds, at least one), gathered
       again in the backward; ``all_gather`` also gathers their gradients whole before reduce-scattering them.
-      The ring passes one block at a time (two in flight), which is small beside it and left out."""
+      PyTorch's ring backward (``convert_to_f32``) also holds its gradients in FP32: the query gradient's
+      accumulator and three K/V-sized buffers (the accumulated gradients, their concatenation for the send,
+      and the previous send still in flight). Megatron's ring passes one block at a time (two in flight), which
+      is small beside it and left out."""
     p, m, sw, prec, seq = (scenario.parallel, scenario.model, scenario.software, scenario.precision,
                            scenario.training.seq_len)
     return _memo("work", unit, (p, m, sw, prec), (seq,), lambda: _unit_workspace(unit, p, m, sw, prec, seq))
@@ -203,8 +206,11 @@ def _unit_workspace(unit: Unit, p: ParallelSpec, m: ModelSpec, sw: SoftwareSpec,
                 loss += s.elems * _loss_grad_bytes(sw) / saved_tp_split(op, p.tp, sp)
         if op.kind == "attention" and p.cp > 1 and p.cp_mode in ("all_gather", "pytorch"):
             kv_heads = m.n_heads if m.attention == "mla" or sw.repeat_kv else m.kv_heads
-            per_token = max(1, kv_heads // p.tp) * (op.qk_dim + op.v_dim) * dtype_bytes("bf16")
-            layer += per_token * p.cp * (2 if p.cp_mode == "all_gather" else 1)
+            kv_elems = max(1, kv_heads // p.tp) * (op.qk_dim + op.v_dim)
+            layer += kv_elems * dtype_bytes("bf16") * p.cp * (2 if p.cp_mode == "all_gather" else 1)
+            if p.cp_mode == "pytorch":
+                q_elems = max(1, op.heads // p.tp) * op.qk_dim
+                layer += (q_elems + 3 * kv_elems) * dtype_bytes("fp32")
     return max(layer, loss)
 
 

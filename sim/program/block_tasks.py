@@ -30,11 +30,12 @@ def ring_bookkeeping_bytes(o_el: float, q_el: float, kv_el: float, lse_el: float
 
     Forward (``_templated_ring_attention`` with ``_SDPAMerger``):
 
+    - ``fwd_entry``: ``key.contiguous()`` and ``value.contiguous()`` on entry (the SDPA inputs are
+      ``transpose(1, 2)`` views of [batch, sequence, heads, dim] tensors, so each is copied): 4 B per K/V
+      element;
     - ``kv_cat``: ``torch.cat([key.flatten(), value.flatten()])`` before each step but the last (the
       all-gather rotater sends only the first, but the concatenation runs every step): 4 B per K/V element;
-    - ``fwd_first``: ``key.contiguous()`` and ``value.contiguous()`` on entry (the SDPA inputs are
-      ``transpose(1, 2)`` views of [batch, sequence, heads, dim] tensors, so each is copied: 4 B per K/V
-      element), and step 0's output cast to FP32 (``out.to(float32)``): 6 B per output element;
+    - ``fwd_first``: step 0's output cast to FP32 (``out.to(float32)``): 6 B per output element;
     - ``fwd_merge``, each later step: the cast (6), ``out - block_out`` (12), the product with
       ``sigmoid(block_lse - lse)`` (8), ``out - ...`` (12): 38 B per output element, plus five kernels over
       the log-sum-exp (FP32, one value per token and head: two differences, a sigmoid, a log-sigmoid and the
@@ -45,9 +46,11 @@ def ring_bookkeeping_bytes(o_el: float, q_el: float, kv_el: float, lse_el: float
 
     Backward (``_templated_ring_attention_backward``, the last rank again):
 
-    - ``bwd_first``: FP32 zeros for the Q, K and V gradients (4 B per element), the K and V copies of
-      ``contiguous()`` (4 B per element) and step 0's K and V gradients added into the zeros
-      (``grad_key += grad_key_``, 10 B per element);
+    - ``bwd_entry``: FP32 zeros for the Q, K and V gradients (4 B per element), then the K and V copies of
+      ``contiguous()`` (4 B per element);
+    - ``bwd_first``: step 0's K and V gradients added into the zeros (``grad_key += grad_key_``, 10 B per
+      element); the zeros took the inputs' transposed strides (``zeros_like`` before ``contiguous()``), so
+      ``grad_key.flatten()`` for the first send copies them (8 B per element);
     - ``bwd_accumulate``, each later step once the previous step's gradients have arrived: the step's K and
       V gradients (half the blocks: ``key.chunk(2)[0]``) added into the received FP32 buffer and the halves
       concatenated (``_partial_update``: 5 + 8 = 13 B per K/V element);
@@ -59,11 +62,13 @@ def ring_bookkeeping_bytes(o_el: float, q_el: float, kv_el: float, lse_el: float
     """
     half = kv_el / 2  # K or V alone (the same head dimensions, or near enough: the bytes add up either way)
     return {
+        "fwd_entry": (2 * kv_el, 2 * kv_el),
         "kv_cat": (4 * kv_el,),
-        "fwd_first": (2 * kv_el, 2 * kv_el, 6 * o_el),
+        "fwd_first": (6 * o_el,),
         "fwd_merge": (6 * o_el, 12 * o_el, 8 * o_el, 12 * o_el, *(x * lse_el for x in (12, 8, 12, 8, 12))),
         "fwd_end": (6 * o_el,),
-        "bwd_first": (4 * q_el, 4 * half, 4 * half, 2 * kv_el, 2 * kv_el, 10 * half, 10 * half),
+        "bwd_entry": (4 * q_el, 4 * half, 4 * half, 2 * kv_el, 2 * kv_el),
+        "bwd_first": (10 * half, 10 * half, 8 * half, 8 * half),
         "bwd_accumulate": (5 * half, 8 * half) * 2,
         "dkv_cat": (8 * kv_el,),
         "dq_accumulate": (10 * q_el,),
@@ -324,7 +329,7 @@ class BlockTasks:
         layer = unit.index
 
         def forward_steps(seconds: float) -> None:
-            cat = b.chain(ring, part, Stream.COMPUTE, keep["kv_cat"], layer)
+            cat = b.chain(ring, part, Stream.COMPUTE, keep["fwd_entry"] + keep["kv_cat"], layer)
             gather = b.add("cp_kv_gather", part, Stream.COMM, full, (cat,), layer, self.cp_links, True)
             b.chain(name, part, Stream.COMPUTE, seconds / self.cp, layer)
             b.chain(ring, part, Stream.COMPUTE, keep["fwd_first"], layer)
@@ -345,7 +350,7 @@ class BlockTasks:
         if fwd > 0:
             forward_steps(fwd)
         bwd = (secs - fwd) / self.cp
-        cat = b.chain(ring, part, Stream.COMPUTE, keep["kv_cat"], layer)
+        cat = b.chain(ring, part, Stream.COMPUTE, keep["bwd_entry"] + keep["kv_cat"], layer)
         gather = b.add("cp_kv_gather", part, Stream.COMM, full, (cat,), layer, self.cp_links, True)
         send_s = self.net.cp_ring_step_seconds(2 * kv)  # the K and V gradients in FP32
         sends: list[int] = []

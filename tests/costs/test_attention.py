@@ -89,14 +89,20 @@ def test_h100_fa2_curve_by_hand():
     assert bwd == pytest.approx(0.268 * 8192 / 8472, rel=1e-9)
 
 
-def test_causal_kernels_keep_a_fraction_of_the_non_causal_rate_at_long_sequences():
-    """The causal/non-causal ratio levels off at causal_frac (query blocks of unequal work), not at one: at
-    1M tokens it is within 0.1 % of causal_frac for every Hopper curve."""
-    for kernel in ("fa3", "fa2", "cudnn"):
+def test_causal_kernels_keep_the_measured_share_of_the_non_causal_rate_at_long_sequences():
+    """The FA3 paper's Hopper figures put the causal/non-causal forward ratio at head dim 128 at 0.90 / 0.905
+    (FA2, 8K / 16K), 0.88 / 0.906 (cuDNN) and 0.93 / 0.95 (FA3): the profile's curves reproduce each within
+    2.5 points, where a curve whose causal loss vanishes with the sequence (causal_frac 1) gives 0.98 at 16K."""
+    measured = {"fa2": (370 / 333, 370 / 335), "cudnn": (600 / 529, 595 / 539), "fa3": (646 / 602, 648 / 616)}
+    for kernel, (r8, r16) in measured.items():
         c = attention.flash_curve(H100, kernel).curve
-        ratio = (attention.flash_efficiency(c, 2**20, causal=True, backward=False)
-                 / attention.flash_efficiency(c, 2**20, causal=False, backward=False))
-        assert ratio == pytest.approx(c.causal_frac, rel=1e-3) and c.causal_frac < 1
+        for seq, inverse in ((8192, r8), (16384, r16)):
+            ratio = (attention.flash_efficiency(c, seq, causal=True, backward=False)
+                     / attention.flash_efficiency(c, seq, causal=False, backward=False))
+            assert ratio == pytest.approx(1 / inverse, abs=0.025), (kernel, seq)
+        vanishing = c.model_copy(update={"causal_frac": 1.0})
+        assert attention.flash_efficiency(vanishing, 16384, True, False) / attention.flash_efficiency(
+            vanishing, 16384, False, False) > 0.97
 
 
 def test_fa2_on_hopper_is_slower_than_the_default_at_8k_causal():

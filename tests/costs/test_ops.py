@@ -148,6 +148,10 @@ def test_the_loss_keeps_fp32_logits_unless_fused():
     fp32 = unit_activation_bytes_per_token(head, "none", PrecisionSpec(), GPT, tp=8,
                                            software=SoftwareSpec(cross_entropy="megatron_fp32"))
     assert fp32 - base == pytest.approx((4 - 2) * GPT.vocab_size / 8)  # split by TP: vocabulary-parallel
+    # torch.compile keeps BF16 logits only when it covers the loss (compile_scope)
+    for scope, kept in (("model", base), ("layers_and_loss", base), ("layers", fp32)):
+        sw = SoftwareSpec(cross_entropy="torch_fp32", compile=True, compile_scope=scope)
+        assert unit_activation_bytes_per_token(head, "none", PrecisionSpec(), GPT, tp=8, software=sw) == kept
 
 
 LLAMA = load_scenario("llama3_70b_h100.yaml").model  # RMSNorm, SwiGLU, no biases

@@ -84,12 +84,17 @@ def test_an_mtp_module_holds_its_loss_gradient_or_its_layer_not_both():
     assert unit_workspace_bytes_per_token(layer, s) > 0
 
 
-@pytest.mark.parametrize("mode, repeat, gathered", [("ring", False, 0), ("all_gather", False, 2 * 4 * 2 * KV * 2),
-                                                     ("pytorch", True, 4 * 2 * 8 * KV * 2)])
+@pytest.mark.parametrize("mode, repeat, gathered", [
+    ("ring", False, 0),
+    ("all_gather", False, 2 * 4 * 2 * KV * 2),
+    # the gathered K and V, repeated to the query heads, plus FP32 gradients: the query's (64 heads x 128) and
+    # three K/V-sized buffers (64 heads x 256)
+    ("pytorch", True, 4 * 2 * 8 * KV * 2 + (64 * 128 + 3 * 2 * 8 * KV) * 4)])
 def test_context_parallel_gathers_hold_the_whole_sequences_k_and_v(mode, repeat, gathered):
     """CP 4: an all-gather holds the K and V (BF16) of all 4 ranks' tokens, per local token 4 x 2 x 1,024
     elements, and Llama 3's all-gather CP their gradients too (twice that); PyTorch's, repeated to the query
-    heads, 8 times the K and V. The ring holds one block at a time (left out)."""
+    heads, 8 times the K and V, and its backward's FP32 gradient buffers (``convert_to_f32``). The ring holds
+    one block at a time (left out)."""
     base = _scenario("parallel.recompute=full", "parallel.cp=1", f"software.repeat_kv={str(repeat).lower()}")
     s = _scenario("parallel.recompute=full", "parallel.cp=4", f"parallel.cp_mode={mode}",
                   f"software.repeat_kv={str(repeat).lower()}")
@@ -99,7 +104,8 @@ def test_context_parallel_gathers_hold_the_whole_sequences_k_and_v(mode, repeat,
 
 def test_a_tp_rank_gathers_the_kv_heads_it_holds_at_least_one():
     """TP 8 over Llama 3 70B's 8 KV heads: one head each (K and V of 128), 1/8 of the TP-1 gather; repeated to
-    the 64 query heads, 8 heads each."""
+    the 64 query heads, 8 heads each. PyTorch's backward adds its FP32 gradients: the query's (8 heads x 128)
+    and three K/V-sized buffers of the heads held."""
     def gathered(tp, repeat):
         over = ["parallel.recompute=full", f"parallel.tp={tp}", f"software.repeat_kv={str(repeat).lower()}",
                 "parallel.cp_mode=pytorch"]
@@ -108,8 +114,8 @@ def test_a_tp_rank_gathers_the_kv_heads_it_holds_at_least_one():
         layer = _unit(one, "layer")
         return unit_workspace_bytes_per_token(layer, four) - unit_workspace_bytes_per_token(layer, one)
 
-    assert gathered(8, False) == 4 * 2 * 128 * 2
-    assert gathered(8, True) == 4 * 2 * 8 * 128 * 2
+    assert gathered(8, False) == 4 * 2 * 128 * 2 + (8 * 128 + 3 * 2 * 128) * 4
+    assert gathered(8, True) == 4 * 2 * 8 * 128 * 2 + (8 * 128 + 3 * 2 * 8 * 128) * 4
 
 
 @pytest.mark.parametrize("policy, rerun", [

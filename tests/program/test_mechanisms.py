@@ -115,12 +115,12 @@ def test_pytorch_context_parallelism_gathers_beside_the_diagonal_step_and_passes
     t = f.tasks
     g = next(i for i, x in enumerate(t) if x.name == "cp_kv_gather")
     core = [i for i in range(g - 1, len(t)) if t[i].name in ("attn", "attn_ring")][:3 * cp + 0]
-    # cat, [gather], step 0, cast; cat, step 1, merge; cat, step 2, merge; step 3, merge; cast back
+    # copies + cat, [gather], step 0, cast; cat, step 1, merge; cat, step 2, merge; step 3, merge; cast back
     assert [t[i].name for i in core] == ["attn_ring", "attn", "attn_ring", "attn_ring", "attn", "attn_ring",
                                          "attn_ring", "attn", "attn_ring", "attn", "attn_ring", "attn_ring"]
     assert [t[i].seconds for i in core if t[i].name == "attn_ring"] == [
-        keep["kv_cat"], keep["fwd_first"], keep["kv_cat"], keep["fwd_merge"], keep["kv_cat"], keep["fwd_merge"],
-        keep["fwd_merge"], keep["fwd_end"]]
+        keep["fwd_entry"] + keep["kv_cat"], keep["fwd_first"], keep["kv_cat"], keep["fwd_merge"], keep["kv_cat"],
+        keep["fwd_merge"], keep["fwd_merge"], keep["fwd_end"]]
     steps = [i for i in core if t[i].name == "attn"]
     assert t[g].deps == (core[0],)                                   # the gather sends the concatenation
     assert g not in t[steps[0]].deps and g in t[steps[1]].deps      # the diagonal step runs beside the gather
@@ -156,10 +156,11 @@ def test_pytorch_ring_bookkeeping_bytes_by_hand():
     assert b["kv_cat"] == (2 * kv + 2 * kv,)                 # read and write BF16 K and V
     assert b["dkv_cat"] == (4 * kv + 4 * kv,)                # the same in FP32
     assert b["dq_accumulate"] == (4 * q + 2 * q + 4 * q,)    # FP32 += BF16
-    # zeros, the contiguous() copies of K and V (r2 w2), then step 0's K and V gradients added
-    assert sum(b["bwd_first"]) == 4 * (q + kv) + 4 * kv + 10 * kv
-    assert sum(b["fwd_first"]) == 4 * kv + 6 * o              # the contiguous() copies, then the FP32 cast
-    assert b["fwd_end"] == (6 * o,) and b["bwd_end_q"] == (6 * q,) and b["bwd_end_kv"] == (6 * kv,)
+    assert sum(b["fwd_entry"]) == sum(b["bwd_entry"]) - 4 * (q + kv) == 4 * kv  # contiguous() copies, r2 w2
+    # step 0's K and V gradients added into the FP32 zeros (r4 + r2, w4), then flattened out of the transposed
+    # strides the zeros took (r4 w4)
+    assert sum(b["bwd_first"]) == 10 * kv + 8 * kv
+    assert b["fwd_first"] == b["fwd_end"] == (6 * o,) and b["bwd_end_q"] == (6 * q,) and b["bwd_end_kv"] == (6 * kv,)
 
 
 def test_pytorch_ring_bookkeeping_grows_with_the_ring(gpt):
