@@ -298,10 +298,14 @@ class BlockTasks:
         step = secs / self.cp
         if part == "F":
             return step * self.coster.offdiagonal_share(op, "fwd")
-        again = self.coster.recompute_fraction(op)
-        fwd = again * self._secs(unit, "core", (op,), "F", load) / self.cp if again > 0 else 0.0
+        fwd = self._recomputed_core(unit, op, load) / self.cp
         return (fwd * self.coster.offdiagonal_share(op, "fwd")
                 + (step - fwd) * self.coster.offdiagonal_share(op, "dgrad"))
+
+    def _recomputed_core(self, unit: Unit, op: Op, load: MoeLoad | None) -> float:
+        """Seconds of the core's forward that the backward re-runs (0 when the policy keeps its output)."""
+        again = self.coster.recompute_fraction(op)
+        return again * self._secs(unit, "core", (op,), "F", load) if again > 0 else 0.0
 
     def _ring_bookkeeping(self, op: Op) -> dict[str, float]:
         """Seconds of each group of :func:`ring_bookkeeping_bytes` for ``op``'s shapes on this GPU."""
@@ -345,8 +349,7 @@ class BlockTasks:
         if part == "F":
             forward_steps(secs)
             return
-        again = self.coster.recompute_fraction(op)
-        fwd = again * self._secs(unit, "core", (op,), "F", load) if again > 0 else 0.0
+        fwd = self._recomputed_core(unit, op, load)
         if fwd > 0:
             forward_steps(fwd)
         bwd = (secs - fwd) / self.cp
