@@ -120,3 +120,33 @@ def test_bad_variant_override_exits_2(runner, tmp_path):
 def test_unknown_case_name_exits_2(runner):
     r = runner.invoke(main, ["validate", "no_such_family"])
     assert r.exit_code == 2 and "no case matches" in r.output
+
+
+def test_set_overrides_every_case_and_says_so(runner, tmp_path):
+    """A what-if over the set: a GPU with more HBM bandwidth runs the tiny (memory-heavy) case faster, so its
+    achieved TFLOP/s rises; the JSON and the table name the override."""
+    case = tmp_path / "cli_case.yaml"
+    case.write_text(CASE)
+    base = json.loads(runner.invoke(main, ["validate", str(case), "--json"]).stdout)
+    faster = ["--set", "cluster.gpu.hbm_bandwidth_tb_per_s=4.0"]
+    r = runner.invoke(main, ["validate", str(case), "--json", *faster])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["overrides"] == ["cluster.gpu.hbm_bandwidth_tb_per_s=4.0"] and base["overrides"] == []
+    before = {c["name"]: c for c in base["cases"]}
+    after = {c["name"]: c for c in out["cases"]}
+    assert after["cli_case/ok"]["predicted"] > before["cli_case/ok"]["predicted"]
+    assert after["cli_case/impossible-layout"]["predicted"] is None  # still not expressible, still counted
+    table = runner.invoke(main, ["validate", str(case), *faster]).stdout
+    assert table.startswith("what-if: every case with --set cluster.gpu.hbm_bandwidth_tb_per_s=4.0")
+    assert "not the cases as published" in table
+
+
+def test_bad_set_exits_2_naming_the_field(runner, tmp_path):
+    case = tmp_path / "cli_case.yaml"
+    case.write_text(CASE)
+    for bad, says in (("cluster.gpu.hbm_bandwidth", "hbm_bandwidth"), ("cluster.gpu.hbm_bandwith_tb_per_s=4",
+                      "unknown key"), ("cluster.gpu.efficiency.hbm_frac=3", "less than or equal to 1")):
+        r = runner.invoke(main, ["validate", str(case), "--json", "--set", bad])
+        assert r.exit_code == 2, (bad, r.output)
+        assert "--set" in r.output and says in r.output and r.stdout.strip() == "", bad

@@ -40,16 +40,20 @@ def _clean(x: Any) -> Any:
               help="write predicted vs measured (log-log, +-10 % band) to a PNG")
 @click.option("--mode", type=click.Choice(["fast", "detailed"]), default="fast", show_default=True,
               help="the simulator's fidelity for every case")
+@click.option("--set", "extra", multiple=True, metavar="KEY=VALUE",
+              help="override a field in every case, after the case's own overrides (a what-if over the set, e.g. "
+                   "--set cluster.gpu.efficiency.hbm_frac=0.8; repeatable)")
 @click.option("--dir", "cases_dir", type=click.Path(file_okay=False), default=None,
               help="folder of case files [default: workloads/published]")
 @work_options
-def validate(cases: tuple[str, ...], as_json: bool, plot_out: str | None, mode: str, cases_dir: str | None,
-             max_memory: str | None, max_time: str | None, quiet: bool) -> None:
+def validate(cases: tuple[str, ...], as_json: bool, plot_out: str | None, mode: str, extra: tuple[str, ...],
+             cases_dir: str | None, max_memory: str | None, max_time: str | None, quiet: bool) -> None:
     """Run published cases (all, or CASES: families, file stems, case names, globs or case files) and report
     predicted, measured and the signed error predicted / measured - 1."""
     from sim.loading import scenario_guard
     from sim.validation import load_cases, run_cases, select, summarize
     from sim.validation.report import json_object, table_lines, validation_figure
+    from sim.validation.runner import check_extra
 
     if plot_out:
         check_output(plot_out, "--plot", IMAGE_FORMATS)
@@ -57,6 +61,7 @@ def validate(cases: tuple[str, ...], as_json: bool, plot_out: str | None, mode: 
     folder = Path(cases_dir) if cases_dir else published_dir()
     only_files = bool(cases) and all(Path(c).suffix in (".yaml", ".yml") and Path(c).is_file() for c in cases)
     chosen = select([] if only_files else load_cases(folder), cases)
+    check_extra(chosen, extra)
     t0 = time.perf_counter()
 
     def within_budget(s: Scenario) -> None:
@@ -69,7 +74,7 @@ def validate(cases: tuple[str, ...], as_json: bool, plot_out: str | None, mode: 
             bar.stage(case.name)
             bar.update(1)
 
-        results = run_cases(chosen, mode, step)
+        results = run_cases(chosen, mode, step, extra)
     wall = time.perf_counter() - t0
     summary = summarize(results)
     if plot_out:
@@ -77,8 +82,8 @@ def validate(cases: tuple[str, ...], as_json: bool, plot_out: str | None, mode: 
         fmt = plot_out.rsplit(".", 1)[-1].lower()
         write_atomic(plot_out, lambda tmp: fig.savefig(tmp, dpi=130, format=fmt), "--plot")
     if as_json:
-        click.echo(json.dumps(_clean(json_object(results, summary, mode, wall)), indent=2))
+        click.echo(json.dumps(_clean(json_object(results, summary, mode, wall, extra)), indent=2))
         click.echo(f"validated {len(results)} cases in {wall:.1f} s (mode {mode})", err=True)
         return
-    for line in table_lines(results, summary, mode, wall):
+    for line in table_lines(results, summary, mode, wall, extra):
         click.echo(line)

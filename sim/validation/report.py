@@ -50,8 +50,11 @@ def percent(x: float | None) -> str:
     return "-" if x is None else f"{x:+.1%}"
 
 
-def json_object(results: list[CaseResult], summary: dict[str, Any], mode: str, wall_s: float) -> dict[str, Any]:
-    return {"mode": mode, "wall_time_s": wall_s, "cases": [r.to_dict() for r in results], "summary": summary}
+def json_object(results: list[CaseResult], summary: dict[str, Any], mode: str, wall_s: float,
+                extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``extra``: the ``--set`` overrides every case ran with (``overrides``, empty for the cases as published)."""
+    return {"mode": mode, "wall_time_s": wall_s, "overrides": list(extra), "cases": [r.to_dict() for r in results],
+            "summary": summary}
 
 
 def _first_line(text: str | None, width: int = 110) -> str:
@@ -59,9 +62,11 @@ def _first_line(text: str | None, width: int = 110) -> str:
     return line if len(line) <= width else line[: width - 3] + "..."
 
 
-def table_lines(results: list[CaseResult], summary: dict[str, Any], mode: str, wall_s: float) -> list[str]:
+def table_lines(results: list[CaseResult], summary: dict[str, Any], mode: str, wall_s: float,
+                extra: tuple[str, ...] = ()) -> list[str]:
     name_w = max([len(r.name) for r in results] + [4])
-    lines = [f"{'case':{name_w}}  {'metric':18} {'predicted':>10} {'measured':>10} {'error':>8}  layout"]
+    lines = [f"what-if: every case with --set {' --set '.join(extra)}", ""] if extra else []
+    lines += [f"{'case':{name_w}}  {'metric':18} {'predicted':>10} {'measured':>10} {'error':>8}  layout"]
     for r in results:
         pred = number(r.predicted) if r.status == "ok" else ("n/a" if r.status == "not_expressible" else "FAILED")
         flag = " OOM" if r.oom else ""
@@ -89,6 +94,8 @@ def table_lines(results: list[CaseResult], summary: dict[str, Any], mode: str, w
     o = summary["overall"]
     lines += ["", f"{o['count']} cases ({o['expressible']} expressible, {o['not_expressible']} not expressible, "
                   f"{o['failed']} failed) in {wall_s:.1f} s, mode {mode}; error = predicted / measured - 1"]
+    if extra:
+        lines.append(f"what-if: not the cases as published (--set {' --set '.join(extra)})")
     return lines
 
 

@@ -31,6 +31,7 @@ import yaml
 from sim.config import Scenario
 from sim.errors import SimInputError
 from sim.loading import load_scenario, profiles_dir
+from sim.loading import parse_override as loading_parse_override
 from sim.step import Mode, simulate_step
 from sim.units import GB
 from sim.validation.cases import Case, parse_override
@@ -225,9 +226,12 @@ class _JobFiles:
 # ----------------------------------------------------------------------------------------------- running
 
 
-def run_case(case: Case, mode: str, files: _JobFiles) -> CaseResult:
+def run_case(case: Case, mode: str, files: _JobFiles, extra: tuple[str, ...] = ()) -> CaseResult:
+    """Simulate ``case`` and compare; ``extra``: ``--set`` overrides applied after the case's own (a what-if
+    over the set)."""
     t0 = time.perf_counter()
     software, overrides = _software(case)
+    overrides = (*overrides, *extra)
     m = case.measured
     res = CaseResult(name=case.name, family=case.family, title=case.title, metric=m.metric, unit=m.unit,
                      measured=m.value, predicted=None, error=None, status="ok", reason=None, layout={},
@@ -257,14 +261,37 @@ def run_case(case: Case, mode: str, files: _JobFiles) -> CaseResult:
     return res
 
 
+def check_extra(cases: list[Case], extra: tuple[str, ...]) -> None:
+    """Refuse ``--set`` overrides that are malformed, or that the first case would accept without them but
+    not with them (an unknown field or a value out of range): a :class:`SimInputError` naming ``--set``. An
+    override that suits some cases and not others is reported per case as not expressible."""
+    for text in extra:
+        loading_parse_override(text)
+    if not extra or not cases:
+        return
+    case = cases[0]
+    _, own = _software(case)
+    with tempfile.TemporaryDirectory(prefix="sim-validate-") as tmp:
+        job = _JobFiles(Path(tmp)).job_for(case)
+        try:
+            load_scenario(job, overrides=own)
+        except SimInputError:
+            return  # the case is not expressible by itself: its row says why
+        try:
+            load_scenario(job, overrides=(*own, *extra))
+        except SimInputError as e:
+            raise SimInputError(f"{' '.join(extra)} on {case.name}: {e}", field="--set") from None
+
+
 def run_cases(cases: list[Case], mode: str = "fast",
-              progress: Callable[[Case], None] | None = None) -> list[CaseResult]:
-    """Run ``cases`` in order; ``progress(case)`` after each."""
+              progress: Callable[[Case], None] | None = None, extra: tuple[str, ...] = ()) -> list[CaseResult]:
+    """Run ``cases`` in order; ``progress(case)`` after each; ``extra`` overrides every case (see
+    :func:`run_case`)."""
     out = []
     with tempfile.TemporaryDirectory(prefix="sim-validate-") as tmp:
         files = _JobFiles(Path(tmp))
         for case in cases:
-            out.append(run_case(case, mode, files))
+            out.append(run_case(case, mode, files, extra))
             if progress is not None:
                 progress(case)
     return out
