@@ -26,3 +26,17 @@ def test_software_launch_time_replaces_the_profiles_on_every_kernel(launch_us):
     gemm = stack.gemm_pass_seconds("fwd", 4096, 2048, 1024, "linear")
     assert gemm - base.gemm_pass_seconds("fwd", 4096, 2048, 1024, "linear") == pytest.approx(kernels * delta,
                                                                                                 abs=1e-12)
+
+
+def test_known_gap_warns_on_pytorch_context_parallelism_only():
+    """The published torchtitan CP runs are slower than the simulator says: a scenario in that regime carries a
+    warning beside its result; the same layout without CP, or another CP mode, does not."""
+    from sim.context import known_gaps
+
+    assert known_gaps(load_scenario(TINY)) == ()
+    dense = ["parallel.ep=1", "parallel.cp=2", "training.seq_len=8192"]
+    pytorch_cp = load_scenario(TINY, overrides=[*dense, "parallel.cp_mode=pytorch"])
+    (warning,) = known_gaps(pytorch_cp)
+    assert "lower bound" in warning and "cp_mode pytorch" in warning
+    assert known_gaps(load_scenario(TINY, overrides=[*dense, "parallel.cp_mode=ring"])) == ()
+    assert warning in build_context(pytorch_cp).warnings
