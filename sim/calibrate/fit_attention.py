@@ -6,14 +6,19 @@ Hopper kernel (H100 SXM, BF16: ``fa3``, ``fa2``, ``cudnn``; forward causal and n
 non-causal) fits the six parameters of one curve (forward and backward fractions, ``seq_half``,
 ``seq_half_bwd``, ``causal_waste``, ``causal_frac``) on its head-dim-128 rows shorter than 8K, and reports the
 error on the 8K and 16K rows (held out). ``fa3`` is the Hopper profiles' default curve (``attention_*``
-fields); ``fa2`` and ``cudnn`` are their ``attention_kernels``. FA2 on A100 (causal forward + backward, head
-dim 64) fits the A100's forward fraction with the curve's shape and the backward/forward ratio taken from the
-same kernel's Hopper fit (FA2 reports only the combined figure), on the same split.
+fields); ``fa2`` and ``cudnn`` are their ``attention_kernels``.
 
-Head dim: the curve has no head-dim term, and only head-dim-128 rows are fitted (the head dim of Llama,
-GPT-3-class models and DeepSeek's MLA values). The d 64 and 256 rows (FA2, cuDNN) are reported, not fitted: they
-fit no single curve (FA2 is fastest at 128 and 10-12 % slower at both 64 and 256; cuDNN is about 30 % slower
-at 64 and within a few per cent at 256), so a monotonic term such as ``d / (d + d_half)`` cannot follow them.
+Head dim: the rows at head dims 64 and 256 (FA2, cuDNN; the papers give none for FA3) fit no monotonic term
+(FA2 is fastest at 128 and about 10 % slower at both 64 and 256; cuDNN is about 30 % slower at 64 and a few
+per cent at 256), so each pass gets one factor per measured head dim, the geometric mean of measured / the
+head-dim-128 curve over that head dim's rows shorter than 8K (``head_dim_fwd``, ``head_dim_bwd``; the forward
+pools causal and non-causal rows); 8K and 16K are held out again. Where a head dim has no backward rows (256)
+its backward factor is ASSUMED the forward's. The cost model interpolates the factors linearly in log2(head dim)
+and holds them flat beyond 64 and 256.
+
+FA2 on A100 (causal forward + backward, head dim 64) fits the A100's forward fraction with the curve's shape,
+the backward/forward ratio and the head-dim factors taken from the same kernel's Hopper fit (FA2 reports only
+the combined figure, at head dim 64 only), on the same split.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from sim.costs.attention import flash_seconds
 from sim.loading import load_cluster, profiles_dir
 
 HOLDOUT_SEQ = 8192  # rows at or above this sequence length are held out
-FIT_HEAD_DIM = 128  # Hopper rows of other head dims are reported, not fitted
+FIT_HEAD_DIM = 128  # the curve's own head dim; other head dims get factors
 HOPPER_KERNELS = ("fa3", "fa2", "cudnn")
 
 
@@ -54,11 +59,11 @@ def _predict(gpu: GpuSpec, row: dict[str, Any], curve: AttentionCurve | None = N
     heads, batch = 2048 // d, 16384 // seq
     fwd = 4.0 * seq * seq * d * heads * batch * (0.5 if causal else 1.0)
     if row["pass"] == "fwd":
-        return fwd / flash_seconds(gpu, "bf16", fwd, seq, causal, False, curve) / 1e12
+        return fwd / flash_seconds(gpu, "bf16", fwd, seq, causal, False, curve, d) / 1e12
     if row["pass"] == "bwd":
-        return 2.5 * fwd / flash_seconds(gpu, "bf16", fwd, seq, causal, True, curve) / 1e12
-    t = flash_seconds(gpu, "bf16", fwd, seq, causal, False, curve) + flash_seconds(gpu, "bf16", fwd, seq, causal,
-                                                                                     True, curve)
+        return 2.5 * fwd / flash_seconds(gpu, "bf16", fwd, seq, causal, True, curve, d) / 1e12
+    t = (flash_seconds(gpu, "bf16", fwd, seq, causal, False, curve, d)
+         + flash_seconds(gpu, "bf16", fwd, seq, causal, True, curve, d))
     return 3.5 * fwd / t / 1e12
 
 
@@ -72,14 +77,15 @@ class KernelFit:
     curve: AttentionCurve
     errors: list[tuple[dict[str, Any], float]]
 
-    def split(self, part: str) -> list[float]:
-        """Errors of the ``fitted`` rows, the ``held_out`` rows (same head dim, seq >= 8K), or the rows of
-        ``other_d`` (other head dims, not fitted)."""
+    def split(self, part: str, other_d: bool = False) -> list[float]:
+        """Errors of the ``fitted`` rows (seq < 8K) or the ``held_out`` ones (seq >= 8K), at the curve's head
+        dim (128; all of the A100's rows), or with ``other_d`` at the head dims fitted by a factor."""
         out = []
         for r, err in self.errors:
-            fitted_d = self.arch != "hopper" or r["d"] == FIT_HEAD_DIM
-            which = "other_d" if not fitted_d else ("held_out" if r["seq"] >= HOLDOUT_SEQ else "fitted")
-            if which == part:
+            at_curve = self.arch != "hopper" or r["d"] == FIT_HEAD_DIM
+            if at_curve == other_d:
+                continue
+            if ("held_out" if r["seq"] >= HOLDOUT_SEQ else "fitted") == part:
                 out.append(err)
         return out
 
@@ -100,7 +106,7 @@ def fit() -> list[KernelFit]:
 
         x = least_squares(res, np.array([0.65, 0.45, 200.0, 300.0, 0.9, 200.0]),
                           bounds=((0.1, 0.1, 0, 0, 0.5, 0), (1, 1, 1e4, 1e4, 1, 1e4))).x
-        curve = _curve(x)
+        curve = _with_head_dims(hopper, _curve(x), k_rows)
         fits.append(KernelFit("hopper", kernel, f"hopper (H100 SXM) {kernel}", curve,
                               [(r, _predict(hopper, r, curve) / r["tflops"] - 1) for r in k_rows]))
     shape = fits[1].curve  # the same kernel (FA2) on Hopper
@@ -109,7 +115,8 @@ def fit() -> list[KernelFit]:
 
     def a_curve(x: np.ndarray) -> AttentionCurve:
         return _curve(np.array([x[0], x[0] * ratio, shape.seq_half, shape.causal_waste, shape.causal_frac,
-                                shape.seq_half_bwd]))
+                                shape.seq_half_bwd])).model_copy(update={"head_dim_fwd": shape.head_dim_fwd,
+                                                                         "head_dim_bwd": shape.head_dim_bwd})
 
     def a_res(x: np.ndarray) -> list[float]:
         c = a_curve(x)
@@ -120,6 +127,22 @@ def fit() -> list[KernelFit]:
     fits.append(KernelFit("ampere", "fa2", "ampere (A100) fa2, shape from Hopper fa2", curve,
                           [(r, _predict(ampere, r, curve) / r["tflops"] - 1) for r in a_rows]))
     return fits
+
+
+def _with_head_dims(gpu: GpuSpec, curve: AttentionCurve, rows: list[dict[str, Any]]) -> AttentionCurve:
+    """``curve`` with a factor per pass and measured head dim other than 128: the geometric mean of measured /
+    predicted over that head dim's rows shorter than 8K; a head dim with forward rows only takes the forward's
+    factor for the backward (assumed)."""
+    factors: dict[str, dict[int, float]] = {"fwd": {}, "bwd": {}}
+    for d in sorted({r["d"] for r in rows} - {FIT_HEAD_DIM}):
+        for pass_ in ("fwd", "bwd"):
+            train = [r for r in rows if r["d"] == d and r["pass"] == pass_ and r["seq"] < HOLDOUT_SEQ]
+            if train:
+                logs = [np.log(r["tflops"] / _predict(gpu, r, curve)) for r in train]
+                factors[pass_][d] = round(float(np.exp(np.mean(logs))), 3)
+        if d in factors["fwd"] and d not in factors["bwd"]:
+            factors["bwd"][d] = factors["fwd"][d]
+    return curve.model_copy(update={"head_dim_fwd": factors["fwd"], "head_dim_bwd": factors["bwd"]})
 
 
 def _summary(errs: list[float]) -> str:
@@ -138,8 +161,11 @@ def main() -> None:
               f"causal_frac {c.causal_frac:.3f}")
         print(f"    fitted (seq < 8K): {_summary(f.split('fitted'))}")
         print(f"    held out (seq >= 8K): {_summary(f.split('held_out'))}")
-        if f.split("other_d"):
-            print(f"    head dims 64 and 256, not fitted: {_summary(f.split('other_d'))}")
+        if c.head_dim_fwd or c.head_dim_bwd:
+            print(f"    head-dim factors: forward {c.head_dim_fwd}, backward {c.head_dim_bwd}")
+        if f.split("fitted", other_d=True):
+            print(f"    other head dims, fitted (seq < 8K): {_summary(f.split('fitted', other_d=True))}")
+            print(f"    other head dims, held out (seq >= 8K): {_summary(f.split('held_out', other_d=True))}")
     for f in fits:
         for r, err in f.errors:
             print(f"    {r['gpu']} {r['kernel']} {r['pass']} {'causal' if r['causal'] else 'full'} d{r['d']} "

@@ -80,6 +80,33 @@ class AttentionCurve(Frozen):
                                 "masks (partly masked tiles)")
     causal_frac: float = Field(default=1.0, gt=0, le=1, description="what a causal kernel keeps of the "
                                "non-causal rate at long sequences (query blocks of unequal work)")
+    head_dim_fwd: dict[int, float] = Field(default_factory=dict, description="the forward's rate at other head "
+                                           "dims, as a multiple of the curve's (fitted at head dim 128): head dim "
+                                           "-> factor; between them linear in log2(head dim), flat beyond; none: "
+                                           "the same rate at every head dim")
+    head_dim_bwd: dict[int, float] = Field(default_factory=dict, description="the same for the backward")
+
+    @field_validator("head_dim_fwd", "head_dim_bwd")
+    @classmethod
+    def _factors(cls, v: dict[int, float]) -> dict[int, float]:
+        return check_head_dim_factors(v)
+
+
+#: Head dims a factor may be given at, and the range of a factor (a kernel at most twice as fast, or 20 times
+#: slower, than at head dim 128).
+HEAD_DIM_RANGE = (8, 1024)
+HEAD_DIM_FACTOR_RANGE = (0.05, 2.0)
+
+
+def check_head_dim_factors(v: dict[int, float]) -> dict[int, float]:
+    lo, hi = HEAD_DIM_RANGE
+    flo, fhi = HEAD_DIM_FACTOR_RANGE
+    for d, f in v.items():
+        if not lo <= d <= hi:
+            raise ValueError(f"head dim {d} is outside {lo}-{hi}")
+        if not flo <= f <= fhi:
+            raise ValueError(f"the factor at head dim {d} is {f}; allowed {flo}-{fhi}")
+    return dict(sorted(v.items()))
 
 
 class GpuEfficiency(Frozen):
@@ -100,6 +127,9 @@ class GpuEfficiency(Frozen):
                                           "this many keys' work per query block row (partly masked tiles)")
     attention_causal_frac: float = Field(default=1.0, gt=0, le=1, description="what a causal kernel keeps of "
                                          "the non-causal rate at long sequences (query blocks of unequal work)")
+    attention_head_dim_fwd: dict[int, float] = Field(default_factory=dict, description="the default curve's "
+                                                     "forward rate at other head dims (AttentionCurve.head_dim_fwd)")
+    attention_head_dim_bwd: dict[int, float] = Field(default_factory=dict, description="the same, backward")
     gemm_tile_m: int = Field(default=128, ge=1, le=4096, description="output tile rows for wave quantization")
     gemm_tile_n: int = Field(default=128, ge=1, le=4096)
     gemm_k_fill: float = Field(default=0.0, ge=0, le=65536, description="K elements of main-loop fill and "
@@ -133,7 +163,14 @@ class GpuEfficiency(Frozen):
                                               seq_half=self.attention_seq_half,
                                               seq_half_bwd=self.attention_seq_half_bwd,
                                               causal_waste=self.attention_causal_waste,
-                                              causal_frac=self.attention_causal_frac)
+                                              causal_frac=self.attention_causal_frac,
+                                              head_dim_fwd=self.attention_head_dim_fwd,
+                                              head_dim_bwd=self.attention_head_dim_bwd)
+
+    @field_validator("attention_head_dim_fwd", "attention_head_dim_bwd")
+    @classmethod
+    def _head_dim_factors(cls, v: dict[int, float]) -> dict[int, float]:
+        return check_head_dim_factors(v)
 
     @model_validator(mode="after")
     def _one_curve_per_kernel(self) -> GpuEfficiency:

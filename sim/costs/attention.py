@@ -27,8 +27,14 @@ curve of the software stack's ``flash_kernel``: ``default`` (or the default curv
 default curve; a kernel with a curve of its own takes it; a kernel the profile has no curve for falls back to
 the default curve with a note (no data: the profile does not guess a ratio); a kernel that cannot run on the
 architecture (fa3 off Hopper) is refused with a :class:`~sim.errors.SimInputError` naming
-``software.flash_kernel``. The curve has no head-dim term: the kernels' curves are fitted at head dim 128 (the
-papers' d 64 and 256 rows fit no single curve: FA2 peaks at 128, cuDNN rises from 64 to 128 and then flattens).
+``software.flash_kernel``.
+
+**Head dim.** A curve is fitted at head dim 128; its ``head_dim_fwd`` and ``head_dim_bwd`` give the rate at other
+head dims as a factor (:func:`head_dim_factor`: linear in log2(head dim) between the head dims measured, flat
+beyond them). The papers' d 64 and 256 rows fit no monotonic term (FA2 peaks at 128 and is about 10 % slower at
+both; cuDNN is about a third slower at 64 forward and a few per cent at 256), hence one factor per measured head
+dim. The query/key head dim picks the factor (it sets the kernel's tiles). FA3 has no measurements off 128, so
+its curve keeps one rate; the factors cancel in :meth:`~sim.costs.kernels.CostModel.noncausal_share`.
 
 **Unfused** (Megatron-LM before FlashAttention, ``software.attention: unfused``; Megatron-Core's
 ``DotProductAttention``): ``S = Q K^T`` and ``O = P V`` as batched GEMMs over the full ``s x s`` scores (the
@@ -45,13 +51,19 @@ reads only each row's first ``row + 1`` scores and writes the whole row, zeros a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+import numpy as np
 
 from sim.config import AttentionCurve, GpuSpec
 from sim.config.hardware import flash_kernel_problem
 from sim.costs import gemm
 from sim.errors import SimInputError
 from sim.units import US, dtype_bytes
+
+#: The head dim the curves' other parameters are fitted at (Llama's, GPT-3-class models', DeepSeek's MLA values).
+FITTED_HEAD_DIM = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,21 +91,34 @@ def flash_curve(gpu: GpuSpec, kernel: str = "default") -> FlashChoice:
                        f"(software.flash_kernel); its default curve ({fitted}) used")
 
 
-def flash_efficiency(curve: AttentionCurve, seq: float, causal: bool, backward: bool) -> float:
-    """Fraction of the dense peak a FlashAttention-class kernel reaches on ``curve``, in model FLOPs."""
+def head_dim_factor(factors: dict[int, float], head_dim: float) -> float:
+    """The rate at ``head_dim`` relative to the curve's own head dim (128): the profile's ``factors`` with 1 at
+    128, linear in log2(head dim) between the head dims given, flat beyond the smallest and the largest."""
+    if not factors:
+        return 1.0
+    points = sorted({FITTED_HEAD_DIM: 1.0, **factors}.items())
+    return float(np.interp(math.log2(head_dim), [math.log2(d) for d, _ in points], [f for _, f in points]))
+
+
+def flash_efficiency(curve: AttentionCurve, seq: float, causal: bool, backward: bool,
+                     head_dim: float = 128) -> float:
+    """Fraction of the dense peak a FlashAttention-class kernel reaches on ``curve``, in model FLOPs, at
+    ``head_dim`` (the query/key head dim: it picks the kernel's tiles)."""
     frac = curve.bwd_frac if backward else curve.fwd_frac
     half = curve.seq_half_bwd if backward and curve.seq_half_bwd is not None else curve.seq_half
-    eta = frac * seq / (seq + half)
+    eta = frac * seq / (seq + half) * head_dim_factor(curve.head_dim_bwd if backward else curve.head_dim_fwd,
+                                                      head_dim)
     if causal:
         eta *= curve.causal_frac * seq / (seq + curve.causal_waste)
     return eta
 
 
 def flash_seconds(gpu: GpuSpec, dtype: str, fwd_flops: float, seq: float, causal: bool, backward: bool,
-                  curve: AttentionCurve | None = None) -> float:
-    """One attention pass of ``fwd_flops`` forward model FLOPs on ``curve`` (default: the GPU's default)."""
+                  curve: AttentionCurve | None = None, head_dim: float = 128) -> float:
+    """One attention pass of ``fwd_flops`` forward model FLOPs on ``curve`` (default: the GPU's default) at
+    ``head_dim``."""
     flops = 2.0 * fwd_flops if backward else fwd_flops
-    eta = flash_efficiency(curve or gpu.efficiency.attention_curve, seq, causal, backward)
+    eta = flash_efficiency(curve or gpu.efficiency.attention_curve, seq, causal, backward, head_dim)
     return flops / (gpu.peak_flops_per_s(dtype) * eta) + gpu.efficiency.kernel_overhead_us * US
 
 

@@ -104,7 +104,8 @@ class Calibration:
         if e.kind in ("attention_fwd", "attention_bwd"):
             causal = bool(s.get("causal", 1.0))
             fwd = attention_fwd_flops(s["seq"], s["heads"], s["qk_dim"], s["v_dim"], causal, s.get("batch", 1.0))
-            modelled = flash_seconds(self.source, e.dtype, fwd, s["seq"], causal, e.kind == "attention_bwd")
+            modelled = flash_seconds(self.source, e.dtype, fwd, s["seq"], causal, e.kind == "attention_bwd",
+                                     head_dim=s["qk_dim"])
             return _Point((math.log(s["seq"]), math.log(s["heads"]), math.log(s["qk_dim"] + s["v_dim"])),
                           e.kind, math.log(modelled / measured))
         if e.kind == "memory":

@@ -203,7 +203,7 @@ class CostModel:
         with self._computing():
             choice = self.flash_kernel(kernel)
             fwd = attention_fwd_flops(seq_len, heads, qk_dim, v_dim, causal, tokens / seq_len)
-            t = flash_seconds(self.gpu, dtype, fwd, seq_len, causal, backward, choice.curve)
+            t = flash_seconds(self.gpu, dtype, fwd, seq_len, causal, backward, choice.curve, qk_dim)
             if self.calibration is not None and choice.default:
                 c = self.calibration.attention(dtype, backward, seq_len, heads, qk_dim, v_dim)
                 self._record(f"attention {'bwd' if backward else 'fwd'}", c)

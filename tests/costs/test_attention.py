@@ -47,6 +47,52 @@ def test_flash_efficiency_by_hand():
     assert attention.flash_efficiency(c, 1000, causal=False, backward=True) == pytest.approx(0.2)
 
 
+def test_head_dim_factor_by_hand():
+    """1 at the curve's head dim (128); the given factors at their head dims; linear in log2(head dim) between
+    (90.5 = 2^6.5 lies halfway from 64 to 128, 181 = 2^7.5 halfway from 128 to 256); flat beyond."""
+    f = {64: 0.8, 256: 0.9}
+    assert attention.head_dim_factor(f, 128) == 1.0
+    assert attention.head_dim_factor(f, 64) == pytest.approx(0.8)
+    assert attention.head_dim_factor(f, 2 ** 6.5) == pytest.approx(0.9)
+    assert attention.head_dim_factor(f, 2 ** 7.5) == pytest.approx(0.95)
+    assert attention.head_dim_factor(f, 32) == pytest.approx(0.8) and attention.head_dim_factor(f, 512) == 0.9
+    assert attention.head_dim_factor({}, 64) == 1.0  # no factors: the same rate at every head dim
+
+
+def test_the_head_dim_factors_scale_each_pass_and_cancel_in_the_causal_share():
+    c = FA2_TOY.model_copy(update={"head_dim_fwd": {64: 0.8}, "head_dim_bwd": {64: 0.5}})
+    for causal in (False, True):
+        assert (attention.flash_efficiency(c, 4096, causal, False, 64)
+                == pytest.approx(0.8 * attention.flash_efficiency(c, 4096, causal, False)))
+        assert (attention.flash_efficiency(c, 4096, causal, True, 64)
+                == pytest.approx(0.5 * attention.flash_efficiency(c, 4096, causal, True)))
+    share = [attention.flash_efficiency(c, 4096, True, False, d) / attention.flash_efficiency(c, 4096, False, False, d)
+             for d in (64, 128)]
+    assert share[0] == pytest.approx(share[1])
+
+
+def test_h100_kernels_by_head_dim():
+    """What-if direction, from the FA3 paper's figures: FA2 and cuDNN both run fastest at head dim 128 (FA2
+    about 10 % slower at 64 and 256; cuDNN about a third slower at 64 forward); FA3 has no measurements at
+    other head dims, so its rate does not move."""
+    fwd = attention_fwd_flops(8192, 16, 128, 128, causal=False)
+    for kernel, slower_at_64 in (("fa2", 0.85), ("cudnn", 0.6)):
+        curve = H100.efficiency.attention_kernels[kernel]
+        at = {d: attention.flash_efficiency(curve, 8192, False, False, d) for d in (64, 128, 256)}
+        assert at[64] < at[128] and at[256] < at[128]
+        assert slower_at_64 < at[64] / at[128] < 0.95
+    assert (attention.flash_seconds(H100, "bf16", fwd, 8192, False, False, head_dim=64)
+            == attention.flash_seconds(H100, "bf16", fwd, 8192, False, False, head_dim=128))
+
+
+def test_head_dim_factors_are_validated():
+    for bad, says in (("{4096: 0.9}", "head dim 4096 is outside 8-1024"), ("{64: 3.0}", "allowed 0.05-2.0")):
+        with pytest.raises(SimInputError, match=r"attention_kernels.fa2.head_dim_fwd"):
+            load_scenario(overrides=[f"cluster.gpu.efficiency.attention_kernels.fa2.head_dim_fwd={bad}"])
+        with pytest.raises(SimInputError, match=says):
+            load_scenario(overrides=[f"cluster.gpu.efficiency.attention_head_dim_bwd={bad}"])
+
+
 def test_longer_sequences_are_more_efficient_and_causal_is_less():
     c = gpu().efficiency.attention_curve
     effs = [attention.flash_efficiency(c, s, True, False) for s in (512, 2048, 8192, 131072)]
