@@ -294,7 +294,11 @@ def test_attention_is_causal_flash_by_default_and_costs_its_model_flops():
     assert c.attention_seconds("fwd", 0, 4096, 16, 192, 128) == 0.0
     assert c.attention_seconds("fwd", 1, 4096, 16, 192, 128) > 0
     fa2 = c.attention_seconds("fwd", 8192, 4096, 16, 192, 128, kernel="fa2")
-    assert fa2 == flash_seconds(H800, "bf16", fwd, 4096, True, False, H800.efficiency.attention_kernels["fa2"])
+    # FA2's rate at the query/key head dim (192: between its 128 and 256 factors); FA3's curve has no factors
+    assert fa2 == flash_seconds(H800, "bf16", fwd, 4096, True, False, H800.efficiency.attention_kernels["fa2"], 192)
+    assert fa2 > flash_seconds(H800, "bf16", fwd, 4096, True, False, H800.efficiency.attention_kernels["fa2"], 128)
+    assert (c.attention_seconds("fwd", 8192, 4096, 16, 192, 128)
+            == flash_seconds(H800, "bf16", fwd, 4096, True, False, head_dim=128))
 
 
 def test_calibrated_attention_corrects_the_default_curve_by_pass():
@@ -312,7 +316,7 @@ def test_calibrated_attention_corrects_the_default_curve_by_pass():
                                                                                     128).kappa < 1
     assert c.provenance == {"attention fwd": 0.0, "attention bwd": 0.0}
     assert c.attention_seconds("fwd", 8192, 4096, 16, 192, 128, kernel="fa2") == flash_seconds(
-        H800, "bf16", fwd, 4096, True, False, H800.efficiency.attention_kernels["fa2"])
+        H800, "bf16", fwd, 4096, True, False, H800.efficiency.attention_kernels["fa2"], 192)
     assert any("not applied to fa2" in n for n in c.notes)
 
 
