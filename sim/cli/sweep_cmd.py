@@ -154,7 +154,12 @@ def print_human(d: dict[str, Any]) -> None:
     click.echo(f"{d['name']}: {c['points']:,} points, {d['tokens'] / 1e12:.4g}T tokens, objective {d['objective']}"
                + (f", deadline {d['deadline_days']:g} days" if d["deadline_days"] else "")
                + (f", budget {_money(d['budget_usd'])}" if d["budget_usd"] else ""))
-    pruned = ", ".join(f"{k} {v:,}" for k, v in sorted(c["pruned_by_rule"].items())) or "none"
+    from sim.sweep.rules import NOT_A_CONFIGURATION
+
+    # "n/a" points are not configurations at all (a vpp axis crossed with a schedule that has no virtual
+    # stages): say so rather than print the rule's short name
+    label = {NOT_A_CONFIGURATION: "not a configuration (vpp with a schedule without virtual stages)"}
+    pruned = ", ".join(f"{label.get(k, k)} {v:,}" for k, v in sorted(c["pruned_by_rule"].items())) or "none"
     click.echo(f"  pruned before simulating: {pruned}")
     by = ", ".join(f"{k} {v:,}" for k, v in sorted(c["by_status"].items()))
     click.echo(f"  results: {by}; {c.get('rank_simulations', 0):,} {d['tier']} simulations"
