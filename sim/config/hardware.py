@@ -46,9 +46,9 @@ class PeakTflops(Frozen):
 #: on one GPU and one stack; assumed for every GPU profile (none has an in-training trace of its own).
 #: The weight-gradient factor is mostly the epilogue of DeepSeek's accumulating kernels (``fp8_dptp128c_acc``,
 #: cuBLAS ``bf16f32_..._f32``): reading and writing the FP32 gradient, 8 B per weight element, costed at the
-#: memory-bound rate, leaves 0.886, like the other passes. It stays one factor for every stack for now: stacks
-#: whose weight gradients are written in BF16 without accumulating (FSDP2) would run them about a quarter
-#: faster, and torchtitan's published runs are already faster in the model than measured.
+#: memory-bound rate, leaves 0.886, like the other passes. It stays one factor for every stack until a trace of
+#: another stack shows the split: splitting it would run the weight gradients of stacks that write them in BF16
+#: without accumulating (FSDP2) about a quarter faster on the strength of one trace.
 GEMM_IN_TRAINING: dict[str, float] = {"fwd": 0.863, "dgrad": 0.896, "wgrad": 0.638}
 
 FlashKernel = Literal["fa2", "fa3", "cudnn"]
