@@ -28,7 +28,8 @@ _GEMM = ("efficiency.gemm_tile_m", "efficiency.gemm_tile_n", "efficiency.gemm_k_
          "efficiency.gemm_hbm_frac", "efficiency.kernel_overhead_us", "hbm_bandwidth_tb_per_s", "num_sms")
 _ATTENTION = ("efficiency.attention_fwd_frac", "efficiency.attention_bwd_frac", "efficiency.attention_seq_half",
               "efficiency.attention_seq_half_bwd", "efficiency.attention_causal_waste",
-              "efficiency.attention_causal_frac", "efficiency.kernel_overhead_us")
+              "efficiency.attention_causal_frac", "efficiency.attention_head_dim_fwd",
+              "efficiency.attention_head_dim_bwd", "efficiency.kernel_overhead_us")
 _MEMORY = ("hbm_bandwidth_tb_per_s", "efficiency.hbm_frac", "efficiency.kernel_overhead_us")
 
 
@@ -60,6 +61,15 @@ def gpu_differences(a: GpuSpec, b: GpuSpec) -> dict[str, tuple[Any, Any]]:
     return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}
 
 
+def _field_of(flat: str, fields: dict[str, list[str]]) -> str | None:
+    """The corrected field a flattened key belongs to: itself, or the dict field it is an entry of (a head-dim
+    factor ``efficiency.attention_head_dim_fwd.64``)."""
+    if flat in fields:
+        return flat
+    parent = flat.rsplit(".", 1)[0]
+    return parent if parent in fields else None
+
+
 def calibration_report(scenario: Scenario, base: Scenario | None = None) -> dict[str, Any] | None:
     """The active calibration and what it does to GPU overrides; None without an active table.
 
@@ -81,8 +91,8 @@ def calibration_report(scenario: Scenario, base: Scenario | None = None) -> dict
     changed = gpu_differences(source, target)
     if pinned and base is not None:
         changed = gpu_differences(base.cluster.gpu, target)
-    overridden = {f: {"from": old, "to": new, "corrects": sorted(set(fields[f])), "key": f"cluster.gpu.{f}"}
-                  for f, (old, new) in changed.items() if f in fields}
+    overridden = {f: {"from": old, "to": new, "corrects": sorted(set(fields[field])), "key": f"cluster.gpu.{f}"}
+                  for f, (old, new) in changed.items() if (field := _field_of(f, fields)) is not None}
     if sw.kernel_launch_us is not None and "efficiency.kernel_overhead_us" in overridden:
         overridden["efficiency.kernel_overhead_us"]["key"] = "software.kernel_launch_us"  # stack_gpu's source
     rule = ("pinned: the table's measured times stand, whatever these fields say" if pinned else

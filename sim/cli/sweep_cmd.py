@@ -156,9 +156,9 @@ def print_human(d: dict[str, Any]) -> None:
                + (f", budget {_money(d['budget_usd'])}" if d["budget_usd"] else ""))
     from sim.sweep.rules import NOT_A_CONFIGURATION
 
-    # "n/a" points are not configurations at all (a vpp axis crossed with a schedule that has no virtual
-    # stages): say so rather than print the rule's short name
-    label = {NOT_A_CONFIGURATION: "not a configuration (vpp with a schedule without virtual stages)"}
+    # "n/a" points are not configurations at all (a vpp the schedule does not take: vpp > 1 without virtual
+    # stages, or interleaving at vpp 1): say so rather than print the rule's short name
+    label = {NOT_A_CONFIGURATION: "not a configuration (a vpp the schedule does not take)"}
     pruned = ", ".join(f"{label.get(k, k)} {v:,}" for k, v in sorted(c["pruned_by_rule"].items())) or "none"
     click.echo(f"  pruned before simulating: {pruned}")
     by = ", ".join(f"{k} {v:,}" for k, v in sorted(c["by_status"].items()))

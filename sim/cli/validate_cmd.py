@@ -78,7 +78,8 @@ def validate(cases: tuple[str, ...], as_json: bool, plot_out: str | None, mode: 
     wall = time.perf_counter() - t0
     summary = summarize(results)
     if plot_out:
-        fig = validation_figure(results)
+        fig = validation_figure(results) if not extra else validation_figure(
+            results, f"sim validate, what-if: --set {' --set '.join(extra)}")
         fmt = plot_out.rsplit(".", 1)[-1].lower()
         write_atomic(plot_out, lambda tmp: fig.savefig(tmp, dpi=130, format=fmt), "--plot")
     if as_json:

@@ -107,6 +107,8 @@ def check_head_dim_factors(v: dict[int, float]) -> dict[int, float]:
     lo, hi = HEAD_DIM_RANGE
     flo, fhi = HEAD_DIM_FACTOR_RANGE
     for d, f in v.items():
+        if d == 128:
+            raise ValueError("head dim 128 is the curve's own (factor 1 by definition); give other head dims")
         if not lo <= d <= hi:
             raise ValueError(f"head dim {d} is outside {lo}-{hi}")
         if not flo <= f <= fhi:

@@ -104,9 +104,9 @@ def _set(data: dict[str, Any], key: str, value: Any) -> None:
         node[parts[-1]] = value
 
 
-def raw_job(case: Case) -> dict[str, Any]:
-    """The case's job as data with its overrides applied and its cluster read (for the layout of a case the
-    simulator cannot load)."""
+def raw_job(case: Case, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The case's job as data with its overrides (then ``extra``, ``--set``) applied and its cluster read (for the
+    layout of a case the simulator cannot load)."""
     if case.body is not None:
         data = copy.deepcopy(case.body)
     else:
@@ -120,11 +120,13 @@ def raw_job(case: Case) -> dict[str, Any]:
     for i, text in enumerate(case.overrides):
         key, value = parse_override(text, case.path, f"override[{i}]")
         _set(data, key, value)
+    for text in extra:
+        _set(data, *loading_parse_override(text))
     return data
 
 
-def layout_of(case: Case, scenario: Scenario | None) -> dict[str, Any]:
-    data = raw_job(case)
+def layout_of(case: Case, scenario: Scenario | None, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    data = raw_job(case, extra)
     p = data.get("parallel") or {}
     t = data.get("training") or {}
     c: dict[str, Any] = data["cluster"] if isinstance(data.get("cluster"), dict) else {}
@@ -180,14 +182,15 @@ def planned_keys_used(case: Case) -> list[str]:
     return used
 
 
-def _software(case: Case) -> tuple[dict[str, Any] | None, tuple[str, ...]]:
-    """The software profile a case names, and the overrides to pass (``software`` ones set aside while the
-    simulator has no such key)."""
+def _software(case: Case, extra: tuple[str, ...] = ()) -> tuple[dict[str, Any] | None, tuple[str, ...]]:
+    """The software profile a case names, and the overrides to pass: the case's, then ``extra`` (``--set``)
+    (``software`` ones set aside while the simulator has no such key)."""
     profile = (case.body or {}).get("software")
     settings: dict[str, Any] = {}
     keep = []
-    for text in case.overrides:
-        key, value = parse_override(text, case.path, "override")
+    parsed = [parse_override(text, case.path, "override") for text in case.overrides]
+    parsed += [loading_parse_override(text) for text in extra]
+    for text, (key, value) in zip((*case.overrides, *extra), parsed, strict=True):
         if key == "software":
             profile = value
         elif key.startswith("software."):
@@ -230,8 +233,7 @@ def run_case(case: Case, mode: str, files: _JobFiles, extra: tuple[str, ...] = (
     """Simulate ``case`` and compare; ``extra``: ``--set`` overrides applied after the case's own (a what-if
     over the set)."""
     t0 = time.perf_counter()
-    software, overrides = _software(case)
-    overrides = (*overrides, *extra)
+    software, overrides = _software(case, extra)
     m = case.measured
     res = CaseResult(name=case.name, family=case.family, title=case.title, metric=m.metric, unit=m.unit,
                      measured=m.value, predicted=None, error=None, status="ok", reason=None, layout={},
@@ -256,31 +258,39 @@ def run_case(case: Case, mode: str, files: _JobFiles, extra: tuple[str, ...] = (
                                       and not k.startswith("software")]
     except Exception as e:  # a simulator bug: reported, never hidden, never fatal to the whole run
         res.status, res.reason = "failed", f"simulator error: {type(e).__name__}: {e}"
-    res.layout = layout_of(case, scenario)
+    res.layout = layout_of(case, scenario, extra)
     res.wall_time_s = time.perf_counter() - t0
     return res
 
 
 def check_extra(cases: list[Case], extra: tuple[str, ...]) -> None:
-    """Refuse ``--set`` overrides that are malformed, or that the first case would accept without them but
-    not with them (an unknown field or a value out of range): a :class:`SimInputError` naming ``--set``. An
-    override that suits some cases and not others is reported per case as not expressible."""
+    """Refuse ``--set`` overrides that are malformed, or that no case takes: each case that loads without them
+    is tried with them until one accepts them; if none does (an unknown field, a value out of range), a
+    :class:`SimInputError` naming ``--set`` and the first case's complaint. An override that suits some cases
+    and not others (a sequence longer than one model's limit) runs, and those others are reported per case as
+    not expressible."""
     for text in extra:
         loading_parse_override(text)
-    if not extra or not cases:
+    if not extra:
         return
-    case = cases[0]
-    _, own = _software(case)
+    first: tuple[Case, SimInputError] | None = None
     with tempfile.TemporaryDirectory(prefix="sim-validate-") as tmp:
-        job = _JobFiles(Path(tmp)).job_for(case)
-        try:
-            load_scenario(job, overrides=own)
-        except SimInputError:
-            return  # the case is not expressible by itself: its row says why
-        try:
-            load_scenario(job, overrides=(*own, *extra))
-        except SimInputError as e:
-            raise SimInputError(f"{' '.join(extra)} on {case.name}: {e}", field="--set") from None
+        files = _JobFiles(Path(tmp))
+        for case in cases:
+            _, own = _software(case)
+            job = files.job_for(case)
+            try:
+                load_scenario(job, overrides=own)
+            except SimInputError:
+                continue  # not expressible by itself: its row says why
+            try:
+                load_scenario(job, overrides=_software(case, extra)[1])
+                return
+            except SimInputError as e:
+                first = first or (case, e)
+    if first is not None:
+        case, err = first
+        raise SimInputError(f"{' '.join(extra)} fits no case (on {case.name}: {err})", field="--set")
 
 
 def run_cases(cases: list[Case], mode: str = "fast",

@@ -86,7 +86,8 @@ def test_h100_kernels_by_head_dim():
 
 
 def test_head_dim_factors_are_validated():
-    for bad, says in (("{4096: 0.9}", "head dim 4096 is outside 8-1024"), ("{64: 3.0}", "allowed 0.05-2.0")):
+    for bad, says in (("{4096: 0.9}", "head dim 4096 is outside 8-1024"), ("{64: 3.0}", "allowed 0.05-2.0"),
+                      ("{128: 0.5}", "head dim 128 is the curve's own")):
         with pytest.raises(SimInputError, match=r"attention_kernels.fa2.head_dim_fwd"):
             load_scenario(overrides=[f"cluster.gpu.efficiency.attention_kernels.fa2.head_dim_fwd={bad}"])
         with pytest.raises(SimInputError, match=says):
@@ -230,6 +231,16 @@ def test_the_calibration_report_drops_attention_off_the_default_curve():
     assert on_default is not None and on_fa2 is not None
     assert {"attention_fwd bf16", "attention_bwd bf16"} <= set(on_default["corrects"])
     assert set(on_fa2["corrects"]) == set(on_default["corrects"]) - {"attention_fwd bf16", "attention_bwd bf16"}
+
+
+def test_the_calibration_report_names_an_overridden_head_dim_factor():
+    """A head-dim factor of the default curve scales calibrated attention (DeepSeek's MLA runs head dim 192):
+    the report lists the override, under its dotted key, as correcting attention."""
+    key = "cluster.gpu.efficiency.attention_head_dim_fwd"
+    report = calibration_report(load_scenario(overrides=[f"{key}={{256: 0.5}}"]), base=load_scenario())
+    assert report is not None
+    change = report["overridden"]["efficiency.attention_head_dim_fwd.256"]
+    assert change["key"] == f"{key}.256" and change["to"] == 0.5 and "attention_fwd bf16" in change["corrects"]
 
 
 def test_the_software_stack_kernel_reaches_the_op_coster():

@@ -56,13 +56,14 @@ def test_sweep_human_report(runner, tmp_path):
 
 
 def test_points_that_are_no_configuration_are_named_so(runner, tmp_path):
-    """A vpp axis crossed with 1F1B (no virtual stages) makes points that are no configuration at all: the report
-    says so in words, not by the rule's short name."""
+    """A vpp axis crossed with the schedules makes points that are no configuration at all (1F1B at vpp 2, which
+    has no virtual stages; interleaved 1F1B at vpp 1): the report says so in words, not by the rule's short
+    name."""
     data = tiny_data(pp=[2], schedule=["1f1b", "interleaved-1f1b"], vpp=[1, 2])
     r = runner.invoke(main, ["sweep", write_spec(tmp_path, data), "--workers", "1"])
     assert r.exit_code == 0, r.output
     line = next(x for x in r.stdout.splitlines() if "pruned before simulating" in x)
-    assert "not a configuration (vpp with a schedule without virtual stages) 2" in line and "n/a" not in line
+    assert "not a configuration (a vpp the schedule does not take) 2" in line and "n/a" not in line
 
 
 @pytest.mark.parametrize(("change", "field"), [
