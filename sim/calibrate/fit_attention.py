@@ -32,11 +32,12 @@ import yaml
 from scipy.optimize import least_squares
 
 from sim.config import AttentionCurve, GpuSpec
+from sim.config.hardware import FITTED_HEAD_DIM
 from sim.costs.attention import flash_seconds
 from sim.loading import load_cluster, profiles_dir
 
 HOLDOUT_SEQ = 8192  # rows at or above this sequence length are held out
-FIT_HEAD_DIM = 128  # the curve's own head dim; other head dims get factors
+FIT_HEAD_DIM = FITTED_HEAD_DIM  # the curve's own head dim; other head dims get factors
 HOPPER_KERNELS = ("fa3", "fa2", "cudnn")
 
 

@@ -97,8 +97,11 @@ class AttentionCurve(Frozen):
         return check_head_dim_factors(v)
 
 
+#: The head dim an attention curve's other parameters are fitted at (Llama's, GPT-3-class models', DeepSeek's MLA
+#: values): factor 1 by definition.
+FITTED_HEAD_DIM = 128
 #: Head dims a factor may be given at, and the range of a factor (a kernel at most twice as fast, or 20 times
-#: slower, than at head dim 128).
+#: slower, than at the fitted head dim).
 HEAD_DIM_RANGE = (8, 1024)
 HEAD_DIM_FACTOR_RANGE = (0.05, 2.0)
 
@@ -107,8 +110,8 @@ def check_head_dim_factors(v: dict[int, float]) -> dict[int, float]:
     lo, hi = HEAD_DIM_RANGE
     flo, fhi = HEAD_DIM_FACTOR_RANGE
     for d, f in v.items():
-        if d == 128:
-            raise ValueError("head dim 128 is the curve's own (factor 1 by definition); give other head dims")
+        if d == FITTED_HEAD_DIM:
+            raise ValueError(f"head dim {d} is the curve's own (factor 1 by definition); give other head dims")
         if not lo <= d <= hi:
             raise ValueError(f"head dim {d} is outside {lo}-{hi}")
         if not flo <= f <= fhi:

@@ -57,13 +57,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from sim.config import AttentionCurve, GpuSpec
-from sim.config.hardware import flash_kernel_problem
+from sim.config.hardware import FITTED_HEAD_DIM, flash_kernel_problem
 from sim.costs import gemm
 from sim.errors import SimInputError
 from sim.units import US, dtype_bytes
-
-#: The head dim the curves' other parameters are fitted at (Llama's, GPT-3-class models', DeepSeek's MLA values).
-FITTED_HEAD_DIM = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +98,7 @@ def head_dim_factor(factors: dict[int, float], head_dim: float) -> float:
 
 
 def flash_efficiency(curve: AttentionCurve, seq: float, causal: bool, backward: bool,
-                     head_dim: float = 128) -> float:
+                     head_dim: float = FITTED_HEAD_DIM) -> float:
     """Fraction of the dense peak a FlashAttention-class kernel reaches on ``curve``, in model FLOPs, at
     ``head_dim`` (the query/key head dim: it picks the kernel's tiles)."""
     frac = curve.bwd_frac if backward else curve.fwd_frac
@@ -114,7 +111,7 @@ def flash_efficiency(curve: AttentionCurve, seq: float, causal: bool, backward: 
 
 
 def flash_seconds(gpu: GpuSpec, dtype: str, fwd_flops: float, seq: float, causal: bool, backward: bool,
-                  curve: AttentionCurve | None = None, head_dim: float = 128) -> float:
+                  curve: AttentionCurve | None = None, head_dim: float = FITTED_HEAD_DIM) -> float:
     """One attention pass of ``fwd_flops`` forward model FLOPs on ``curve`` (default: the GPU's default) at
     ``head_dim``."""
     flops = 2.0 * fwd_flops if backward else fwd_flops
