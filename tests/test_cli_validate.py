@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+
+import pytest
 from pathlib import Path
 
 from sim.cli import main
@@ -171,3 +173,22 @@ def test_set_that_suits_some_cases_runs_and_reports_the_others(runner):
     first, second = json.loads(r.stdout)["cases"]
     assert first["predicted"] is None and "max_seq_len" in first["reason"]
     assert second["predicted"] is not None
+
+
+def test_explain_says_where_each_step_goes(runner):
+    """--explain: the case's breakdown and its busiest rank's largest tasks, largest first; the compute tasks it
+    lists fit in the step (one stream runs one task at a time); without it, the breakdown only."""
+    name = "ptdp_weak_a100/1.7B-32gpu"
+    r = runner.invoke(main, ["validate", "--json", "--explain", name])
+    assert r.exit_code == 0, r.output
+    (case,) = json.loads(r.stdout)["cases"]
+    tasks = case["top_tasks"]
+    assert tasks and len({t["rank"] for t in tasks}) == 1
+    assert [t["seconds"] for t in tasks] == sorted((t["seconds"] for t in tasks), reverse=True)
+    compute = sum(t["seconds"] for t in tasks if t["stream"] == "compute")
+    assert 0 < compute <= case["step_time_s"] * (1 + 1e-9)
+    assert sum(case["breakdown_s"].values()) == pytest.approx(case["step_time_s"], rel=1e-6)
+    plain = json.loads(runner.invoke(main, ["validate", "--json", name]).stdout)["cases"][0]
+    assert plain["top_tasks"] == [] and plain["breakdown_s"]
+    text = runner.invoke(main, ["validate", "--explain", name]).stdout
+    assert f"{name}: step" in text and "busiest rank" in text and "attn_b" in text

@@ -43,11 +43,15 @@ def _clean(x: Any) -> Any:
 @click.option("--set", "extra", multiple=True, metavar="KEY=VALUE",
               help="override a field in every case, after the case's own overrides (a what-if over the set, e.g. "
                    "--set cluster.gpu.efficiency.hbm_frac=0.8; repeatable)")
+@click.option("--explain", is_flag=True,
+              help="per case, where its step goes: the breakdown and the busiest rank's largest tasks (simulates "
+                   "each case in detail with every task recorded, whatever --mode says; slower)")
 @click.option("--dir", "cases_dir", type=click.Path(file_okay=False), default=None,
               help="folder of case files [default: workloads/published]")
 @work_options
 def validate(cases: tuple[str, ...], as_json: bool, plot_out: str | None, mode: str, extra: tuple[str, ...],
-             cases_dir: str | None, max_memory: str | None, max_time: str | None, quiet: bool) -> None:
+             explain: bool, cases_dir: str | None, max_memory: str | None, max_time: str | None,
+             quiet: bool) -> None:
     """Run published cases (all, or CASES: families, file stems, case names, globs or case files) and report
     predicted, measured and the signed error predicted / measured - 1."""
     from sim.loading import scenario_guard
@@ -65,7 +69,7 @@ def validate(cases: tuple[str, ...], as_json: bool, plot_out: str | None, mode: 
     t0 = time.perf_counter()
 
     def within_budget(s: Scenario) -> None:
-        est = step_estimate(s, mode)
+        est = step_estimate(s, "detailed" if explain else mode)
         est.command = "validate"
         check(est, budget)
 
@@ -74,7 +78,7 @@ def validate(cases: tuple[str, ...], as_json: bool, plot_out: str | None, mode: 
             bar.stage(case.name)
             bar.update(1)
 
-        results = run_cases(chosen, mode, step, extra)
+        results = run_cases(chosen, mode, step, extra, explain)
     wall = time.perf_counter() - t0
     summary = summarize(results)
     if plot_out:
@@ -83,8 +87,8 @@ def validate(cases: tuple[str, ...], as_json: bool, plot_out: str | None, mode: 
         fmt = plot_out.rsplit(".", 1)[-1].lower()
         write_atomic(plot_out, lambda tmp: fig.savefig(tmp, dpi=130, format=fmt), "--plot")
     if as_json:
-        click.echo(json.dumps(_clean(json_object(results, summary, mode, wall, extra)), indent=2))
+        click.echo(json.dumps(_clean(json_object(results, summary, "detailed" if explain else mode, wall, extra)), indent=2))
         click.echo(f"validated {len(results)} cases in {wall:.1f} s (mode {mode})", err=True)
         return
-    for line in table_lines(results, summary, mode, wall, extra):
+    for line in table_lines(results, summary, "detailed" if explain else mode, wall, extra):
         click.echo(line)

@@ -91,12 +91,27 @@ def table_lines(results: list[CaseResult], summary: dict[str, Any], mode: str, w
         mean = "-" if s["mean_abs_error"] is None else f"{s['mean_abs_error']:.1%}"
         mx = "-" if s["max_abs_error"] is None else f"{s['max_abs_error']:.1%}"
         lines.append(f"{fam:{fam_w}}  {s['count']:>5} {s['expressible']:>5} {mean:>9} {mx:>9}  {worst}")
+    lines += explain_lines(results)
     o = summary["overall"]
     lines += ["", f"{o['count']} cases ({o['expressible']} expressible, {o['not_expressible']} not expressible, "
                   f"{o['failed']} failed) in {wall_s:.1f} s, mode {mode}; error = predicted / measured - 1"]
     if extra:
         lines.append(f"what-if: not the cases as published (--set {' --set '.join(extra)})")
     return lines
+
+
+def explain_lines(results: list[CaseResult]) -> list[str]:
+    """Per case explained (``--explain``): its step by category, then the busiest rank's largest tasks."""
+    out: list[str] = []
+    for r in results:
+        if not r.top_tasks:
+            continue
+        step = r.step_time_s or 0.0
+        parts = ", ".join(f"{k} {v:.3g}" for k, v in r.breakdown_s.items() if v > 0)
+        out += ["", f"{r.name}: step {step:.4g} s ({parts})",
+                f"  busiest rank {r.top_tasks[0]['rank']}, its largest tasks (seconds in the step, count):"]
+        out += [f"    {t['stream']:8} {t['name']:32} {t['seconds']:9.4g} s  x{t['count']}" for t in r.top_tasks]
+    return out
 
 
 def validation_figure(results: list[CaseResult], title: str = "sim validate: predicted vs measured") -> Figure:

@@ -32,7 +32,8 @@ from sim.config import Scenario
 from sim.errors import SimInputError
 from sim.loading import load_scenario, profiles_dir
 from sim.loading import parse_override as loading_parse_override
-from sim.step import Mode, simulate_step
+from sim.step import Mode, StepResult, simulate_step
+from sim.timeline import Stream
 from sim.units import GB
 from sim.validation.cases import Case, parse_override
 from sim.validation.metrics import predict
@@ -70,9 +71,33 @@ class CaseResult:
     unplanned_unknown_keys: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     wall_time_s: float = 0.0
+    breakdown_s: dict[str, float] = field(default_factory=dict)  # the step by category (sim run's breakdown)
+    #: with ``explain``: the busiest rank's tasks by name, largest first (stream, name, seconds, count)
+    top_tasks: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+#: How many of the busiest rank's tasks ``explain`` keeps per case.
+EXPLAIN_TASKS = 12
+
+
+def busiest_rank_tasks(result: StepResult, n: int = EXPLAIN_TASKS) -> list[dict[str, Any]]:
+    """The ``n`` largest task groups of the rank with the most busy time: per (stream, task name), the seconds
+    its tasks ran and how many there were, largest first (a step recorded with its tasks)."""
+    if result.trace is None or not result.busy_per_rank_s:
+        return []
+    rank = max(range(len(result.busy_per_rank_s)), key=result.busy_per_rank_s.__getitem__)
+    totals: dict[tuple[str, str], list[float]] = {}
+    for t in result.trace.tasks:
+        if t.rank == rank:
+            acc = totals.setdefault((Stream(t.stream).name.lower(), t.name), [0.0, 0])
+            acc[0] += t.end - t.start
+            acc[1] += 1
+    top = sorted(totals.items(), key=lambda kv: -kv[1][0])[:n]
+    return [{"rank": rank, "stream": stream, "name": name, "seconds": secs, "count": int(count)}
+            for (stream, name), (secs, count) in top]
 
 
 # ----------------------------------------------------------------------------------------------- the job
@@ -229,9 +254,11 @@ class _JobFiles:
 # ----------------------------------------------------------------------------------------------- running
 
 
-def run_case(case: Case, mode: str, files: _JobFiles, extra: tuple[str, ...] = ()) -> CaseResult:
+def run_case(case: Case, mode: str, files: _JobFiles, extra: tuple[str, ...] = (),
+             explain: bool = False) -> CaseResult:
     """Simulate ``case`` and compare; ``extra``: ``--set`` overrides applied after the case's own (a what-if
-    over the set)."""
+    over the set); ``explain``: simulate in detail, every task recorded, and keep the busiest rank's largest
+    tasks (``top_tasks``)."""
     t0 = time.perf_counter()
     software, overrides = _software(case, extra)
     m = case.measured
@@ -242,7 +269,8 @@ def run_case(case: Case, mode: str, files: _JobFiles, extra: tuple[str, ...] = (
     scenario = None
     try:
         scenario = load_scenario(files.job_for(case), overrides=overrides)
-        result = simulate_step(scenario, mode=cast(Mode, mode))  # simulate_step checks it
+        result = simulate_step(scenario, mode=cast(Mode, "detailed" if explain else mode),
+                               record_trace=explain)  # simulate_step checks it
         predicted = predict(m.metric, scenario, result.step_time_s, result.tokens_per_s_per_gpu, m.peak_tflops)
         if not math.isfinite(predicted) or predicted <= 0:
             raise ValueError(f"the simulated {m.metric} is {predicted!r}")
@@ -251,6 +279,9 @@ def run_case(case: Case, mode: str, files: _JobFiles, extra: tuple[str, ...] = (
         res.oom = bool(result.oom)
         res.peak_memory_per_gpu_gb = result.peak_memory_per_gpu_bytes / GB
         res.warnings = list(getattr(result, "warnings", []) or [])
+        res.breakdown_s = dict(result.breakdown_s)
+        if explain:
+            res.top_tasks = busiest_rank_tasks(result)
     except SimInputError as e:
         res.status, res.reason = "not_expressible", str(e)
         res.unknown_keys = _UNKNOWN_RE.findall(str(e))
@@ -293,15 +324,14 @@ def check_extra(cases: list[Case], extra: tuple[str, ...]) -> None:
         raise SimInputError(f"{' '.join(extra)} fits no case (on {case.name}: {err})", field="--set")
 
 
-def run_cases(cases: list[Case], mode: str = "fast",
-              progress: Callable[[Case], None] | None = None, extra: tuple[str, ...] = ()) -> list[CaseResult]:
-    """Run ``cases`` in order; ``progress(case)`` after each; ``extra`` overrides every case (see
-    :func:`run_case`)."""
+def run_cases(cases: list[Case], mode: str = "fast", progress: Callable[[Case], None] | None = None,
+              extra: tuple[str, ...] = (), explain: bool = False) -> list[CaseResult]:
+    """Run ``cases`` in order; ``progress(case)`` after each; ``extra`` and ``explain`` as :func:`run_case`."""
     out = []
     with tempfile.TemporaryDirectory(prefix="sim-validate-") as tmp:
         files = _JobFiles(Path(tmp))
         for case in cases:
-            out.append(run_case(case, mode, files, extra))
+            out.append(run_case(case, mode, files, extra, explain))
             if progress is not None:
                 progress(case)
     return out
