@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
-from pathlib import Path
 
 from sim.cli import main
 

@@ -81,14 +81,15 @@ def validate(cases: tuple[str, ...], as_json: bool, plot_out: str | None, mode: 
         results = run_cases(chosen, mode, step, extra, explain)
     wall = time.perf_counter() - t0
     summary = summarize(results)
+    ran = "detailed" if explain else mode
     if plot_out:
         fig = validation_figure(results) if not extra else validation_figure(
             results, f"sim validate, what-if: --set {' --set '.join(extra)}")
         fmt = plot_out.rsplit(".", 1)[-1].lower()
         write_atomic(plot_out, lambda tmp: fig.savefig(tmp, dpi=130, format=fmt), "--plot")
     if as_json:
-        click.echo(json.dumps(_clean(json_object(results, summary, "detailed" if explain else mode, wall, extra)), indent=2))
-        click.echo(f"validated {len(results)} cases in {wall:.1f} s (mode {mode})", err=True)
+        click.echo(json.dumps(_clean(json_object(results, summary, ran, wall, extra)), indent=2))
+        click.echo(f"validated {len(results)} cases in {wall:.1f} s (mode {ran})", err=True)
         return
-    for line in table_lines(results, summary, "detailed" if explain else mode, wall, extra):
+    for line in table_lines(results, summary, ran, wall, extra):
         click.echo(line)
