@@ -55,6 +55,12 @@ class SoftwareSpec(Frozen):
         "NCCL large flat buckets (Megatron-LM, FSDP2); lower for stacks whose collectives run per parameter "
         "through Python hooks. A property of the software, fitted where no mechanism explains it (see the "
         "profile's sources)")
+    pytorch_cp_step_efficiency: float = Field(
+        default=1.0, gt=0, le=1, description="context parallelism as PyTorch's context_parallel runs it (parallel."
+        "cp_mode pytorch): the fraction of the attention kernel's modelled rate that each ring step after the "
+        "diagonal reaches (its SDPA call, forward and backward; not the diagonal step, the exchanges or the "
+        "bookkeeping kernels): 1 = the kernel's curve. A property of the software, fitted where no mechanism "
+        "explains it (see the profile's sources)")
     zero3_max_live_params: float | None = Field(
         default=None, gt=0, le=1e13, description="ZeRO-3 that gathers module by module (DeepSpeed's "
         "stage3_max_live_parameters): the parameters it keeps gathered at once, or its largest module when that "

@@ -329,6 +329,7 @@ class BlockTasks:
         full = self.net.collective_seconds("all_gather", kv * self.cp, self.net.cp_group())
         name = "attn" if part == "F" else "attn_b"
         ring = "attn_ring" if part == "F" else "attn_ring_b"  # the bookkeeping kernels beside the SDPA calls
+        slow = 1.0 / self.s.software.pytorch_cp_step_efficiency  # the stack's fitted rate of the later steps
         keep = self._ring_bookkeeping(op)
         layer = unit.index
 
@@ -337,7 +338,7 @@ class BlockTasks:
             gather = b.add("cp_kv_gather", part, Stream.COMM, full, (cat,), layer, self.cp_links, True)
             b.chain(name, part, Stream.COMPUTE, seconds / self.cp, layer)
             b.chain(ring, part, Stream.COMPUTE, keep["fwd_first"], layer)
-            off = seconds / self.cp * self.coster.offdiagonal_share(op, "fwd")  # whole blocks after the diagonal
+            off = seconds / self.cp * self.coster.offdiagonal_share(op, "fwd") * slow  # whole blocks, after it
             for step in range(1, self.cp):
                 waits = (gather,) if step == 1 else ()
                 if step < self.cp - 1:  # the step's own concatenation, once the gathered blocks are there
@@ -357,7 +358,7 @@ class BlockTasks:
         gather = b.add("cp_kv_gather", part, Stream.COMM, full, (cat,), layer, self.cp_links, True)
         send_s = self.net.cp_ring_step_seconds(2 * kv)  # the K and V gradients in FP32
         sends: list[int] = []
-        off = bwd * self.coster.offdiagonal_share(op, "dgrad")
+        off = bwd * self.coster.offdiagonal_share(op, "dgrad") * slow
         for step in range(self.cp):
             waits = (gather,) if step == 1 else ()
             if 0 < step < self.cp - 1:

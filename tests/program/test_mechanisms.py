@@ -80,6 +80,32 @@ def test_ring_steps_after_the_diagonal_run_at_the_non_causal_rate(gpt):
     assert build_context(unfused).program.coster.offdiagonal_share(op, "dgrad") == 1.0
 
 
+def test_the_fitted_pytorch_ring_step_efficiency_slows_only_the_sdpa_steps_after_the_diagonal(gpt):
+    """software.pytorch_cp_step_efficiency = e divides the time of each SDPA step after the diagonal by e, in the
+    forward and the backward; the diagonal step, the bookkeeping kernels and the exchanges keep their times; ring
+    mode (Megatron/TE) does not read it."""
+    cp, e = 4, 0.5
+    base = build_context(gpt(f"parallel.cp={cp}", "parallel.cp_mode=pytorch")).program
+    slow = build_context(gpt(f"parallel.cp={cp}", "parallel.cp_mode=pytorch",
+                             f"software.pytorch_cp_step_efficiency={e}")).program
+    for part, core in (("F", "attn"), ("B", "attn_b")):
+        a, b = base.chunk(0, part, 0).tasks, slow.chunk(0, part, 0).tasks
+        assert [x.name for x in a] == [x.name for x in b]
+        # after each gather, the next cp SDPA calls of the core: the diagonal step, then the later ones
+        later: set[int] = set()
+        gathers = [i for i, x in enumerate(a) if x.name == "cp_kv_gather"]
+        for g in gathers:
+            calls = [i for i in range(g + 1, len(a)) if a[i].name == core][:cp]
+            later.update(calls[1:])
+        assert gathers and len(later) == len(gathers) * (cp - 1)
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert y.seconds == pytest.approx(x.seconds / e if i in later else x.seconds, rel=1e-12), (part, i)
+    ring = [gpt(f"parallel.cp={cp}", "parallel.cp_mode=ring", *extra)
+            for extra in ((), (f"software.pytorch_cp_step_efficiency={e}",))]
+    assert ([t.seconds for t in build_context(ring[0]).program.chunk(0, "B", 0).tasks]
+            == [t.seconds for t in build_context(ring[1]).program.chunk(0, "B", 0).tasks])
+
+
 def test_all_gather_context_parallelism_gathers_kv_once_per_layer(gpt):
     ctx = build_context(gpt("parallel.cp=2", "parallel.cp_mode=all_gather"))
     kv_all = SEQ * H * (64 + 64) * 2              # the whole sequence's K and V
