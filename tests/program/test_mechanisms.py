@@ -85,9 +85,19 @@ def test_the_fitted_pytorch_ring_step_efficiency_slows_only_the_sdpa_steps_after
     forward and the backward; the diagonal step, the bookkeeping kernels and the exchanges keep their times; ring
     mode (Megatron/TE) does not read it."""
     cp, e = 4, 0.5
-    base = build_context(gpt(f"parallel.cp={cp}", "parallel.cp_mode=pytorch")).program
-    slow = build_context(gpt(f"parallel.cp={cp}", "parallel.cp_mode=pytorch",
-                             f"software.pytorch_cp_step_efficiency={e}")).program
+    # with full recompute (as every published CP run) the backward re-runs the forward's steps: slowed once each
+    for recompute, gathers_b in (("none", 4), ("full", 8)):
+        _check_pytorch_step_efficiency(gpt, cp, e, recompute, gathers_b)
+    ring = [gpt(f"parallel.cp={cp}", "parallel.cp_mode=ring", *extra)
+            for extra in ((), (f"software.pytorch_cp_step_efficiency={e}",))]
+    assert ([t.seconds for t in build_context(ring[0]).program.chunk(0, "B", 0).tasks]
+            == [t.seconds for t in build_context(ring[1]).program.chunk(0, "B", 0).tasks])
+
+
+def _check_pytorch_step_efficiency(gpt, cp: int, e: float, recompute: str, gathers_b: int) -> None:
+    layout = (f"parallel.cp={cp}", "parallel.cp_mode=pytorch", f"parallel.recompute={recompute}")
+    base = build_context(gpt(*layout)).program
+    slow = build_context(gpt(*layout, f"software.pytorch_cp_step_efficiency={e}")).program
     for part, core in (("F", "attn"), ("B", "attn_b")):
         a, b = base.chunk(0, part, 0).tasks, slow.chunk(0, part, 0).tasks
         assert [x.name for x in a] == [x.name for x in b]
@@ -97,13 +107,9 @@ def test_the_fitted_pytorch_ring_step_efficiency_slows_only_the_sdpa_steps_after
         for g in gathers:
             calls = [i for i in range(g + 1, len(a)) if a[i].name == core][:cp]
             later.update(calls[1:])
-        assert gathers and len(later) == len(gathers) * (cp - 1)
+        assert len(gathers) == (4 if part == "F" else gathers_b) and len(later) == len(gathers) * (cp - 1)
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
             assert y.seconds == pytest.approx(x.seconds / e if i in later else x.seconds, rel=1e-12), (part, i)
-    ring = [gpt(f"parallel.cp={cp}", "parallel.cp_mode=ring", *extra)
-            for extra in ((), (f"software.pytorch_cp_step_efficiency={e}",))]
-    assert ([t.seconds for t in build_context(ring[0]).program.chunk(0, "B", 0).tasks]
-            == [t.seconds for t in build_context(ring[1]).program.chunk(0, "B", 0).tasks])
 
 
 def test_all_gather_context_parallelism_gathers_kv_once_per_layer(gpt):
