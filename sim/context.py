@@ -95,7 +95,7 @@ def known_gaps(scenario: Scenario) -> tuple[str, ...]:
     if eff < 1:
         return (f"context parallelism (cp_mode pytorch): the ring steps after the diagonal run at "
                 f"software.pytorch_cp_step_efficiency = {eff:g} of the attention kernel's rate, an empirical factor "
-                "for a cause not modelled (torchtitan_2024's 0.6 is fitted to torchtitan's Llama 3.1 8B CP runs and "
+                "for a cause not modelled (torchtitan_2024's value is fitted to torchtitan's Llama 3.1 8B CP runs and "
                 "checked on its 405B ones, CP 2-8, 64K-256K tokens; the two models alone would want about 0.5 and "
                 "0.7); away from such runs this step time is less certain than the rest of the model",)
     if p.cp >= 4:

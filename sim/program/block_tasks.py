@@ -325,7 +325,8 @@ class BlockTasks:
         accumulation waits for the previous step's send (``dkv_rotater.next_buffer()`` after the SDPA call), and
         the next kernel after the core for the last one. Around the SDPA calls run the memory-bound kernels of
         :meth:`_ring_bookkeeping` (merging each step's output into the FP32 result, accumulating gradients).
-        Only the diagonal step is a causal call; the others are whole blocks at the non-causal rate."""
+        Only the diagonal step is a causal call; the others are whole blocks at the non-causal rate, divided by
+        the stack's ``software.pytorch_cp_step_efficiency`` (a fitted factor; see the software profile)."""
         full = self.net.collective_seconds("all_gather", kv * self.cp, self.net.cp_group())
         name = "attn" if part == "F" else "attn_b"
         ring = "attn_ring" if part == "F" else "attn_ring_b"  # the bookkeeping kernels beside the SDPA calls
