@@ -151,10 +151,39 @@ def test_impossible_results_are_bug_reports():
 
     r = simulate_step(load_scenario(TINY), mode="fast")
     check_step_result(r)
-    for change in ({"mfu": {**r.mfu, "fp8_causal": 2.96}}, {"step_time_s": float("nan")},
+    for change in ({"mfu": {**r.mfu, "fp8_causal": 2.96, "bf16_causal": 5.92}}, {"step_time_s": float("nan")},
+                   {"mfu": {**r.mfu, "bf16_noncausal": float("nan")}},
                    {"breakdown_s": {**r.breakdown_s, "bubble": -1.0}}, {"peak_memory_per_gpu_bytes": float("inf")}):
         with pytest.raises(SimBugError, match="a simulator bug"):
             check_step_result(replace(r, **change), "tiny")
+
+
+def test_an_attention_curve_the_job_never_reads_is_refused_naming_the_one_it_reads():
+    """The default curve (efficiency.attention_*) costs a job only when its stack's kernel is the profile's
+    default; an FA2 stack reads attention_kernels.fa2, an unfused one no curve at all: overriding the default
+    there would change nothing, silently."""
+    load_scenario(TINY, overrides=["cluster.gpu.efficiency.attention_fwd_frac=0.5"])  # fa3, the default: read
+    eff = "cluster.gpu.efficiency"
+    load_scenario(TINY, overrides=["software.flash_kernel=fa2", f"{eff}.attention_kernels.fa2.fwd_frac=0.3",
+                                   f"{eff}.attention_kernel=fa3"])
+    with pytest.raises(SimInputError, match=r"attention_bwd_frac: not read: .*attention_kernels\.fa2\.bwd_frac") as e:
+        load_scenario(TINY, overrides=["software.flash_kernel=fa2", f"{eff}.attention_bwd_frac=0.5"])
+    assert e.value.field == f"{eff}.attention_bwd_frac"
+    with pytest.raises(SimInputError, match=r"software\.attention is unfused"):
+        load_scenario(TINY, overrides=["software.attention=unfused", f"{eff}.attention_seq_half=10"])
+
+
+def test_mfu_conventions_that_may_pass_100_percent_are_results():
+    """Non-causal counting credits attention with FLOPs a causal kernel skips (at 128K tokens it about doubles
+    them), and an FP8 job's BF16 MFU divides by half its peak: both may pass 100 % in a true result. Only the
+    causal MFU over the fastest peak cannot."""
+    from sim.step import simulate_step
+
+    r = simulate_step(load_scenario(TINY), mode="fast")
+    check_step_result(replace(r, mfu={"bf16_causal": 1.4, "bf16_noncausal": 2.1, "fp8_causal": 0.7}), "tiny")
+    check_step_result(replace(r, mfu={"bf16_causal": 0.9, "bf16_noncausal": 1.03, "fp8_causal": None}), "tiny")
+    with pytest.raises(SimBugError, match="fastest peak"):
+        check_step_result(replace(r, mfu={"bf16_causal": 1.1, "bf16_noncausal": 1.3, "fp8_causal": None}), "tiny")
 
 
 # ----------------------------------------------------------------------------------------------- progress
