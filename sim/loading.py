@@ -29,7 +29,7 @@ from pydantic import BaseModel, ValidationError
 from sim.config import ClusterSpec, GpuSpec, ModelSpec, Scenario
 from sim.config.hardware import gpu_model_token
 from sim.errors import SimInputError, format_validation_error
-from sim.guards import check_raw, check_scenario
+from sim.guards import check_overrides_read, check_raw, check_scenario
 
 DEFAULT_WORKLOAD = "deepseek_v3.yaml"
 #: libyaml's C loader when PyYAML was built with it (about 6x faster than the pure-Python one), else Python's.
@@ -187,17 +187,31 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def apply_override(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set the dotted ``key`` in ``data``: mapping keys (created when missing), and list entries by index
+    (``run.phases.0.tokens``: the first phase's tokens)."""
     node: Any = data
     parts = key.split(".")
-    for i, part in enumerate(parts[:-1]):
+    for i, part in enumerate(parts):
+        where, last = ".".join(parts[:i]), i == len(parts) - 1
+        if isinstance(node, list):
+            if not node:
+                raise SimInputError(f"{where} is an empty list", field=key)
+            if not part.isdigit() or int(part) >= len(node):
+                raise SimInputError(f"{where} is a list of {len(node)}: index it 0-{len(node) - 1} (got {part!r})",
+                                    field=key)
+            if last:
+                node[int(part)] = value
+                return
+            node = node[int(part)]
+            continue
         if not isinstance(node, dict):
-            raise SimInputError(f"{'.'.join(parts[:i])} is not a mapping", field=key)
+            raise SimInputError(f"{where} is not a mapping", field=key)
+        if last:
+            node[part] = value
+            return
         if node.get(part) is None:
             node[part] = {}
         node = node[part]
-    if not isinstance(node, dict):
-        raise SimInputError(f"{'.'.join(parts[:-1])} is not a mapping", field=key)
-    node[parts[-1]] = value
 
 
 def validate(cls: type[BaseModel], data: dict[str, Any], prefix: str = "") -> Any:
@@ -229,8 +243,10 @@ def load_scenario(ref: str | None = None, *, hardware: str | None = None, gpus: 
     data = resolve_workload(path)
     if hardware:
         data["cluster"] = resolve_cluster(hardware, Path.cwd())
+    keys = []
     for text in overrides:
         key, value = parse_override(text)
+        keys.append(key)
         if key == "software" and isinstance(value, str):  # a named stack replaces the job's
             value, _ = _load_ref(value, path.parent, profiles_dir() / "software", "software")
         elif key == "model" and isinstance(value, str):  # a named model replaces the job's
@@ -247,6 +263,7 @@ def load_scenario(ref: str | None = None, *, hardware: str | None = None, gpus: 
         data.setdefault("parallel", {})["dp"] = None
     scenario = validate(Scenario, data)
     check_scenario(scenario)
+    check_overrides_read(scenario, keys)
     guard = _SCENARIO_GUARD.get()
     if guard is not None:
         guard(scenario)

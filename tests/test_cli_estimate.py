@@ -113,6 +113,16 @@ def test_run_and_the_training_shorthand_together_exit_2(runner, tmp_path):
     assert r.exit_code == 2 and "run:" in r.output
 
 
+def test_total_tokens_beside_a_run_section_exits_2_naming_the_phase_field(runner, tmp_path):
+    """With a run: section the phases carry the tokens; training.total_tokens would change nothing."""
+    path = job(tmp_path, {"phases": [{"name": "a", "global_batch_size": 16, "tokens": 1e9}]})
+    r = runner.invoke(main, ["estimate", path, "--set", "training.total_tokens=2e9"])
+    assert r.exit_code == 2 and "run.phases.0.tokens" in r.output
+    one, two = (json.loads(runner.invoke(main, ["estimate", path, "--json", "--set", f"run.phases.0.tokens={t}"]
+                                         ).stdout) for t in ("1e9", "2e9"))
+    assert two["total"]["gpu_hours"] == pytest.approx(2 * one["total"]["gpu_hours"], rel=1e-6)
+
+
 def test_bad_price_exits_2(runner):
     r = runner.invoke(main, ["estimate", "--price", "-1"])
     assert r.exit_code == 2 and "--price" in r.output

@@ -93,6 +93,16 @@ def test_override_of_unknown_nested_key():
         load_scenario(overrides=["cluster.gpu.hbm_gib=96"])
 
 
+def test_override_indexes_lists():
+    s = load_scenario(overrides=["run.phases.0.tokens=7.4e12", "run.phases.2.steps=10"])
+    assert (s.run.phases[0].tokens, s.run.phases[2].steps) == (7.4e12, 10)
+    for key, message in (("run.phases.4.steps", r"run.phases is a list of 4: index it 0-3 \(got '4'\)"),
+                         ("run.phases.first.steps", "index it 0-3"), ("parallel.tp.x", "parallel.tp is not a mapping")):
+        with pytest.raises(SimInputError, match=message) as e:
+            load_scenario(overrides=[f"{key}=1"])
+        assert e.value.field == key
+
+
 def test_gpus_option_scales_data_parallelism():
     s = load_scenario(gpus=4096, overrides=["training.global_batch_size=30720"])
     assert (s.num_gpus, s.dp, s.num_microbatches) == (4096, 256, 120)

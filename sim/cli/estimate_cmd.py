@@ -17,7 +17,8 @@ from sim.budget import Estimate, many_steps_estimate, step_estimate
 from sim.cli.common import budget_check, echo_json, human_count, new_progress, work_options, write_atomic
 from sim.cli.run_cmd import scenario_options
 from sim.config import Scenario
-from sim.loading import load_scenario
+from sim.errors import SimInputError
+from sim.loading import load_scenario, parse_override
 from sim.outputs import IMAGE_FORMATS, check_output
 
 
@@ -62,6 +63,9 @@ def estimate(workload: str | None, hardware: str | None, gpus: int | None, overr
     if plot_out:
         check_output(plot_out, "--plot", IMAGE_FORMATS)
     scenario = load_scenario(workload, hardware=hardware, gpus=gpus, overrides=overrides)
+    if scenario.run is not None and any(parse_override(o)[0] == "training.total_tokens" for o in overrides):
+        raise SimInputError("not read: the job's run: section gives each phase's tokens; set "
+                            "run.phases.0.tokens (its first phase) instead", field="training.total_tokens")
     work = _work(scenario, mode)
     budget_check(work, max_memory, max_time)
     with new_progress("sim estimate", 1, quiet, unit="step simulations") as bar:
