@@ -254,7 +254,9 @@ class NodeSpec(Frozen):
     gpus_per_node: int = Field(ge=1, le=L.GPUS_PER_NODE_MAX)
     nvlink_gb_per_s: float = Field(gt=0, le=L.NVLINK_GB_PER_S_MAX, description="nominal, per direction")
     nvlink_achievable_gb_per_s: float = Field(gt=0, le=L.NVLINK_GB_PER_S_MAX)
-    nvlink_latency_us: float = Field(default=3.33, ge=0, le=L.LATENCY_US_MAX)
+    nvlink_latency_us: float = Field(default=3.33, ge=0, le=L.LATENCY_US_MAX, description=(
+        "latency of a point-to-point NVLink transfer (pipeline sends, expert all-to-all); NCCL collectives take "
+        "NCCL's own per-protocol latencies (the NCCL profile, hardware_profiles/comm/nccl.yaml), not this field"))
     nics_per_node: int = Field(ge=0, le=L.NICS_PER_NODE_MAX)
     nic_gbit_per_s: float = Field(gt=0, le=L.NIC_GBIT_PER_S_MAX, description="line rate of one NIC")
     nic_achievable_gb_per_s: float = Field(gt=0, le=L.NIC_GB_PER_S_MAX)
