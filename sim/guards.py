@@ -24,6 +24,7 @@ from typing import Any
 
 from sim.config import ModelSpec, Scenario
 from sim.config.hardware import flash_kernel_problem
+from sim.costs.attention import flash_curve
 from sim.errors import SimBugError, SimInputError
 
 #: Longest name (``name`` keys) and longest other string in a job, profile or override.
@@ -46,8 +47,6 @@ def check_overrides_read(scenario: Scenario, keys: Iterable[str]) -> None:
     """Refuse an override of the default attention curve (``cluster.gpu.efficiency.attention_fwd_frac`` ...) when
     the job reads another: its stack's ``flash_kernel`` takes a curve of ``efficiency.attention_kernels``, or its
     attention is unfused. The error names the field to set instead."""
-    from sim.costs.attention import flash_curve
-
     for key in keys:
         if not key.startswith(_DEFAULT_CURVE) or key.startswith(_DEFAULT_CURVE + "kernel"):
             continue  # attention_kernel (which curve is the default) and attention_kernels.* are read as set

@@ -140,12 +140,12 @@ def test_an_impossible_result_is_a_bug_report_not_a_result(runner, monkeypatch):
 
     def broken(*args, **kwargs):
         r = real(*args, **kwargs)
-        r.mfu["bf16_causal"] = 2.96
+        r.mfu.update(bf16_causal=2.96, fp8_causal=1.48)  # model FLOPs faster than the FP8 peak
         return r
 
     monkeypatch.setattr(sim.step, "simulate_step", broken)
     r = runner.invoke(main, ["run", TINY, "--mode", "fast", "--json"])
-    assert r.exit_code == 1 and "a simulator bug" in r.stderr and "MFU bf16_causal" in r.stderr
+    assert r.exit_code == 1 and "a simulator bug" in r.stderr and "MFU fp8_causal" in r.stderr
     assert r.stdout == ""
 
 
