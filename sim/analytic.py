@@ -3,14 +3,15 @@
 Same model as the engine's fast mode: every action takes the isolated duration of its work
 (:func:`sim.engine.isolated_run` via :class:`sim.assemble.Assembler`, memoized by content), an action starts when
 its rank is free and its inputs have arrived, a stage-boundary transfer takes the network's point-to-point time
-and leaves when its action ends (transfers of one rank and link queue behind each other and between the
-buckets of the rank's data-parallel collectives: an overlapped parameter gather from the start, gradient
-reductions from the backward that fills them or from its end), and each rank ends with its tail: waiting for
-those reductions, the optimizer and an exposed parameter gather. What it leaves out: transfers of different
-ranks queueing for one receiving side (a receiver's own collectives are seen), and compute slowed while
-data-parallel collectives hold SMs (fast mode leaves that out too). Measured against fast mode: within 1 %
-on the shipped workloads; ZeRO-2 (a reduction per micro-batch) on the GPT-3 example 7.5 % fast, the sends
-queueing at receivers it leaves out.
+and leaves when its action ends, sharing its link sides as the engine does: at its weighted share while other
+work is in flight on them (earlier sends of the rank, the buckets of the rank's and the receiver's data-parallel
+collectives: an overlapped parameter gather from the start, gradient reductions from the backward that fills
+them or from its end), and each rank ends with its tail: waiting for those reductions, the optimizer and an
+exposed parameter gather. What it leaves out: transfers of different ranks sharing one receiving side (a
+receiver's own collectives are seen), more than one other transfer on a side at once, a send slowing the
+collectives beside it, and compute slowed while data-parallel collectives hold SMs (fast mode leaves that
+out too). Measured against fast mode: within 0.1 % on the shipped workloads and on ZeRO-2 (a reduction per
+micro-batch) on the GPT-3 example.
 
 How the pipeline is combined (:mod:`sim.analytic_eval`), per schedule, under balanced routing (every
 micro-batch of a stage has the same chunks): the schedule's max-plus recurrence is evaluated exactly at two

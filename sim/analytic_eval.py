@@ -22,6 +22,7 @@ from sim.context import build_context
 from sim.memory import peak_activation_bytes, rank_model_states
 from sim.model.activations import stage_activation_bytes, stage_rerun_bytes, stage_workspace_bytes
 from sim.model.counts import stage_expert_params, stage_params
+from sim.network.nccl import send_weight
 from sim.pipeline import all_stages_of
 from sim.program.tasks import NIC, NVLINK
 from sim.schedules.actions import Schedule
@@ -192,8 +193,7 @@ class Evaluation:
     (reductions beside the actions) when each of its stages' last gradient reduction ends, in ``Table.stages``
     order; an overlapped one asks for the links its bucket delay after the backward that fills it starts,
     another when that backward ends, and it starts once the rank's links are free.
-    Its links stay held until then: later sends of the rank, and sends to it asked for after it started,
-    wait."""
+    Sends of the rank, and sends to it, beside it share its links (see :func:`evaluate`)."""
 
     FINISH, DURATION, BUSY_F, BUSY_I, BUSY_W, OVERLAPPED, PEAK, SYNCS = range(8)
 
@@ -204,12 +204,17 @@ class Evaluation:
 def evaluate(table: Table, sched: Schedule) -> Evaluation:
     """Exact evaluation of ``sched`` over the table's durations (see the module docstring).
 
-    Links are reserved as the engine reserves them: a transfer from the later of its request and when both of
-    its sides are free. Each rank's data-parallel collectives (an overlapped parameter gather from the start,
-    gradient reductions) queue on its data-parallel stream bucket by bucket, each bucket holding the rank's
-    transmit and receive sides of its links; a bucket asked for before a send is placed first, so sends slip
-    in between buckets as they do in the engine. Sends of different ranks do not queue for one receiving side
-    (ranks are evaluated one after another, not in time order)."""
+    Links are shared as the engine shares them, to first order. Each rank's data-parallel collectives (an
+    overlapped parameter gather from the start, gradient reductions) queue on its data-parallel stream bucket
+    by bucket, each bucket keeping the rank's transmit and receive sides of its links busy; a bucket asked
+    for before a send is placed first. A send of ``d`` seconds asked for at ``t`` while work with ``w``
+    seconds left holds its transmit side (earlier sends, the rank's buckets) or its receive side (the
+    receiver's buckets) moves at its weighted share ``s = v / (v + 1)`` (``v``: its
+    :func:`~sim.network.nccl.send_weight` against a collective's 1) until one of them is done: it arrives at
+    ``t + d + min(d / v, w)``,
+    and its transmit side has ``d`` more seconds of work (a shared link is work-conserving, so the last
+    transfer on it ends when queueing would have ended it). Sends of different ranks do not share one receiving
+    side (ranks are evaluated one after another, not in time order)."""
     comp = compiled(sched)
     n_ranks = len(comp.ranks)
     arrive = [-1.0] * comp.num_keys
@@ -227,6 +232,7 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
         deque((0.0, b, -1, table.gather_sides) for b in buckets) for buckets in table.prologue_buckets]
     dp_free = [0.0] * n_ranks  # when each rank's data-parallel stream is free
     inf = float("inf")
+    weight = (send_weight(True), send_weight(False))  # a send's share against a collective's 1, per side
     head = [0.0 if q else inf for q in pending]  # when each rank's first pending bucket is asked for
     sync_s, overlap, every, skewed = table.grad_sync_s, table.overlap_grad_reduce, table.reduce_every, table.skewed
     after = table.after_stage
@@ -310,8 +316,11 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
                     if head[dst] < t:
                         place(dst, t)
                     j = bisect_left(held_req[dst][side], t)  # the receiver's buckets asked for before t
-                    start = max(t, txr[side], held_end[dst][side][j - 1] if j else 0.0)
-                    arrive[k] = txr[side] = start + seconds
+                    # Shared, not queued: beside a collective with ``busy`` seconds left on its sides it moves
+                    # at w / (w + 1) of the rate until it or they finish (the engine's weighted shares).
+                    busy = max(txr[side], held_end[dst][side][j - 1] if j else 0.0) - t
+                    arrive[k] = t + seconds + (min(seconds / weight[side], busy) if busy > 0.0 else 0.0)
+                    txr[side] = max(t, txr[side]) + seconds  # the side's work, done by then either way
                 if parked and k in parked:
                     ready.extend(parked.pop(k))
             if reduces and not overlap:  # asked for when the action ends

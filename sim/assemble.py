@@ -29,6 +29,7 @@ from typing import Any, NamedTuple, cast
 from sim.config import Scenario
 from sim.engine import PlannedAction, RankPlan, Send, TailItem, isolated_run
 from sim.network import Network
+from sim.network.nccl import send_weight
 from sim.pipeline import all_stages_of
 from sim.program.chunks import ChunkKind, Program
 from sim.program.pairs import merge_pair, sequential_pair
@@ -321,7 +322,8 @@ class Assembler:
         planned = []
         for i, h in enumerate(hooks.ranks[r]):
             work, key = self.work(h.parts)
-            outputs = tuple(Send(k, dst, *self.send(r, dst), arrival_text(k, dims)) for k, dst in h.outputs)
+            outputs = tuple(Send(k, dst, *self.send(r, dst), arrival_text(k, dims),
+                                 send_weight(bool(self.send(r, dst)[1] & NIC))) for k, dst in h.outputs)
             planned.append(PlannedAction(work, h.label, h.category, h.inputs, outputs, tuple(ends.get(i, ())),
                                          tuple(starts.get(i, ())), self.timed(work, key) if fast else None))
         late = tuple(tail.grad_sync_work(stage) for stage in late_stages)

@@ -1,4 +1,4 @@
-"""The SimPy discrete-event engine: one pipeline's ranks executing their plans over contended links.
+"""The SimPy discrete-event engine: one pipeline's ranks executing their plans over shared links.
 
 The only code that advances time. It receives durations (:mod:`sim.program`) and never computes a cost.
 
@@ -8,13 +8,19 @@ another (DualPipe and Megatron-LM both wait for an op's communication before the
 once its inputs have arrived from neighbouring stages, and within it each stream runs its tasks in the work's
 order, a task starting when its dependencies and its stream predecessor are done. Stage-boundary sends leave
 when an action ends. Background works (a parameter gather at the start, gradient reductions started after an
-action or a given time into it) run on the data-parallel stream beside the actions; the rank's tail (waiting
-for them, the optimizer, an exposed gather) runs after its last action.
+action or a given time into it) run on the data-parallel stream beside the actions, one collective at a time
+per GPU; the rank's tail (waiting for them, the optimizer, an exposed gather) runs after its last action.
 
-Links are resources: each GPU has a NIC and an NVLink port, each with a transmit and a receive side
-(:class:`~sim.timeline.LinkSide`). A transfer starts when all its link sides are free and holds them for its
-duration (first come, first served: a link never carries more than its achievable bandwidth; completion is
-FIFO rather than fair-shared). Communication takes SMs from compute in one of two ways: ``dynamic`` (NCCL:
+Links are shared resources: each GPU has a NIC and an NVLink port, each with a transmit and a receive side
+(:class:`~sim.timeline.LinkSide`). A transfer (a stage-boundary send: the sender's transmit and the receiver's
+receive side; a collective task: its own GPU's sides) starts at once and shares each of its sides with the
+transfers active there in proportion to their weights, moving at its scarcest side's share: alone it takes its
+duration, and every start or end re-times the transfers on the sides it touches (a fluid, weighted
+processor-sharing model). A collective weighs 1 and a send its :attr:`Send.weight` (over the network, its NCCL
+channels against a collective's: a NIC serves its queue pairs in turn). A link never carries more than its
+achievable bandwidth, and a small send beside a long collective finishes after a multiple of its own time
+rather than after the whole collective, as NCCL's concurrent communicators share a NIC. Communication takes
+SMs from compute in one of two ways: ``dynamic`` (NCCL:
 while communication tasks that hold SMs run on a GPU, compute proceeds at ``(SMs - comm_sms) / SMs`` of its
 rate, and the running compute task is re-timed whenever the count of such tasks changes from or to zero; a
 superseded completion is skipped when it fires), or ``static`` (DeepEP with DeepGEMM: ``comm_sms`` SMs are
@@ -32,6 +38,7 @@ cyclic garbage collector pauses while a run allocates its trace.
 from __future__ import annotations
 
 import gc
+from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -66,6 +73,7 @@ class Send:
     seconds: float
     links: int
     label: str = ""  # what the trace calls it (``F3.5``: stage 3's forward output of micro-batch 5)
+    weight: float = 1.0  # its share of a link side against a collective's 1 (see :class:`_Flow`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,21 +151,6 @@ def _task_done(wake: _TaskWake) -> None:
     wake.run._end(wake.s, wake.i, wake.t0)
 
 
-class _Arrival:
-    """A slim event: a stage-boundary transfer's ``key`` arrives; see :class:`_Wake`."""
-
-    __slots__ = ("callbacks", "engine", "key")
-    _ok = True
-
-    def __init__(self, engine: _Engine, key: ArrivalKey) -> None:
-        self.callbacks: list[Callable[[Any], None]] | None = [_arrived]
-        self.engine, self.key = engine, key
-
-
-def _arrived(wake: _Arrival) -> None:
-    wake.engine._arrive(wake.key)
-
-
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector while a run allocates its many small, long-lived trace records
@@ -174,8 +167,9 @@ def _gc_paused() -> Iterator[None]:
 class Gpu:
     """One simulated GPU: fluid-rate compute, communication holding SMs, four link sides."""
 
-    __slots__ = ("_fire_cb", "_last", "_rate", "_remaining", "_run", "_t0", "_task", "_wake", "comm_active", "env",
-                 "free_at", "intervals", "rank", "slow", "static", "usage")
+    __slots__ = ("_fire_cb", "_last", "_rate", "_remaining", "_run", "_t0", "_task", "_wake", "active",
+                 "comm_active", "dp_busy", "dp_waiting", "env", "intervals", "load", "rank", "slow", "static",
+                 "usage")
 
     def __init__(self, env: simpy.Environment, rank: int, num_sms: int, comm_sms: int, static: bool = False) -> None:
         self.env = env
@@ -183,7 +177,11 @@ class Gpu:
         self.slow = (num_sms - comm_sms) / num_sms
         self.static = static
         self.comm_active = 0
-        self.free_at = [0.0, 0.0, 0.0, 0.0]  # per LinkSide
+        self.active: tuple[list[_Flow], ...] = ([], [], [], [])  # per LinkSide, the transfers on it now
+        self.load = [0.0, 0.0, 0.0, 0.0]  # per LinkSide, the sum of their weights
+        #: the data-parallel stream is one per GPU, whichever work (a gather, a reduction) queues a task on it
+        self.dp_busy = False
+        self.dp_waiting: deque[tuple[_WorkRun, int]] = deque()
         self.usage = [0.0, 0.0, 0.0, 0.0]
         #: per LinkSide, the trace's list of busy intervals, looked up on first use
         self.intervals: list[list[tuple[float, float]] | None] = [None, None, None, None]
@@ -240,22 +238,59 @@ class Gpu:
             self._retime()
 
 
-def _reserve_own(gpu: Gpu, sides: tuple[int, ...], seconds: float, now: float, intervals: dict | None) -> float:
-    """Hold ``sides`` of ``gpu`` for a transfer of ``seconds`` from when all are free (first come, first
-    served); returns its end time."""
-    free_at = gpu.free_at
-    start = now
-    for s in sides:
-        if free_at[s] > start:
-            start = free_at[s]
-    end = start + seconds
-    usage = gpu.usage
-    for s in sides:
-        free_at[s] = end
-        usage[s] += seconds
-        if intervals is not None:
-            _interval_list(gpu, s, intervals).append((start, end))
-    return end
+class _Flow:
+    """A transfer on one or more link sides (:class:`Gpu`, side index): ``remaining`` seconds of it at the full
+    link rate, moving at ``rate`` since ``last``: on each side it gets ``weight`` over the sum of the weights of
+    the transfers there, and it moves at its smallest such share (a collective weighs 1; a stage-boundary
+    send its :attr:`Send.weight`)."""
+
+    __slots__ = ("begin", "done", "env", "intervals", "last", "rate", "remaining", "sides", "wake", "weight")
+
+    def __init__(self, env: simpy.Environment, sides: tuple[tuple[Gpu, int], ...], seconds: float,
+                 done: Callable[[float], None], intervals: dict | None, weight: float) -> None:
+        self.env, self.sides, self.remaining, self.done, self.intervals = env, sides, seconds, done, intervals
+        self.weight = weight
+        self.begin = self.last = env.now
+        self.rate = 0.0
+        self.wake: _Wake | None = None
+
+    def fire(self, _event: Any) -> None:
+        """Done: leave its sides, re-time the transfers still on them, record the interval, call ``done``."""
+        now = self.env.now
+        for gpu, side in self.sides:
+            gpu.active[side].remove(self)
+            gpu.load[side] -= self.weight
+            if self.intervals is not None:
+                _interval_list(gpu, side, self.intervals).append((self.begin, now))
+        _reshare(self.env, self.sides, now)
+        self.done(self.begin)
+
+
+def _start_flow(env: simpy.Environment, sides: tuple[tuple[Gpu, int], ...], seconds: float,
+                done: Callable[[float], None], intervals: dict | None, weight: float = 1.0) -> None:
+    """Start a transfer of ``seconds`` (at the full rate of its sides) now; ``done(begin)`` when it ends."""
+    flow = _Flow(env, sides, seconds, done, intervals, weight)
+    for gpu, side in sides:
+        gpu.active[side].append(flow)
+        gpu.load[side] += weight
+        gpu.usage[side] += seconds
+    _reshare(env, sides, env.now)
+
+
+def _reshare(env: simpy.Environment, sides: tuple[tuple[Gpu, int], ...], now: float) -> None:
+    """Re-time every transfer on ``sides`` (in the order they started there: deterministic) to its new share."""
+    flows = [f for gpu, side in sides for f in gpu.active[side]]
+    for flow in dict.fromkeys(flows) if len(flows) > 1 else flows:
+        rate = flow.weight / max(gpu.load[side] for gpu, side in flow.sides)
+        wake = flow.wake
+        if wake is not None:
+            if rate == flow.rate:
+                continue
+            flow.remaining = max(0.0, flow.remaining - (now - flow.last) * flow.rate)
+            wake.callbacks = []  # superseded: it still leaves the queue at its time, doing nothing
+        flow.last, flow.rate = now, rate
+        wake = flow.wake = _Wake(flow.fire)
+        env.schedule(wake, NORMAL, flow.remaining / rate)  # type: ignore[arg-type]
 
 
 def _interval_list(gpu: Gpu, side: int, intervals: dict) -> list[tuple[float, float]]:
@@ -346,25 +381,26 @@ class _WorkRun:
             else:
                 self._end(s, i, t0)
             return
-        end = _reserve_own(self.gpu, c.sides[i], seconds, t0, self.intervals)
         if s == _DP:
-            self._queue(i, t0, end - seconds, end)
-            return
+            gpu = self.gpu
+            if gpu.dp_busy:  # another work's collective holds the GPU's data-parallel stream: after it
+                gpu.dp_waiting.append((self, i))
+                return
+            gpu.dp_busy = True
+        self._launch(s, i, t0, seconds)
+
+    def _launch(self, s: int, i: int, t0: float, seconds: float) -> None:
+        """Start communication task ``i`` of stream ``s`` now: a transfer on its link sides, else a timer."""
+        c, env = self.c, self.env
         if c.holds[i]:
             self.gpu.comm_started()
-        env.schedule(_TaskWake(self, s, i, t0), NORMAL, end - t0)  # type: ignore[arg-type]
-
-    def _queue(self, i: int, t0: float, begin: float, end: float) -> None:
-        """A data-parallel collective queues for its links, then holds SMs while it transfers."""
-        if begin > t0:
-            _after(self.env, begin - t0, lambda _e: self._transfer(_DP, i, begin, end))
+        sides = c.sides[i]
+        if sides and seconds > 0:
+            gpu = self.gpu
+            _start_flow(env, tuple((gpu, side) for side in sides), seconds, lambda _b: self._end(s, i, t0),
+                        self.intervals)
         else:
-            self._transfer(_DP, i, t0, end)
-
-    def _transfer(self, s: int, i: int, begin: float, end: float) -> None:
-        if self.c.holds[i]:
-            self.gpu.comm_started()
-        self.env.schedule(_TaskWake(self, s, i, begin), NORMAL, end - begin)  # type: ignore[arg-type]
+            env.schedule(_TaskWake(self, s, i, t0), NORMAL, seconds)  # type: ignore[arg-type]
 
     def _end(self, s: int, i: int, t0: float) -> None:
         c = self.c
@@ -375,6 +411,13 @@ class _WorkRun:
                 self.busy[slot] += now - t0
         elif c.holds[i]:
             self.gpu.comm_ended()
+        if s == _DP:
+            gpu = self.gpu
+            if gpu.dp_waiting:
+                run, k = gpu.dp_waiting.popleft()
+                run._launch(_DP, k, now, run.c.seconds[k])
+            else:
+                gpu.dp_busy = False
         record = self.record
         if record is not None:  # TaskEvent(...) without the namedtuple's Python-level __new__
             record(_new_tuple(TaskEvent, (self.gpu.rank, c.streams[i], c.names[i], t0, now, self.label)))
@@ -549,26 +592,16 @@ class _Engine:
             self._arrive(send.key)
             return
         tx, rx = (_NIC_TX, _NIC_RX) if send.links & NIC else (_NVLINK_TX, _NVLINK_RX)
-        now = self.env.now
-        a, b = self.gpus[src], self.gpus[send.dst]
-        # _reserve over (a, tx) and (b, rx), unrolled: the transfer starts when both sides are free.
-        start = now
-        if a.free_at[tx] > start:
-            start = a.free_at[tx]
-        if b.free_at[rx] > start:
-            start = b.free_at[rx]
-        seconds = send.seconds
-        end = start + seconds
-        a.free_at[tx] = b.free_at[rx] = end
-        a.usage[tx] += seconds
-        b.usage[rx] += seconds
         trace = self.trace
-        if trace.record_tasks:
-            intervals = trace.links.intervals
-            _interval_list(a, tx, intervals).append((start, end))
-            _interval_list(b, rx, intervals).append((start, end))
-            trace.transfers.append(TransferEvent(src, send.dst, start, end, send.label))
-        self.env.schedule(_Arrival(self, send.key), NORMAL, end - now)  # type: ignore[arg-type]
+        intervals = trace.links.intervals if trace.record_tasks else None
+
+        def arrived(begin: float) -> None:
+            if trace.record_tasks:
+                trace.transfers.append(TransferEvent(src, send.dst, begin, self.env.now, send.label))
+            self._arrive(send.key)
+
+        _start_flow(self.env, ((self.gpus[src], tx), (self.gpus[send.dst], rx)), send.seconds, arrived, intervals,
+                    send.weight)
 
     def _arrive(self, key: ArrivalKey) -> None:
         self.arrived.add(key)

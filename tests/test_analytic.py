@@ -127,11 +127,12 @@ def test_cli_analytic_mode():
     assert bad.exit_code == 2
 
 
-def test_a_send_and_a_post_backward_reduction_asked_for_at_once_go_in_the_same_order_in_both_tiers():
+def test_a_send_beside_a_post_backward_reduction_shares_the_nic_in_both_tiers():
     """ZeRO-3 under DualPipe (Mixtral): rank 1's boundary send arrives at the instant rank 0's last backward of a
-    stage ends and its FSDP post-backward reduce-scatters start on the same NIC. Both tiers send first (a rank's own
-    sends go before its reductions too), so they agree to rounding instead of 1.6 % apart."""
+    stage ends and its FSDP post-backward reduce-scatters start on the same NIC. The engine shares the NIC
+    between them (neither waits for the other, whichever starts first); the analytic tier gives the send half
+    the rate while a reduction is in flight on its sides, and the two agree to about 1e-4."""
     s = load_scenario("workloads/mixtral_8x7b_h100.yaml", overrides=["parallel.schedule=dualpipe",
                                                                      "parallel.zero_stage=3"])
     fast = simulate_step(s, mode="fast", record_trace=False).step_time_s
-    assert simulate_step(s, mode="analytic").step_time_s == pytest.approx(fast, rel=1e-9)
+    assert simulate_step(s, mode="analytic").step_time_s == pytest.approx(fast, rel=1e-3)

@@ -228,10 +228,65 @@ def test_sm_sharing_by_hand():
     assert busy == pytest.approx((1.125, 0.0, 0.0))
 
 
-def test_links_queue_first_come_first_served():
-    """Two 1 s transfers on the same NIC of one GPU (different streams) cannot overlap: 2 s, not 1 s."""
-    work = Work.of((Task("a", "F", Stream.COMM, 1.0, links=NIC), Task("b", "tail", Stream.DP, 1.0, links=NIC)))
-    assert isolated_run(work, 132, 0)[0] == pytest.approx(2.0)
+def test_links_are_shared_equally_by_the_transfers_on_them():
+    """Two 1 s transfers on one GPU's NIC (different streams) share it: each at half rate, both end at 2 s.
+    A 0.1 s one beside a 1 s one: half rate while both run, so the short one ends at 0.2 s (not after the long
+    one, at 1.1 s, as first come first served would have it) and the long one at 1.1 s (its own 1 s plus the
+    other's 0.1 s): the link carries its full rate throughout, never more."""
+    def ends(a_s: float, b_s: float) -> dict[str, float]:
+        work = Work.of((Task("a", "F", Stream.COMM, a_s, links=NIC), Task("b", "F", Stream.DP, b_s, links=NIC)))
+        res = run_pipeline([RankPlan((PlannedAction(work, "F0.0", "forward"),))], num_sms=132, comm_sms=0)
+        return {t.name: t.end for t in res.trace.tasks}
+
+    assert ends(1.0, 1.0) == {"a": pytest.approx(2.0), "b": pytest.approx(2.0)}
+    assert ends(0.1, 1.0) == {"a": pytest.approx(0.2), "b": pytest.approx(1.1)}
+    assert isolated_run(Work.of((Task("a", "F", Stream.COMM, 1.0, links=NIC),)), 132, 0)[0] == pytest.approx(1.0)
+
+
+def test_a_send_shares_the_receivers_nic_with_its_collective():
+    """Rank 1 starts a 1 s data-parallel collective at 0 (its NIC's both sides); rank 0 finishes a 0.5 s action
+    and sends 0.25 s to rank 1 at 0.5 s. The send shares rank 1's receive side: half rate, arriving at 1.0 s,
+    and the collective, slowed meanwhile, ends at 1.25 s. Rank 1's action waits for the arrival (1.0 s) and
+    computes 1 s: the step ends at 2.0 s (first come first served: the send after the collective, 1.25 s, then
+    2.25 s)."""
+    key = ("F", 0, 0, 0)
+    compute = Work.of((Task("c", "F", Stream.COMPUTE, 0.5),))
+    grad = Work.of((Task("g", "tail", Stream.DP, 1.0, links=NIC),))
+    plans = [RankPlan((PlannedAction(compute, "F0.0", "forward", outputs=(Send(key, 1, 0.25, NIC, "F0.0"),)),)),
+             RankPlan((PlannedAction(Work.of((Task("c", "F", Stream.COMPUTE, 1.0),)), "F1.0", "forward",
+                                     inputs=(key,)),), prologue=(grad,))]
+    res = run_pipeline(plans, num_sms=132, comm_sms=0)
+    assert [(t.start, t.end) for t in res.trace.transfers] == [(pytest.approx(0.5), pytest.approx(1.0))]
+    assert {t.name: t.end for t in res.trace.tasks if t.rank == 1} == {"g": pytest.approx(1.25),
+                                                                      "c": pytest.approx(2.0)}
+    assert res.makespan_s == pytest.approx(2.0)
+
+
+def test_a_send_weighs_its_share_against_a_collective():
+    """A send of weight 1/8 (2 channels against a collective's 16) beside a collective on the receiver's NIC
+    moves at (1/8) / (1 + 1/8) = 1/9 of the rate: 0.1 s of data takes 0.9 s while the 2 s collective runs,
+    which ends 0.1 s late (2.1 s): the link carries its full rate throughout."""
+    key = ("F", 0, 0, 0)
+    plans = [RankPlan((PlannedAction(Work.of((Task("c", "F", Stream.COMPUTE, 0.5),)), "F0.0", "forward",
+                                     outputs=(Send(key, 1, 0.1, NIC, "F0.0", weight=0.125),)),)),
+             RankPlan((PlannedAction(Work.of((Task("c", "F", Stream.COMPUTE, 0.1),)), "F1.0", "forward",
+                                     inputs=(key,)),), prologue=(Work.of((Task("g", "tail", Stream.DP, 2.0,
+                                                                               links=NIC),)),))]
+    res = run_pipeline(plans, num_sms=132, comm_sms=0)
+    assert [(t.start, t.end) for t in res.trace.transfers] == [(pytest.approx(0.5), pytest.approx(1.4))]
+    assert {t.name: t.end for t in res.trace.tasks if t.rank == 1} == {"g": pytest.approx(2.1),
+                                                                      "c": pytest.approx(1.5)}
+
+
+def test_one_data_parallel_stream_per_gpu():
+    """Two background works' collectives on one GPU run one after the other (one data-parallel stream), even
+    on links they would share: 1 s then 1 s, ends at 1 s and 2 s."""
+    a = Work.of((Task("a", "tail", Stream.DP, 1.0, links=NIC),))
+    b = Work.of((Task("b", "tail", Stream.DP, 1.0, links=NIC),))
+    res = run_pipeline([RankPlan((PlannedAction(Work.of((Task("c", "F", Stream.COMPUTE, 0.1),)), "F0.0",
+                                                "forward"),), prologue=(a, b))], num_sms=132, comm_sms=0)
+    assert sorted((t.name, t.start, t.end) for t in res.trace.tasks if t.stream == Stream.DP) == [
+        ("a", 0.0, pytest.approx(1.0)), ("b", pytest.approx(1.0), pytest.approx(2.0))]
 
 
 def test_tail_waits_for_background_work_and_reports_it():

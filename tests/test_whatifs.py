@@ -135,8 +135,9 @@ ROWS = [
         "never crosses an uplink"),
     Row("fat tree vs multi-plane at 2,048", ("cluster.topology=fat_tree",), 0.99, 1.01, "both non-blocking at this "
         "size: crossing a non-blocking uplink costs only a switch hop"),
-    Row("weak scaling x8 (16,384 GPUs)", (*X8, "cluster.topology=rail_optimized"), 1.001, 1.1, "the same work per "
-        "GPU; data-parallel collectives over 8x the ranks add ring latency and switch hops, not bandwidth per GPU"),
+    Row("weak scaling x8 (16,384 GPUs)", (*X8, "cluster.topology=rail_optimized"), 1.0001, 1.1, "the same work per "
+        "GPU; data-parallel collectives over 8x the ranks add ring latency and switch hops, not bandwidth per GPU "
+        "(slower, if only slightly: most of those collectives overlap the backward)"),
     # ------------------------------------------------------------------ dense job
     Row("dense: no sequence parallelism (activations)", ("parallel.sequence_parallel=false",), 2.6, 2.9,
         "Korthikanti: (8 + 24/t) / (32/t) at t = 8 without dropout = 2.75 (norm and first-GEMM inputs replicated)",

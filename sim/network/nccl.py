@@ -65,6 +65,8 @@ class NcclProfile(Frozen):
     tree_ll128_factor_multi_node: float = Field(gt=0, le=1)
     tree_algbw_ratio: float = Field(gt=0, le=1)
     nvls_algbw_frac: float = Field(gt=0)
+    p2p_channels_per_net_peer: int = Field(default=2, ge=1, le=64)
+    collective_channels_per_nic: int = Field(default=16, ge=1, le=64)
     sources: dict[str, str] = Field(default_factory=dict)
 
 
@@ -221,6 +223,17 @@ def p2p_link(node: NodeSpec, fabric: FabricSpec, stride: int, same_node: bool | 
     distance = max(stride, node.gpus_per_node)
     path = fabric_path(fabric, node, place_group(2, distance, node.gpus_per_node), "pairs")
     return P2PLink(path.scaleout_bytes_per_s, path.latency_s)
+
+
+def send_weight(nic: bool, profile: NcclProfile | None = None) -> float:
+    """How a stage-boundary send shares a link side with a collective (the engine's weights; a collective
+    weighs 1): over the network, its channels against a collective's (a NIC serves its queue pairs in turn,
+    one connection per channel: 2 against 16 by default, so a send beside a reduce-scatter gets 1/9 of the
+    NIC); over NVLink, an equal share."""
+    if not nic:
+        return 1.0
+    prof = profile or load_nccl_profile()
+    return prof.p2p_channels_per_net_peer / prof.collective_channels_per_nic
 
 
 def send_seconds(bytes_: float, link: P2PLink) -> float:

@@ -21,6 +21,7 @@ from sim.network.nccl import (
     load_nccl_profile,
     p2p_link,
     send_seconds,
+    send_weight,
 )
 
 H100 = NodeSpec(name="h100", gpus_per_node=8, nvlink_gb_per_s=450, nvlink_achievable_gb_per_s=370,
@@ -249,3 +250,14 @@ def test_groups_inside_one_node_have_no_network() -> None:
     # A pipeline neighbour exactly one node away is across the network.
     mpft = PRESETS["deepseek_mpft"]
     assert p2p_link(H100, mpft, 8).bytes_per_s < p2p_link(H100, mpft, 7).bytes_per_s
+
+
+def test_a_network_send_weighs_its_channels_against_a_collectives():
+    """NCCL sends to a network peer over 2 channels (NCCL_NCHANNELS_PER_NET_PEER); a ring collective runs 16
+    through the NIC: a NIC serving its queue pairs in turn gives the send 2/16 of a collective's share. Over
+    NVLink the share is equal."""
+    prof = load_nccl_profile()
+    assert (prof.p2p_channels_per_net_peer, prof.collective_channels_per_nic) == (2, 16)
+    assert send_weight(True) == pytest.approx(2 / 16)
+    assert send_weight(False) == 1.0
+    assert send_weight(True, prof.model_copy(update={"collective_channels_per_nic": 4})) == pytest.approx(0.5)
