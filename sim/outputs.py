@@ -19,6 +19,8 @@ from sim.errors import SimInputError
 #: Image formats matplotlib writes with its default backends (the agg, pdf, ps and svg ones).
 IMAGE_FORMATS = ("png", "svg", "pdf", "jpg", "jpeg", "webp", "tif", "tiff", "eps", "ps")
 JSON_FORMATS = ("json",)
+PARQUET_FORMATS = ("parquet",)
+YAML_FORMATS = ("yaml", "yml")
 YAML_FORMATS = ("yaml", "yml")
 CSV_FORMATS = ("csv",)
 #: Longest file name (one path component) and path that POSIX file systems take; the temporary file that

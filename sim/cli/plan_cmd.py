@@ -9,6 +9,7 @@ import click
 
 from sim.cli.common import echo_json, human_count, write_atomic
 from sim.cli.sweep_cmd import executor_options, run_with_progress, tier_options
+from sim.outputs import IMAGE_FORMATS, PARQUET_FORMATS, YAML_FORMATS, check_outputs
 from sim.sweep.plan import money
 
 
@@ -29,18 +30,21 @@ from sim.sweep.plan import money
 @click.option("--spec-out", type=click.Path(dir_okay=False), default=None,
               help="write the sweep spec the plan ran (for sim sweep)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@click.option("--quiet", "-q", is_flag=True, help="no progress on stderr")
 def plan(workload: str, tokens: str, deadline_days: float | None, budget_usd: str | None, gpus: str | None,
          hardware: str | None, axes: tuple[str, ...], top: int, executor_kind: str, scheduler: str | None,
          workers: int | None, tier: str | None, top_k: int | None, out: str | None, plot_out: str | None,
-         spec_out: str | None, as_json: bool) -> None:
+         spec_out: str | None, as_json: bool, quiet: bool) -> None:
     """Recommend the cheapest ways to train WORKLOAD on --tokens within --deadline-days and --budget-usd."""
     import yaml
 
     from sim.sweep import run_sweep
-    from sim.sweep.plan import parse_amount, parse_list, plan_spec, recommend
+    from sim.sweep.plan import parse_amount, parse_counts, parse_list, plan_spec, recommend
     from sim.sweep.spec import dump_spec
     from sim.sweep.store import require_parquet
 
+    check_outputs([(out, "--out", PARQUET_FORMATS), (plot_out, "--plot", IMAGE_FORMATS),
+                   (spec_out, "--spec-out", YAML_FORMATS)])
     if out:
         require_parquet()
     extra: dict[str, list[Any]] = {}
@@ -51,18 +55,19 @@ def plan(workload: str, tokens: str, deadline_days: float | None, budget_usd: st
         extra[k.strip()] = parse_list(v, f"--axis {k.strip()}")
     spec = plan_spec(workload, parse_amount(tokens, "--tokens"), deadline_days=deadline_days,
                      budget_usd=parse_amount(budget_usd, "--budget-usd") if budget_usd else None,
-                     gpus=[int(x) for x in parse_list(gpus, "--gpus")] if gpus else None,
+                     gpus=parse_counts(gpus, "--gpus") if gpus else None,
                      hardware=[str(x) for x in parse_list(hardware, "--hardware")] if hardware else None,
                      axes=extra, tier=tier or "auto", top_k=10 if top_k is None else top_k)
     if spec_out:
-        write_atomic(spec_out, lambda p: p.write_text(yaml.safe_dump(dump_spec(spec), sort_keys=False)))
+        write_atomic(spec_out, lambda p: p.write_text(yaml.safe_dump(dump_spec(spec), sort_keys=False)), "--spec-out")
     result = run_with_progress(lambda ex, bar: run_sweep(spec, executor=ex, out=out, progress=bar),
-                               executor_kind, scheduler, workers)
+                               executor_kind, scheduler, workers, quiet, "sim plan")
     if plot_out:
         from sim.sweep.pareto import label_columns, write_front_plot
 
         write_atomic(plot_out, lambda p: write_front_plot(p, result.frame, f"plan: {workload}",
-                                                          label_columns(result.frame.attrs.get("swept", ()))))
+                                                          label_columns(result.frame.attrs.get("swept", ()))),
+                     "--plot")
     rec = recommend(result.frame, spec, top)
     d = {"workload": workload, "tokens": spec.tokens, "deadline_days": deadline_days, "budget_usd": spec.budget_usd,
          "tier": result.tier, "detail_tier": result.detail_tier, **rec, "counts": result.counts,

@@ -8,32 +8,32 @@ object on stdout. Progress goes to stderr on a terminal.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
 
-from sim.cli.common import echo_json, write_atomic
+from sim.cli.common import echo_json, new_progress, write_atomic
+from sim.outputs import IMAGE_FORMATS, PARQUET_FORMATS, check_outputs
+from sim.progress import Progress
 
 
-class Bar:
-    """A progress bar on stderr, one line redrawn per update."""
+class StageProgress:
+    """The sweep's ``progress(stage, done, total)`` on a :class:`sim.progress.Progress` (a tqdm bar on a
+    terminal, a line every 10 s elsewhere): each stage counts its own points."""
 
-    def __init__(self, width: int = 30) -> None:
-        self.width = width
+    def __init__(self, bar: Progress) -> None:
+        self.bar = bar
         self.stage = ""
 
     def __call__(self, stage: str, done: int, total: int) -> None:
-        if stage != self.stage and self.stage:
-            click.echo("", err=True)
-        self.stage = stage
-        filled = int(self.width * done / max(total, 1))
-        click.echo(f"\r  {stage:<16} [{'#' * filled}{'.' * (self.width - filled)}] {done:,}/{total:,}",
-                   err=True, nl=False)
-
-    def close(self) -> None:
-        if self.stage:
-            click.echo("", err=True)
+        bar = self.bar
+        if stage != self.stage:
+            self.stage = stage
+            bar.update(-bar.done)  # a new stage starts from none of its points
+            bar.set_total(total)
+            bar.stage(stage)
+        bar.set_total(total)
+        bar.update(done - bar.done)
 
 
 def executor_options(f: Any) -> Any:
@@ -62,34 +62,36 @@ def tier_options(f: Any) -> Any:
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False), default=None,
               help="write the (days, dollars) Pareto front as a PNG")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@click.option("--quiet", "-q", is_flag=True, help="no progress on stderr")
 def sweep(spec_path: str, out: str | None, resume: bool, executor_kind: str, scheduler: str | None,
-          workers: int | None, tier: str | None, top_k: int | None, plot_out: str | None, as_json: bool) -> None:
+          workers: int | None, tier: str | None, top_k: int | None, plot_out: str | None, as_json: bool,
+          quiet: bool) -> None:
     """Sweep the configurations SPEC describes: prune, rank, simulate the best in detail, price them."""
     from sim.sweep import load_spec, run_sweep
     from sim.sweep.store import require_parquet
 
+    check_outputs([(out, "--out", PARQUET_FORMATS), (plot_out, "--plot", IMAGE_FORMATS)])
     if out:
         require_parquet()
     spec, spec_dir = load_spec(spec_path)
     result = run_with_progress(lambda ex, bar: run_sweep(spec, spec_dir, executor=ex, out=out, resume=resume,
                                                          progress=bar, tier=tier, top_k=top_k),
-                               executor_kind, scheduler, workers)
+                               executor_kind, scheduler, workers, quiet)
     report(result, plot_out, as_json)
 
 
-def run_with_progress(fn: Any, executor_kind: str, scheduler: str | None, workers: int | None) -> Any:
+def run_with_progress(fn: Any, executor_kind: str, scheduler: str | None, workers: int | None,
+                      quiet: bool = False, label: str = "sim sweep") -> Any:
     from sim.sweep.executors import make_executor
 
-    bar = Bar() if sys.stderr.isatty() else None
     executor = make_executor(executor_kind, scheduler, workers)
     try:
-        return fn(executor, bar)
+        with new_progress(label, 1, quiet, unit="points") as bar:
+            return fn(executor, StageProgress(bar))
     except BaseException:
         executor.abort()  # an interrupt: stop the workers now; streamed results stay for --resume
         raise
     finally:
-        if bar is not None:
-            bar.close()
         executor.close()
 
 
@@ -126,7 +128,8 @@ def report(result: Any, plot_out: str | None, as_json: bool) -> None:
 
         title = f"{result.spec.name}: {result.space.tokens / 1e12:.4g}T tokens, Pareto front of days and dollars"
         write_atomic(plot_out, lambda p: write_front_plot(p, result.frame, title,
-                                                          label_columns(result.frame.attrs.get("swept", ()))))
+                                                          label_columns(result.frame.attrs.get("swept", ()))),
+                     "--plot")
     d = summary(result)
     if as_json:
         echo_json(d)

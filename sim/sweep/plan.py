@@ -33,10 +33,13 @@ _SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12, "P": 1e15
 
 def parse_amount(text: str, field: str) -> float:
     """``14.8T``, ``469B``, ``1e9`` -> a number."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([KMBGTP]?)\s*", text, re.IGNORECASE)
+    m = re.fullmatch(r"\s*([+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([KMBGTP]?)\s*", text, re.IGNORECASE)
     if not m:
         raise SimInputError(f"expected a number with an optional K, M, B, T or P suffix (got {text!r})", field=field)
-    return float(m.group(1)) * _SUFFIX[m.group(2).upper()]
+    value = float(m.group(1)) * _SUFFIX[m.group(2).upper()]
+    if not value > 0 or value == float("inf"):
+        raise SimInputError(f"must be a positive amount (got {text!r})", field=field)
+    return value
 
 
 def parse_list(text: str, field: str) -> list[Any]:
@@ -44,6 +47,15 @@ def parse_list(text: str, field: str) -> list[Any]:
     if not items:
         raise SimInputError("expected a comma-separated list", field=field)
     return [yaml.safe_load(x) for x in items]
+
+
+def parse_counts(text: str, field: str) -> list[int]:
+    """``1024,2048`` -> whole numbers from 1 (GPU counts)."""
+    items = parse_list(text, field)
+    bad = [x for x in items if isinstance(x, bool) or not isinstance(x, int) or x < 1]
+    if bad:
+        raise SimInputError(f"expected whole numbers from 1, comma-separated (got {bad[0]!r})", field=field)
+    return items
 
 
 def default_axes(workload: str) -> dict[str, list[Any]]:

@@ -98,6 +98,8 @@ def _expand_range(v: Any) -> Any:
 
 Range = BeforeValidator(_expand_range)
 IntAxis = Annotated[tuple[int, ...] | None, Range]
+#: Counts (GPUs, parallel degrees, micro-batches): whole numbers from 1.
+CountAxis = Annotated[tuple[Annotated[int, Field(ge=1)], ...] | None, Range]
 FloatAxis = Annotated[tuple[float, ...] | None, Range]
 StrAxis = tuple[str, ...] | None
 BoolAxis = tuple[bool, ...] | None
@@ -107,18 +109,18 @@ class AxesSpec(Frozen):
     """Values to sweep; an axis left out keeps the base job's value."""
 
     hardware: StrAxis = Field(default=None, description="cluster profile names or files, or GPU names")
-    gpus: IntAxis = None
-    tp: IntAxis = None
-    pp: IntAxis = None
-    dp: IntAxis = Field(default=None, description="normally derived: gpus / (tp x pp x cp)")
-    ep: IntAxis = None
-    cp: IntAxis = Field(default=None, description="context parallelism (parallel.cp)")
+    gpus: CountAxis = None
+    tp: CountAxis = None
+    pp: CountAxis = None
+    dp: CountAxis = Field(default=None, description="normally derived: gpus / (tp x pp x cp)")
+    ep: CountAxis = None
+    cp: CountAxis = Field(default=None, description="context parallelism (parallel.cp)")
     schedule: StrAxis = None
-    vpp: IntAxis = None
-    micro_batch_size: IntAxis = None
-    num_microbatches: IntAxis = Field(default=None, description="normally derived from the global batch")
+    vpp: CountAxis = None
+    micro_batch_size: CountAxis = None
+    num_microbatches: CountAxis = Field(default=None, description="normally derived from the global batch")
     zero_stage: IntAxis = None
-    fsdp_shard_group: IntAxis = None
+    fsdp_shard_group: CountAxis = None
     recompute: StrAxis = None
     sequence_parallel: BoolAxis = None
     tp_comm_overlap: BoolAxis = None

@@ -123,6 +123,39 @@ def test_plan_recommends_and_explains(runner, tmp_path):
 def test_plan_bad_tokens_exit_2(runner):
     r = runner.invoke(main, ["plan", "tiny_moe_job.yaml", "--tokens", "lots"])
     assert r.exit_code == 2 and "--tokens" in r.output
+    for tokens in ("-5T", "0"):
+        r = runner.invoke(main, ["plan", "tiny_moe_job.yaml", "--tokens", tokens])
+        assert r.exit_code == 2 and "--tokens: must be a positive amount" in r.output
+
+
+@pytest.mark.parametrize("gpus", ["-8", "0", "8.5", "16,x"])
+def test_plan_gpu_counts_are_whole_numbers_from_1(runner, gpus):
+    r = runner.invoke(main, ["plan", "tiny_moe_job.yaml", "--tokens", "1B", "--gpus", gpus])
+    assert r.exit_code == 2 and "--gpus: expected whole numbers from 1" in r.output
+
+
+def test_a_sweep_spec_with_a_negative_gpu_count_is_refused(tmp_path, runner):
+    spec = tmp_path / "s.yml"
+    spec.write_text("name: s\nworkload: tiny_moe_job\ntokens: 1.0e9\naxes:\n  gpus: [-16, 32]\n")
+    r = runner.invoke(main, ["sweep", str(spec), "--workers", "1"])
+    assert r.exit_code == 2 and "axes.gpus" in r.output and "greater than or equal to 1" in r.output
+
+
+@pytest.mark.parametrize(("args", "option"), [
+    (["sweep", "tiny_moe_sweep", "--plot", "front.txt"], "--plot"),
+    (["sweep", "tiny_moe_sweep", "--out", "r.csv"], "--out"),
+    (["plan", "tiny_moe_job.yaml", "--tokens", "1B", "--plot", "pf.txt"], "--plot"),
+    (["plan", "tiny_moe_job.yaml", "--tokens", "1B", "--spec-out", "s.txt"], "--spec-out")])
+def test_outputs_are_checked_before_any_work(runner, tmp_path, monkeypatch, args, option):
+    """A bad extension exits 2 naming the option before the sweep runs (it used to run the whole sweep, then
+    fail with a traceback writing the plot) and writes nothing."""
+    monkeypatch.chdir(tmp_path)
+    import sim.sweep
+
+    monkeypatch.setattr(sim.sweep, "run_sweep", lambda *a, **k: pytest.fail("the sweep ran"))
+    r = runner.invoke(main, args)
+    assert r.exit_code == 2 and f"{option}: unsupported" in r.output
+    assert not list(tmp_path.iterdir())
 
 
 def test_out_without_pyarrow_exits_2_before_writing_anything(runner, tmp_path, monkeypatch):
