@@ -47,3 +47,16 @@ def test_known_gaps_beside_pytorch_context_parallelism():
     assert gaps("parallel.cp=4", "parallel.cp_mode=ring", "software.pytorch_cp_step_efficiency=0.6") == ()
     s = load_scenario(TINY, overrides=[*dense, "parallel.cp=4", "parallel.cp_mode=pytorch"])
     assert unfitted in build_context(s).warnings
+
+
+def test_known_gap_beside_a_fitted_data_parallel_collective_efficiency():
+    """A stack whose data-parallel collectives carry a fitted efficiency (DeepSpeed ZeRO-3 2021) is flagged
+    beside the result, naming the value; none at 1, none without data parallelism (no such collective)."""
+    from sim.context import known_gaps
+
+    (gap,) = known_gaps(load_scenario(TINY, overrides=["software.dp_collective_efficiency=0.07"]))
+    assert "dp_collective_efficiency = 0.07" in gap and "empirical" in gap
+    assert known_gaps(load_scenario(TINY, overrides=["software.dp_collective_efficiency=1"])) == ()
+    one = load_scenario(TINY, overrides=["software.dp_collective_efficiency=0.07", "parallel.tp=4",
+                                         "parallel.sequence_parallel=true", "parallel.ep=1"])
+    assert one.dp == 1 and known_gaps(one) == ()
