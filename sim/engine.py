@@ -168,7 +168,7 @@ class Gpu:
     """One simulated GPU: fluid-rate compute, communication holding SMs, four link sides."""
 
     __slots__ = ("_fire_cb", "_last", "_rate", "_remaining", "_run", "_t0", "_task", "_wake", "active",
-                 "comm_active", "dp_busy", "dp_waiting", "env", "intervals", "load", "rank", "slow", "static",
+                 "comm_active", "dp_busy", "dp_waiting", "env", "intervals", "rank", "sides_of", "slow", "static",
                  "usage")
 
     def __init__(self, env: simpy.Environment, rank: int, num_sms: int, comm_sms: int, static: bool = False) -> None:
@@ -178,7 +178,7 @@ class Gpu:
         self.static = static
         self.comm_active = 0
         self.active: tuple[list[_Flow], ...] = ([], [], [], [])  # per LinkSide, the transfers on it now
-        self.load = [0.0, 0.0, 0.0, 0.0]  # per LinkSide, the sum of their weights
+        self.sides_of: dict[tuple[int, ...], tuple[tuple[Gpu, int], ...]] = {}  # a task's sides, with this GPU
         #: the data-parallel stream is one per GPU, whichever work (a gather, a reduction) queues a task on it
         self.dp_busy = False
         self.dp_waiting: deque[tuple[_WorkRun, int]] = deque()
@@ -257,40 +257,69 @@ class _Flow:
     def fire(self, _event: Any) -> None:
         """Done: leave its sides, re-time the transfers still on them, record the interval, call ``done``."""
         now = self.env.now
+        others = False
         for gpu, side in self.sides:
-            gpu.active[side].remove(self)
-            gpu.load[side] -= self.weight
-            if self.intervals is not None:
+            active = gpu.active[side]
+            active.remove(self)
+            if active:
+                others = True
+        if self.intervals is not None:
+            for gpu, side in self.sides:
                 _interval_list(gpu, side, self.intervals).append((self.begin, now))
-        _reshare(self.env, self.sides, now)
+        if others:
+            _reshare(self.env, self.sides, now)
         self.done(self.begin)
 
 
 def _start_flow(env: simpy.Environment, sides: tuple[tuple[Gpu, int], ...], seconds: float,
-                done: Callable[[float], None], intervals: dict | None, weight: float = 1.0) -> None:
-    """Start a transfer of ``seconds`` (at the full rate of its sides) now; ``done(begin)`` when it ends."""
+                done: Callable[[float], None], intervals: dict | None, weight: float = 1.0,
+                timed: bool = True) -> None:
+    """Start a transfer of ``seconds`` (at the full rate of its sides) now; ``done(begin)`` when it ends.
+    ``timed=False`` leaves it (and the transfers beside it) to the caller's :func:`_reshare`, once for a batch
+    started at the same instant."""
     flow = _Flow(env, sides, seconds, done, intervals, weight)
+    alone = True
     for gpu, side in sides:
-        gpu.active[side].append(flow)
-        gpu.load[side] += weight
+        active = gpu.active[side]
+        if active:
+            alone = False
+        active.append(flow)
         gpu.usage[side] += seconds
-    _reshare(env, sides, env.now)
+    if not timed:
+        return
+    if alone:  # the common case: the full rate, nothing else to re-time
+        flow.rate = 1.0
+        wake = flow.wake = _Wake(flow.fire)
+        env.schedule(wake, NORMAL, seconds)  # type: ignore[arg-type]
+    else:
+        _reshare(env, sides, env.now)
 
 
 def _reshare(env: simpy.Environment, sides: tuple[tuple[Gpu, int], ...], now: float) -> None:
     """Re-time every transfer on ``sides`` (in the order they started there: deterministic) to its new share."""
-    flows = [f for gpu, side in sides for f in gpu.active[side]]
-    for flow in dict.fromkeys(flows) if len(flows) > 1 else flows:
-        rate = flow.weight / max(gpu.load[side] for gpu, side in flow.sides)
-        wake = flow.wake
-        if wake is not None:
-            if rate == flow.rate:
+    handled: list[_Flow] = []
+    for gpu, side in sides:
+        for flow in gpu.active[side]:
+            if flow in handled:  # on two of these sides
                 continue
-            flow.remaining = max(0.0, flow.remaining - (now - flow.last) * flow.rate)
-            wake.callbacks = []  # superseded: it still leaves the queue at its time, doing nothing
-        flow.last, flow.rate = now, rate
-        wake = flow.wake = _Wake(flow.fire)
-        env.schedule(wake, NORMAL, flow.remaining / rate)  # type: ignore[arg-type]
+            handled.append(flow)
+            busiest = 0.0
+            for g, sd in flow.sides:
+                load = 0.0
+                for other in g.active[sd]:
+                    load += other.weight
+                if load > busiest:
+                    busiest = load
+            rate = flow.weight / busiest
+            wake = flow.wake
+            if wake is not None:
+                if rate == flow.rate:
+                    continue
+                flow.remaining = max(0.0, flow.remaining - (now - flow.last) * flow.rate)
+                wake.callbacks = []  # superseded: it still leaves the queue at its time, doing nothing
+            flow.last, flow.rate = now, rate
+            wake = flow.wake = _Wake(flow.fire)
+            env.schedule(wake, NORMAL, flow.remaining / rate)  # type: ignore[arg-type]
 
 
 def _interval_list(gpu: Gpu, side: int, intervals: dict) -> list[tuple[float, float]]:
@@ -397,8 +426,10 @@ class _WorkRun:
         sides = c.sides[i]
         if sides and seconds > 0:
             gpu = self.gpu
-            _start_flow(env, tuple((gpu, side) for side in sides), seconds, lambda _b: self._end(s, i, t0),
-                        self.intervals)
+            mine = gpu.sides_of.get(sides)
+            if mine is None:
+                mine = gpu.sides_of[sides] = tuple((gpu, side) for side in sides)
+            _start_flow(env, mine, seconds, lambda _b: self._end(s, i, t0), self.intervals)
         else:
             env.schedule(_TaskWake(self, s, i, t0), NORMAL, seconds)  # type: ignore[arg-type]
 
@@ -525,8 +556,8 @@ class _RankRun:
                                                           *busy)))
         if eng.progress is not None:
             eng.progress(1)
-        for send in action.outputs:
-            eng.send(self.rank, send)
+        if action.outputs:
+            eng.send(self.rank, action.outputs)
         # Triggered reductions start after the events due now: a send that another rank's action ending at this
         # instant makes goes first, as this rank's own sends do (the analytic tier orders such ties the same way).
         for work in action.triggers:
@@ -587,21 +618,27 @@ class _Engine:
             hit = self._compiled[id(work)] = (work, _Compiled(work))
         return hit[1]
 
-    def send(self, src: int, send: Send) -> None:
-        if send.dst == src or send.seconds <= 0:
-            self._arrive(send.key)
-            return
-        tx, rx = (_NIC_TX, _NIC_RX) if send.links & NIC else (_NVLINK_TX, _NVLINK_RX)
+    def send(self, src: int, sends: tuple[Send, ...]) -> None:
+        """Start an action's stage-boundary transfers, all at this instant (timed together)."""
         trace = self.trace
         intervals = trace.links.intervals if trace.record_tasks else None
+        started: list[tuple[Gpu, int]] = []
+        for send in sends:
+            if send.dst == src or send.seconds <= 0:
+                self._arrive(send.key)
+                continue
+            tx, rx = (_NIC_TX, _NIC_RX) if send.links & NIC else (_NVLINK_TX, _NVLINK_RX)
 
-        def arrived(begin: float) -> None:
-            if trace.record_tasks:
-                trace.transfers.append(TransferEvent(src, send.dst, begin, self.env.now, send.label))
-            self._arrive(send.key)
+            def arrived(begin: float, send: Send = send) -> None:
+                if trace.record_tasks:
+                    trace.transfers.append(TransferEvent(src, send.dst, begin, self.env.now, send.label))
+                self._arrive(send.key)
 
-        _start_flow(self.env, ((self.gpus[src], tx), (self.gpus[send.dst], rx)), send.seconds, arrived, intervals,
-                    send.weight)
+            sides = ((self.gpus[src], tx), (self.gpus[send.dst], rx))
+            _start_flow(self.env, sides, send.seconds, arrived, intervals, send.weight, timed=False)
+            started += sides
+        if started:
+            _reshare(self.env, tuple(started), self.env.now)
 
     def _arrive(self, key: ArrivalKey) -> None:
         self.arrived.add(key)
