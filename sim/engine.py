@@ -638,7 +638,19 @@ class _Engine:
             _start_flow(self.env, sides, send.seconds, arrived, intervals, send.weight, timed=False)
             started += sides
         if started:
-            _reshare(self.env, tuple(started), self.env.now)
+            crowded = False
+            for gpu, side in started:
+                if len(gpu.active[side]) > 1:
+                    crowded = True
+                    break
+            if crowded:
+                _reshare(self.env, tuple(started), self.env.now)
+            else:  # each alone on its sides: the full rate
+                for gpu, side in started[::2]:
+                    flow = gpu.active[side][0]
+                    flow.rate = 1.0
+                    wake = flow.wake = _Wake(flow.fire)
+                    self.env.schedule(wake, NORMAL, flow.remaining)  # type: ignore[arg-type]
 
     def _arrive(self, key: ArrivalKey) -> None:
         self.arrived.add(key)
