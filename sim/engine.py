@@ -492,6 +492,8 @@ class _RankRun:
         self.completed = False
         self.end = 0.0
         self.waiting_for: ArrivalKey | None = None
+        self.sending = 0  # its stage-boundary transfers in flight
+        self.after_sends: Callable[[], None] | None = None
 
     def begin(self) -> None:
         for work in self.plan.prologue:
@@ -566,13 +568,28 @@ class _RankRun:
         self.advance()
 
     def _actions_end(self) -> None:
+        """After the last action: the reductions it leaves for the end start once the rank's sends have left
+        (a stack issues them after its last send on the same stream order: DeepSpeed's ReduceGrads closing the
+        schedule, Megatron-LM's finalize_model_grads after the pipeline), then the tail once they are done."""
         self.finish = self.eng.env.now
         self.actions_done = True
-        for work in self.plan.end_triggers:
-            self._background(work, "grad_reduce")
         self._wait_start = self.finish
+        if self.sending and self.plan.end_triggers:
+            self.outstanding += 1  # the end triggers, once the sends are out
+            self.after_sends = self._end_triggers_after_sends
+            return
+        self._end_triggers()
         if self.outstanding == 0:
             self._tail_start()
+
+    def _end_triggers(self) -> None:
+        for work in self.plan.end_triggers:
+            self._background(work, "grad_reduce")
+
+    def _end_triggers_after_sends(self) -> None:
+        self.after_sends = None
+        self._end_triggers()
+        self._background_done()  # the placeholder counted in _actions_end
 
     def _tail_start(self) -> None:
         now = self.eng.env.now
@@ -607,6 +624,7 @@ class _Engine:
         self.fast = fast
         self.progress = progress
         self.arrived: set[ArrivalKey] = set()
+        self.runs: list[_RankRun] = []
         self.waiters: dict[ArrivalKey, list[Callable[[], None]]] = {}
         self._compiled: dict[int, tuple[Work, _Compiled]] = {}
 
@@ -633,9 +651,14 @@ class _Engine:
                 if trace.record_tasks:
                     trace.transfers.append(TransferEvent(src, send.dst, begin, self.env.now, send.label))
                 self._arrive(send.key)
+                sender = self.runs[src]
+                sender.sending -= 1
+                if not sender.sending and sender.after_sends is not None:
+                    sender.after_sends()
 
             sides = ((self.gpus[src], tx), (self.gpus[send.dst], rx))
             _start_flow(self.env, sides, send.seconds, arrived, intervals, send.weight, timed=False)
+            self.runs[src].sending += 1
             started += sides
         if started:
             crowded = False
@@ -667,7 +690,7 @@ def run_pipeline(plans: Sequence[RankPlan], *, num_sms: int, comm_sms: int, stat
     :class:`SimulationError` on a deadlock."""
     trace = Trace(record_tasks=record_tasks)
     eng = _Engine(len(plans), num_sms, comm_sms, static_sms, trace, fast, progress)
-    runs = [_RankRun(eng, r, plan) for r, plan in enumerate(plans)]
+    runs = eng.runs = [_RankRun(eng, r, plan) for r, plan in enumerate(plans)]
     with _gc_paused():
         for run in runs:
             run.begin()

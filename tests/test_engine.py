@@ -278,6 +278,25 @@ def test_a_send_weighs_its_share_against_a_collective():
                                                                       "c": pytest.approx(1.5)}
 
 
+def test_a_reduction_left_for_the_end_starts_once_the_last_sends_are_out():
+    """Rank 0 computes 0.5 s and sends 0.25 s to rank 1; its gradient reduction (1 s on its NIC) is left for
+    the end (stacks issue it after the last send, in stream order): the send has the NIC alone (0.5-0.75 s),
+    the reduction follows (0.75-1.75 s), rank 1 computes from the arrival (0.75-1.75 s). Started together,
+    the reduction would have taken 8/9 of the NIC and delayed rank 1 by almost 2 s."""
+    key = ("F", 0, 0, 0)
+    grad = Work.of((Task("g", "tail", Stream.DP, 1.0, links=NIC),))
+    plans = [RankPlan((PlannedAction(Work.of((Task("c", "F", Stream.COMPUTE, 0.5),)), "F0.0", "forward",
+                                     outputs=(Send(key, 1, 0.25, NIC, "F0.0", weight=0.125),)),),
+                      end_triggers=(grad,)),
+             RankPlan((PlannedAction(Work.of((Task("c", "F", Stream.COMPUTE, 1.0),)), "F1.0", "forward",
+                                     inputs=(key,)),))]
+    res = run_pipeline(plans, num_sms=132, comm_sms=0)
+    assert [(t.start, t.end) for t in res.trace.transfers] == [(pytest.approx(0.5), pytest.approx(0.75))]
+    assert [(t.start, t.end) for t in res.trace.tasks if t.name == "g"] == [(pytest.approx(0.75),
+                                                                            pytest.approx(1.75))]
+    assert res.makespan_s == pytest.approx(1.75)
+
+
 def test_one_data_parallel_stream_per_gpu():
     """Two background works' collectives on one GPU run one after the other (one data-parallel stream), even
     on links they would share: 1 s then 1 s, ends at 1 s and 2 s."""
