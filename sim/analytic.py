@@ -7,11 +7,12 @@ and leaves when its action ends, sharing its link sides as the engine does: at i
 work is in flight on them (earlier sends of the rank, the buckets of the rank's and the receiver's data-parallel
 collectives: an overlapped parameter gather from the start, gradient reductions from the backward that fills
 them or from its end), and each rank ends with its tail: waiting for those reductions, the optimizer and an
-exposed parameter gather. What it leaves out: transfers of different ranks sharing one receiving side (a
-receiver's own collectives are seen), more than one other transfer on a side at once, a send slowing the
-collectives beside it, and compute slowed while data-parallel collectives hold SMs (fast mode leaves that
-out too). Measured against fast mode: within 0.1 % on the shipped workloads and on ZeRO-2 (a reduction per
-micro-batch) on the GPT-3 example.
+exposed parameter gather (a reduction left for the end starting after the rank's last send, as in the
+engine). What it leaves out (:func:`sim.analytic_eval.evaluate`): collectives that start while a send is in
+flight, a send slowing the collectives beside it, transfers of different ranks sharing one receiving side,
+and compute slowed while data-parallel collectives hold SMs (fast mode leaves that out too). Measured against
+fast mode: within 0.9 % on the shipped workloads (the GPT-3 example 0.85 % fast, its sends slowed in fast
+mode by buckets that start during them), ZeRO-2 on it 0.5 %.
 
 How the pipeline is combined (:mod:`sim.analytic_eval`), per schedule, under balanced routing (every
 micro-batch of a stage has the same chunks): the schedule's max-plus recurrence is evaluated exactly at two
@@ -158,15 +159,16 @@ def _per_rank(table: Table, n: int) -> list[list[float]]:
     return hit
 
 
-def _tail(table: Table, r: int, finish: float, syncs: list[float]) -> tuple[float, float]:
+def _tail(table: Table, r: int, finish: float, sent: float, syncs: list[float]) -> tuple[float, float]:
     """When rank ``r``'s step ends, and how long it waits for gradient synchronization after its last action
     (``syncs``: when each of its stages' synchronization ends, when reductions run beside the actions: with
-    ``overlap_grad_reduce``, after every micro-batch or after each stage's last backward)."""
-    end_bg = table.prologue_s[r]  # the overlapped parameter gather holds the links from the start
+    ``overlap_grad_reduce``, after every micro-batch or after each stage's last backward; ``sent``: when its
+    last send arrived, after which a reduction left for the end starts, as in the engine)."""
+    end_bg = table.prologue_s[r]  # the overlapped parameter gather runs on the stream from the start
     if table.overlap_grad_reduce or table.reduce_every or table.after_stage:
         end_bg = max(end_bg, *syncs)
-    else:  # started after the rank's last action, one after the other
-        t = max(end_bg, finish)
+    else:  # started after the rank's last send, one after the other
+        t = max(end_bg, finish, sent)
         for stage in table.stages[r]:
             t += table.grad_sync_s[stage]
         end_bg = t
@@ -183,13 +185,14 @@ def analytic_step(scenario: Scenario, *, allow_cpu_calibration: bool = False,
     rows = _per_rank(table, n)
     ends, waits = [], []
     for r, row in enumerate(rows):
-        end, wait = _tail(table, r, row[0], row[Evaluation.SYNCS:Evaluation.SYNCS + len(table.stages[r])])
+        end, wait = _tail(table, r, row[0], row[Evaluation.SENT],
+                          row[Evaluation.SYNCS:Evaluation.SYNCS + len(table.stages[r])])
         ends.append(end)
         waits.append(wait)
     step = max(ends)
     per_rank = []
     for r, row in enumerate(rows):
-        dur, bf, bi, bw, ov, _peak = row[1:Evaluation.SYNCS]
+        dur, bf, bi, bw, ov = row[1:Evaluation.PEAK]
         b = dict.fromkeys(CATEGORIES, 0.0)
         b["forward"], b["backward_input"], b["backward_weight"], b["overlapped"] = bf, bi, bw, ov
         b["exposed_comm"] = (dur - bf - bi - bw - ov) + waits[r] + table.exposed_gather_s[r] + table.tied_sync_s[r]
@@ -197,7 +200,7 @@ def analytic_step(scenario: Scenario, *, allow_cpu_calibration: bool = False,
         b["bubble"] = max(0.0, step - sum(v for k, v in b.items() if k != "bubble"))
         per_rank.append(b)
     return _result(scenario, table, step, per_rank, [row[0] for row in rows],
-                   [row[Evaluation.SYNCS - 1] for row in rows], time.perf_counter() - t0)
+                   [row[Evaluation.PEAK] for row in rows], time.perf_counter() - t0)
 
 
 def _result(s: Scenario, table: Table, step: float, per_rank: list[dict[str, float]], finish: list[float],

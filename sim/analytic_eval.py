@@ -14,6 +14,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass, field
+from math import nextafter
 from typing import Any, NamedTuple
 
 from sim.assemble import Assembler, Timing, hook_dims, routing_is_skewed, schedule_hooks
@@ -189,16 +190,31 @@ def compiled(sched: Schedule) -> Compiled:
 
 class Evaluation:
     """Per rank, a row: end of its last action, then the sums over its actions of duration and of compute-busy
-    F, I, W seconds in plain actions and of busy seconds in overlapped pairs, its activation peak (bytes), then
-    (reductions beside the actions) when each of its stages' last gradient reduction ends, in ``Table.stages``
-    order; an overlapped one asks for the links its bucket delay after the backward that fills it starts,
-    another when that backward ends, and it starts once the rank's links are free.
-    Sends of the rank, and sends to it, beside it share its links (see :func:`evaluate`)."""
+    F, I, W seconds in plain actions and of busy seconds in overlapped pairs, its activation peak (bytes), when
+    its last send arrived (at least the end of its last action), then (reductions beside the actions) when each
+    of its stages' last gradient reduction ends, in ``Table.stages`` order; an overlapped one asks for its
+    stream its bucket delay after the backward that fills it starts, another when that backward ends, and it
+    starts once the rank's data-parallel stream is free. Sends of the rank, and sends to it, share its links
+    with them (see :func:`evaluate`)."""
 
-    FINISH, DURATION, BUSY_F, BUSY_I, BUSY_W, OVERLAPPED, PEAK, SYNCS = range(8)
+    FINISH, DURATION, BUSY_F, BUSY_I, BUSY_W, OVERLAPPED, PEAK, SENT, SYNCS = range(9)
 
     def __init__(self, per_rank: list[list[float]]) -> None:
         self.per_rank = per_rank
+
+
+def shared_arrival(t: float, d: float, weight: float, collective_s: float, sends_s: float) -> float:
+    """When a send of ``d`` seconds (alone) started at ``t`` arrives, sharing its link sides as the engine does:
+    with collectives (weight 1) loading them for ``collective_s`` more seconds it gets ``weight / (weight + 1)``
+    of the rate until it or they are done, arriving ``min(d / weight, collective_s)`` late; with the rank's
+    earlier sends (its own weight) loading its transmit side for ``sends_s`` more seconds, half the rate,
+    ``min(d, sends_s)`` late. The larger delay applies (one other kind of transfer at a time)."""
+    late = 0.0
+    if collective_s > 0.0:
+        late = min(d / weight, collective_s)
+    if sends_s > 0.0:
+        late = max(late, min(d, sends_s))
+    return t + d + late
 
 
 def evaluate(table: Table, sched: Schedule) -> Evaluation:
@@ -206,23 +222,22 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
 
     Links are shared as the engine shares them, to first order. Each rank's data-parallel collectives (an
     overlapped parameter gather from the start, gradient reductions) queue on its data-parallel stream bucket
-    by bucket, each bucket keeping the rank's transmit and receive sides of its links busy; a bucket asked
-    for before a send is placed first. A send of ``d`` seconds asked for at ``t`` while work with ``w``
-    seconds left holds its transmit side (earlier sends, the rank's buckets) or its receive side (the
-    receiver's buckets) moves at its weighted share ``s = v / (v + 1)`` (``v``: its
-    :func:`~sim.network.nccl.send_weight` against a collective's 1) until one of them is done: it arrives at
-    ``t + d + min(d / v, w)``,
-    and its transmit side has ``d`` more seconds of work (a shared link is work-conserving, so the last
-    transfer on it ends when queueing would have ended it). Sends of different ranks do not share one receiving
-    side (ranks are evaluated one after another, not in time order)."""
+    by bucket, each keeping its links loaded while it runs; buckets asked for by the instant of a send are
+    placed first (those the action itself triggers start beside its sends, as in the engine). A send then
+    arrives at :func:`shared_arrival`: late by ``min(d / v, w)`` beside collectives with ``w`` seconds left on
+    its sides (its own rank's or the receiver's; ``v``: its :func:`~sim.network.nccl.send_weight`), by
+    ``min(d, w)`` beside the rank's earlier sends. Left out: a send slowing the collectives beside it (sends
+    are short), collectives that start while a send is in flight (the engine slows the send for them: GPT-3
+    reads 0.85 % faster here), and sends of different ranks sharing one receiving side (ranks are evaluated
+    one after another, not in time order)."""
     comp = compiled(sched)
     n_ranks = len(comp.ranks)
     arrive = [-1.0] * comp.num_keys
     parked: dict[int, list[int]] = {}
     ptr = [0] * n_ranks
     free = [0.0] * n_ranks
-    tx = [[0.0, 0.0] for _ in range(n_ranks)]  # per rank: when its NIC and NVLink transmit sides are free
-    rx = [[0.0, 0.0] for _ in range(n_ranks)]  # and its receive sides (held by its own collectives only)
+    sent = [[0.0, 0.0] for _ in range(n_ranks)]  # per rank: until when its sends load its NIC, NVLink transmit
+    last_sent = [0.0] * n_ranks  # per rank: when its last send arrives
     # per rank and side: when each placed bucket was asked for and when it ends (both nondecreasing), so a send
     # to the rank sees the receive side as the engine would at the send's request time
     held_req: list[list[list[float]]] = [[[], []] for _ in range(n_ranks)]
@@ -251,13 +266,8 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
                 head[r] = req
                 return
             q.popleft()
-            txr, rxr = tx[r], rx[r]
-            start = req
+            end = dp_free[r] = req + secs  # one stream; sends beside it only share its links
             for side in sides:
-                start = max(start, txr[side], rxr[side])
-            end = dp_free[r] = start + secs
-            for side in sides:
-                txr[side] = rxr[side] = end
                 held_req[r][side].append(req)
                 held_end[r][side].append(end)
             if stage >= 0:
@@ -273,7 +283,7 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
     ready = list(range(n_ranks - 1, -1, -1))
     while ready:
         r = ready.pop()
-        slots, i, t, acc, txr = comp.ranks[r], ptr[r], free[r], sums[r], tx[r]
+        slots, i, t, acc, mine = comp.ranks[r], ptr[r], free[r], sums[r], sent[r]
         while i < len(slots):
             cls, parts, inputs, outputs, pair, triggers, part = slots[i]  # a Slot, in field order
             blocked = False
@@ -305,25 +315,7 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
                 acc[1] += bf
                 acc[2] += bi
                 acc[3] += bw
-            for k, dst in outputs:
-                seconds, links = sends.get((r, dst)) or send(r, dst)
-                if dst == r or seconds <= 0:
-                    arrive[k] = t
-                else:
-                    side = 0 if links & NIC else 1
-                    if head[r] < t:
-                        place(r, t)
-                    if head[dst] < t:
-                        place(dst, t)
-                    j = bisect_left(held_req[dst][side], t)  # the receiver's buckets asked for before t
-                    # Shared, not queued: beside a collective with ``busy`` seconds left on its sides it moves
-                    # at w / (w + 1) of the rate until it or they finish (the engine's weighted shares).
-                    busy = max(txr[side], held_end[dst][side][j - 1] if j else 0.0) - t
-                    arrive[k] = t + seconds + (min(seconds / weight[side], busy) if busy > 0.0 else 0.0)
-                    txr[side] = max(t, txr[side]) + seconds  # the side's work, done by then either way
-                if parked and k in parked:
-                    ready.extend(parked.pop(k))
-            if reduces and not overlap:  # asked for when the action ends
+            if reduces and not overlap:  # asked for when the action ends, beside its sends
                 assert part is not None  # reduces implies it
                 if after:  # FSDP's post-backward: the unit buckets back to back
                     _delay, buckets = table.reduction(_reduction_key(part, skewed), part)
@@ -331,6 +323,26 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
                 else:  # the whole reduction
                     pending[r].append((t, sync_s[part[0]], part[0], reduce_sides))
                 ask(r)
+            for k, dst in outputs:
+                seconds, links = sends.get((r, dst)) or send(r, dst)
+                if dst == r or seconds <= 0:
+                    arrive[k] = t
+                else:
+                    side = 0 if links & NIC else 1
+                    now = nextafter(t, inf)  # buckets asked at t start beside the send, as in the engine
+                    if head[r] < now:
+                        place(r, now)
+                    if head[dst] < now:
+                        place(dst, now)
+                    own = held_end[r][side][-1] if held_end[r][side] else 0.0
+                    j = bisect_left(held_req[dst][side], now)  # the receiver's buckets asked for by t
+                    theirs = held_end[dst][side][j - 1] if j else 0.0
+                    arrive[k] = shared_arrival(t, seconds, weight[side], max(own, theirs) - t, mine[side] - t)
+                    mine[side] = max(t, mine[side]) + seconds
+                    if arrive[k] > last_sent[r]:
+                        last_sent[r] = arrive[k]
+                if parked and k in parked:
+                    ready.extend(parked.pop(k))
             i += 1
         ptr[r], free[r] = i, t
     for r in range(n_ranks):
@@ -341,5 +353,6 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
     rows = []
     for r in range(n_ranks):
         work = max(table.stage_work[s] for s in table.stages[r])
-        rows.append([free[r], *sums[r], peaks[r] + work, *(trig[r].get(s, free[r]) for s in table.stages[r])])
+        rows.append([free[r], *sums[r], peaks[r] + work, max(free[r], last_sent[r]),
+                     *(trig[r].get(s, free[r]) for s in table.stages[r])])
     return Evaluation(rows)

@@ -75,6 +75,10 @@ class Send:
     label: str = ""  # what the trace calls it (``F3.5``: stage 3's forward output of micro-batch 5)
     weight: float = 1.0  # its share of a link side against a collective's 1 (see :class:`_Flow`)
 
+    def __post_init__(self) -> None:
+        if not self.weight > 0:
+            raise ValueError(f"Send.weight: must be > 0 (got {self.weight!r})")
+
 
 @dataclass(frozen=True, slots=True)
 class PlannedAction:
@@ -168,8 +172,8 @@ class Gpu:
     """One simulated GPU: fluid-rate compute, communication holding SMs, four link sides."""
 
     __slots__ = ("_fire_cb", "_last", "_rate", "_remaining", "_run", "_t0", "_task", "_wake", "active",
-                 "comm_active", "dp_busy", "dp_waiting", "env", "intervals", "rank", "sides_of", "slow", "static",
-                 "usage")
+                 "busy_since", "comm_active", "dp_busy", "dp_waiting", "env", "intervals", "rank", "sides_of", "slow",
+                 "static", "usage")
 
     def __init__(self, env: simpy.Environment, rank: int, num_sms: int, comm_sms: int, static: bool = False) -> None:
         self.env = env
@@ -178,6 +182,7 @@ class Gpu:
         self.static = static
         self.comm_active = 0
         self.active: tuple[list[_Flow], ...] = ([], [], [], [])  # per LinkSide, the transfers on it now
+        self.busy_since = [0.0, 0.0, 0.0, 0.0]  # per LinkSide, when its current busy interval began
         self.sides_of: dict[tuple[int, ...], tuple[tuple[Gpu, int], ...]] = {}  # a task's sides, with this GPU
         #: the data-parallel stream is one per GPU, whichever work (a gather, a reduction) queues a task on it
         self.dp_busy = False
@@ -240,22 +245,34 @@ class Gpu:
 
 class _Flow:
     """A transfer on one or more link sides (:class:`Gpu`, side index): ``remaining`` seconds of it at the full
-    link rate, moving at ``rate`` since ``last``: on each side it gets ``weight`` over the sum of the weights of
-    the transfers there, and it moves at its smallest such share (a collective weighs 1; a stage-boundary
-    send its :attr:`Send.weight`)."""
+    link rate, moving at ``rate`` since ``last``. On each side it gets ``weight`` over the sum of the weights of
+    the transfers there, and it moves at the smallest of those shares (a collective weighs 1; a stage-boundary
+    send its :attr:`Send.weight`). Not max-min fair: a transfer held back on one side leaves its share of the
+    others unused rather than handing it on."""
 
-    __slots__ = ("begin", "done", "env", "intervals", "last", "rate", "remaining", "sides", "wake", "weight")
+    __slots__ = ("done", "env", "intervals", "last", "rate", "remaining", "sides", "start", "wake", "weight")
 
     def __init__(self, env: simpy.Environment, sides: tuple[tuple[Gpu, int], ...], seconds: float,
                  done: Callable[[float], None], intervals: dict | None, weight: float) -> None:
         self.env, self.sides, self.remaining, self.done, self.intervals = env, sides, seconds, done, intervals
         self.weight = weight
-        self.begin = self.last = env.now
+        self.start = self.last = env.now
         self.rate = 0.0
         self.wake: _Wake | None = None
 
+    def arm(self, rate: float, now: float) -> None:
+        """Move at ``rate`` from ``now``: charge the work done at the old rate, supersede the old wake."""
+        old = self.wake
+        if old is not None:
+            self.remaining = max(0.0, self.remaining - (now - self.last) * self.rate)
+            old.callbacks = []  # superseded: it still leaves the queue at its time, doing nothing
+        self.last, self.rate = now, rate
+        wake = self.wake = _Wake(self.fire)
+        self.env.schedule(wake, NORMAL, self.remaining / rate)  # type: ignore[arg-type]
+
     def fire(self, _event: Any) -> None:
-        """Done: leave its sides, re-time the transfers still on them, record the interval, call ``done``."""
+        """Done: leave its sides (closing a side's busy interval when it empties), re-time the transfers still
+        on them, call ``done(start)``."""
         now = self.env.now
         others = False
         for gpu, side in self.sides:
@@ -263,41 +280,43 @@ class _Flow:
             active.remove(self)
             if active:
                 others = True
-        if self.intervals is not None:
-            for gpu, side in self.sides:
-                _interval_list(gpu, side, self.intervals).append((self.begin, now))
+            elif self.intervals is not None:
+                _interval_list(gpu, side, self.intervals).append((gpu.busy_since[side], now))
         if others:
-            _reshare(self.env, self.sides, now)
-        self.done(self.begin)
+            _reshare(self.sides, now)
+        self.done(self.start)
 
 
 def _start_flow(env: simpy.Environment, sides: tuple[tuple[Gpu, int], ...], seconds: float,
                 done: Callable[[float], None], intervals: dict | None, weight: float = 1.0,
-                timed: bool = True) -> None:
-    """Start a transfer of ``seconds`` (at the full rate of its sides) now; ``done(begin)`` when it ends.
-    ``timed=False`` leaves it (and the transfers beside it) to the caller's :func:`_reshare`, once for a batch
-    started at the same instant."""
+                timed: bool = True) -> _Flow:
+    """Start a transfer of ``seconds`` (at the full rate of its sides) now; ``done(start)`` when it ends.
+    ``timed=False`` leaves its timing (and that of the transfers beside it) to the caller: :func:`_reshare`
+    once for a batch started at the same instant."""
     flow = _Flow(env, sides, seconds, done, intervals, weight)
+    now = flow.start
     alone = True
     for gpu, side in sides:
         active = gpu.active[side]
         if active:
             alone = False
+        else:
+            gpu.busy_since[side] = now
         active.append(flow)
         gpu.usage[side] += seconds
-    if not timed:
-        return
-    if alone:  # the common case: the full rate, nothing else to re-time
-        flow.rate = 1.0
-        wake = flow.wake = _Wake(flow.fire)
-        env.schedule(wake, NORMAL, seconds)  # type: ignore[arg-type]
-    else:
-        _reshare(env, sides, env.now)
+    if timed:
+        if alone:  # the common case: the full rate, nothing else to re-time
+            flow.rate = 1.0
+            wake = flow.wake = _Wake(flow.fire)
+            env.schedule(wake, NORMAL, seconds)  # type: ignore[arg-type]
+        else:
+            _reshare(sides, now)
+    return flow
 
 
-def _reshare(env: simpy.Environment, sides: tuple[tuple[Gpu, int], ...], now: float) -> None:
+def _reshare(sides: tuple[tuple[Gpu, int], ...], now: float) -> None:
     """Re-time every transfer on ``sides`` (in the order they started there: deterministic) to its new share."""
-    handled: list[_Flow] = []
+    handled: list[_Flow] = []  # a few at most: a list is quicker than a set
     for gpu, side in sides:
         for flow in gpu.active[side]:
             if flow in handled:  # on two of these sides
@@ -311,15 +330,8 @@ def _reshare(env: simpy.Environment, sides: tuple[tuple[Gpu, int], ...], now: fl
                 if load > busiest:
                     busiest = load
             rate = flow.weight / busiest
-            wake = flow.wake
-            if wake is not None:
-                if rate == flow.rate:
-                    continue
-                flow.remaining = max(0.0, flow.remaining - (now - flow.last) * flow.rate)
-                wake.callbacks = []  # superseded: it still leaves the queue at its time, doing nothing
-            flow.last, flow.rate = now, rate
-            wake = flow.wake = _Wake(flow.fire)
-            env.schedule(wake, NORMAL, flow.remaining / rate)  # type: ignore[arg-type]
+            if flow.wake is None or rate != flow.rate:
+                flow.arm(rate, now)
 
 
 def _interval_list(gpu: Gpu, side: int, intervals: dict) -> list[tuple[float, float]]:
@@ -560,36 +572,38 @@ class _RankRun:
             eng.progress(1)
         if action.outputs:
             eng.send(self.rank, action.outputs)
-        # Triggered reductions start after the events due now: a send that another rank's action ending at this
-        # instant makes goes first, as this rank's own sends do (the analytic tier orders such ties the same way).
+        # Triggered reductions start after the events due now: beside the sends just started, sharing their links
+        # whatever the order, and on the data-parallel stream after any collective another work asked for at
+        # this instant (the analytic tier starts them at this instant too).
         for work in action.triggers:
             self._background_at_event(0.0, work)
         self.i += 1
         self.advance()
 
     def _actions_end(self) -> None:
-        """After the last action: the reductions it leaves for the end start once the rank's sends have left
-        (a stack issues them after its last send on the same stream order: DeepSpeed's ReduceGrads closing the
+        """After the last action: the reductions it leaves for the end start once the rank's sends have arrived
+        (a stack issues them after its last send, in stream order: DeepSpeed's ReduceGrads closing the
         schedule, Megatron-LM's finalize_model_grads after the pipeline), then the tail once they are done."""
         self.finish = self.eng.env.now
         self.actions_done = True
         self._wait_start = self.finish
+        self.outstanding += 1  # a placeholder for the end triggers: the tail cannot start before they do
         if self.sending and self.plan.end_triggers:
-            self.outstanding += 1  # the end triggers, once the sends are out
-            self.after_sends = self._end_triggers_after_sends
-            return
-        self._end_triggers()
-        if self.outstanding == 0:
-            self._tail_start()
+            self.after_sends = self._end_triggers
+        else:
+            self._end_triggers()
 
     def _end_triggers(self) -> None:
+        self.after_sends = None
         for work in self.plan.end_triggers:
             self._background(work, "grad_reduce")
+        self._background_done()  # the placeholder: starts the tail when nothing else is outstanding
 
-    def _end_triggers_after_sends(self) -> None:
-        self.after_sends = None
-        self._end_triggers()
-        self._background_done()  # the placeholder counted in _actions_end
+    def sent(self) -> None:
+        """One of this rank's stage-boundary transfers arrived."""
+        self.sending -= 1
+        if not self.sending and self.after_sends is not None:
+            self.after_sends()
 
     def _tail_start(self) -> None:
         now = self.eng.env.now
@@ -640,40 +654,36 @@ class _Engine:
         """Start an action's stage-boundary transfers, all at this instant (timed together)."""
         trace = self.trace
         intervals = trace.links.intervals if trace.record_tasks else None
-        started: list[tuple[Gpu, int]] = []
+        sender = self.runs[src]
+        flows: list[_Flow] = []
         for send in sends:
             if send.dst == src or send.seconds <= 0:
                 self._arrive(send.key)
                 continue
             tx, rx = (_NIC_TX, _NIC_RX) if send.links & NIC else (_NVLINK_TX, _NVLINK_RX)
 
-            def arrived(begin: float, send: Send = send) -> None:
+            def arrived(start: float, send: Send = send) -> None:
                 if trace.record_tasks:
-                    trace.transfers.append(TransferEvent(src, send.dst, begin, self.env.now, send.label))
+                    trace.transfers.append(TransferEvent(src, send.dst, start, self.env.now, send.label))
                 self._arrive(send.key)
-                sender = self.runs[src]
-                sender.sending -= 1
-                if not sender.sending and sender.after_sends is not None:
-                    sender.after_sends()
+                sender.sent()
 
             sides = ((self.gpus[src], tx), (self.gpus[send.dst], rx))
-            _start_flow(self.env, sides, send.seconds, arrived, intervals, send.weight, timed=False)
-            self.runs[src].sending += 1
-            started += sides
-        if started:
-            crowded = False
-            for gpu, side in started:
+            flows.append(_start_flow(self.env, sides, send.seconds, arrived, intervals, send.weight, timed=False))
+            sender.sending += 1
+        crowded = False
+        for flow in flows:
+            for gpu, side in flow.sides:
                 if len(gpu.active[side]) > 1:
                     crowded = True
-                    break
-            if crowded:
-                _reshare(self.env, tuple(started), self.env.now)
-            else:  # each alone on its sides: the full rate
-                for gpu, side in started[::2]:
-                    flow = gpu.active[side][0]
-                    flow.rate = 1.0
-                    wake = flow.wake = _Wake(flow.fire)
-                    self.env.schedule(wake, NORMAL, flow.remaining)  # type: ignore[arg-type]
+        if crowded:
+            _reshare(tuple(side for flow in flows for side in flow.sides), self.env.now)
+        else:  # each alone on its sides: the full rate
+            env = self.env
+            for flow in flows:
+                flow.rate = 1.0
+                wake = flow.wake = _Wake(flow.fire)
+                env.schedule(wake, NORMAL, flow.remaining)  # type: ignore[arg-type]
 
     def _arrive(self, key: ArrivalKey) -> None:
         self.arrived.add(key)

@@ -8,7 +8,8 @@ read it by field name. Times are seconds from the start of the step.
   (waiting for gradient synchronization, the optimizer, an exposed parameter gather), with the compute-busy
   seconds of its forward, backward-for-input and backward-for-weight tasks;
 - :class:`TransferEvent`: activations or gradients crossing a pipeline stage boundary;
-- :class:`LinkUsage`: per rank and link side, the busy seconds and (when recorded) the busy intervals.
+- :class:`LinkUsage`: per rank and link side, the seconds of data it carried and (when recorded) the intervals
+  in which any transfer was on it.
 """
 
 from __future__ import annotations
@@ -81,7 +82,9 @@ class TransferEvent(NamedTuple):
 
 @dataclass
 class LinkUsage:
-    """Busy seconds per (rank, link side); intervals only when the trace records tasks."""
+    """Per (rank, link side): ``busy_s``, the seconds its transfers take at its full rate (the data it carried);
+    ``intervals``, when the trace records tasks, the disjoint intervals in which any transfer was on it (shared
+    transfers overlap in time; the interval covers them all)."""
 
     busy_s: dict[tuple[int, LinkSide], float] = field(default_factory=dict)
     intervals: dict[tuple[int, LinkSide], list[tuple[float, float]]] = field(default_factory=dict)

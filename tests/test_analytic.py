@@ -128,11 +128,25 @@ def test_cli_analytic_mode():
 
 
 def test_a_send_beside_a_post_backward_reduction_shares_the_nic_in_both_tiers():
-    """ZeRO-3 under DualPipe (Mixtral): rank 1's boundary send arrives at the instant rank 0's last backward of a
-    stage ends and its FSDP post-backward reduce-scatters start on the same NIC. The engine shares the NIC
-    between them (neither waits for the other, whichever starts first); the analytic tier gives the send half
-    the rate while a reduction is in flight on its sides, and the two agree to about 1e-4."""
+    """ZeRO-3 under DualPipe (Mixtral): rank 1's boundary send leaves at the instant rank 0's last backward of a
+    stage ends and its FSDP post-backward reduce-scatters start on the same NIC. The engine shares the NIC (the
+    send at 1/9 of it); the analytic tier starts the buckets the action triggers beside its sends and charges
+    the send :func:`~sim.analytic_eval.shared_arrival`. Measured apart: 8e-4 (collectives that start later,
+    during a send, are the analytic tier's known omission)."""
     s = load_scenario("workloads/mixtral_8x7b_h100.yaml", overrides=["parallel.schedule=dualpipe",
                                                                      "parallel.zero_stage=3"])
     fast = simulate_step(s, mode="fast", record_trace=False).step_time_s
-    assert simulate_step(s, mode="analytic").step_time_s == pytest.approx(fast, rel=1e-3)
+    assert simulate_step(s, mode="analytic").step_time_s == pytest.approx(fast, rel=2e-3)
+
+
+def test_shared_arrival_by_hand():
+    """A 0.1 s send of weight 1/8 beside a collective with 1 s left moves at 1/9 of the rate: 0.9 s. Beside one
+    with 0.3 s left: 1/9 until it ends (0.3 s 'late'), then the full rate: 0.4 s. Beside the rank's earlier
+    send (same weight) with 1 s left: half the rate, 0.2 s. Alone: 0.1 s."""
+    from sim.analytic_eval import shared_arrival
+
+    assert shared_arrival(2.0, 0.1, 0.125, 1.0, 0.0) == pytest.approx(2.9)
+    assert shared_arrival(2.0, 0.1, 0.125, 0.3, 0.0) == pytest.approx(2.4)
+    assert shared_arrival(2.0, 0.1, 0.125, 0.0, 1.0) == pytest.approx(2.2)
+    assert shared_arrival(2.0, 0.1, 0.125, -1.0, -1.0) == pytest.approx(2.1)
+    assert shared_arrival(2.0, 0.1, 1.0, 1.0, 0.05) == pytest.approx(2.2)  # equal weights: the larger delay

@@ -41,3 +41,21 @@ def test_every_input_is_sent_once_by_its_dependency():
         d, s, per_dir = hook_dims(sched)
         fwd = [k for k in sent if arrival_text(k, (d, s, per_dir)).startswith("F")]
         assert len(fwd) == d * (s - 1) * per_dir, name
+
+
+def test_stage_boundary_sends_carry_their_link_share():
+    """Assembled plans: a send between nodes weighs NCCL's P2P channels against a collective's (2/16), one
+    inside a node 1 (the engine's link sharing reads it)."""
+    from sim.loading import load_scenario
+    from sim.network.nccl import send_weight
+    from sim.program.tasks import NIC
+    from sim.step import _prepared
+
+    for overrides in ([], ["cluster.num_nodes=1", "parallel.ep=2", "training.global_batch_size=16"]):
+        _ctx, plans = _prepared(load_scenario("workloads/tiny_moe_job.yaml", overrides=overrides), False, False,
+                                True)
+        sends = [s for plan in plans for a in plan.actions for s in a.outputs]
+        assert sends
+        for s in sends:
+            assert s.weight == (send_weight(True) if s.links & NIC else 1.0)
+        assert {s.weight for s in sends} == ({0.125, 1.0} if not overrides else {1.0})  # 2 nodes: both kinds

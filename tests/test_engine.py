@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from sim.engine import PlannedAction, RankPlan, Send, SimulationError, TailItem, isolated_run, run_pipeline
 from sim.program.chunks import Chunk
 from sim.program.pairs import merge_pair
-from sim.program.tasks import NIC, Task, Work
+from sim.program.tasks import NIC, NVLINK, Task, Work
 from sim.schedules.actions import Action
 from sim.schedules.actions import Phase as P
 from sim.schedules.generators import build_schedule
@@ -278,6 +278,25 @@ def test_a_send_weighs_its_share_against_a_collective():
                                                                       "c": pytest.approx(1.5)}
 
 
+def test_a_reduction_left_for_the_end_waits_for_the_last_of_two_sends():
+    """Rank 0 sends 0.1 s to rank 1 over NVLink and 0.4 s to rank 2 over its NIC at 0.5 s (different sides:
+    each at the full rate): arrivals at 0.6 and 0.9 s; its reduction left for the end starts at 0.9 s, not at
+    the first arrival."""
+    grad = Work.of((Task("g", "tail", Stream.DP, 1.0, links=NIC),))
+    a, b = ("F", 0, 0, 0), ("F", 0, 0, 1)
+    plans = [RankPlan((PlannedAction(Work.of((Task("c", "F", Stream.COMPUTE, 0.5),)), "F0.0", "forward",
+                                     outputs=(Send(a, 1, 0.1, NVLINK, "a"), Send(b, 2, 0.4, NIC, "b"))),),
+                      end_triggers=(grad,)),
+             RankPlan((PlannedAction(Work.of((Task("c", "F", Stream.COMPUTE, 0.1),)), "F1.0", "forward",
+                                     inputs=(a,)),)),
+             RankPlan((PlannedAction(Work.of((Task("c", "F", Stream.COMPUTE, 0.1),)), "F2.0", "forward",
+                                     inputs=(b,)),))]
+    res = run_pipeline(plans, num_sms=132, comm_sms=0)
+    assert sorted((t.label, t.end) for t in res.trace.transfers) == [("a", pytest.approx(0.6)),
+                                                                     ("b", pytest.approx(0.9))]
+    assert [t.start for t in res.trace.tasks if t.name == "g"] == [pytest.approx(0.9)]
+
+
 def test_a_reduction_left_for_the_end_starts_once_the_last_sends_are_out():
     """Rank 0 computes 0.5 s and sends 0.25 s to rank 1; its gradient reduction (1 s on its NIC) is left for
     the end (stacks issue it after the last send, in stream order): the send has the NIC alone (0.5-0.75 s),
@@ -298,14 +317,16 @@ def test_a_reduction_left_for_the_end_starts_once_the_last_sends_are_out():
 
 
 def test_one_data_parallel_stream_per_gpu():
-    """Two background works' collectives on one GPU run one after the other (one data-parallel stream), even
-    on links they would share: 1 s then 1 s, ends at 1 s and 2 s."""
-    a = Work.of((Task("a", "tail", Stream.DP, 1.0, links=NIC),))
-    b = Work.of((Task("b", "tail", Stream.DP, 1.0, links=NIC),))
-    res = run_pipeline([RankPlan((PlannedAction(Work.of((Task("c", "F", Stream.COMPUTE, 0.1),)), "F0.0",
-                                                "forward"),), prologue=(a, b))], num_sms=132, comm_sms=0)
-    assert sorted((t.name, t.start, t.end) for t in res.trace.tasks if t.stream == Stream.DP) == [
-        ("a", 0.0, pytest.approx(1.0)), ("b", pytest.approx(1.0), pytest.approx(2.0))]
+    """Three background works' collectives on one GPU run one after the other, in the order they asked (one
+    data-parallel stream, first in first out), even on links they would share: 1, 2 and 0.5 s end at 1, 3 and
+    3.5 s."""
+    works = tuple(Work.of((Task(name, "tail", Stream.DP, secs, links=NIC),)) for name, secs in
+                  (("a", 1.0), ("b", 2.0), ("c", 0.5)))
+    res = run_pipeline([RankPlan((PlannedAction(Work.of((Task("x", "F", Stream.COMPUTE, 0.1),)), "F0.0",
+                                                "forward"),), prologue=works)], num_sms=132, comm_sms=0)
+    assert [(t.name, t.start, t.end) for t in res.trace.tasks if t.stream == Stream.DP] == [
+        ("a", 0.0, pytest.approx(1.0)), ("b", pytest.approx(1.0), pytest.approx(3.0)),
+        ("c", pytest.approx(3.0), pytest.approx(3.5))]
 
 
 def test_tail_waits_for_background_work_and_reports_it():
@@ -335,3 +356,18 @@ def test_a_work_that_cannot_finish_is_an_error():
                 ((0, 1), (), ()))
     with pytest.raises(SimulationError, match="deadlocked"):
         isolated_run(work, 132, 0)
+
+
+def test_an_empty_reduction_left_for_the_end_starts_the_tail_once():
+    """A reduction with no tasks finishes as it starts; the tail (the optimizer) still runs exactly once."""
+    opt = Work.of((Task("optimizer", "tail", Stream.COMPUTE, 1.0),))
+    plan = RankPlan((PlannedAction(Work.of((Task("c", "F", Stream.COMPUTE, 2.0),)), "F0.0", "forward"),),
+                    end_triggers=(Work.of(()),), tail=(TailItem(opt, "optimizer", "optimizer"),))
+    res = run_pipeline([plan], num_sms=132, comm_sms=0)
+    assert [a.label for a in res.trace.actions] == ["F0.0", "optimizer"]
+    assert res.makespan_s == pytest.approx(3.0)
+
+
+def test_a_send_weighs_more_than_nothing():
+    with pytest.raises(ValueError, match=r"Send\.weight"):
+        Send(("F", 0, 0, 0), 1, 0.1, NIC, "F0.0", weight=0.0)
