@@ -160,8 +160,9 @@ def _print_human(d: dict[str, Any]) -> None:
         click.echo("sensitivities (" + s["model"] + "):")
         click.echo(f"  10% more GPUs ({g['gpus']}): {g['delta_days']:+.3g} days, {_signed(g['delta_gpu_hours'])} "
                    f"GPU-hours, {_money(g['delta_usd'], True)}")
-        click.echo(f"  one more day ({dl['deadline_days']:.3g} days): {dl['gpus']} GPUs ({dl['delta_gpus']:+d}) "
-                   f"suffice, {_signed(dl['delta_gpu_hours'])} GPU-hours, {_money(dl['delta_usd'], True)}")
+        click.echo(f"  one more day ({dl['deadline_days']:.3g} days): about {dl['gpus']} GPUs "
+                   f"({dl['delta_gpus']:+d}; continuous DP, not a layout) suffice, "
+                   f"{_signed(dl['delta_gpu_hours'])} GPU-hours, {_money(dl['delta_usd'], True)}")
         click.echo(f"  price +10% (${pr['usd_per_gpu_hour']:.2f}): {_money(pr['delta_usd'], True)}; "
                    f"each $1 per GPU-hour adds {_money(pr['usd_per_1_usd_per_gpu_hour'])}")
     for n in d["notes"]:

@@ -40,7 +40,7 @@ def estimate_figure(est: RunEstimate) -> Figure:
         for i, v in enumerate(values):
             name = labels[i]
             if x == 0 and measured is not None and measured[i] > 0:
-                name = f"{name}: {v / 1e3:,.0f}K vs {measured[i] / 1e3:,.0f}K ({v / measured[i] - 1:+.0%})"
+                name = f"{name}: {v / 1e3:,.0f}K vs {measured[i] / 1e3:,.0f}K ({v / measured[i] - 1:+.1%})"
             ax.bar(x, v / 1e3, bottom=bottom / 1e3, width=0.55, color=COLORS[i % len(COLORS)],
                    label=name if x == 0 else None, edgecolor="white")
             if v > 0.05 * sum(values):
