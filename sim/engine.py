@@ -306,9 +306,7 @@ def _start_flow(env: simpy.Environment, sides: tuple[tuple[Gpu, int], ...], seco
         gpu.usage[side] += seconds
     if timed:
         if alone:  # the common case: the full rate, nothing else to re-time
-            flow.rate = 1.0
-            wake = flow.wake = _Wake(flow.fire)
-            env.schedule(wake, NORMAL, seconds)  # type: ignore[arg-type]
+            flow.arm(1.0, now)
         else:
             _reshare(sides, now)
     return flow
@@ -679,11 +677,9 @@ class _Engine:
         if crowded:
             _reshare(tuple(side for flow in flows for side in flow.sides), self.env.now)
         else:  # each alone on its sides: the full rate
-            env = self.env
+            now = self.env.now
             for flow in flows:
-                flow.rate = 1.0
-                wake = flow.wake = _Wake(flow.fire)
-                env.schedule(wake, NORMAL, flow.remaining)  # type: ignore[arg-type]
+                flow.arm(1.0, now)
 
     def _arrive(self, key: ArrivalKey) -> None:
         self.arrived.add(key)
