@@ -250,15 +250,18 @@ class _Flow:
     send its :attr:`Send.weight`). Not max-min fair: a transfer held back on one side leaves its share of the
     others unused rather than handing it on."""
 
-    __slots__ = ("done", "env", "intervals", "last", "rate", "remaining", "sides", "start", "wake", "weight")
+    __slots__ = ("done", "env", "intervals", "last", "rate", "remaining", "send", "sides", "src", "start", "wake",
+                 "weight")
 
     def __init__(self, env: simpy.Environment, sides: tuple[tuple[Gpu, int], ...], seconds: float,
-                 done: Callable[[float], None], intervals: dict | None, weight: float) -> None:
+                 done: Callable[[_Flow], None], intervals: dict | None, weight: float) -> None:
         self.env, self.sides, self.remaining, self.done, self.intervals = env, sides, seconds, done, intervals
         self.weight = weight
         self.start = self.last = env.now
         self.rate = 0.0
         self.wake: _Wake | None = None
+        self.send: Send | None = None  # a stage-boundary transfer: what it carries, and from which rank
+        self.src = -1
 
     def arm(self, rate: float, now: float) -> None:
         """Move at ``rate`` from ``now``: charge the work done at the old rate, supersede the old wake."""
@@ -272,7 +275,7 @@ class _Flow:
 
     def fire(self, _event: Any) -> None:
         """Done: leave its sides (closing a side's busy interval when it empties), re-time the transfers still
-        on them, call ``done(start)``."""
+        on them, call ``done(self)``."""
         now = self.env.now
         others = False
         for gpu, side in self.sides:
@@ -284,13 +287,13 @@ class _Flow:
                 _interval_list(gpu, side, self.intervals).append((gpu.busy_since[side], now))
         if others:
             _reshare(self.sides, now)
-        self.done(self.start)
+        self.done(self)
 
 
 def _start_flow(env: simpy.Environment, sides: tuple[tuple[Gpu, int], ...], seconds: float,
-                done: Callable[[float], None], intervals: dict | None, weight: float = 1.0,
+                done: Callable[[_Flow], None], intervals: dict | None, weight: float = 1.0,
                 timed: bool = True) -> _Flow:
-    """Start a transfer of ``seconds`` (at the full rate of its sides) now; ``done(start)`` when it ends.
+    """Start a transfer of ``seconds`` (at the full rate of its sides) now; ``done(flow)`` when it ends.
     ``timed=False`` leaves its timing (and that of the transfers beside it) to the caller: :func:`_reshare`
     once for a batch started at the same instant."""
     flow = _Flow(env, sides, seconds, done, intervals, weight)
@@ -439,7 +442,7 @@ class _WorkRun:
             mine = gpu.sides_of.get(sides)
             if mine is None:
                 mine = gpu.sides_of[sides] = tuple((gpu, side) for side in sides)
-            _start_flow(env, mine, seconds, lambda _b: self._end(s, i, t0), self.intervals)
+            _start_flow(env, mine, seconds, lambda _f: self._end(s, i, t0), self.intervals)
         else:
             env.schedule(_TaskWake(self, s, i, t0), NORMAL, seconds)  # type: ignore[arg-type]
 
@@ -639,6 +642,8 @@ class _Engine:
         self.runs: list[_RankRun] = []
         self.waiters: dict[ArrivalKey, list[Callable[[], None]]] = {}
         self._compiled: dict[int, tuple[Work, _Compiled]] = {}
+        #: (sender, receiver, over the NIC?) -> the link sides a send between them takes
+        self._pairs: dict[tuple[int, int, bool], tuple[tuple[Gpu, int], ...]] = {}
 
     def compiled(self, work: Work) -> _Compiled:
         """The work's compiled form, built once per distinct work object of this run (the plans keep every work
@@ -650,24 +655,22 @@ class _Engine:
 
     def send(self, src: int, sends: tuple[Send, ...]) -> None:
         """Start an action's stage-boundary transfers, all at this instant (timed together)."""
-        trace = self.trace
-        intervals = trace.links.intervals if trace.record_tasks else None
+        intervals = self.trace.links.intervals if self.trace.record_tasks else None
         sender = self.runs[src]
+        env, pairs, sent = self.env, self._pairs, self._sent
         flows: list[_Flow] = []
         for send in sends:
             if send.dst == src or send.seconds <= 0:
                 self._arrive(send.key)
                 continue
-            tx, rx = (_NIC_TX, _NIC_RX) if send.links & NIC else (_NVLINK_TX, _NVLINK_RX)
-
-            def arrived(start: float, send: Send = send) -> None:
-                if trace.record_tasks:
-                    trace.transfers.append(TransferEvent(src, send.dst, start, self.env.now, send.label))
-                self._arrive(send.key)
-                sender.sent()
-
-            sides = ((self.gpus[src], tx), (self.gpus[send.dst], rx))
-            flows.append(_start_flow(self.env, sides, send.seconds, arrived, intervals, send.weight, timed=False))
+            nic = bool(send.links & NIC)
+            sides = pairs.get((src, send.dst, nic))
+            if sides is None:
+                tx, rx = (_NIC_TX, _NIC_RX) if nic else (_NVLINK_TX, _NVLINK_RX)
+                sides = pairs[(src, send.dst, nic)] = ((self.gpus[src], tx), (self.gpus[send.dst], rx))
+            flow = _start_flow(env, sides, send.seconds, sent, intervals, send.weight, timed=False)
+            flow.send, flow.src = send, src
+            flows.append(flow)
             sender.sending += 1
         crowded = False
         for flow in flows:
@@ -675,11 +678,20 @@ class _Engine:
                 if len(gpu.active[side]) > 1:
                     crowded = True
         if crowded:
-            _reshare(tuple(side for flow in flows for side in flow.sides), self.env.now)
+            _reshare(tuple(side for flow in flows for side in flow.sides), env.now)
         else:  # each alone on its sides: the full rate
-            now = self.env.now
+            now = env.now
             for flow in flows:
                 flow.arm(1.0, now)
+
+    def _sent(self, flow: _Flow) -> None:
+        """A stage-boundary transfer arrived: record it, wake what waits for it, tell its sender."""
+        send = flow.send
+        assert send is not None
+        if self.trace.record_tasks:
+            self.trace.transfers.append(TransferEvent(flow.src, send.dst, flow.start, self.env.now, send.label))
+        self._arrive(send.key)
+        self.runs[flow.src].sent()
 
     def _arrive(self, key: ArrivalKey) -> None:
         self.arrived.add(key)
