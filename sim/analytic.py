@@ -1,7 +1,9 @@
 """The analytic tier: one step's time and breakdown without an event loop.
 
 Same model as the engine's fast mode: every action takes the isolated duration of its work
-(:func:`sim.engine.isolated_run` via :class:`sim.assemble.Assembler`, memoized by content), an action starts when
+(:func:`sim.engine.isolated_run` via :class:`sim.assemble.Assembler`, memoized by content; an action with
+data-parallel tasks of its own is timed with the reductions it starts, which then start when they ran beside it,
+as in fast mode), an action starts when
 its rank is free and its inputs have arrived, a stage-boundary transfer takes the network's point-to-point time
 and leaves when its action ends, sharing its link sides as the engine does: at its weighted share while other
 work is in flight on them (earlier sends of the rank, the buckets of the rank's and the receiver's data-parallel

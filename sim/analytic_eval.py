@@ -66,11 +66,23 @@ class Table:
     fit: tuple[list[float], list[float], int] | None = None  # see sim.analytic._fit
     evaluated: dict[int, list[list[float]]] = field(default_factory=dict)  # rows of direct evaluations, by count
     reductions: dict[Any, tuple[float, tuple[float, ...]]] = field(default_factory=dict)  # see reduction()
+    reducing_timings: dict[Any, tuple[Timing, float]] = field(default_factory=dict)  # see reducing()
 
     def timing(self, key: Any, parts: tuple[tuple[int, str, int], ...]) -> Timing:
         hit = self.timings.get(key)
         if hit is None:
-            hit = self.timings[key] = self.asm.timing(parts)
+            hit = self.timings[key] = self.asm.timing(parts)[0]
+        return hit
+
+    def reducing(self, key: Any, parts: tuple[tuple[int, str, int], ...], part: tuple[int, str, int]
+                 ) -> tuple[Timing, float]:
+        """The timing of an action that starts the overlapped reduction of its backward ``part``, and the delay
+        that reduction starts after (:meth:`sim.assemble.Assembler.timing`: both can move when the action's own
+        work queues on the data-parallel stream with it)."""
+        memo = (key, _reduction_key(part, self.skewed))
+        hit = self.reducing_timings.get(memo)
+        if hit is None:
+            hit = self.reducing_timings[memo] = self.asm.timing(parts, part)
         return hit
 
     def reduction(self, key: Any, part: tuple[int, str, int]) -> tuple[float, tuple[float, ...]]:
@@ -298,12 +310,16 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
             if blocked:
                 break
             key = parts if skewed else cls
-            secs, (bf, bi, bw) = timings.get(key) or timing(key, parts)
-            t += secs
             reduces = part is not None and during and (every or bool(triggers))
+            if reduces and overlap:  # timed with its buckets, which start after the delay the timing gives
+                assert part is not None  # reduces implies it
+                (secs, (bf, bi, bw)), delay = table.reducing(key, parts, part)
+            else:
+                secs, (bf, bi, bw) = timings.get(key) or timing(key, parts)
+            t += secs
             if reduces and overlap:  # its buckets, asked for their delay after the action starts
                 assert part is not None  # reduces implies it
-                delay, buckets = table.reduction(_reduction_key(part, skewed), part)
+                _delay, buckets = table.reduction(_reduction_key(part, skewed), part)
                 first = t - secs + delay
                 pending[r].extend((first if j == 0 else 0.0, b, part[0], reduce_sides)
                                   for j, b in enumerate(buckets))

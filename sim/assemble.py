@@ -11,6 +11,10 @@ each stage unit by unit after the stage's last backward, whatever the flag says 
 once-per-step parameter gather runs beside the first forwards when ``overlap_param_gather`` (Megatron-LM gathers
 each bucket ahead of its first use; nothing waits for it here), or after the optimizer, exposed. In fast mode
 every action also carries its isolated duration (:func:`sim.engine.isolated_run`), computed once per distinct work.
+An action whose own work uses the data-parallel stream (ZeRO-3's per-layer parameter gathers) is timed with the
+reductions it starts running beside it (:meth:`Assembler.timed`): both queue on that one stream, so its gathers
+wait behind the gradient buckets as they do in detailed mode; timed alone, the backward would get the whole link
+while its reduce-scatters took it too.
 
 What depends on the schedule alone (labels, chunk keys, arrivals, send destinations, the backward of each
 action and the last backward of each stage: :class:`ScheduleHooks`) is derived once per schedule and kept on
@@ -27,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
 from sim.config import Scenario
-from sim.engine import PlannedAction, RankPlan, Send, TailItem, isolated_run
+from sim.engine import PlannedAction, RankPlan, Send, TailItem, isolated_run_beside
 from sim.network import Network
 from sim.network.nccl import send_weight
 from sim.pipeline import all_stages_of
@@ -36,7 +40,7 @@ from sim.program.pairs import merge_pair, sequential_pair
 from sim.program.tail import StepTail
 from sim.program.tasks import NIC, NVLINK, Work
 from sim.schedules.actions import Action, Phase, Schedule, action_text
-from sim.timeline import Category
+from sim.timeline import Category, Stream
 
 CATEGORY = {Phase.F: Category.FORWARD, Phase.B: Category.BACKWARD, Phase.I: Category.BACKWARD_INPUT,
             Phase.W: Category.BACKWARD_WEIGHT, Phase.FB: Category.OVERLAPPED}
@@ -53,18 +57,24 @@ def routing_is_skewed(scenario: Scenario) -> bool:
 
 
 class TimingCache:
-    """Isolated timings of works, keyed by the work's content and the GPU's SM split (everything
-    :func:`~sim.engine.isolated_run` reads), least recently used first out."""
+    """Isolated timings of works, keyed by the work's content, the GPU's SM split and the background works beside
+    it (everything :func:`~sim.engine.isolated_run_beside` reads), least recently used first out."""
 
     def __init__(self, maxsize: int = 8192) -> None:
         self.maxsize = maxsize
-        self._d: OrderedDict[tuple[Work, int, int, bool], Timing] = OrderedDict()
+        self._d: OrderedDict[tuple, tuple[Timing, tuple[float, ...]]] = OrderedDict()
 
     def get(self, work: Work, num_sms: int, comm_sms: int, static_sms: bool = False) -> Timing:
-        key = (work, num_sms, comm_sms, static_sms)
+        return self.beside(work, num_sms, comm_sms, static_sms)[0]
+
+    def beside(self, work: Work, num_sms: int, comm_sms: int, static_sms: bool = False,
+               background: tuple[tuple[float, Work], ...] = ()) -> tuple[Timing, tuple[float, ...]]:
+        """The work's timing with ``background`` ((delay, work)) beside it, and when each of those ended."""
+        key = (work, num_sms, comm_sms, static_sms, background)
         hit = self._d.get(key)
         if hit is None:
-            hit = self._d[key] = isolated_run(work, num_sms, comm_sms, static_sms)
+            makespan, busy, ends = isolated_run_beside(work, num_sms, comm_sms, static_sms, background)
+            hit = self._d[key] = ((makespan, busy), ends)
             if len(self._d) > self.maxsize:
                 self._d.popitem(last=False)
         return hit
@@ -230,7 +240,7 @@ class Assembler:
         self.uniform = not routing_is_skewed(inp.scenario)
         self._keys: dict[tuple[int, str, int], tuple] = {}
         self._works: dict[tuple, Work] = {}
-        self._timed: dict[tuple, Timing] = {}
+        self._timed: dict[tuple, tuple[Timing, tuple[tuple[float, Work], ...]]] = {}
         self._sends: dict[tuple[int, int], tuple[float, int]] = {}
         gpu = inp.scenario.cluster.gpu
         self.num_sms, self.comm_sms = gpu.num_sms, inp.scenario.parallel.comm_sms
@@ -259,15 +269,39 @@ class Assembler:
             self._works[key] = hit
         return hit, key
 
-    def timed(self, work: Work, key: tuple) -> Timing:
-        hit = self._timed.get(key)
+    def timed(self, work: Work, key: tuple, starts: tuple[tuple[float, Work], ...] = ()
+              ) -> tuple[Timing, tuple[tuple[float, Work], ...]]:
+        """Isolated seconds and busy F/I/W seconds of ``work`` (``key``: its chunk keys), an action that starts
+        the gradient reductions ``starts`` ((delay, work), see :meth:`reductions`), and those reductions as fast
+        mode starts them. They run beside it in the isolated run only when the work itself has data-parallel
+        tasks: then they share its one data-parallel stream (in detailed mode its gathers and the buckets queue
+        there together), and each is started late enough to end when it ended beside the work (its full-rate
+        seconds before that), as the stream it shared would have let it; otherwise they leave its duration
+        alone and start as asked."""
+        if not starts or not any(t.stream == Stream.DP for t in work.tasks):
+            hit = self._timed.get(key)
+            if hit is None:
+                hit = self._timed[key] = (self.timings.get(work, self.num_sms, self.comm_sms, self.static_sms), ())
+            return hit[0], starts
+        memo = (key, starts)
+        hit = self._timed.get(memo)
         if hit is None:
-            hit = self._timed[key] = self.timings.get(work, self.num_sms, self.comm_sms, self.static_sms)
+            timing, ends = self.timings.beside(work, self.num_sms, self.comm_sms, self.static_sms, starts)
+            late = tuple((max(delay, end - sum(t.seconds for t in bg.tasks)), bg)
+                         for (delay, bg), end in zip(starts, ends, strict=True))
+            hit = self._timed[memo] = (timing, late)
         return hit
 
-    def timing(self, parts: tuple[PartKey, ...]) -> Timing:
-        """Isolated seconds and busy F/I/W seconds of an action with these parts."""
-        return self.timed(*self.work(parts))
+    def timing(self, parts: tuple[PartKey, ...], reduces: PartKey | None = None
+               ) -> tuple[Timing, float]:
+        """Isolated seconds and busy F/I/W seconds of an action with these parts, and the delay its overlapped
+        gradient reduction starts after (``reduces``: its backward part whose reduction it starts; 0 if none)
+        as :meth:`timed` places it."""
+        work, key = self.work(parts)
+        if reduces is None:
+            return self.timed(work, key)[0], 0.0
+        timing, late = self.timed(work, key, (self.reduction(reduces),))
+        return timing, late[0][0]
 
     def send(self, src: int, dst: int) -> tuple[float, int]:
         """Seconds and link mask of one stage-boundary transfer from rank ``src`` to ``dst`` (with the scatter/
@@ -324,8 +358,12 @@ class Assembler:
             work, key = self.work(h.parts)
             outputs = tuple(Send(k, dst, *self.send(r, dst), arrival_text(k, dims),
                                  send_weight(bool(self.send(r, dst)[1] & NIC))) for k, dst in h.outputs)
+            started = tuple(starts.get(i, ()))
+            timed = None
+            if fast:
+                timed, started = self.timed(work, key, started)
             planned.append(PlannedAction(work, h.label, h.category, h.inputs, outputs, tuple(ends.get(i, ())),
-                                         tuple(starts.get(i, ())), self.timed(work, key) if fast else None))
+                                         started, timed))
         late = tuple(tail.grad_sync_work(stage) for stage in late_stages)
         items = [TailItem(tail.optimizer_work(stages), "optimizer", Category.OPTIMIZER)]
         if tail.tied_embedding_seconds(stages) > 0:

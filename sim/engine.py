@@ -28,7 +28,9 @@ reserved for communication for the whole step and compute kernels are launched o
 DeepSeek's trace, so compute always runs at that rate).
 
 Detailed mode runs every task as an event. Fast mode runs each action as one timed event whose duration is
-the makespan of its work simulated once in isolation (:func:`isolated_run`, memoized per distinct work).
+the makespan of its work simulated once in isolation (:func:`isolated_run`, memoized per distinct work; with
+the gradient reductions it starts beside it, :func:`isolated_run_beside`, when they share its data-parallel
+stream: see :mod:`sim.assemble`).
 The engine is callback-driven: no generator process per task, no ``AllOf`` per stream. Its events are
 slim (:class:`_Wake`: one callback, scheduled with the priority and delay a ``simpy.Timeout`` would have, so
 the event order is SimPy's), a superseded compute completion is disarmed rather than left to fire, and the
@@ -480,16 +482,41 @@ class _WorkRun:
 def isolated_run(work: Work, num_sms: int, comm_sms: int, static_sms: bool = False
                  ) -> tuple[float, tuple[float, float, float]]:
     """``work`` alone on an idle GPU: its makespan and compute-busy seconds of its F, I and W tasks."""
+    makespan, busy, _ends = isolated_run_beside(work, num_sms, comm_sms, static_sms)
+    return makespan, busy
+
+
+def _starter(run: _WorkRun) -> Callable[[Any], None]:
+    """An event callback that starts ``run``."""
+    return lambda _e: run.start()
+
+
+def isolated_run_beside(work: Work, num_sms: int, comm_sms: int, static_sms: bool = False,
+                        background: tuple[tuple[float, Work], ...] = ()
+                        ) -> tuple[float, tuple[float, float, float], tuple[float, ...]]:
+    """:func:`isolated_run` with ``background`` works ((delay, work)) started that long after ``work`` on the same
+    GPU, as the engine starts the gradient reductions a backward fills: they share its data-parallel stream and
+    link sides. Returns ``work``'s makespan and busy seconds, and when each background work ended."""
     env = simpy.Environment()
     gpu = Gpu(env, 0, num_sms, comm_sms, static_sms)
     finished: list[float] = []
     run = _WorkRun(env, gpu, _Compiled(work), "", None, lambda: finished.append(env.now))
+    ends = [0.0] * len(background)
+    for k, (delay, other) in enumerate(background):  # as _RankRun.advance starts them: at once, before the
+        def ended(k: int = k) -> None:                # work, or from an event
+            ends[k] = env.now
+
+        side = _WorkRun(env, gpu, _Compiled(other), "", None, ended)
+        if delay <= 0:
+            side.start()
+        else:
+            _after(env, delay, _starter(side))
     run.start()
     env.run()  # superseded compute timers may still fire after the work is done: the end is when it finished
     if not finished:
         stuck = [work.tasks[o[p]].name for o, p in zip(run.c.orders, run.ptr, strict=True) if p < len(o)]
         raise SimulationError(f"a work deadlocked: its streams wait at tasks {stuck}")
-    return float(finished[0]), (run.busy[0], run.busy[1], run.busy[2])
+    return float(finished[0]), (run.busy[0], run.busy[1], run.busy[2]), tuple(ends)
 
 
 class _RankRun:

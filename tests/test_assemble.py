@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from sim.assemble import arrival_key, arrival_text, hook_dims, schedule_hooks
 from sim.schedules.generators import build_schedule
 
@@ -59,3 +61,26 @@ def test_stage_boundary_sends_carry_their_link_share():
         for s in sends:
             assert s.weight == (send_weight(True) if s.links & NIC else 1.0)
         assert {s.weight for s in sends} == ({0.125, 1.0} if not overrides else {1.0})  # 2 nodes: both kinds
+
+
+def test_an_action_with_data_parallel_tasks_is_timed_with_the_reductions_it_starts():
+    """Fast mode's timing of an action (Assembler.timed): a 1 s gather on the data-parallel stream then 1 s of
+    compute, starting a 2 s reduce-scatter 0.5 s in. They share the stream (one queue): the action takes 2 s, and
+    the reduce-scatter, which ended at 3 s beside it, is started 3 - 2 = 1 s in, when it could have run. An
+    action without data-parallel tasks keeps its isolated time and its reductions start as asked."""
+    from sim.assemble import Assembler, TimingCache
+    from sim.loading import load_scenario
+    from sim.program.tasks import NIC, Task, Work
+    from sim.step import build_context
+    from sim.timeline import Stream
+
+    job = load_scenario("workloads/tiny_moe_job.yaml", overrides=["parallel.comm_sms=0"])  # compute at full rate
+    asm = Assembler(build_context(job).inputs, timings=TimingCache())
+    gather = Work.of((Task("g", "I", Stream.DP, 1.0, links=NIC), Task("c", "I", Stream.COMPUTE, 1.0, deps=(0,))))
+    reduce = Work.of((Task("rs", "I", Stream.DP, 2.0, links=NIC),))
+    (secs, _busy), late = asm.timed(gather, ("gather",), ((0.5, reduce),))
+    assert secs == pytest.approx(2.0)
+    assert late == ((pytest.approx(1.0), reduce),)
+    compute = Work.of((Task("c", "I", Stream.COMPUTE, 1.0),))
+    (secs, _busy), late = asm.timed(compute, ("compute",), ((0.5, reduce),))
+    assert (secs, late) == (pytest.approx(1.0), ((0.5, reduce),))

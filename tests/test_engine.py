@@ -14,7 +14,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sim.engine import PlannedAction, RankPlan, Send, SimulationError, TailItem, isolated_run, run_pipeline
+from sim.engine import (
+    PlannedAction,
+    RankPlan,
+    Send,
+    SimulationError,
+    TailItem,
+    isolated_run,
+    isolated_run_beside,
+    run_pipeline,
+)
 from sim.program.chunks import Chunk
 from sim.program.pairs import merge_pair
 from sim.program.tasks import NIC, NVLINK, Task, Work
@@ -241,6 +250,22 @@ def test_links_are_shared_equally_by_the_transfers_on_them():
     assert ends(1.0, 1.0) == {"a": pytest.approx(2.0), "b": pytest.approx(2.0)}
     assert ends(0.1, 1.0) == {"a": pytest.approx(0.2), "b": pytest.approx(1.1)}
     assert isolated_run(Work.of((Task("a", "F", Stream.COMM, 1.0, links=NIC),)), 132, 0)[0] == pytest.approx(1.0)
+
+
+def test_background_works_share_the_isolated_works_data_parallel_stream():
+    """A work gathers 1 s on the data-parallel stream, then computes 1 s on what it gathered. A 2 s reduction
+    started with it (delay 0) takes the stream first, as the engine starts it before the action's work: the
+    gather waits until 2 s, the compute ends at 4 s, the reduction at 2 s. Started 0.5 s in, the reduction waits
+    for the gather (the stream is one queue): the work ends at 2 s and the reduction at 1 + 2 = 3 s. The
+    background's own time is not the work's: busy seconds count the work's compute only."""
+    work = Work.of((Task("g", "I", Stream.DP, 1.0, links=NIC), Task("c", "I", Stream.COMPUTE, 1.0, deps=(0,))))
+    reduce = Work.of((Task("rs", "I", Stream.DP, 2.0, links=NIC),))
+    makespan, busy, ends = isolated_run_beside(work, 132, 0, background=((0.0, reduce),))
+    assert (makespan, ends) == (pytest.approx(4.0), (pytest.approx(2.0),))
+    assert busy == (0.0, pytest.approx(1.0), 0.0)
+    makespan, _busy, ends = isolated_run_beside(work, 132, 0, background=((0.5, reduce),))
+    assert (makespan, ends) == (pytest.approx(2.0), (pytest.approx(3.0),))
+    assert isolated_run(work, 132, 0)[0] == isolated_run_beside(work, 132, 0)[0] == pytest.approx(2.0)
 
 
 def test_a_send_shares_the_receivers_nic_with_its_collective():
