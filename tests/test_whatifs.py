@@ -95,6 +95,9 @@ ROWS = [
     Row("EP128 time", ("parallel.ep=128",), 0.85, 1.15, "the same rows per GPU; 16 nodes per group, 4 per token"),
     Row("comm SMs 4", ("parallel.comm_sms=4",), 1.1, 3.0, "DeepEP's rate scales with its SMs: 5x fewer SMs cannot "
         "keep the all-to-all under compute"),
+    Row("NCCL all-to-all vs DeepEP", ("software.a2a_library=nccl",), 1.01, 1.6, "a plain all-to-all sends each "
+        "routed row to its expert's GPU (7 IB rows per token, not 3.5 node copies forwarded over NVLink): twice "
+        "the IB bytes per all-to-all, of which DualPipe hides part"),
     Row("comm SMs 60", ("parallel.comm_sms=60",), 1.05, 1.6, "compute runs on 72 of 132 SMs instead of 112: up to "
         "112/72 = 1.56x slower where compute-bound"),
     Row("H100 vs H800 at 2,048 GPUs", (), 0.9, 1.0, "the same compute silicon with 2.25x the NVLink: gains at most "

@@ -19,8 +19,11 @@ Bytes (DeepSeek's path, tech report 3.2.2): a token travels over IB once per dis
 to the GPU with its own in-node index, which forwards it over NVLink to each other GPU of that node hosting
 one of its experts; GPUs of its own node get it over NVLink directly. Combine runs the same path backwards
 (partial sums reduced on the forwarding GPU), so combine's IB send of a rank is dispatch's IB receive and so
-on, in the combine dtype. Bytes per token: ``dim`` x dispatch (combine) dtype size, plus one fp32 scale per
-``activation_tile`` values when that dtype is fp8.
+on, in the combine dtype. That is DeepEP's path; a plain all-to-all (``software.a2a_library: nccl``, as
+Megatron-Core's all-to-all dispatcher permutes one row per token and expert) sends every routed row straight to
+its expert's GPU, so a token reaching two experts on one remote node crosses IB twice (DeepSeek-V3 at EP64:
+7 rows per token over IB against about 3.5 node copies). Bytes per token: ``dim`` x dispatch (combine) dtype
+size, plus one fp32 scale per ``activation_tile`` values when that dtype is fp8.
 
 Reach. The expected distinct nodes and GPUs per token come from ``sim.experts.fanout`` (exact under
 node-limited uniform routing). Under skew a node (GPU) is reached by a fraction of tokens proportional to its
@@ -159,6 +162,8 @@ def link_bytes(rank_rows: IntArray, scenario: Scenario, reach: FanOut, token_b: 
     gpn = min(node.gpus_per_node, ep)
     num_nodes = ep // gpn
     per_token = rank_rows / (ep * t)
+    if not scenario.a2a_library.startswith("deepep"):
+        return _row_bytes(per_token, t, ep, gpn, token_b)
     hit = np.minimum(1.0, per_token * reach.gpus_per_token / k)
     node_rows = per_token.reshape(*per_token.shape[:-1], num_nodes, gpn).sum(axis=-1)
     touch = np.minimum(1.0, node_rows * reach.nodes_per_token / k)
@@ -171,6 +176,20 @@ def link_bytes(rank_rows: IntArray, scenario: Scenario, reach: FanOut, token_b: 
     nvl_recv = (gpn - 1) * num_nodes * t * hit
     return {"ib_send": ib_send * token_b, "ib_recv": ib_recv * token_b,
             "nvlink_send": nvl_send * token_b, "nvlink_recv": nvl_recv * token_b}
+
+
+def _row_bytes(per_token: FloatArray, t: int, ep: int, gpn: int, token_b: float) -> dict[str, FloatArray]:
+    """Dispatch bytes of a plain all-to-all (NCCL): every routed row travels from its token's GPU straight to
+    its expert's GPU, over IB when that GPU is on another node, else over NVLink; no row is merged per node.
+    ``per_token`` [..., ep]: rows per token landing on each rank; every rank sends its tokens' rows with that
+    same spread."""
+    num_nodes = ep // gpn
+    node_rows = per_token.reshape(*per_token.shape[:-1], num_nodes, gpn).sum(axis=-1)
+    own_rows = np.repeat(node_rows, gpn, axis=-1)  # rows per token that stay in the sender's node
+    rows = per_token.sum(axis=-1, keepdims=True)  # k
+    return {"ib_send": t * (rows - own_rows) * token_b, "ib_recv": (ep - gpn) * t * per_token * token_b,
+            "nvlink_send": t * (own_rows - per_token) * token_b,
+            "nvlink_recv": (gpn - 1) * t * per_token * token_b}
 
 
 def _mirror(dispatch: dict[str, FloatArray], ratio: float) -> dict[str, FloatArray]:
@@ -237,7 +256,7 @@ def _cache_key(scenario: Scenario, layers: tuple[int, ...], num_microbatches: in
     prec = scenario.precision
     parts = (scenario.model.model_dump_json(), scenario.experts.model_dump_json(), scenario.parallel.ep,
              scenario.cluster.node.gpus_per_node, scenario.expert_tokens_per_gpu, prec.dispatch, prec.combine,
-             prec.activation_tile, layers, num_microbatches, step)
+             prec.activation_tile, scenario.a2a_library.startswith("deepep"), layers, num_microbatches, step)
     return repr(parts)
 
 

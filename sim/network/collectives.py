@@ -134,9 +134,10 @@ class Network:
         """One expert dispatch or combine moving the busiest rank's ``ib_bytes`` and ``nvlink_bytes``.
 
         DeepEP (``software.a2a_library``): the SM-driven mechanism of :mod:`sim.network.alltoall`, on
-        ``comm_sms`` SMs, with the in-situ wait after ``preceding_compute_s`` of compute. NCCL all-to-all: the
-        same bytes over the fabric-effective NIC and NVLink at link rate (NCCL picks its own channels), plus a
-        ring-like latency per peer node."""
+        ``comm_sms`` SMs, with the in-situ wait after ``preceding_compute_s`` of compute. NCCL all-to-all: its
+        bytes (one row per token and expert, none merged per node: :mod:`sim.experts.loads`) over the
+        fabric-effective NIC and NVLink at link rate (NCCL picks its own channels), plus a ring-like latency per
+        peer node."""
         if ib_bytes <= 0 and nvlink_bytes <= 0:
             return 0.0
         key = ("a2a", ib_bytes, nvlink_bytes, notify, preceding_compute_s)

@@ -50,6 +50,22 @@ def test_v3_balanced_bytes_by_hand():
     assert np.allclose(loads.remote_nodes_per_token, remote)
 
 
+def test_v3_balanced_bytes_of_a_plain_all_to_all_by_hand():
+    """NCCL's all-to-all (software.a2a_library=nccl) sends every routed row to its expert's GPU: of a token's 8
+    rows, balanced over 64 GPUs on 8 nodes, 1 stays in its node (7/8 of it over NVLink, 1/8 on its own GPU) and
+    7 cross IB, one per row, against DeepEP's 3.5 node copies; each GPU receives 4096 x 8 / 64 rows from each
+    of the other 56 (IB) and 7 (NVLink) GPUs."""
+    s = make_v3("experts.skew=balanced", "software.a2a_library=nccl", "parallel.comm_sms=0")
+    loads = microbatch_loads(s, [3], 1)
+    fp8 = 7168 + 4 * 7168 / 128
+    assert np.allclose(loads.dispatch_bytes["ib_send"], 4096 * 7 * fp8)
+    assert np.allclose(loads.dispatch_bytes["ib_recv"], 56 * 4096 * 8 / 64 * fp8)
+    assert np.allclose(loads.dispatch_bytes["nvlink_send"], 4096 * (1 - 1 / 8) * fp8)
+    assert np.allclose(loads.dispatch_bytes["nvlink_recv"], 7 * 4096 * 8 / 64 * fp8)
+    deepep = microbatch_loads(make_v3("experts.skew=balanced"), [3], 1)
+    assert (loads.max_link_bytes("dispatch", "ib") > 1.9 * deepep.max_link_bytes("dispatch", "ib")).all()
+
+
 def test_reach_is_exact_against_enumeration():
     # 4 groups of 4 experts, M = 2, k = 3: enumerate every group pair and every 3-subset reaching both groups.
     hits, total = 0, 0
