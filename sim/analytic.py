@@ -2,8 +2,9 @@
 
 Same model as the engine's fast mode: every action takes the isolated duration of its work
 (:func:`sim.engine.isolated_run` via :class:`sim.assemble.Assembler`, memoized by content; an action with
-data-parallel tasks of its own is timed with the reductions it starts, which then start when they ran beside it,
-as in fast mode), an action starts when
+data-parallel tasks of its own, which fast mode runs task by task, is timed with the reductions it starts beside
+it, which then start when they ran there, and waits for the buckets queued on its stream before it), an action
+starts when
 its rank is free and its inputs have arrived, a stage-boundary transfer takes the network's point-to-point time
 and leaves when its action ends, sharing its link sides as the engine does: at its weighted share while other
 work is in flight on them (earlier sends of the rank, the buckets of the rank's and the receiver's data-parallel

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from math import nextafter
 from typing import Any, NamedTuple
 
-from sim.assemble import Assembler, Timing, hook_dims, routing_is_skewed, schedule_hooks
+from sim.assemble import Assembler, Timing, hook_dims, routing_is_skewed, schedule_hooks, uses_dp_stream
 from sim.config import Scenario
 from sim.context import build_context
 from sim.memory import peak_activation_bytes, rank_model_states
@@ -67,11 +67,19 @@ class Table:
     evaluated: dict[int, list[list[float]]] = field(default_factory=dict)  # rows of direct evaluations, by count
     reductions: dict[Any, tuple[float, tuple[float, ...]]] = field(default_factory=dict)  # see reduction()
     reducing_timings: dict[Any, tuple[Timing, float]] = field(default_factory=dict)  # see reducing()
+    dp_own: dict[Any, bool] = field(default_factory=dict)  # see queues()
 
     def timing(self, key: Any, parts: tuple[tuple[int, str, int], ...]) -> Timing:
         hit = self.timings.get(key)
         if hit is None:
             hit = self.timings[key] = self.asm.timing(parts)[0]
+        return hit
+
+    def queues(self, key: Any, parts: tuple[tuple[int, str, int], ...]) -> bool:
+        """Whether the action's own work has data-parallel tasks (:func:`sim.assemble.uses_dp_stream`)."""
+        hit = self.dp_own.get(key)
+        if hit is None:
+            hit = self.dp_own[key] = uses_dp_stream(self.asm.work(parts)[0])
         return hit
 
     def reducing(self, key: Any, parts: tuple[tuple[int, str, int], ...], part: tuple[int, str, int]
@@ -268,13 +276,14 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
     sums = [[0.0] * 5 for _ in range(n_ranks)]
     trig: list[dict[int, float]] = [{} for _ in range(n_ranks)]
 
-    def place(r: int, until: float) -> None:
-        """Place rank ``r``'s data-parallel buckets asked for before ``until``."""
+    def place(r: int, until: float, queued: bool = False) -> None:
+        """Place rank ``r``'s data-parallel buckets that start before ``until`` (``queued``: every bucket asked for
+        before it, which the stream runs first whenever they start)."""
         q = pending[r]
         while q:
             asked, secs, stage, sides = q[0]
             req = asked if asked > dp_free[r] else dp_free[r]
-            if req >= until:
+            if (asked if queued else req) >= until:
                 head[r] = req
                 return
             q.popleft()
@@ -292,6 +301,7 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
         head[r] = (q[0][0] if q[0][0] > dp_free[r] else dp_free[r]) if q else inf
 
     timings, timing, sends, send = table.timings, table.timing, table.sends, table.send
+    dp_own, queues = table.dp_own, table.queues
     ready = list(range(n_ranks - 1, -1, -1))
     while ready:
         r = ready.pop()
@@ -316,6 +326,13 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
                 (secs, (bf, bi, bw)), delay = table.reducing(key, parts, part)
             else:
                 secs, (bf, bi, bw) = timings.get(key) or timing(key, parts)
+            own = dp_own.get(key)
+            if own is None:
+                own = queues(key, parts)
+            if own:  # its own data-parallel tasks queue behind the buckets asked for by its start
+                place(r, nextafter(t, inf), queued=True)  # (those its predecessor triggers: after its first task)
+                if dp_free[r] > t:
+                    t = dp_free[r]
             t += secs
             if reduces and overlap:  # its buckets, asked for their delay after the action starts
                 assert part is not None  # reduces implies it

@@ -11,10 +11,12 @@ each stage unit by unit after the stage's last backward, whatever the flag says 
 once-per-step parameter gather runs beside the first forwards when ``overlap_param_gather`` (Megatron-LM gathers
 each bucket ahead of its first use; nothing waits for it here), or after the optimizer, exposed. In fast mode
 every action also carries its isolated duration (:func:`sim.engine.isolated_run`), computed once per distinct work.
-An action whose own work uses the data-parallel stream (ZeRO-3's per-layer parameter gathers) is timed with the
-reductions it starts running beside it (:meth:`Assembler.timed`): both queue on that one stream, so its gathers
-wait behind the gradient buckets as they do in detailed mode; timed alone, the backward would get the whole link
-while its reduce-scatters took it too.
+An action whose own work uses the data-parallel stream (ZeRO-3's per-layer parameter gathers) shares that one
+stream with the rank's gradient reductions, so its gathers wait behind buckets as they do in detailed mode: fast
+mode leaves it untimed, and the engine runs it task by task; the analytic tier times it with the reductions it
+starts running beside it (:meth:`Assembler.timed`) and starts it once the buckets queued before it are out.
+Timed alone, such a backward got the whole link while its reduce-scatters took it too (20-37 % fast on
+Narayanan's ZeRO-3 rows).
 
 What depends on the schedule alone (labels, chunk keys, arrivals, send destinations, the backward of each
 action and the last backward of each stage: :class:`ScheduleHooks`) is derived once per schedule and kept on
@@ -54,6 +56,11 @@ def routing_is_skewed(scenario: Scenario) -> bool:
     the same work: :class:`sim.program.moe.LoadModel` gives balanced routing one load for all)."""
     e = scenario.experts
     return scenario.model.is_moe and (e.skew != "balanced" or e.drift_per_step > 0)
+
+
+def uses_dp_stream(work: Work) -> bool:
+    """Whether ``work`` has tasks of its own on the data-parallel stream (ZeRO-3's parameter gathers)."""
+    return any(t.stream == Stream.DP for t in work.tasks)
 
 
 class TimingCache:
@@ -272,13 +279,13 @@ class Assembler:
     def timed(self, work: Work, key: tuple, starts: tuple[tuple[float, Work], ...] = ()
               ) -> tuple[Timing, tuple[tuple[float, Work], ...]]:
         """Isolated seconds and busy F/I/W seconds of ``work`` (``key``: its chunk keys), an action that starts
-        the gradient reductions ``starts`` ((delay, work), see :meth:`reductions`), and those reductions as fast
-        mode starts them. They run beside it in the isolated run only when the work itself has data-parallel
-        tasks: then they share its one data-parallel stream (in detailed mode its gathers and the buckets queue
-        there together), and each is started late enough to end when it ended beside the work (its full-rate
-        seconds before that), as the stream it shared would have let it; otherwise they leave its duration
-        alone and start as asked."""
-        if not starts or not any(t.stream == Stream.DP for t in work.tasks):
+        the gradient reductions ``starts`` ((delay, work), see :meth:`reductions`), and those reductions as the
+        analytic tier starts them. They run beside it in the isolated run only when the work itself has
+        data-parallel tasks: then they share its one data-parallel stream (in detailed mode its gathers and the
+        buckets queue there together), and each is started late enough to end when it ended beside the work
+        (its full-rate seconds before that), as the stream it shared would have let it; otherwise they leave its
+        duration alone and start as asked."""
+        if not starts or not uses_dp_stream(work):
             hit = self._timed.get(key)
             if hit is None:
                 hit = self._timed[key] = (self.timings.get(work, self.num_sms, self.comm_sms, self.static_sms), ())
@@ -358,12 +365,9 @@ class Assembler:
             work, key = self.work(h.parts)
             outputs = tuple(Send(k, dst, *self.send(r, dst), arrival_text(k, dims),
                                  send_weight(bool(self.send(r, dst)[1] & NIC))) for k, dst in h.outputs)
-            started = tuple(starts.get(i, ()))
-            timed = None
-            if fast:
-                timed, started = self.timed(work, key, started)
+            timed = self.timed(work, key)[0] if fast and not uses_dp_stream(work) else None
             planned.append(PlannedAction(work, h.label, h.category, h.inputs, outputs, tuple(ends.get(i, ())),
-                                         started, timed))
+                                         tuple(starts.get(i, ())), timed))
         late = tuple(tail.grad_sync_work(stage) for stage in late_stages)
         items = [TailItem(tail.optimizer_work(stages), "optimizer", Category.OPTIMIZER)]
         if tail.tied_embedding_seconds(stages) > 0:

@@ -28,9 +28,10 @@ reserved for communication for the whole step and compute kernels are launched o
 DeepSeek's trace, so compute always runs at that rate).
 
 Detailed mode runs every task as an event. Fast mode runs each action as one timed event whose duration is
-the makespan of its work simulated once in isolation (:func:`isolated_run`, memoized per distinct work; with
-the gradient reductions it starts beside it, :func:`isolated_run_beside`, when they share its data-parallel
-stream: see :mod:`sim.assemble`).
+the makespan of its work simulated once in isolation (:func:`isolated_run`, memoized per distinct work), except
+an action left untimed (``PlannedAction.timed`` None: :mod:`sim.assemble` leaves those whose work queues on the
+data-parallel stream, which the rank's background reductions share), which runs task by task as in detailed
+mode.
 The engine is callback-driven: no generator process per task, no ``AllOf`` per stream. Its events are
 slim (:class:`_Wake`: one callback, scheduled with the priority and delay a ``simpy.Timeout`` would have, so
 the event order is SimPy's), a superseded compute completion is disarmed rather than left to fire, and the
@@ -95,6 +96,7 @@ class PlannedAction:
     starts: tuple[tuple[float, Work], ...] = ()  # (delay, work): background works started that long after the
     #                                              action starts (gradient buckets filled by a backward)
     timed: tuple[float, tuple[float, float, float]] | None = None  # fast mode: seconds, busy F/I/W seconds
+    #                                                                  (None: run task by task)
 
 
 @dataclass(frozen=True, slots=True)
@@ -581,12 +583,10 @@ class _RankRun:
         start = eng.env.now
         for delay, work in action.starts:
             self._background_after(delay, work)
-        if eng.fast:
-            if action.timed is None:
-                raise SimulationError(f"fast mode needs every action timed ({action.label} is not)")
+        if eng.fast and action.timed is not None:
             seconds, busy = action.timed
             _after(eng.env, seconds, lambda _e: self._action_end(action, start, busy))
-        else:
+        else:  # detailed mode, and fast mode's untimed actions (those queueing on the data-parallel stream)
             run = _WorkRun(eng.env, self.gpu, eng.compiled(action.work), action.label, eng.trace,
                            lambda: self._action_end(action, start, tuple(run.busy)))  # type: ignore[arg-type]
             run.start()
@@ -731,8 +731,8 @@ def run_pipeline(plans: Sequence[RankPlan], *, num_sms: int, comm_sms: int, stat
                  ) -> EngineResult:
     """Run every rank's plan. ``static_sms``: ``comm_sms`` are reserved for communication all step (else taken
     only while communication runs). ``fast``: each action is one timed event (``PlannedAction.timed``), its
-    tasks are not simulated; the tail still is. ``progress(n)`` is called as actions complete. Raises
-    :class:`SimulationError` on a deadlock."""
+    tasks are not simulated (those of an untimed action are); the tail still is. ``progress(n)`` is called as
+    actions complete. Raises :class:`SimulationError` on a deadlock."""
     trace = Trace(record_tasks=record_tasks)
     eng = _Engine(len(plans), num_sms, comm_sms, static_sms, trace, fast, progress)
     runs = eng.runs = [_RankRun(eng, r, plan) for r, plan in enumerate(plans)]

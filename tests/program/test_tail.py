@@ -123,8 +123,10 @@ def test_when_each_zero_stage_communicates(zero, pp, reshard, fwd, bwd, per_step
 def test_zero3_under_a_pipeline_reduces_each_stage_after_its_last_backward(gpt, schedule):
     """torch 2.6 pipelining runs FSDP's post-backward after a stage's last backward (backward_maybe_with_nosync):
     with overlap_grad_reduce on, no reduce-scatter of a rank starts before the end of the backward that completes
-    its stage, and every tier gives the same step. With one stage per rank (1F1B) that backward is the rank's last
-    action, so the step is exactly the step without overlap."""
+    its stage. Fast mode runs these actions task by task (their gathers queue on the data-parallel stream), so it
+    gives detailed mode's step; the analytic tier queues them behind the reductions to first order (within the
+    tiers' 3 %). With one stage per rank (1F1B) that backward is the rank's last action, so the step is exactly
+    the step without overlap."""
     vpp = ["parallel.vpp=2"] if schedule == "interleaved-1f1b" else []
     ov = ("parallel.zero_stage=3", "parallel.pp=2", f"parallel.schedule={schedule}", *vpp,
           "parallel.overlap_grad_reduce=true")
@@ -141,8 +143,8 @@ def test_zero3_under_a_pipeline_reduces_each_stage_after_its_last_backward(gpt, 
         first_reduce = min(t.start for t in r.trace.tasks if t.rank == rank and t.name == "grad_reduce_scatter")
         assert first_reduce >= min(ends.values()) - 1e-12
     steps = {m: simulate_step(s, mode=m).step_time_s for m in ("fast", "analytic")}
-    assert steps["fast"] == pytest.approx(r.step_time_s, rel=0.03)
-    assert steps["analytic"] == pytest.approx(steps["fast"], rel=1e-9)
+    assert steps["fast"] == pytest.approx(r.step_time_s, rel=1e-9)
+    assert steps["analytic"] == pytest.approx(r.step_time_s, rel=0.03)
     if schedule == "1f1b":
         late = simulate_step(gpt(*ov[:-1], "parallel.overlap_grad_reduce=false", nodes=2), mode="fast").step_time_s
         assert steps["fast"] == pytest.approx(late, rel=1e-12)
