@@ -326,10 +326,10 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
                 (secs, (bf, bi, bw)), delay = table.reducing(key, parts, part)
             else:
                 secs, (bf, bi, bw) = timings.get(key) or timing(key, parts)
-            own = dp_own.get(key)
-            if own is None:
-                own = queues(key, parts)
-            if own:  # its own data-parallel tasks queue behind the buckets asked for by its start
+            queued = dp_own.get(key)
+            if queued is None:
+                queued = queues(key, parts)
+            if queued:  # its own data-parallel tasks queue behind the buckets asked for by its start
                 place(r, nextafter(t, inf), queued=True)  # (those its predecessor triggers: after its first task)
                 if dp_free[r] > t:
                     t = dp_free[r]
