@@ -22,7 +22,9 @@ micro-batch of a stage has the same chunks): the schedule's max-plus recurrence 
 small micro-batch counts (``2 pp`` and ``6 pp``, see :func:`_fit`) and every per-rank quantity (end of the last
 action, end of each stage's last reduction, busy sums, activation peak) is extended linearly to the scenario's
 count: once the pipeline is full these periodic schedules add the same time per micro-batch (on average over a
-short cycle). Below ``2 pp`` micro-batches the schedule itself is evaluated.
+short cycle). A third count (``10 pp``, at least 34) checks the line; where the quantities bend (a backlog of
+data-parallel reductions that sets the pace only from some count on), and below ``2 pp`` micro-batches, the
+schedule itself is evaluated.
 
 Skewed routing (chunks differ per micro-batch) evaluates the full schedule with each action's own duration.
 
@@ -127,11 +129,19 @@ def _flat(ev: Evaluation) -> list[float]:
 
 #: Width of the fit's window, in micro-batches per pipeline rank.
 FIT_WINDOW = 4
+#: The window is at least this many ranks' worth (a one-rank pipeline is cheap to evaluate over 16 counts).
+MIN_STAGES = 4
+#: How far (relative to each quantity) the third count may sit off the line before the fit is not used.
+FIT_TOLERANCE = 1e-3
+#: The smallest count a fit that failed its check holds for: none (every count is evaluated directly).
+INFINITE_COUNT = 2**62
 
 
 def _fit(table: Table) -> Fit:
     """Per-rank quantities as ``a + b * n``: the secant through exact evaluations at ``m0`` (the smallest
-    count >= 2 pp the schedule accepts: the pipeline is full) and ``m1 = m0 + FIT_WINDOW * pp``. Exact when
+    count >= 2 pp the schedule accepts: the pipeline is full) and ``m1 = m0 + w``, checked at ``m1 + w``
+    (``w = FIT_WINDOW * max(pp, MIN_STAGES)``; off the line by more than ``FIT_TOLERANCE``: it holds for no
+    count). Exact when
     the schedule adds the same time per micro-batch from ``m0`` on; where the added time cycles over a few
     micro-batches (transfers queueing behind each other in a repeating pattern), the secant follows the mean
     and misses by less than one cycle's ripple (measured: 4e-4 of a quantity at most on the default scenario
@@ -139,10 +149,20 @@ def _fit(table: Table) -> Fit:
     for, so results do not depend on call order."""
     name, pp, vpp = table.schedule, table.pp, table.vpp
     m0 = _valid(name, pp, 2 * pp, vpp)
-    m1 = _valid(name, pp, m0 + FIT_WINDOW * pp, vpp)
-    e0, e1 = (_flat(evaluate(table, build_schedule(name, pp, m, vpp, table.combined_1f1b))) for m in (m0, m1))
+    window = FIT_WINDOW * max(pp, MIN_STAGES)
+    m1 = _valid(name, pp, m0 + window, vpp)
+    m2 = _valid(name, pp, m1 + window, vpp)
+    e0, e1, e2 = (_flat(evaluate(table, build_schedule(name, pp, m, vpp, table.combined_1f1b)))
+                  for m in (m0, m1, m2))
     slopes = [(b - a) / (m1 - m0) for a, b in zip(e0, e1, strict=True)]
-    return [b - s * m1 for b, s in zip(e1, slopes, strict=True)], slopes, m0
+    intercepts = [b - s * m1 for b, s in zip(e1, slopes, strict=True)]
+    # A third count checks the line: where the data-parallel stream, not the pipeline, sets a rank's pace from
+    # some count on (a backlog of reductions that only starts to grow there), the quantities bend, and a line
+    # through two counts before the bend misses by tens of per cent further out. Then nothing is extended.
+    if any(abs(a + s * m2 - x) > FIT_TOLERANCE * max(abs(x), 1e-9)
+           for a, s, x in zip(intercepts, slopes, e2, strict=True)):
+        return intercepts, slopes, INFINITE_COUNT
+    return intercepts, slopes, m0
 
 
 def _per_rank(table: Table, n: int) -> list[list[float]]:

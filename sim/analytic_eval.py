@@ -118,7 +118,9 @@ def build_table(scenario: Scenario, allow_cpu: bool, strict: bool) -> Table:
     asm = Assembler(ctx.inputs)
     stages = all_stages_of(p.schedule, p.pp, p.vpp)
     tail = ctx.tail
-    gather = [tail.param_gather_seconds(st) for st in stages]
+    # the once-per-step gather as the engine runs it: bucket by bucket (each bucket's latency counted)
+    gather = [sum(t.seconds for t in tail.param_gather_work(st).tasks) if tail.param_gather_seconds(st) > 0
+              else 0.0 for st in stages]
     overlapped_gather = p.overlap_param_gather or tail.plan.zero_stage == 3  # as sim.assemble runs it
     overlap = p.overlap_grad_reduce and not tail.plan.sync_after_stage  # as sim.assemble runs it
     traffic = tail.traffic

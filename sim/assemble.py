@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
 from sim.config import Scenario
-from sim.engine import PlannedAction, RankPlan, Send, TailItem, isolated_run_beside
+from sim.engine import Isolated, PlannedAction, RankPlan, Send, TailItem, isolated_run_beside
 from sim.network import Network
 from sim.network.nccl import send_weight
 from sim.pipeline import all_stages_of
@@ -69,19 +69,19 @@ class TimingCache:
 
     def __init__(self, maxsize: int = 8192) -> None:
         self.maxsize = maxsize
-        self._d: OrderedDict[tuple, tuple[Timing, tuple[float, ...]]] = OrderedDict()
+        self._d: OrderedDict[tuple, Isolated] = OrderedDict()
 
     def get(self, work: Work, num_sms: int, comm_sms: int, static_sms: bool = False) -> Timing:
-        return self.beside(work, num_sms, comm_sms, static_sms)[0]
+        run = self.beside(work, num_sms, comm_sms, static_sms)
+        return run.makespan, run.busy
 
     def beside(self, work: Work, num_sms: int, comm_sms: int, static_sms: bool = False,
-               background: tuple[tuple[float, Work], ...] = ()) -> tuple[Timing, tuple[float, ...]]:
-        """The work's timing with ``background`` ((delay, work)) beside it, and when each of those ended."""
+               background: tuple[tuple[float, Work], ...] = ()) -> Isolated:
+        """The work run in isolation with ``background`` ((delay, work)) beside it."""
         key = (work, num_sms, comm_sms, static_sms, background)
         hit = self._d.get(key)
         if hit is None:
-            makespan, busy, ends = isolated_run_beside(work, num_sms, comm_sms, static_sms, background)
-            hit = self._d[key] = ((makespan, busy), ends)
+            hit = self._d[key] = isolated_run_beside(work, num_sms, comm_sms, static_sms, background)
             if len(self._d) > self.maxsize:
                 self._d.popitem(last=False)
         return hit
@@ -293,10 +293,10 @@ class Assembler:
         memo = (key, starts)
         hit = self._timed.get(memo)
         if hit is None:
-            timing, ends = self.timings.beside(work, self.num_sms, self.comm_sms, self.static_sms, starts)
+            run = self.timings.beside(work, self.num_sms, self.comm_sms, self.static_sms, starts)
             late = tuple((max(delay, end - sum(t.seconds for t in bg.tasks)), bg)
-                         for (delay, bg), end in zip(starts, ends, strict=True))
-            hit = self._timed[memo] = (timing, late)
+                         for (delay, bg), end in zip(starts, run.ends, strict=True))
+            hit = self._timed[memo] = ((run.makespan, run.busy), late)
         return hit
 
     def timing(self, parts: tuple[PartKey, ...], reduces: PartKey | None = None

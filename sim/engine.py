@@ -45,7 +45,7 @@ from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import simpy
 from simpy.events import NORMAL
@@ -382,7 +382,7 @@ class _Compiled:
 class _WorkRun:
     """Runs one work's tasks on one GPU's streams; calls ``on_done`` when all are done."""
 
-    __slots__ = ("busy", "c", "done", "env", "gpu", "intervals", "label", "left", "on_done", "ptr", "record",
+    __slots__ = ("busy", "c", "done", "dp_last", "env", "gpu", "intervals", "label", "left", "on_done", "ptr", "record",
                  "running", "trace")
 
     def __init__(self, env: simpy.Environment, gpu: Gpu, compiled: _Compiled, label: str, trace: Trace | None,
@@ -396,6 +396,7 @@ class _WorkRun:
         self.running = [False, False, False]
         self.left = len(compiled.seconds)
         self.busy = [0.0, 0.0, 0.0]
+        self.dp_last = 0.0  # when its last data-parallel task ended
 
     def start(self) -> None:
         if self.left == 0:
@@ -460,6 +461,7 @@ class _WorkRun:
         elif c.holds[i]:
             self.gpu.comm_ended()
         if s == _DP:
+            self.dp_last = now
             gpu = self.gpu
             if gpu.dp_waiting:
                 run, k = gpu.dp_waiting.popleft()
@@ -484,8 +486,8 @@ class _WorkRun:
 def isolated_run(work: Work, num_sms: int, comm_sms: int, static_sms: bool = False
                  ) -> tuple[float, tuple[float, float, float]]:
     """``work`` alone on an idle GPU: its makespan and compute-busy seconds of its F, I and W tasks."""
-    makespan, busy, _ends = isolated_run_beside(work, num_sms, comm_sms, static_sms)
-    return makespan, busy
+    run = isolated_run_beside(work, num_sms, comm_sms, static_sms)
+    return run.makespan, run.busy
 
 
 def _starter(run: _WorkRun) -> Callable[[Any], None]:
@@ -493,12 +495,20 @@ def _starter(run: _WorkRun) -> Callable[[Any], None]:
     return lambda _e: run.start()
 
 
+class Isolated(NamedTuple):
+    """A work run in isolation (:func:`isolated_run_beside`)."""
+
+    makespan: float
+    busy: tuple[float, float, float]  # compute-busy seconds of its F, I and W tasks
+    ends: tuple[float, ...]           # when each background work ended
+    dp_last: float                    # when its own last data-parallel task ended (0: it has none)
+
+
 def isolated_run_beside(work: Work, num_sms: int, comm_sms: int, static_sms: bool = False,
-                        background: tuple[tuple[float, Work], ...] = ()
-                        ) -> tuple[float, tuple[float, float, float], tuple[float, ...]]:
+                        background: tuple[tuple[float, Work], ...] = ()) -> Isolated:
     """:func:`isolated_run` with ``background`` works ((delay, work)) started that long after ``work`` on the same
     GPU, as the engine starts the gradient reductions a backward fills: they share its data-parallel stream and
-    link sides. Returns ``work``'s makespan and busy seconds, and when each background work ended."""
+    link sides."""
     env = simpy.Environment()
     gpu = Gpu(env, 0, num_sms, comm_sms, static_sms)
     finished: list[float] = []
@@ -518,7 +528,7 @@ def isolated_run_beside(work: Work, num_sms: int, comm_sms: int, static_sms: boo
     if not finished:
         stuck = [work.tasks[o[p]].name for o, p in zip(run.c.orders, run.ptr, strict=True) if p < len(o)]
         raise SimulationError(f"a work deadlocked: its streams wait at tasks {stuck}")
-    return float(finished[0]), (run.busy[0], run.busy[1], run.busy[2]), tuple(ends)
+    return Isolated(float(finished[0]), (run.busy[0], run.busy[1], run.busy[2]), tuple(ends), run.dp_last)
 
 
 class _RankRun:
