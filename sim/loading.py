@@ -240,6 +240,10 @@ def load_scenario(ref: str | None = None, *, hardware: str | None = None, gpus: 
     if is_model_file(raw):
         raise SimInputError(f"{path.name} describes a model architecture only; a training job file "
                             "(model + cluster + parallel + training) is needed here", field="WORKLOAD")
+    if isinstance(raw, dict) and "measured" in raw and "family" in raw:
+        raise SimInputError(f"{path.name} is a published case (a job with its measured result and variants); "
+                            f"`sim validate {path.stem}` runs it, or copy one variant's settings into a job file",
+                            field="WORKLOAD")
     data = resolve_workload(path)
     if hardware:
         data["cluster"] = resolve_cluster(hardware, Path.cwd())

@@ -64,3 +64,12 @@ def test_named_calibration_of_other_silicon_is_refused(runner, repo):
     table = str(repo / "hardware_profiles/calibrated/h800_deepseek_trace.yaml")
     r = runner.invoke(main, ["run", "--hardware", "h20_ib_1024", "--set", "parallel.ep=32", "--calibration", table])
     assert r.exit_code == 2 and "measured on NVIDIA H800" in r.output
+
+
+def test_a_published_case_or_a_bare_model_is_not_a_job(runner):
+    """`sim run` on a published case file points at `sim validate`; on a model file, asks for a job file."""
+    case = runner.invoke(main, ["run", "workloads/published/torchtitan_llama31_8b_long.yaml"])
+    assert case.exit_code == 2
+    assert "WORKLOAD" in case.output and "sim validate torchtitan_llama31_8b_long" in case.output
+    model = runner.invoke(main, ["run", "workloads/models/gpt3_175b.yaml"])
+    assert model.exit_code == 2 and "model architecture only" in model.output

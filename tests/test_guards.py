@@ -131,7 +131,9 @@ def test_raw_strings_are_bounded():
 def test_sequence_limit_is_the_stated_maximum_or_the_global_one():
     gpt3, _ = __import__("sim.loading", fromlist=["load_model"]).load_model("gpt3_175b")
     assert max_seq_len(gpt3)[0] == 2048
-    assert max_seq_len(load_scenario().model)[0] == 2**24  # V3 states none (RoPE, extended to 128K)
+    assert max_seq_len(load_scenario().model)[0] == 163840  # V3 states HF's max_position_embeddings (YaRN)
+    unstated = load_scenario("workloads/mixtral_8x7b_h100.yaml").model  # RoPE, no stated maximum
+    assert max_seq_len(unstated)[0] == 2**24
 
 
 def test_histogram_files_are_numbers(tmp_path):
