@@ -382,7 +382,7 @@ class _Compiled:
 class _WorkRun:
     """Runs one work's tasks on one GPU's streams; calls ``on_done`` when all are done."""
 
-    __slots__ = ("busy", "c", "done", "dp_last", "env", "gpu", "intervals", "label", "left", "on_done", "ptr", "record",
+    __slots__ = ("busy", "c", "done", "env", "gpu", "intervals", "label", "left", "on_done", "ptr", "record",
                  "running", "trace")
 
     def __init__(self, env: simpy.Environment, gpu: Gpu, compiled: _Compiled, label: str, trace: Trace | None,
@@ -396,7 +396,6 @@ class _WorkRun:
         self.running = [False, False, False]
         self.left = len(compiled.seconds)
         self.busy = [0.0, 0.0, 0.0]
-        self.dp_last = 0.0  # when its last data-parallel task ended
 
     def start(self) -> None:
         if self.left == 0:
@@ -461,7 +460,6 @@ class _WorkRun:
         elif c.holds[i]:
             self.gpu.comm_ended()
         if s == _DP:
-            self.dp_last = now
             gpu = self.gpu
             if gpu.dp_waiting:
                 run, k = gpu.dp_waiting.popleft()
@@ -501,7 +499,6 @@ class Isolated(NamedTuple):
     makespan: float
     busy: tuple[float, float, float]  # compute-busy seconds of its F, I and W tasks
     ends: tuple[float, ...]           # when each background work ended
-    dp_last: float                    # when its own last data-parallel task ended (0: it has none)
 
 
 def isolated_run_beside(work: Work, num_sms: int, comm_sms: int, static_sms: bool = False,
@@ -528,7 +525,7 @@ def isolated_run_beside(work: Work, num_sms: int, comm_sms: int, static_sms: boo
     if not finished:
         stuck = [work.tasks[o[p]].name for o, p in zip(run.c.orders, run.ptr, strict=True) if p < len(o)]
         raise SimulationError(f"a work deadlocked: its streams wait at tasks {stuck}")
-    return Isolated(float(finished[0]), (run.busy[0], run.busy[1], run.busy[2]), tuple(ends), run.dp_last)
+    return Isolated(float(finished[0]), (run.busy[0], run.busy[1], run.busy[2]), tuple(ends))
 
 
 class _RankRun:
