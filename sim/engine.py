@@ -29,9 +29,11 @@ DeepSeek's trace, so compute always runs at that rate).
 
 Detailed mode runs every task as an event. Fast mode runs each action as one timed event whose duration is
 the makespan of its work simulated once in isolation (:func:`isolated_run`, memoized per distinct work), except
-an action left untimed (``PlannedAction.timed`` None: :mod:`sim.assemble` leaves those whose work queues on the
-data-parallel stream, which the rank's background reductions share), which runs task by task as in detailed
-mode.
+where isolation does not hold, which runs task by task as in detailed mode: an action left untimed
+(``PlannedAction.timed`` None: :mod:`sim.assemble` leaves those whose work queues on the data-parallel stream,
+ZeRO-3's gathers), and an action that starts while the rank has background collectives asked for or running
+(they share its links, data-parallel stream and SMs: timed alone, a ZeRO-2 or context-parallel job read up to
+16 % fast).
 The engine is callback-driven: no generator process per task, no ``AllOf`` per stream. Its events are
 slim (:class:`_Wake`: one callback, scheduled with the priority and delay a ``simpy.Timeout`` would have, so
 the event order is SimPy's), a superseded compute completion is disarmed rather than left to fire, and the
@@ -590,7 +592,10 @@ class _RankRun:
         start = eng.env.now
         for delay, work in action.starts:
             self._background_after(delay, work)
-        if eng.fast and action.timed is not None:
+        # Fast mode times an action as one event unless it was left untimed or the rank's background
+        # collectives (a parameter gather, gradient buckets, asked for or running) would share its GPU's
+        # data-parallel stream, links and SMs while it runs: then it runs task by task, as in detailed mode.
+        if eng.fast and action.timed is not None and not self.outstanding:
             seconds, busy = action.timed
             _after(eng.env, seconds, lambda _e: self._action_end(action, start, busy))
         else:  # detailed mode, and fast mode's untimed actions (those queueing on the data-parallel stream)

@@ -1,9 +1,10 @@
 """The analytic tier against the event-driven modes: agreement on every job and schedule, exactness of its closed
 form and of its linear extension, and the shape of its result.
 
-The analytic tier takes the same per-action durations as fast mode (isolated runs of the same works) and
-combines them without an event loop, so it must stay within 3 % of detailed mode (the modes' contract,
-docs/architecture.md "two fidelities, one model") wherever fast mode does. Skewed routing is evaluated action by
+The analytic tier takes the same per-action durations as fast mode's timed actions (isolated runs of the same
+works) and combines them without an event loop, so it must stay within 3 % of detailed mode (the modes'
+contract, docs/architecture.md "two fidelities, one model"); fast mode, which runs task by task wherever
+background collectives share an action's links, within 1 %. Skewed routing is evaluated action by
 action (each micro-batch has its own chunks); it is held to the same bound here on jobs where detailed mode is
 quick.
 """
@@ -35,10 +36,10 @@ def _three_modes(scenario):
 def _check_agreement(scenario) -> None:
     r = _three_modes(scenario)
     det = r["detailed"].step_time_s
-    assert r["fast"].step_time_s == pytest.approx(det, rel=0.03)
+    # Fast mode runs task by task whatever shares the GPU's data-parallel stream or links with background
+    # collectives, so only the compute of timed actions beside nothing separates it from detailed mode.
+    assert r["fast"].step_time_s == pytest.approx(det, rel=0.01)
     assert r["analytic"].step_time_s == pytest.approx(det, rel=0.03)
-    # Analytic is fast mode without events: only contention between ranks separates them.
-    assert r["analytic"].step_time_s == pytest.approx(r["fast"].step_time_s, rel=0.01)
 
 
 @pytest.mark.parametrize("workload", WORKLOADS)
@@ -91,9 +92,12 @@ def test_the_linear_extension_is_not_used_where_the_pipeline_bends():
     s = load_scenario(overrides=["parallel.pp=1", "parallel.tp=8", "parallel.sequence_parallel=true", "parallel.ep=2",
                                  "parallel.schedule=interleaved-1f1b", "parallel.vpp=2",
                                  "training.global_batch_size=8704"])
-    assert analytic._fit(analytic._table(s, False, True))[2] > s.num_microbatches  # the line holds for no count
-    fast = simulate_step(s, mode="fast", record_trace=False).step_time_s
-    assert simulate_step(s, mode="analytic").step_time_s == pytest.approx(fast, rel=1e-3)
+    table = analytic._table(s, False, True)
+    assert analytic._fit(table)[2] > s.num_microbatches  # the line holds for no count
+    direct = evaluate(table, build_schedule("interleaved-1f1b", 1, s.num_microbatches, 2)).per_rank
+    assert analytic._per_rank(table, s.num_microbatches) == direct
+    detailed = simulate_step(s, mode="detailed", record_trace=False).step_time_s
+    assert simulate_step(s, mode="analytic").step_time_s == pytest.approx(detailed, rel=0.03)
 
 
 def _table(overrides, workload=None):
