@@ -74,6 +74,17 @@ def test_zero3_backward_gathers_queue_with_its_reduce_scatters_in_every_tier():
     assert r["analytic"].step_time_s == pytest.approx(det, rel=1e-6)
 
 
+def test_fast_mode_runs_actions_beside_background_collectives_task_by_task():
+    """ZeRO-2 reduce-scatters after every micro-batch while the next one's context-parallel ring and TP
+    collectives run: they share the GPU's links. Fast mode runs those actions task by task, so it gives detailed
+    mode's step (timed alone they read 14.7 % fast; the analytic tier still leaves this contention out)."""
+    s = load_scenario("workloads/gpt3_175b_a100.yaml", overrides=[
+        "parallel.cp=4", "parallel.tp=4", "parallel.schedule=1f1b", "parallel.vpp=1", "parallel.zero_stage=2",
+        "training.global_batch_size=128"])
+    detailed = simulate_step(s, mode="detailed", record_trace=False).step_time_s
+    assert simulate_step(s, mode="fast", record_trace=False).step_time_s == pytest.approx(detailed, rel=1e-9)
+
+
 def test_an_exposed_parameter_gather_is_priced_bucket_by_bucket():
     """Without overlap_param_gather the once-per-step gather is exposed after the optimizer; the engine runs it
     bucket by bucket (each bucket's latency, and the 2021 DeepSpeed stack's collective efficiency, counted), so
