@@ -12,11 +12,11 @@ once-per-step parameter gather runs beside the first forwards when ``overlap_par
 each bucket ahead of its first use; nothing waits for it here), or after the optimizer, exposed. In fast mode
 every action also carries its isolated duration (:func:`sim.engine.isolated_run`), computed once per distinct work.
 An action whose own work uses the data-parallel stream (ZeRO-3's per-layer parameter gathers) shares that one
-stream with the rank's gradient reductions, so its gathers wait behind buckets as they do in detailed mode: fast
-mode leaves it untimed, and the engine runs it task by task; the analytic tier times it with the reductions it
-starts running beside it (:meth:`Assembler.timed`) and starts it once the buckets queued before it are out.
-Timed alone, such a backward got the whole link while its reduce-scatters took it too (20-37 % fast on
-Narayanan's ZeRO-3 rows).
+stream with the rank's gradient reductions, so its gathers wait behind buckets as they do in detailed mode, and
+its gathers share the NIC with the stage-boundary sends: fast mode leaves it untimed, so the engine runs it task
+by task (:mod:`sim.engine`); the analytic tier times it with the reductions it starts running beside it
+(:meth:`Assembler.timed`) and starts it once the buckets queued before it are out. Timed alone, such a backward
+got the whole link while its reduce-scatters took it too (20-37 % fast on Narayanan's ZeRO-3 rows).
 
 What depends on the schedule alone (labels, chunk keys, arrivals, send destinations, the backward of each
 action and the last backward of each stage: :class:`ScheduleHooks`) is derived once per schedule and kept on

@@ -29,11 +29,11 @@ DeepSeek's trace, so compute always runs at that rate).
 
 Detailed mode runs every task as an event. Fast mode runs each action as one timed event whose duration is
 the makespan of its work simulated once in isolation (:func:`isolated_run`, memoized per distinct work), except
-where isolation does not hold, which runs task by task as in detailed mode: an action left untimed
-(``PlannedAction.timed`` None: :mod:`sim.assemble` leaves those whose work queues on the data-parallel stream,
-ZeRO-3's gathers), and an action that starts while the rank has background collectives asked for or running
-(they share its links, data-parallel stream and SMs: timed alone, a ZeRO-2 or context-parallel job read up to
-16 % fast).
+where isolation does not hold, which runs task by task as in detailed mode: an action that starts while its
+rank has background collectives asked for or running (they share its links, SMs and, for ZeRO-3's gathers, its
+data-parallel stream: timed alone, ZeRO-3 rows read 20-37 % fast, ZeRO-2 and context-parallel jobs up to 16 %),
+and an action left untimed (``PlannedAction.timed`` None: :mod:`sim.assemble` leaves those with gathers of
+their own, which also share the NIC with stage-boundary sends).
 The engine is callback-driven: no generator process per task, no ``AllOf`` per stream. Its events are
 slim (:class:`_Wake`: one callback, scheduled with the priority and delay a ``simpy.Timeout`` would have, so
 the event order is SimPy's), a superseded compute completion is disarmed rather than left to fire, and the
@@ -598,7 +598,7 @@ class _RankRun:
         if eng.fast and action.timed is not None and not self.outstanding:
             seconds, busy = action.timed
             _after(eng.env, seconds, lambda _e: self._action_end(action, start, busy))
-        else:  # detailed mode, and fast mode's untimed actions (those queueing on the data-parallel stream)
+        else:
             run = _WorkRun(eng.env, self.gpu, eng.compiled(action.work), action.label, eng.trace,
                            lambda: self._action_end(action, start, tuple(run.busy)))  # type: ignore[arg-type]
             run.start()
