@@ -15,9 +15,9 @@ engine). What it leaves out (:func:`sim.analytic_eval.evaluate`): collectives th
 flight, a send slowing the collectives beside it, transfers of different ranks sharing one receiving side,
 and an action's own communication and compute slowed by the background collectives beside it (its links and
 SMs shared; fast mode runs such actions task by task). Measured against detailed mode: within 2 % on the
-shipped workloads and the default job under every schedule; in a randomized check of 600 configurations, 7 %
-were off by more than 3 %, the largest where ZeRO-2's per-micro-batch reductions or gradient buckets run beside
-context-parallel or tensor-parallel exchanges (up to 16 % fast).
+shipped workloads and the default job under every schedule (the dense examples exact); in a randomized check
+of 600 configurations, those off by more than 3 % are where ZeRO-2's per-micro-batch reductions or gradient
+buckets run beside context-parallel, tensor-parallel or expert exchanges (up to 16 % fast).
 
 How the pipeline is combined (:mod:`sim.analytic_eval`), per schedule, under balanced routing (every
 micro-batch of a stage has the same chunks): the schedule's max-plus recurrence is evaluated exactly at two

@@ -244,14 +244,15 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
 
     Links are shared as the engine shares them, to first order. Each rank's data-parallel collectives (an
     overlapped parameter gather from the start, gradient reductions) queue on its data-parallel stream bucket
-    by bucket, each keeping its links loaded while it runs; buckets asked for by the instant of a send are
-    placed first (those the action itself triggers start beside its sends, as in the engine). A send then
-    arrives at :func:`shared_arrival`: late by ``min(d / v, w)`` beside collectives with ``w`` seconds left on
-    its sides (its own rank's or the receiver's; ``v``: its :func:`~sim.network.nccl.send_weight`), by
-    ``min(d, w)`` beside the rank's earlier sends. Left out: a send slowing the collectives beside it (sends
-    are short), collectives that start while a send is in flight (the engine slows the send for them: GPT-3
-    reads 0.85 % faster here), and sends of different ranks sharing one receiving side (ranks are evaluated
-    one after another, not in time order)."""
+    by bucket, each keeping its links loaded while it runs; every bucket asked for by the instant of a send is
+    placed first, so ``w`` below runs to the end of the chain queued by then, which loads the link bucket after
+    bucket while the send is in flight (those the action itself triggers start beside its sends, as in the
+    engine). A send then arrives at :func:`shared_arrival`: late by ``min(d / v, w)`` beside collectives with
+    ``w`` seconds left on its sides (its own rank's or the receiver's; ``v``: its
+    :func:`~sim.network.nccl.send_weight`), by ``min(d, w)`` beside the rank's earlier sends. Left out: a send
+    slowing the collectives beside it (sends are short), collectives asked for while a send is in flight, and
+    sends of different ranks sharing one receiving side (ranks are evaluated one after another, not in time
+    order)."""
     comp = compiled(sched)
     n_ranks = len(comp.ranks)
     arrive = [-1.0] * comp.num_keys
@@ -270,7 +271,6 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
     dp_free = [0.0] * n_ranks  # when each rank's data-parallel stream is free
     inf = float("inf")
     weight = (send_weight(True), send_weight(False))  # a send's share against a collective's 1, per side
-    head = [0.0 if q else inf for q in pending]  # when each rank's first pending bucket is asked for
     sync_s, overlap, every, skewed = table.grad_sync_s, table.overlap_grad_reduce, table.reduce_every, table.skewed
     after = table.after_stage
     during = overlap or every or after  # reductions run beside the actions, not after the last one
@@ -278,16 +278,15 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
     sums = [[0.0] * 5 for _ in range(n_ranks)]
     trig: list[dict[int, float]] = [{} for _ in range(n_ranks)]
 
-    def place(r: int, until: float, queued: bool = False) -> None:
-        """Place rank ``r``'s data-parallel buckets that start before ``until`` (``queued``: every bucket asked for
-        before it, which the stream runs first whenever they start)."""
+    def place(r: int, until: float) -> None:
+        """Place rank ``r``'s data-parallel buckets asked for before ``until``: the stream runs them in that order,
+        whenever each starts."""
         q = pending[r]
         while q:
             asked, secs, stage, sides = q[0]
-            req = asked if asked > dp_free[r] else dp_free[r]
-            if (asked if queued else req) >= until:
-                head[r] = req
+            if asked >= until:
                 return
+            req = asked if asked > dp_free[r] else dp_free[r]
             q.popleft()
             end = dp_free[r] = req + secs  # one stream; sends beside it only share its links
             for side in sides:
@@ -295,12 +294,6 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
                 held_end[r][side].append(end)
             if stage >= 0:
                 trig[r][stage] = end
-        head[r] = inf
-
-    def ask(r: int) -> None:
-        """Refresh ``head[r]`` after rank ``r``'s queue grew or was placed."""
-        q = pending[r]
-        head[r] = (q[0][0] if q[0][0] > dp_free[r] else dp_free[r]) if q else inf
 
     timings, timing, sends, send = table.timings, table.timing, table.sends, table.send
     dp_own, queues = table.dp_own, table.queues
@@ -332,7 +325,7 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
             if queued is None:
                 queued = queues(key, parts)
             if queued:  # its own data-parallel tasks queue behind the buckets asked for by its start
-                place(r, nextafter(t, inf), queued=True)  # (those its predecessor triggers: after its first task)
+                place(r, nextafter(t, inf))  # (those its predecessor triggers take the stream after its first task)
                 if dp_free[r] > t:
                     t = dp_free[r]
             t += secs
@@ -342,7 +335,6 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
                 first = t - secs + delay
                 pending[r].extend((first if j == 0 else 0.0, b, part[0], reduce_sides)
                                   for j, b in enumerate(buckets))
-                ask(r)
             acc[0] += secs
             if pair:
                 acc[4] += bf + bi + bw
@@ -357,7 +349,6 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
                     pending[r].extend((t if j == 0 else 0.0, b, part[0], reduce_sides) for j, b in enumerate(buckets))
                 else:  # the whole reduction
                     pending[r].append((t, sync_s[part[0]], part[0], reduce_sides))
-                ask(r)
             for k, dst in outputs:
                 seconds, links = sends.get((r, dst)) or send(r, dst)
                 if dst == r or seconds <= 0:
@@ -365,10 +356,8 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
                 else:
                     side = 0 if links & NIC else 1
                     now = nextafter(t, inf)  # buckets asked at t start beside the send, as in the engine
-                    if head[r] < now:
-                        place(r, now)
-                    if head[dst] < now:
-                        place(dst, now)
+                    place(r, now)  # the whole chain asked for by now loads the link while it runs
+                    place(dst, now)
                     own = held_end[r][side][-1] if held_end[r][side] else 0.0
                     j = bisect_left(held_req[dst][side], now)  # the receiver's buckets asked for by t
                     theirs = held_end[dst][side][j - 1] if j else 0.0
