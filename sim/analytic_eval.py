@@ -324,8 +324,10 @@ def evaluate(table: Table, sched: Schedule) -> Evaluation:
             queued = dp_own.get(key)
             if queued is None:
                 queued = queues(key, parts)
-            if queued:  # its own data-parallel tasks queue behind the buckets asked for by its start
-                place(r, nextafter(t, inf))  # (those its predecessor triggers take the stream after its first task)
+            if queued:  # its own data-parallel tasks queue behind the buckets asked for by its start, those its
+                # predecessor triggered at this instant included (the stream runs them after its first task,
+                # which holds up the rest of its tasks as much)
+                place(r, nextafter(t, inf))
                 if dp_free[r] > t:
                     t = dp_free[r]
             t += secs
